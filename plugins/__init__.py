@@ -1,0 +1,1 @@
+"""Built-in schedcp plugins; registered by the host like third-party ones."""

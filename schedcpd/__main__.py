@@ -1,0 +1,5 @@
+"""``python -m schedcpd`` runs the daemon."""
+
+from schedcpd.daemon import main
+
+main()

@@ -1,0 +1,200 @@
+"""schedcpd.toml: schema, defaults and validation.
+
+Every key the daemon reads is declared once in :data:`SCHEMA` with its type,
+default and a check.  Unknown keys are warned about, never fatal (a config
+written for a newer schedcpd still starts an older one); a bad value raises
+:class:`~schedcpd.errors.ConfigError` naming the key and the file.  The
+shipped ``etc/schedcpd.toml`` documents every key (a test checks).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schedcpd import const
+from schedcpd.errors import ConfigError
+
+_LOGGER = logging.getLogger(__name__)
+
+Check = Callable[[Any], str | None]
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _port(value: Any) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a TCP port (1-65535, or 0 for any free port)"
+
+
+def _address(value: Any) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "must be an IP address"
+    return None
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _actions(value: Any) -> str | None:
+    bad = [a for a in value if a not in const.ACTIONS]
+    return f"unknown actions {bad}; known: {', '.join(const.ACTIONS)}" if bad else None
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default and an optional check."""
+
+    types: type | tuple[type, ...]
+    default: Any
+    check: Check | None = None
+    item_type: type | None = None  # for lists
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "daemon": {
+        "log_level": Key(str, "info", _one_of("debug", "info", "warning", "error")),
+    },
+    "bus": {
+        "max_inflight_per_connection": Key(int, 64, _positive),
+        "max_inflight_total": Key(int, 512, _positive),
+        "call_timeout_seconds": Key((int, float), 120.0, _positive),
+        "max_argument_bytes": Key(int, 1 << 20, _positive),
+    },
+    "authorization": {
+        "polkit": Key(str, "auto", _one_of("auto", "never")),
+        "group": Key(str, "schedcp"),
+        "everyone_actions": Key(list, [const.ACTION_OBSERVE], _actions, str),
+        "group_actions": Key(
+            list, [const.ACTION_OBSERVE, const.ACTION_SUBMIT], _actions, str
+        ),
+    },
+    "metrics": {
+        "enabled": Key(bool, True),
+        "address": Key(str, const.DEFAULT_METRICS_ADDRESS, _address),
+        "port": Key(int, const.DEFAULT_METRICS_PORT, _port),
+    },
+    "plugins": {
+        "disabled": Key(list, [], None, str),
+    },
+}
+
+# Tables whose sub-tables are free-form and handed to someone else to check
+# (``[plugins.<name>]`` goes to that plugin).
+_OPEN_SUBTABLES = {"plugins"}
+
+
+class Config:
+    """A validated configuration: ``config["bus"]["max_inflight_total"]``."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], path: Path | None,
+                 plugin_tables: dict[str, dict[str, Any]]) -> None:
+        self._values = values
+        self.path = path
+        self.plugin_tables = plugin_tables
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self._values[section]
+
+    def plugin(self, name: str) -> dict[str, Any]:
+        """The free-form ``[plugins.<name>]`` table (empty when absent)."""
+        return self.plugin_tables.get(name, {})
+
+    def as_dict(self) -> dict[str, Any]:
+        """All values, for status output."""
+        return {s: dict(v) for s, v in self._values.items()}
+
+
+def defaults() -> Config:
+    """The configuration used when no file exists."""
+    return _validate({}, None)
+
+
+def load(path: Path | str | None) -> Config:
+    """Read and validate ``path``; a missing file means the defaults.
+
+    Raises :class:`ConfigError` for unreadable TOML or a bad value.
+    """
+    if path is None:
+        return defaults()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        _LOGGER.info("config %s does not exist; using defaults", path)
+        return defaults()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    return _validate(raw, path)
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array"}
+    types = t if isinstance(t, tuple) else (t,)
+    return " or ".join(names.get(x, x.__name__) for x in types)
+
+
+def _validate(raw: dict[str, Any], path: Path | None) -> Config:
+    where = str(path) if path else "<defaults>"
+    values: dict[str, dict[str, Any]] = {}
+    plugin_tables: dict[str, dict[str, Any]] = {}
+    for section in raw:
+        if section not in SCHEMA:
+            _LOGGER.warning("%s: unknown section [%s] ignored", where, section)
+        elif not isinstance(raw[section], dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+    for section, keys in SCHEMA.items():
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            table = {}
+        values[section] = {}
+        for name, value in table.items():
+            if name in keys:
+                continue
+            if section in _OPEN_SUBTABLES and isinstance(value, dict):
+                plugin_tables[name] = value
+                continue
+            _LOGGER.warning("%s: unknown key %s.%s ignored", where, section, name)
+        for name, key in keys.items():
+            if name not in table:
+                values[section][name] = _copy(key.default)
+                continue
+            values[section][name] = _check(where, f"{section}.{name}", key, table[name])
+    return Config(values, path, plugin_tables)
+
+
+def _check(where: str, dotted: str, key: Key, value: Any) -> Any:
+    # bool is an int in Python; a boolean where a number belongs is a mistake.
+    wrong_bool = isinstance(value, bool) and key.types is not bool
+    if wrong_bool or not isinstance(value, key.types):
+        raise ConfigError(
+            f"{where}: {dotted} = {value!r} must be a {_type_name(key.types)}"
+        )
+    if key.item_type is not None and isinstance(value, list):
+        for item in value:
+            if not isinstance(item, key.item_type):
+                raise ConfigError(
+                    f"{where}: {dotted} items must be {_type_name(key.item_type)}s, "
+                    f"got {item!r}"
+                )
+    if key.check is not None and (problem := key.check(value)) is not None:
+        raise ConfigError(f"{where}: {dotted} = {value!r} {problem}")
+    return value
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value

@@ -1,0 +1,262 @@
+"""schedcpd: the daemon process — start-up, reload, shutdown.
+
+``schedcpd --config PATH --bus system|session|ADDRESS --state-dir DIR``
+
+Start-up order: configuration, state database, plugins (and the restore of
+anything a crashed predecessor left applied), bus connection, API export,
+then the bus name — owning it is what makes the daemon visible, so READY=1
+follows it.  SIGHUP, ``Reload()`` and an edit of the configuration file
+reload it; SIGTERM/SIGINT restore every managed value and stop cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from dbus_fast import NameFlag, RequestNameReply
+
+from schedcpd import __version__, config
+from schedcpd.audit import AuditLog
+from schedcpd.authz import Authorizer
+from schedcpd.config_watch import ConfigWatcher
+from schedcpd.const import BUS_NAME, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
+from schedcpd.dbus.bus import bus_from_spec
+from schedcpd.dbus.identity import CallerResolver
+from schedcpd.dbus.polkit import PolkitClient
+from schedcpd.dbus.service import ManagerService
+from schedcpd.errors import ConfigError
+from schedcpd.hookspecs import PluginContext
+from schedcpd.manager import Manager
+from schedcpd.metrics import Metrics
+from schedcpd.notify import Notifier
+from schedcpd.plugins import PluginHost
+from schedcpd.state import StateStore
+
+_LOGGER = logging.getLogger("schedcpd")
+
+EXIT_CONFIG = 2
+EXIT_BUS = 3
+EXIT_NAME_TAKEN = 4
+
+
+class StartupError(Exception):
+    """Start-up cannot continue; ``code`` is the process exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Daemon:
+    """One running schedcpd."""
+
+    def __init__(self, cfg: config.Config, bus_spec: str, state_dir: Path) -> None:
+        self.config = cfg
+        self.bus_spec = bus_spec
+        self.state_dir = state_dir
+        self.notifier = Notifier()
+        self.metrics = Metrics()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- lifecycle ------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until asked to stop; return the exit status."""
+        loop = asyncio.get_running_loop()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = StateStore(self.state_dir / "schedcpd.db")
+        try:
+            return await self._run(loop)
+        finally:
+            self.store.close()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
+        audit = AuditLog(self.store)
+        self.plugins = PluginHost(
+            disabled=self.config["plugins"]["disabled"], on_failure=self._plugin_failed
+        )
+        self.plugins.startup(self._plugin_context)
+        self._restore_all("start-up (restoring anything a previous run left applied)")
+        self.manager = Manager(self.plugins, audit, self._status_extras, self.reload)
+        self.metrics.plugins_enabled.set(sum(r.enabled for r in self.plugins.records.values()))
+
+        self.bus = bus_from_spec(self.bus_spec)
+        try:
+            await self.bus.connect()
+        except Exception as err:
+            raise StartupError(f"cannot connect to the {self.bus_spec} bus: {err}", EXIT_BUS) \
+                from err
+        resolver = CallerResolver(self.bus)
+        await resolver.start()
+        polkit = PolkitClient(self.bus, resolver)
+        await polkit.start()
+        self.authorizer = Authorizer(self.config["authorization"], polkit)
+        self.service = ManagerService(
+            self.bus, self.manager, resolver, self.authorizer, self.metrics, audit,
+            self.config["bus"],
+        )
+        self.service.export()
+        self.manager.emitter = self.service
+
+        reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise StartupError(f"{BUS_NAME} is already owned (another schedcpd?)",
+                               EXIT_NAME_TAKEN)
+        if self.config["metrics"]["enabled"]:
+            self.metrics.serve(self.config["metrics"]["address"], self.config["metrics"]["port"])
+
+        loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self._reload_logged, "SIGHUP")
+        self._tasks.append(loop.create_task(self.notifier.watchdog()))
+        self._tasks.append(loop.create_task(self._watch_bus()))
+        watcher = ConfigWatcher(self.config.path, loop, lambda: self._reload_logged("file change"))
+        watcher.start()
+
+        self.notifier.send(READY=1, MAINPID=os.getpid())
+        self.notifier.status(
+            f"schedcpd {__version__} serving {BUS_NAME} on the {self.bus_spec} bus; "
+            f"subsystems: {', '.join(self.manager.Subsystems()) or 'none'}; "
+            f"authorization by {self.authorizer.mode()}"
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            watcher.stop()
+            await self._shutdown()
+        return self._exit_code
+
+    _exit_code = 0
+
+    async def _watch_bus(self) -> None:
+        await self.bus.wait_for_disconnect()
+        if not self._stop.is_set():
+            _LOGGER.error("lost the bus connection; stopping")
+            self._exit_code = EXIT_BUS
+            self._stop.set()
+
+    def _request_stop(self, why: str) -> None:
+        _LOGGER.info("%s received; stopping", why)
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        self.notifier.send(STOPPING=1)
+        self.notifier.status("stopping: restoring managed state")
+        for task in self._tasks:
+            task.cancel()
+        await self.service.close()
+        self._restore_all("stop")
+        self.plugins.shutdown()
+        self.bus.disconnect()
+        self.metrics.stop()
+        _LOGGER.info("stopped")
+
+    def _restore_all(self, why: str) -> None:
+        for name in self.plugins.subsystems():
+            report = self.plugins.call_first("schedcp_restore", subsystem=name, scope={})
+            if report:
+                _LOGGER.info("restored %s at %s: %s", name, why, report)
+
+    # -- plugins --------------------------------------------------------
+
+    def _plugin_context(self, name: str) -> PluginContext:
+        plugin_dir = self.state_dir / "plugins" / name
+        plugin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return PluginContext(state_dir=plugin_dir, config=self.config.plugin(name))
+
+    def _plugin_failed(self, name: str, message: str) -> None:
+        self.metrics.plugin_failures.labels(name).inc()
+        self.metrics.plugins_enabled.set(sum(r.enabled for r in self.plugins.records.values())
+                                         if hasattr(self, "plugins") else 0)
+        if hasattr(self, "manager"):
+            self.manager.refresh_subsystems()
+
+    def _status_extras(self) -> dict[str, Any]:
+        return {
+            "bus": self.bus_spec,
+            "authorization": self.authorizer.mode(),
+            "config_file": str(self.config.path) if self.config.path else None,
+            "state_dir": str(self.state_dir),
+            "metrics": (
+                {"address": self.config["metrics"]["address"], "port": self.metrics.port}
+                if self.metrics.port else None
+            ),
+        }
+
+    # -- reload ---------------------------------------------------------
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file and apply what can change live.
+
+        Raises :class:`ConfigError` (the old configuration stays) on a bad file.
+        """
+        try:
+            new = config.load(self.config.path)
+        except ConfigError:
+            self.metrics.config_reloads.labels("error").inc()
+            raise
+        old = self.config.as_dict()
+        changed = [
+            f"{section}.{key}" for section, values in new.as_dict().items()
+            for key, value in values.items() if old[section][key] != value
+        ]
+        live = {"daemon", "authorization", "bus"}
+        restart = [k for k in changed if k.split(".")[0] not in live]
+        self.config = new
+        logging.getLogger().setLevel(new["daemon"]["log_level"].upper())
+        self.authorizer.reconfigure(new["authorization"])
+        self.service.reconfigure(new["bus"])
+        self.metrics.config_reloads.labels("ok").inc()
+        _LOGGER.info("configuration reloaded from %s; changed: %s%s", new.path,
+                     ", ".join(changed) or "nothing",
+                     f"; these take effect at restart: {', '.join(restart)}" if restart else "")
+        return {"changed": changed, "restart_required": restart}
+
+    def _reload_logged(self, why: str) -> None:
+        _LOGGER.info("reloading configuration (%s)", why)
+        try:
+            self.reload()
+        except ConfigError as err:
+            _LOGGER.error("reload failed, keeping the previous configuration: %s", err)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="schedcpd", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=DEFAULT_CONFIG_PATH,
+                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--bus", default="system",
+                        help="system, session, or a D-Bus address (default system)")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, type=Path,
+                        help=f"state directory (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--version", action="version", version=f"schedcpd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``schedcpd`` command."""
+    args = _parse_args(argv)
+    # Under systemd the journal adds timestamps; by hand we add them.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as err:
+        print(f"schedcpd: {err}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    logging.getLogger().setLevel(cfg["daemon"]["log_level"].upper())
+    try:
+        code = asyncio.run(Daemon(cfg, args.bus, args.state_dir).run())
+    except StartupError as err:
+        print(f"schedcpd: {err}", file=sys.stderr)
+        sys.exit(err.code)
+    sys.exit(code)

@@ -1,0 +1,76 @@
+"""One exception hierarchy with stable names.
+
+Engine code raises these; the D-Bus layer maps each to the named error
+``org.schedcp.Control1.Error.<name>`` with the exception's message.  Anything
+else that escapes a handler becomes ``Error.Internal`` with no traceback for
+the caller (the log keeps it).
+"""
+
+from __future__ import annotations
+
+from schedcpd.const import ERROR_PREFIX
+
+
+class SchedcpError(Exception):
+    """Base class; ``name`` is the last component of the D-Bus error name."""
+
+    name = "Failed"
+
+    @property
+    def dbus_name(self) -> str:
+        """The full D-Bus error name for this error."""
+        return f"{ERROR_PREFIX}.{self.name}"
+
+
+class AccessDenied(SchedcpError):
+    """The caller is not authorized for the method's action."""
+
+    name = "AccessDenied"
+
+
+class InvalidArgument(SchedcpError):
+    """An argument failed validation; the message names it."""
+
+    name = "InvalidArgument"
+
+
+class NotFound(SchedcpError):
+    """The named object (policy, deployment, probe ...) does not exist."""
+
+    name = "NotFound"
+
+
+class Busy(SchedcpError):
+    """A limit on concurrent work was reached; retry later."""
+
+    name = "Busy"
+
+
+class NotSupported(SchedcpError):
+    """The running kernel or configuration lacks what the call needs."""
+
+    name = "NotSupported"
+
+
+class Conflict(SchedcpError):
+    """The request conflicts with current state (e.g. an active policy)."""
+
+    name = "Conflict"
+
+
+class Timeout(SchedcpError):
+    """The call took longer than the configured limit and was abandoned."""
+
+    name = "Timeout"
+
+
+class Internal(SchedcpError):
+    """An unexpected failure inside the daemon; details are in its log."""
+
+    name = "Internal"
+
+
+class ConfigError(SchedcpError):
+    """A configuration file holds a bad value; the message names key and file."""
+
+    name = "ConfigError"

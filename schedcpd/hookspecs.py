@@ -1,0 +1,124 @@
+"""Hook specifications for subsystem plugins (privileged, run inside schedcpd).
+
+A subsystem plugin (scheduler, io, dvfs, or a third-party one) is a module or
+object with ``@hookimpl``-decorated functions.  Built-ins are registered on
+the same manager as third-party plugins (entry-point group
+``schedcp.plugins``), so this API is exercised by the project itself.
+
+Routing: hooks that act on one subsystem take ``subsystem`` first; an
+implementation returns ``None`` for a subsystem that is not its own, and the
+host uses ``firstresult`` to take the owner's answer.
+
+Every hook is documented in docs/plugins.md; a test fails when one is not.
+Agent-side plugins use the separate marker in :mod:`schedcpd.agent_hookspecs`
+(another pluggy project name), so they can never bind to these hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from schedcpd.const import PLUGIN_PROJECT
+
+hookspec = pluggy.HookspecMarker(PLUGIN_PROJECT)
+hookimpl = pluggy.HookimplMarker(PLUGIN_PROJECT)
+
+
+@dataclass
+class PluginContext:
+    """What the host hands a plugin at start-up.
+
+    ``state_dir`` is private to the daemon (root-only); a plugin keeps its own
+    files under ``state_dir / "plugins" / <name>``.  ``config`` is the
+    plugin's table from schedcpd.toml (``[plugins.<name>]``), already parsed.
+    ``journal`` is the save-before-write journal every kernel write must go
+    through (``None`` until the journal is available).
+    """
+
+    state_dir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    journal: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@hookspec
+def schedcp_startup(context: PluginContext) -> None:
+    """Called once when the daemon starts, before the bus name is owned.
+
+    Detect what the running kernel offers and keep ``context`` for later hooks.
+    Raising here disables the plugin (reported in status, log and metrics);
+    the daemon stays up.
+    """
+
+
+@hookspec
+def schedcp_shutdown() -> None:
+    """Called once at clean daemon stop, after managed state is restored.
+
+    Release processes, probes and file handles the plugin holds.
+    """
+
+
+@hookspec
+def schedcp_describe() -> dict[str, Any] | None:
+    """Describe the subsystem this plugin provides, or ``None`` if it provides none.
+
+    Return ``{"name": str, "description": str, "capabilities": {...}}``.
+    ``capabilities`` maps each knob or backend to
+    ``{"available": bool, "reason": str}`` (the reason says why something is
+    absent, e.g. "kernel has no /sys/kernel/sched_ext").  Must be cheap: it is
+    called for every ``GetStatus``.
+    """
+
+
+@hookspec(firstresult=True)
+def schedcp_observe(subsystem: str) -> dict[str, Any] | None:
+    """Return the subsystem's current observable state as JSON-able data.
+
+    Return ``None`` when ``subsystem`` is not this plugin's.
+    """
+
+
+@hookspec(firstresult=True)
+def schedcp_validate(subsystem: str, policy: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Check a parsed policy document for this subsystem without changing anything.
+
+    Return a list of findings ``{"code": str, "severity": "error"|"warning",
+    "field": str, "message": str}``; an empty list means valid.  Return
+    ``None`` when ``subsystem`` is not this plugin's.
+    """
+
+
+@hookspec(firstresult=True)
+def schedcp_apply(
+    subsystem: str, policy: dict[str, Any], scope: dict[str, Any], dry_run: bool
+) -> dict[str, Any] | None:
+    """Apply ``policy`` to ``scope`` and return what was changed.
+
+    Every write must be journaled (prior value committed) before it is made.
+    With ``dry_run`` true, nothing is written and the result lists each
+    value as ``{"target", "knob", "before", "after"}``.  Return ``None``
+    when ``subsystem`` is not this plugin's.
+    """
+
+
+@hookspec(firstresult=True)
+def schedcp_restore(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | None:
+    """Restore every value this plugin changed within ``scope`` from the journal.
+
+    Report what was restored and what was skipped (e.g. exited tasks) and
+    why.  Called on rollback, stop and start-up after a crash.  Return
+    ``None`` when ``subsystem`` is not this plugin's.
+    """
+
+
+@hookspec(firstresult=True)
+def schedcp_state(subsystem: str) -> dict[str, Any] | None:
+    """Report what the plugin currently manages (policies, targets, overrides).
+
+    Return ``None`` when ``subsystem`` is not this plugin's.
+    """

@@ -1,0 +1,100 @@
+"""Shared fixtures: a private system-like bus, schedcpd, test users, clients."""
+
+from __future__ import annotations
+
+import grp
+import json
+import pwd
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import ROOT, PrivateBus, SchedcpdProcess
+
+TEST_GROUP = "schedcp"
+TEST_USER = "schedcp-test"
+
+
+@pytest.fixture(scope="session")
+def private_bus() -> Iterator[PrivateBus]:
+    """One private system-like dbus-daemon for the session."""
+    with PrivateBus() as bus:
+        yield bus
+
+
+@pytest.fixture
+def fresh_bus() -> Iterator[PrivateBus]:
+    """A private bus of the test's own (for tests that add services to it)."""
+    with PrivateBus() as bus:
+        yield bus
+
+
+@pytest.fixture(scope="module")
+def daemon(private_bus: PrivateBus) -> Iterator[SchedcpdProcess]:
+    """schedcpd with default settings (metrics on a free port) on the session bus."""
+    with SchedcpdProcess(private_bus.address) as proc:
+        yield proc
+
+
+@pytest.fixture
+def start_daemon(fresh_bus: PrivateBus) -> Iterator[Any]:
+    """Factory for daemons with a custom config; all are stopped at the end."""
+    started: list[SchedcpdProcess] = []
+
+    def start(config_text: str = "[metrics]\nenabled = false\n", address: str | None = None,
+              wait: bool = True, **kwargs: Any) -> SchedcpdProcess:
+        proc = SchedcpdProcess(address or fresh_bus.address, config_text, **kwargs)
+        started.append(proc)
+        return proc.start(wait=wait)
+
+    yield start
+    for proc in started:
+        proc.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def test_users() -> Iterator[dict[str, int]]:
+    """uids of a member of group ``schedcp`` and of ``nobody``; made and removed here."""
+    made_group = made_user = False
+    try:
+        grp.getgrnam(TEST_GROUP)
+    except KeyError:
+        subprocess.run(["groupadd", "--system", TEST_GROUP], check=True)
+        made_group = True
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        "--groups", TEST_GROUP, TEST_USER], check=True)
+        made_user = True
+    try:
+        yield {"member": pwd.getpwnam(TEST_USER).pw_uid, "nobody": pwd.getpwnam("nobody").pw_uid,
+               "root": 0}
+    finally:
+        if made_user:
+            subprocess.run(["userdel", TEST_USER], check=False)
+        if made_group:
+            subprocess.run(["groupdel", TEST_GROUP], check=False)
+
+
+def run_as(uid: int, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as ``uid`` with that user's groups (root when uid is 0)."""
+    extra: dict[str, Any] = {}
+    if uid != 0:
+        pw = pwd.getpwuid(uid)
+        groups = [g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem]
+        extra = {"user": uid, "group": pw.pw_gid, "extra_groups": groups}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          **extra, **kwargs)
+
+
+def calls_as(uid: int, address: str, calls: list[list[Any]]) -> list[dict[str, Any]]:
+    """Make Manager calls as ``uid`` from a separate process; outcomes in order."""
+    out = run_as(uid, [sys.executable, str(Path(__file__).parent / "client_probe.py"), address,
+                       json.dumps(calls)])
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
