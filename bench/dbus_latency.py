@@ -4,30 +4,33 @@
 
 Without --address it starts its own private system-like bus and daemon (the
 same way the tests do).  Sequential: ``--calls`` GetStatus round trips per
-repetition, p50/p99 per repetition and pooled, alternating with Ping on the
-bus daemon itself (``org.freedesktop.DBus.GetId``) as the floor measured in
-the same run.  Burst: ``--burst`` concurrent calls from one connection;
-counts of answers, our Busy errors and the bus's own LimitsExceeded.
+repetition, p50/p99 per repetition and pooled, alternating with the same
+number of calls to a minimal dbus-fast service (bench/floor_service.py) on
+the same bus: the floor any Python D-Bus service has here, measured in the
+same run.  Burst: ``--burst`` concurrent calls from one connection; counts of
+answers, our Busy errors and the bus's own LimitsExceeded.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dbus_fast import Message, MessageType  # noqa: E402
+from dbus_fast import Message, MessageType
 
-from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH  # noqa: E402
-from schedcpd.dbus.bus import MessageBus  # noqa: E402
-from tests.harness import PrivateBus, SchedcpdProcess  # noqa: E402
+from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
+from schedcpd.dbus.bus import MessageBus
+from tests.harness import PrivateBus, SchedcpdProcess
 
 
 def _status_call() -> Message:
@@ -36,8 +39,8 @@ def _status_call() -> Message:
 
 
 def _floor_call() -> Message:
-    return Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                   interface="org.freedesktop.DBus", member="GetId")
+    return Message(destination="org.schedcp.BenchFloor", path="/org/schedcp/BenchFloor",
+                   interface="org.schedcp.BenchFloor", member="Get")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -118,11 +121,16 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--burst", type=int, default=1000)
     args = parser.parse_args()
-    if args.address:
-        result = asyncio.run(run(args.address, args.calls, args.reps, args.burst))
-    else:
-        with PrivateBus() as bus, SchedcpdProcess(bus.address) as _daemon:
-            result = asyncio.run(run(bus.address, args.calls, args.reps, args.burst))
+    with contextlib.ExitStack() as stack:
+        address = args.address
+        if not address:
+            address = stack.enter_context(PrivateBus()).address
+            stack.enter_context(SchedcpdProcess(address))
+        floor = subprocess.Popen([sys.executable, str(Path(__file__).with_name("floor_service.py")),
+                                  address], stdout=subprocess.PIPE, text=True)
+        stack.callback(floor.terminate)
+        assert floor.stdout is not None and floor.stdout.readline().strip() == "ready"
+        result = asyncio.run(run(address, args.calls, args.reps, args.burst))
     print(json.dumps(result, indent=2))
 
 

@@ -37,6 +37,8 @@ class Caller:
     pid: int
     sender: str
     """The caller's unique bus name (``:1.42``), or ``local`` in-process."""
+    gids: frozenset[int] | None = None
+    """The connection's groups as the bus saw them at connect, when it says."""
 
 
 @dataclass(frozen=True)

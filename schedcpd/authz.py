@@ -72,7 +72,7 @@ class Authorizer:
             return True
         if self._polkit_active():
             return None
-        return action in self.group_actions and self._in_group(caller.uid)
+        return action in self.group_actions and self._in_group(caller)
 
     async def authorize(self, caller: Caller, action: str) -> None:
         """Return if allowed; raise :class:`AccessDenied` otherwise."""
@@ -91,16 +91,20 @@ class Authorizer:
         if not decision:
             raise AccessDenied(f"uid {caller.uid} is not authorized for {action} ({how})")
 
-    def _in_group(self, uid: int) -> bool:
-        now = time.monotonic()
-        cached = self._groups.get(uid)
-        if cached is None or now - cached[0] > _GROUP_CACHE_SECONDS:
-            cached = (now, _groups_of(uid))
-            self._groups[uid] = cached
+    def _in_group(self, caller: Caller) -> bool:
         try:
             gid = grp.getgrnam(self.group).gr_gid
         except KeyError:
             return False
+        # Prefer the groups the bus saw on the connection (SO_PEERGROUPS): they
+        # are the process's real credentials, not what /etc/group says now.
+        if caller.gids is not None:
+            return gid in caller.gids
+        now = time.monotonic()
+        cached = self._groups.get(caller.uid)
+        if cached is None or now - cached[0] > _GROUP_CACHE_SECONDS:
+            cached = (now, _groups_of(caller.uid))
+            self._groups[caller.uid] = cached
         return gid in cached[1]
 
 

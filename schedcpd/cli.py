@@ -181,3 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         print("schedcpctl: --limit must be 1..1000", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     sys.exit(asyncio.run(_run(args)))
+
+
+if __name__ == "__main__":
+    main()

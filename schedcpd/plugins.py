@@ -77,6 +77,9 @@ class PluginHost:
             # An implementation without a matching spec is a plugin bug (a
             # typo, or an agent hook aimed at a privileged name): refuse it.
             self.pm.check_pending()
+            if not self.pm.get_hookcallers(plugin):
+                # e.g. an agent plugin (other marker): it could never be called.
+                raise TypeError("implements no schedcp daemon hook (an agent plugin?)")
         except Exception as err:  # a plugin can fail in any way; isolate it
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dbus_fast import Message, MessageType, Variant  # noqa: E402
+from dbus_fast import Message, MessageType, Variant
 
-from schedcpd.const import BUS_NAME, OBJECT_PATH  # noqa: E402
-from schedcpd.dbus.bus import MessageBus  # noqa: E402
+from schedcpd.const import BUS_NAME, OBJECT_PATH
+from schedcpd.dbus.bus import MessageBus
 
 
 def _plain(value: object) -> object:

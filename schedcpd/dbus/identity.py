@@ -82,6 +82,8 @@ class CallerResolver:
                 uid=int(creds["UnixUserID"].value),
                 pid=int(creds["ProcessID"].value) if "ProcessID" in creds else -1,
                 sender=sender,
+                gids=frozenset(int(g) for g in creds["UnixGroupIDs"].value)
+                if "UnixGroupIDs" in creds else None,
             )
             self._cache[sender] = caller
             fut.set_result(caller)

@@ -1,0 +1,101 @@
+"""Authorization with real uids: root, a member of group schedcp, nobody; and polkit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schedcpd.api import collect
+from schedcpd.manager import Manager
+from tests.conftest import calls_as
+from tests.harness import PolkitMock, PrivateBus, SchedcpdProcess
+
+PROPS = "org.freedesktop.DBus.Properties"
+MGR = "org.schedcp.Control1.Manager"
+
+# Every exported method with valid arguments, and the action it needs.
+CALLS = {
+    "GetStatus": ["GetStatus", "", [], MGR],
+    "GetAudit": ["GetAudit", "us", [5, ""], MGR],
+    "Reload": ["Reload", "", [], MGR],
+    "Properties.Get": ["Get", "ss", [MGR, "Version"], PROPS],
+    "Properties.GetAll": ["GetAll", "s", [MGR], PROPS],
+}
+DENIED = "org.schedcp.Control1.Error.AccessDenied"
+
+
+def test_matrix_covers_every_method() -> None:
+    methods, _props, _signals = collect(Manager)
+    assert {m.name for m in methods} <= set(CALLS), "add new methods to the matrix"
+
+
+# Expected outcome per user under the default [authorization] table.
+MATRIX = {
+    "root": {"GetStatus": True, "GetAudit": True, "Reload": True,
+             "Properties.Get": True, "Properties.GetAll": True},
+    "member": {"GetStatus": True, "GetAudit": False, "Reload": False,
+               "Properties.Get": True, "Properties.GetAll": True},
+    "nobody": {"GetStatus": True, "GetAudit": False, "Reload": False,
+               "Properties.Get": True, "Properties.GetAll": True},
+}
+
+
+@pytest.mark.parametrize("user", ["root", "member", "nobody"])
+def test_config_authorization_matrix(daemon: SchedcpdProcess, test_users: dict[str, int],
+                                     user: str) -> None:
+    names = list(CALLS)
+    results = calls_as(test_users[user], daemon.address, [CALLS[n] for n in names])
+    for name, result in zip(names, results, strict=True):
+        allowed = MATRIX[user][name]
+        if allowed:
+            assert "ok" in result, (user, name, result)
+        else:
+            assert result.get("error") == DENIED, (user, name, result)
+            assert "not authorized" in result["message"]
+    status = json.loads(results[0]["ok"])
+    assert status["caller"]["uid"] == test_users[user]
+
+
+def test_group_actions_follow_config(start_daemon, test_users: dict[str, int]) -> None:
+    # A member given admin by the table may Reload; nobody still may not.
+    proc = start_daemon('[metrics]\nenabled = false\n[authorization]\n'
+                        'group_actions = ["org.schedcp.observe", "org.schedcp.admin"]\n')
+    member, nobody = (calls_as(test_users[u], proc.address, [CALLS["Reload"]])[0]
+                      for u in ("member", "nobody"))
+    assert "ok" in member, member
+    assert nobody["error"] == DENIED
+
+
+def test_denied_and_allowed_mutations_are_audited(start_daemon,
+                                                  test_users: dict[str, int]) -> None:
+    proc = start_daemon()
+    calls_as(test_users["nobody"], proc.address, [CALLS["Reload"]])
+    calls_as(0, proc.address, [CALLS["Reload"]])
+    records = json.loads(calls_as(0, proc.address, [["GetAudit", "us", [10, "Reload"], MGR]])
+                         [0]["ok"])
+    assert [(r["uid"], r["result"]) for r in records] == [
+        (0, "ok"), (test_users["nobody"], DENIED)]
+    assert all(len(r["args_digest"]) == 64 and r["pid"] > 0 for r in records)
+
+
+def test_polkit_decides_privileged_actions(fresh_bus: PrivateBus, start_daemon,
+                                           test_users: dict[str, int]) -> None:
+    with PolkitMock(fresh_bus.address) as polkit:
+        proc = start_daemon(address=fresh_bus.address)
+        status = json.loads(calls_as(0, proc.address, [CALLS["GetStatus"]])[0]["ok"])
+        assert status["authorization"] == "polkit"
+        nobody = test_users["nobody"]
+        # polkit denies everything by default: admin is refused...
+        assert calls_as(nobody, proc.address, [CALLS["Reload"]])[0]["error"] == DENIED
+        # ...observe is allowed to everyone without asking polkit at all.
+        assert "ok" in calls_as(nobody, proc.address, [CALLS["GetStatus"]])[0]
+        polkit.set_allowed(["org.schedcp.admin"])
+        assert "ok" in calls_as(nobody, proc.address, [CALLS["Reload"]])[0]
+        # Group membership does not matter once polkit decides.
+        polkit.set_allowed([])
+        assert calls_as(test_users["member"], proc.address,
+                        [CALLS["GetAudit"]])[0]["error"] == DENIED
+    # polkit left the bus: the configuration decides again.
+    status = json.loads(calls_as(0, proc.address, [CALLS["GetStatus"]])[0]["ok"])
+    assert status["authorization"] == "config"

@@ -1,0 +1,156 @@
+"""Daemon lifecycle: sd_notify, reload (SIGHUP, file change, Reload), stop, exit codes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import calls_as
+from tests.harness import ROOT, PrivateBus, SchedcpdProcess
+
+
+def status(proc: SchedcpdProcess) -> dict:
+    return json.loads(calls_as(0, proc.address, [["GetStatus", "", []]])[0]["ok"])
+
+
+def wait_for_log(proc: SchedcpdProcess, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in proc.log_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged:\n{proc.log_text()}")
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify"
+    sock.bind(str(path))
+    sock.settimeout(20)
+    yield sock, path
+    sock.close()
+
+
+def receive_until(sock: socket.socket, key: str) -> list[str]:
+    seen: list[str] = []
+    while True:
+        msg = sock.recv(4096).decode()
+        seen.extend(msg.split("\n"))
+        if any(line.startswith(key) for line in seen):
+            return seen
+
+
+def test_sd_notify_ready_status_and_watchdog(start_daemon, notify_socket) -> None:
+    sock, path = notify_socket
+    proc = start_daemon(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}, wait=False)
+    lines = receive_until(sock, "READY=1")
+    # READY comes only once the name is owned.
+    assert proc.owns_name()
+    assert f"MAINPID={proc.proc.pid}" in lines
+    lines = receive_until(sock, "STATUS=")
+    assert any("serving org.schedcp.Control1" in x for x in lines)
+    pings = 0
+    deadline = time.monotonic() + 5
+    while pings < 3 and time.monotonic() < deadline:
+        pings += sock.recv(4096).decode().count("WATCHDOG=1")
+    assert pings >= 3
+    proc.stop()
+    assert "STOPPING=1" in receive_until(sock, "STOPPING=1")
+
+
+def test_reload_on_sighup_file_change_and_method(start_daemon) -> None:
+    proc = start_daemon("[metrics]\nenabled = false\n[bus]\nmax_inflight_total = 100\n")
+    proc.config.write_text("[metrics]\nenabled = false\n[bus]\nmax_inflight_total = 7\n")
+    # The file watcher sees the edit by itself.
+    wait_for_log(proc, "changed: bus.max_inflight_total")
+    proc.config.write_text("[metrics]\nenabled = false\n[daemon]\nlog_level = 'debug'\n")
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_for_log(proc, "daemon.log_level")
+    result = calls_as(0, proc.address, [["Reload", "", []]])[0]
+    assert json.loads(result["ok"]) == {"changed": [], "restart_required": []}
+
+
+def test_bad_config_on_reload_keeps_the_old_one(start_daemon) -> None:
+    proc = start_daemon()
+    proc.config.write_text("[metrics]\nenabled = false\n[bus]\nmax_inflight_total = -1\n")
+    wait_for_log(proc, "reload failed, keeping the previous configuration")
+    assert "bus.max_inflight_total = -1 must be > 0" in proc.log_text()
+    result = calls_as(0, proc.address, [["Reload", "", []]])[0]
+    assert result["error"] == "org.schedcp.Control1.Error.ConfigError"
+    assert str(proc.config) in result["message"]
+    assert proc.proc.poll() is None
+
+
+def test_sigterm_stops_cleanly_and_releases_the_name(start_daemon) -> None:
+    proc = start_daemon()
+    assert proc.stop(signal.SIGTERM) == 0
+    assert not proc.owns_name()
+    assert "stopped" in proc.log_text()
+
+
+def test_bad_config_at_start_exits_2_naming_key_and_file(fresh_bus: PrivateBus) -> None:
+    proc2 = SchedcpdProcess(fresh_bus.address, "[metrics]\nport = 'x'\n")
+    proc2.start(wait=False)
+    assert proc2.proc.wait(20) == 2
+    assert f"{proc2.config}: metrics.port = 'x' must be a integer" in proc2.log_text()
+
+
+def test_second_daemon_exits_4_when_name_taken(start_daemon) -> None:
+    first = start_daemon()
+    second = start_daemon(address=first.address, wait=False)
+    assert second.proc.wait(20) == 4
+    assert "already owned" in second.log_text()
+    assert first.proc.poll() is None
+
+
+def test_bus_unreachable_exits_3(tmp_path: Path) -> None:
+    proc = SchedcpdProcess(f"unix:path={tmp_path}/nobus")
+    proc.start(wait=False)
+    assert proc.proc.wait(20) == 3
+    assert "cannot connect" in proc.log_text()
+
+
+def test_metrics_exporter(start_daemon) -> None:
+    proc = start_daemon("[metrics]\nport = 0\n")
+    for _ in range(3):
+        calls_as(0, proc.address, [["GetStatus", "", []], ["GetAudit", "us", [0, ""]]])
+    port = status(proc)["metrics"]["port"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'schedcp_dbus_calls_total{method="GetStatus"}' in text
+    assert 'schedcp_dbus_errors_total{error="InvalidArgument",method="GetAudit"} 3.0' in text
+    assert 'schedcp_dbus_call_seconds_bucket{le="0.001",method="GetStatus"}' in text
+    assert "schedcp_build_info{" in text
+
+
+def test_cli_status_audit_and_exit_codes(start_daemon, test_users: dict[str, int]) -> None:
+    from tests.conftest import run_as
+
+    proc = start_daemon()
+    # The installed console script, as users run it.
+    ctl = [str(Path(sys.executable).parent / "schedcpctl"), "--bus", proc.address]
+    out = subprocess.run([*ctl, "status"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "schedcpd" in out.stdout and "PLUGIN" in out.stdout
+    out = subprocess.run([*ctl, "--json", "status"], capture_output=True, text=True, cwd=ROOT)
+    assert json.loads(out.stdout)["pid"] == proc.proc.pid
+    out = subprocess.run([*ctl, "subsystems"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    subprocess.run([*ctl, "reload"], capture_output=True, text=True, cwd=ROOT, check=True)
+    out = subprocess.run([*ctl, "audit"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and "Reload" in out.stdout
+    denied = run_as(test_users["nobody"], [*ctl, "audit"])
+    assert denied.returncode == 4, denied
+    assert "access denied" in denied.stderr
+    proc.stop()
+    gone = subprocess.run([*ctl, "status"], capture_output=True, text=True, cwd=ROOT)
+    assert gone.returncode == 3
+    assert "not running" in gone.stderr

@@ -1,0 +1,110 @@
+"""The plugin host: isolation of failing plugins, the agent marker, docs of every hook."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import textwrap
+from pathlib import Path
+
+from schedcpd import hookspecs
+from schedcpd.hookspecs import PluginContext
+from schedcpd.plugins import PluginHost
+from tests.conftest import calls_as
+from tests.core.sample_plugins import good
+from tests.harness import ROOT
+
+SAMPLES = "tests.core.sample_plugins"
+
+
+def host(*names: str, failures: list | None = None) -> PluginHost:
+    return PluginHost(
+        builtins={n: f"{SAMPLES}.{n}" for n in names},
+        on_failure=(lambda n, m: failures.append((n, m))) if failures is not None else None,
+        load_entry_points=False,
+    )
+
+
+def test_good_plugin_is_described_and_started(tmp_path: Path) -> None:
+    h = host("good")
+    h.startup(lambda name: PluginContext(state_dir=tmp_path / name))
+    assert good.STARTED[-1].state_dir == tmp_path / "good"
+    assert h.subsystems()["good"]["capabilities"]["knob"]["available"] is True
+    assert h.call_first("schedcp_state", subsystem="good") == {"managed": []}
+    assert h.call_first("schedcp_state", subsystem="other") is None
+
+
+def test_failing_plugins_are_disabled_and_reported() -> None:
+    failures: list[tuple[str, str]] = []
+    h = host("broken_import", "raises_in_hook", "good", failures=failures)
+    assert not h.records["broken_import"].enabled
+    assert "cannot be imported" in (h.records["broken_import"].error or "")
+    # The raising plugin is disabled on its first failing hook; others still answer.
+    subsystems = h.subsystems()
+    assert set(subsystems) == {"good"}
+    record = h.records["raises_in_hook"]
+    assert not record.enabled and "describe exploded" in (record.error or "")
+    assert [n for n, _ in failures] == ["broken_import", "raises_in_hook"]
+    assert not h.pm.has_plugin("raises_in_hook")
+
+
+def test_agent_hooks_cannot_bind_to_daemon_hooks() -> None:
+    h = host("agent_sneak", "good")
+    assert not h.records["agent_sneak"].enabled
+    assert "no schedcp daemon hook" in (h.records["agent_sneak"].error or "")
+    assert set(h.subsystems()) == {"good"}
+
+
+def test_hook_without_spec_is_refused() -> None:
+    h = host("typo")
+    assert not h.records["typo"].enabled
+    assert "schedcp_describ" in (h.records["typo"].error or "")
+
+
+def test_disabled_by_config() -> None:
+    h = PluginHost(builtins={"good": f"{SAMPLES}.good"}, disabled=["good"],
+                   load_entry_points=False)
+    assert h.records["good"].error == "disabled in config"
+    assert h.subsystems() == {}
+
+
+def test_every_hook_is_documented() -> None:
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
+             if n.startswith("schedcp_")]
+    assert hooks
+    for name in hooks:
+        header = re.search(rf"^###\s+`?{name}\(", doc, re.M)
+        assert header, f"{name} is not in docs/plugins.md"
+        section = doc[header.end():].split("\n### ", 1)[0]
+        for param in inspect.signature(getattr(hookspecs, name)).parameters:
+            assert f"`{param}`" in section, f"{name}: parameter {param} undocumented"
+
+
+def test_third_party_plugin_from_entry_point_failing_keeps_daemon_up(
+        tmp_path: Path, start_daemon, test_users: dict[str, int]) -> None:
+    # A real installed distribution with a schedcp.plugins entry point whose
+    # plugin raises in schedcp_startup: the daemon starts and reports it.
+    site = tmp_path / "site"
+    (site / "bad_plugin").mkdir(parents=True)
+    (site / "bad_plugin" / "__init__.py").write_text(textwrap.dedent("""
+        from schedcpd.hookspecs import hookimpl
+
+        @hookimpl
+        def schedcp_startup(context):
+            raise OSError("no such device")
+    """))
+    dist = site / "bad_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[schedcp.plugins]\nbad = bad_plugin\n")
+    env = {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = start_daemon(env=env)
+    status = json.loads(calls_as(0, proc.address, [["GetStatus", "", []]])[0]["ok"])
+    bad = next(p for p in status["plugins"] if p["name"] == "bad")
+    assert bad["enabled"] is False
+    assert "no such device" in bad["error"]
+    assert "plugin bad disabled" in proc.log_text()
+    assert proc.proc.poll() is None
