@@ -19,6 +19,16 @@ from sqlite_utils import Database
 from schedcpd.state import StateStore
 
 
+def migrate_audit(db: Database) -> None:
+    """Schema: the audit table."""
+    db.table("audit").create(
+        {"id": int, "time": float, "uid": int, "pid": int, "sender": str, "method": str,
+         "args_digest": str, "result": str, "detail": str},
+        pk="id",
+    )
+    db.table("audit").create_index(["time"])
+
+
 def digest_arguments(args: list[Any] | tuple[Any, ...]) -> str:
     """A stable SHA-256 hex digest of a call's arguments."""
     blob = json.dumps(list(args), sort_keys=True, default=repr).encode()

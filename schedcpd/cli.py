@@ -4,6 +4,9 @@
     schedcpctl subsystems
     schedcpctl audit [--limit N] [--method NAME]
     schedcpctl reload
+    schedcpctl policy list [QUERY] | show ID | history ID | submit FILE|- | verify ID
+    schedcpctl policy promote|retire ID
+    schedcpctl token inspect TOKEN|-
 
 Human-readable tables by default, the daemon's JSON with ``--json``.
 Exit status: 0 success, 1 other error, 2 usage, 3 daemon not running or bus
@@ -24,6 +27,7 @@ from dbus_fast import Message, MessageType
 
 from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus, bus_from_spec
+from schedcpd.errors import SchedcpError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED, EXIT_INVALID = range(6)
 
@@ -121,6 +125,91 @@ def _show_audit(records: list[dict[str, Any]]) -> str:
     )
 
 
+def _show_policies(policies: list[dict[str, Any]]) -> str:
+    if not policies:
+        return "no matching policies"
+    return _table(["id", "name", "track", "state", "provenance", "score"],
+                  [(p["id"][:12], p["name"], p["track"], p["state"], p["provenance"],
+                    p.get("score", "")) for p in policies])
+
+
+def _show_report(token: str, report: dict[str, Any]) -> str:
+    lines = [f"policy {report['name']} ({report['policy_id'][:12]}): "
+             f"{'PASSED' if report['passed'] else 'FAILED'}"]
+    for stage in report["stages"]:
+        state = "pass" if stage["passed"] else ("skip" if stage["skipped"] else "FAIL")
+        if stage["skipped"] and stage["passed"]:
+            state = "skip"
+        lines.append(f"  {stage['stage']:<8} {state:<5} {stage['seconds']:.2f}s  "
+                     f"{stage['skipped']}")
+        for f in stage["findings"]:
+            lines.append(f"      {f['severity']}: {f['code']} {f.get('field') or ''}: "
+                         f"{f['message']}")
+    if token:
+        lines.append(f"token: {token}")
+    return "\n".join(lines)
+
+
+def _read_arg(value: str) -> str:
+    if value == "-":
+        return sys.stdin.read()
+    if value.startswith("schedcp1.") or "\n" in value:
+        return value
+    with open(value, encoding="utf-8") as f:
+        return f.read()
+
+
+async def _policy(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    action = args.action
+    if action == "list":
+        result = await client.call_json("ListPolicies", "s", " ".join(args.query))
+        return result, _show_policies(result)
+    if action == "show":
+        result = await client.call_json("GetPolicy", "s", args.id)
+        return result, result["document"]
+    if action == "history":
+        result = await client.call_json("GetPolicyHistory", "s", args.id)
+        return result, json.dumps(result, indent=2)
+    if action == "submit":
+        policy_id = await client.call("SubmitPolicy", "s", _read_arg(args.file))
+        return {"policy_id": policy_id}, policy_id
+    if action == "verify":
+        token, report = await client.call("VerifyPolicy", "s", args.id)
+        report = json.loads(report)
+        return {"token": token, "report": report}, _show_report(token, report)
+    state = {"promote": "proven", "retire": "retired"}[action]
+    result = await client.call_json("SetPolicyState", "ss", args.id, state)
+    return result, f"{result['name']} ({result['id'][:12]}) is now {result['state']}"
+
+
+async def _inspect_token(client: Client, text: str) -> tuple[Any, str]:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from schedcpd import tokens
+
+    claims, signed, signature = tokens.decode(text.strip())
+    keys = {k["kid"]: k for k in await client.call_json("GetVerifierKeys")}
+    key = keys.get(claims["kid"])
+    if key is None:
+        verdict = f"signed by unknown key {claims['kid']}"
+    else:
+        import base64
+
+        public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key["public_key"]))
+        try:
+            public.verify(signature, signed)
+            verdict = f"signature valid (key {claims['kid']})"
+        except InvalidSignature:
+            verdict = "signature INVALID"
+    import time
+
+    left = claims["exp"] - time.time()
+    lines = [verdict, f"expires in {left:.0f} s" if left > 0 else "EXPIRED"]
+    lines += [f"{k}: {v}" for k, v in sorted(claims.items())]
+    return {"claims": claims, "verdict": verdict}, "\n".join(lines)
+
+
 async def _run(args: argparse.Namespace) -> int:
     try:
         bus = await bus_from_spec(args.bus).connect()
@@ -141,8 +230,15 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "reload":
             result = await client.call_json("Reload")
             text = f"reloaded; changed: {', '.join(result['changed']) or 'nothing'}"
+        elif args.command == "policy":
+            result, text = await _policy(client, args)
+        elif args.command == "token":
+            result, text = await _inspect_token(client, _read_arg(args.token))
         else:  # pragma: no cover - argparse rejects it first
             raise AssertionError(args.command)
+    except (OSError, SchedcpError) as err:
+        print(f"schedcpctl: {err}", file=sys.stderr)
+        return EXIT_INVALID if isinstance(err, SchedcpError) else EXIT_ERROR
     except CallFailed as err:
         if err.code == EXIT_NOT_RUNNING:
             print(f"schedcpctl: schedcpd is not running on the {args.bus} bus ({err.name})",
@@ -171,6 +267,20 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=20)
     audit.add_argument("--method", default="")
     sub.add_parser("reload", help="reload the daemon's configuration (admin)")
+    policy = sub.add_parser("policy", help="the policy repository and verifier")
+    psub = policy.add_subparsers(dest="action", required=True)
+    plist = psub.add_parser("list", help="policies, ranked for a workload description")
+    plist.add_argument("query", nargs="*")
+    for name, helptext in (("show", "a policy's document"),
+                           ("history", "deployments and antipatterns"),
+                           ("verify", "run the verifier; prints the report and a token"),
+                           ("promote", "mark proven (admin)"), ("retire", "retire (admin)")):
+        psub.add_parser(name, help=helptext).add_argument("id")
+    psub.add_parser("submit", help="submit a TOML policy (file or -)").add_argument("file")
+    token = sub.add_parser("token", help="deployment tokens")
+    tsub = token.add_subparsers(dest="action", required=True)
+    tsub.add_parser("inspect", help="decode a token and check its signature").add_argument(
+        "token", help="the token, or - for stdin")
     return parser
 
 

@@ -48,6 +48,10 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
+def _dynamic_seconds(value: Any) -> str | None:
+    return None if 0.5 <= value <= 60 else "must be between 0.5 and 60"
+
+
 def _actions(value: Any) -> str | None:
     bad = [a for a in value if a not in const.ACTIONS]
     return f"unknown actions {bad}; known: {', '.join(const.ACTIONS)}" if bad else None
@@ -88,6 +92,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "plugins": {
         "disabled": Key(list, [], None, str),
+    },
+    "repository": {
+        "builtin_dir": Key(str, "auto"),
+        "dropin_dir": Key(str, "/etc/schedcp/policies.d"),
+        "agent_user": Key(str, "schedcp-agent"),
+    },
+    "verifier": {
+        "token_lifetime_seconds": Key((int, float), 900.0, _positive),
+        "dynamic_seconds": Key((int, float), 3.0, _dynamic_seconds),
     },
 }
 

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import os
+import pwd
 import signal
 import sys
 from pathlib import Path
@@ -25,7 +26,6 @@ from dbus_fast import NameFlag, RequestNameReply
 from schedcpd import __version__, config
 from schedcpd.audit import AuditLog
 from schedcpd.authz import Authorizer
-from schedcpd.config_watch import ConfigWatcher
 from schedcpd.const import BUS_NAME, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
 from schedcpd.dbus.bus import bus_from_spec
 from schedcpd.dbus.identity import CallerResolver
@@ -37,7 +37,12 @@ from schedcpd.manager import Manager
 from schedcpd.metrics import Metrics
 from schedcpd.notify import Notifier
 from schedcpd.plugins import PluginHost
+from schedcpd.repository import Repository, load_directory
+from schedcpd.schema import MIGRATIONS
 from schedcpd.state import StateStore
+from schedcpd.tokens import KeyStore, TokenAuthority
+from schedcpd.verifier import Verifier
+from schedcpd.watch import PathWatcher
 
 _LOGGER = logging.getLogger("schedcpd")
 
@@ -72,7 +77,7 @@ class Daemon:
         """Run until asked to stop; return the exit status."""
         loop = asyncio.get_running_loop()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.store = StateStore(self.state_dir / "schedcpd.db")
+        self.store = StateStore(self.state_dir / "schedcpd.db", MIGRATIONS)
         try:
             return await self._run(loop)
         finally:
@@ -87,6 +92,7 @@ class Daemon:
         self._restore_all("start-up (restoring anything a previous run left applied)")
         self.manager = Manager(self.plugins, audit, self._status_extras, self.reload)
         self.metrics.plugins_enabled.set(sum(r.enabled for r in self.plugins.records.values()))
+        await self._start_policies()
 
         self.bus = bus_from_spec(self.bus_spec)
         try:
@@ -118,8 +124,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload_logged, "SIGHUP")
         self._tasks.append(loop.create_task(self.notifier.watchdog()))
         self._tasks.append(loop.create_task(self._watch_bus()))
-        watcher = ConfigWatcher(self.config.path, loop, lambda: self._reload_logged("file change"))
+        watcher = PathWatcher.for_file(self.config.path, loop,
+                                       lambda: self._reload_logged("file change"))
         watcher.start()
+        dropins = PathWatcher(self.dropin_dir, lambda p: p.endswith(".toml"), loop,
+                              self._dropins_changed)
+        dropins.start()
 
         self.notifier.send(READY=1, MAINPID=os.getpid())
         self.notifier.status(
@@ -131,6 +141,7 @@ class Daemon:
             await self._stop.wait()
         finally:
             watcher.stop()
+            dropins.stop()
             await self._shutdown()
         return self._exit_code
 
@@ -165,6 +176,42 @@ class Daemon:
             if report:
                 _LOGGER.info("restored %s at %s: %s", name, why, report)
 
+    # -- policies -------------------------------------------------------
+
+    async def _start_policies(self) -> None:
+        """Keys, tokens, repository (built-ins and drop-ins) and the verifier."""
+        settings = self.config["repository"]
+        verifier_settings = self.config["verifier"]
+        keys = KeyStore(self.state_dir / "keys", verifier_settings["token_lifetime_seconds"])
+        tokens = TokenAuthority(keys, self.store)
+        repo = Repository(self.store, self._validate_policy)
+        self.policy_errors: dict[str, str] = {}
+        builtin = settings["builtin_dir"]
+        self.builtin_dir = (_default_builtin_dir() if builtin == "auto" else Path(builtin))
+        self.dropin_dir = Path(settings["dropin_dir"])
+        loaded = await load_directory(repo, self.builtin_dir, "builtin", self.policy_errors)
+        loaded += await load_directory(repo, self.dropin_dir, "user", self.policy_errors)
+        _LOGGER.info("%d policies loaded from %s and %s; %d rejected", len(loaded),
+                     self.builtin_dir, self.dropin_dir, len(self.policy_errors))
+        self.manager.repository = repo
+        self.manager.tokens = tokens
+        self.manager.verifier = Verifier(self.plugins, repo, tokens,
+                                         dynamic_seconds=verifier_settings["dynamic_seconds"])
+        try:
+            self.manager.agent_uids = frozenset({pwd.getpwnam(settings["agent_user"]).pw_uid})
+        except KeyError:
+            self.manager.agent_uids = frozenset()
+
+    def _validate_policy(self, subsystem: str, doc: dict[str, Any]) -> Any:
+        return self.plugins.call_first("schedcp_validate", subsystem=subsystem, policy=doc)
+
+    def _dropins_changed(self) -> None:
+        repo = self.manager.repository
+        assert repo is not None
+        task = asyncio.get_running_loop().create_task(
+            load_directory(repo, self.dropin_dir, "user", self.policy_errors))
+        self._tasks.append(task)
+
     # -- plugins --------------------------------------------------------
 
     def _plugin_context(self, name: str) -> PluginContext:
@@ -185,6 +232,8 @@ class Daemon:
             "authorization": self.authorizer.mode(),
             "config_file": str(self.config.path) if self.config.path else None,
             "state_dir": str(self.state_dir),
+            "policy_files": {"builtin": str(self.builtin_dir), "dropin": str(self.dropin_dir),
+                             "rejected": self.policy_errors},
             "metrics": (
                 {"address": self.config["metrics"]["address"], "port": self.metrics.port}
                 if self.metrics.port else None
@@ -226,6 +275,12 @@ class Daemon:
             self.reload()
         except ConfigError as err:
             _LOGGER.error("reload failed, keeping the previous configuration: %s", err)
+
+
+def _default_builtin_dir() -> Path:
+    """policies/ of a source checkout, else the packaged location."""
+    checkout = Path(__file__).resolve().parents[1] / "policies"
+    return checkout if checkout.is_dir() else Path("/usr/share/schedcp/policies")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

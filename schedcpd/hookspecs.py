@@ -122,3 +122,32 @@ def schedcp_state(subsystem: str) -> dict[str, Any] | None:
 
     Return ``None`` when ``subsystem`` is not this plugin's.
     """
+
+
+@hookspec(firstresult=True)
+def schedcp_static_check(
+    subsystem: str, policy: dict[str, Any], active: list[dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """Analyse a schema-valid policy's scheduling logic without running it.
+
+    Verifier stage 2: starvation risks (a class with no guaranteed share that
+    others depend on), real-time without caps, CPU sets that leave tasks no
+    CPU, starving quotas, and conflicts with the ``active`` policies (each
+    ``{"policy_id", "name", "document"}``).  Return findings as for
+    :func:`schedcp_validate`, or ``None`` when ``subsystem`` is not this
+    plugin's.
+    """
+
+
+@hookspec(firstresult=True)
+def schedcp_dynamic_check(
+    subsystem: str, policy: dict[str, Any], seconds: float
+) -> list[dict[str, Any]] | None:
+    """Run the policy on a synthetic workload in a sandbox for about ``seconds``.
+
+    Verifier stage 4.  Start the workload itself (only processes and cgroups
+    it creates), apply the policy to them alone, check every task makes
+    progress and the guards hold, restore, and return findings (empty when
+    all is well).  Runs on a worker thread; may block.  ``None`` when
+    ``subsystem`` is not this plugin's.
+    """

@@ -24,6 +24,7 @@ from schedcpd.audit import AuditLog
 from schedcpd.const import ACTION_ADMIN, ACTION_OBSERVE, API_VERSION
 from schedcpd.errors import InvalidArgument
 from schedcpd.plugins import PluginHost
+from schedcpd.policy_api import PolicyAPI
 
 _MAX_AUDIT_ROWS = 1000
 
@@ -32,8 +33,12 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-class Manager:
-    """The ``org.schedcp.Control1.Manager`` API, transport-neutral."""
+class Manager(PolicyAPI):
+    """The ``org.schedcp.Control1.Manager`` API, transport-neutral.
+
+    Methods are grouped by concept in mixins (:class:`PolicyAPI`, ...); the
+    transport sees one object.
+    """
 
     SIGNALS = (
         SignalSpec(

@@ -2,9 +2,10 @@
 
 The database lives at ``<state-dir>/schedcpd.db`` (WAL, ``synchronous=FULL``
 so a committed record survives a crash).  Schema changes are numbered
-migrations applied in order at open; the applied version is kept in
-``PRAGMA user_version``.  All statements run on one dedicated thread so the
-event loop never blocks on disk and SQLite sees a single writer.
+migrations (listed in :mod:`schedcpd.schema`) applied in order at open; the
+applied version is kept in ``PRAGMA user_version``.  All statements run on
+one dedicated thread so the event loop never blocks on disk and SQLite sees
+a single writer.
 """
 
 from __future__ import annotations
@@ -25,29 +26,7 @@ T = TypeVar("T")
 Migration = Callable[[Database], None]
 
 
-def _m001_audit(db: Database) -> None:
-    db.table("audit").create(
-        {
-            "id": int,
-            "time": float,
-            "uid": int,
-            "pid": int,
-            "sender": str,
-            "method": str,
-            "args_digest": str,
-            "result": str,
-            "detail": str,
-        },
-        pk="id",
-    )
-    db.table("audit").create_index(["time"])
-
-
-MIGRATIONS: list[Migration] = [_m001_audit]
-"""Append-only: never edit or reorder an applied migration."""
-
-
-def open_database(path: Path, migrations: list[Migration] | None = None) -> Database:
+def open_database(path: Path, migrations: list[Migration]) -> Database:
     """Open (creating if needed) the database at ``path`` and migrate it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -55,7 +34,7 @@ def open_database(path: Path, migrations: list[Migration] | None = None) -> Data
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     db = Database(conn, execute_plugins=False)
-    migrate(db, MIGRATIONS if migrations is None else migrations)
+    migrate(db, migrations)
     path.chmod(0o600)
     return db
 
@@ -80,11 +59,11 @@ def migrate(db: Database, migrations: list[Migration]) -> int:
 class StateStore:
     """The database plus the single thread every statement runs on."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, migrations: list[Migration]) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         # Open on the writer thread so the connection is only ever used there.
-        self.db: Database = self._executor.submit(open_database, path).result()
+        self.db: Database = self._executor.submit(open_database, path, migrations).result()
 
     async def run(self, fn: Callable[[Database], T]) -> T:
         """Run ``fn(db)`` on the writer thread and return its result."""

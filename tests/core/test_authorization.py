@@ -8,8 +8,9 @@ import pytest
 
 from schedcpd.api import collect
 from schedcpd.manager import Manager
+from schedcpd.tokens import digest_of
 from tests.conftest import calls_as
-from tests.harness import PolkitMock, PrivateBus, SchedcpdProcess
+from tests.harness import ROOT, PolkitMock, PrivateBus, SchedcpdProcess
 
 PROPS = "org.freedesktop.DBus.Properties"
 MGR = "org.schedcp.Control1.Manager"
@@ -23,6 +24,30 @@ CALLS = {
     "Properties.GetAll": ["GetAll", "s", [MGR], PROPS],
 }
 DENIED = "org.schedcp.Control1.Error.AccessDenied"
+BUILTIN = digest_of((ROOT / "policies" / "latency-protect.toml").read_text())
+SUBMITTED = """
+[policy]
+name = "matrix-test"
+description = "a policy submitted by the authorization tests"
+
+[[group]]
+name = "g"
+match = { comm = ["schedcp-none"] }
+task = { nice = 1 }
+"""
+CALLS.update({
+    "ListPolicies": ["ListPolicies", "s", ["latency"], MGR],
+    "GetPolicy": ["GetPolicy", "s", [BUILTIN], MGR],
+    "GetPolicyHistory": ["GetPolicyHistory", "s", [BUILTIN], MGR],
+    "GetVerifierKeys": ["GetVerifierKeys", "", [], MGR],
+    "SubmitPolicy": ["SubmitPolicy", "s", [SUBMITTED], MGR],
+    "SetPolicyState": ["SetPolicyState", "ss", [BUILTIN, "verified"], MGR],
+    "VerifyPolicy": ["VerifyPolicy", "s", [BUILTIN], MGR],
+    "RotateVerifierKey": ["RotateVerifierKey", "", [], MGR],
+})
+OBSERVE = ("GetStatus", "Properties.Get", "Properties.GetAll", "ListPolicies", "GetPolicy",
+           "GetPolicyHistory", "GetVerifierKeys")
+ADMIN = ("GetAudit", "Reload", "SetPolicyState", "RotateVerifierKey", "VerifyPolicy")
 
 
 def test_matrix_covers_every_method() -> None:
@@ -32,12 +57,11 @@ def test_matrix_covers_every_method() -> None:
 
 # Expected outcome per user under the default [authorization] table.
 MATRIX = {
-    "root": {"GetStatus": True, "GetAudit": True, "Reload": True,
-             "Properties.Get": True, "Properties.GetAll": True},
-    "member": {"GetStatus": True, "GetAudit": False, "Reload": False,
-               "Properties.Get": True, "Properties.GetAll": True},
-    "nobody": {"GetStatus": True, "GetAudit": False, "Reload": False,
-               "Properties.Get": True, "Properties.GetAll": True},
+    "root": dict.fromkeys(CALLS, True),
+    "member": {**dict.fromkeys(OBSERVE, True), **dict.fromkeys(ADMIN, False),
+               "SubmitPolicy": True},
+    "nobody": {**dict.fromkeys(OBSERVE, True), **dict.fromkeys(ADMIN, False),
+               "SubmitPolicy": False},
 }
 
 

@@ -1,0 +1,18 @@
+"""The ordered list of database migrations of schedcpd.db.
+
+Append-only: a released migration is never edited or reordered, because the
+database records how many have been applied (``PRAGMA user_version``).
+"""
+
+from __future__ import annotations
+
+from schedcpd.audit import migrate_audit
+from schedcpd.repository import migrate_repository
+from schedcpd.state import Migration
+from schedcpd.tokens import migrate_nonces
+
+MIGRATIONS: list[Migration] = [
+    migrate_audit,  # 1
+    migrate_nonces,  # 2
+    migrate_repository,  # 3
+]

@@ -1,0 +1,161 @@
+"""The Execution Verifier: the gate between an idea and the kernel.
+
+A stored policy version goes through four stages; each yields a structured
+result ``{"stage", "passed", "skipped", "findings", "seconds"}`` where a
+finding is ``{"code", "severity", "field", "message"}`` (never a grep of
+some tool's stderr):
+
+1. ``schema`` — the subsystem's schema: allow-listed knobs, types, ranges,
+   no free-form commands or paths outside allowed roots
+   (``schedcp_validate``);
+2. ``static`` — scheduling logic: starvation risks, unbounded real-time,
+   CPU sets that leave a task nowhere to run, starving quotas, conflicts
+   with active policies (``schedcp_static_check``);
+3. ``kernel`` — load BPF artifacts into the kernel verifier without
+   attaching (T2; a T1 policy has none and the stage is skipped);
+4. ``dynamic`` — run the policy on a synthetic workload in a sandbox for a
+   bounded time and check every task progresses and guards hold
+   (``schedcp_dynamic_check``).
+
+A stage the subsystem does not implement fails closed.  Only when every
+stage passes is a signed deployment token issued and the version promoted
+to ``verified``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from schedcpd.errors import Conflict, NotSupported
+from schedcpd.plugins import PluginHost
+from schedcpd.repository import Repository, parse_document
+from schedcpd.tokens import TokenAuthority, digest_of
+
+_LOGGER = logging.getLogger(__name__)
+
+STAGES = ("schema", "static", "kernel", "dynamic")
+DEFAULT_DYNAMIC_SECONDS = 3.0
+
+ActivePolicies = Callable[[], list[dict[str, Any]]]
+
+
+def _finding(code: str, message: str, field: str = "", severity: str = "error") -> dict[str, Any]:
+    return {"code": code, "severity": severity, "field": field, "message": message}
+
+
+def _stage(name: str, start: float, findings: list[dict[str, Any]] | None,
+           skipped: str = "") -> dict[str, Any]:
+    findings = findings or []
+    return {
+        "stage": name,
+        "passed": not any(f.get("severity", "error") == "error" for f in findings),
+        "skipped": skipped,
+        "findings": findings,
+        "seconds": round(time.monotonic() - start, 4),
+    }
+
+
+class Verifier:
+    """Runs the stages and issues tokens."""
+
+    def __init__(self, plugins: PluginHost, repository: Repository, tokens: TokenAuthority,
+                 active_policies: ActivePolicies | None = None,
+                 dynamic_seconds: float = DEFAULT_DYNAMIC_SECONDS) -> None:
+        self._plugins = plugins
+        self._repo = repository
+        self._tokens = tokens
+        self._active = active_policies or list
+        self.dynamic_seconds = dynamic_seconds
+        self._running: set[str] = set()
+
+    async def verify(self, policy_id: str, uid: int) -> tuple[str, dict[str, Any]]:
+        """Verify the stored version; return (token or "", report)."""
+        policy = await self._repo.get(policy_id)
+        if policy["state"] == "retired":
+            raise Conflict(f"policy {policy['id'][:12]} is retired")
+        if policy["id"] in self._running:
+            raise Conflict(f"policy {policy['id'][:12]} is being verified already")
+        self._running.add(policy["id"])
+        try:
+            report = await self._run(policy)
+        finally:
+            self._running.discard(policy["id"])
+        token = ""
+        if report["passed"]:
+            report_digest = digest_of(json.dumps(report, sort_keys=True))
+            token = self._tokens.issue(
+                policy_id=policy["id"], policy_digest=digest_of(policy["document"]),
+                subsystem=policy["subsystem"], scope=report["scope"],
+                report_digest=report_digest, uid=uid,
+            )
+            if policy["state"] == "candidate":
+                await self._repo.set_state(policy["id"], "verified")
+        _LOGGER.info("verification of %s (%s) for uid %d: %s", policy["name"],
+                     policy["id"][:12], uid, "passed" if report["passed"] else
+                     "failed at " + ", ".join(s["stage"] for s in report["stages"]
+                                              if not s["passed"]))
+        return token, report
+
+    async def _run(self, policy: dict[str, Any]) -> dict[str, Any]:
+        subsystem = policy["subsystem"]
+        doc = parse_document(policy["document"], policy["id"][:12])
+        stages: list[dict[str, Any]] = []
+
+        start = time.monotonic()
+        findings = self._plugins.call_first("schedcp_validate", subsystem=subsystem, policy=doc)
+        if findings is None:
+            findings = [_finding("no-subsystem", f"no enabled subsystem {subsystem!r}",
+                                 "policy.subsystem")]
+        stages.append(_stage("schema", start, findings))
+
+        if stages[-1]["passed"]:
+            start = time.monotonic()
+            findings = self._plugins.call_first(
+                "schedcp_static_check", subsystem=subsystem, policy=doc,
+                active=[p for p in self._active() if p.get("policy_id") != policy["id"]])
+            if findings is None:
+                findings = [_finding("no-static-check",
+                                     f"subsystem {subsystem!r} offers no static analysis")]
+            stages.append(_stage("static", start, findings))
+
+        if all(s["passed"] for s in stages):
+            start = time.monotonic()
+            if policy["track"] == "T1":
+                stages.append(_stage("kernel", start, [], skipped="T1 policy: no BPF artifacts"))
+            else:
+                stages.append(_stage("kernel", start, [_finding(
+                    "unsupported-track", f"{policy['track']} policies need the sched_ext "
+                    "micro-VM verifier, which this build does not have")]))
+
+        if all(s["passed"] for s in stages):
+            start = time.monotonic()
+            try:
+                findings = await asyncio.to_thread(
+                    self._plugins.call_first, "schedcp_dynamic_check", subsystem=subsystem,
+                    policy=doc, seconds=self.dynamic_seconds)
+            except NotSupported as err:
+                findings = [_finding("unsupported", str(err))]
+            if findings is None:
+                findings = [_finding("no-dynamic-check",
+                                     f"subsystem {subsystem!r} offers no dynamic test")]
+            stages.append(_stage("dynamic", start, findings))
+
+        for name in STAGES[len(stages):]:
+            stages.append({"stage": name, "passed": False, "skipped": "an earlier stage failed",
+                           "findings": [], "seconds": 0.0})
+        return {
+            "policy_id": policy["id"],
+            "name": policy["name"],
+            "subsystem": subsystem,
+            "track": policy["track"],
+            "passed": all(s["passed"] for s in stages),
+            "stages": stages,
+            "scope": {"groups": [g.get("name") for g in doc.get("group", [])
+                                 if isinstance(g, dict)]},
+            "time": time.time(),
+        }

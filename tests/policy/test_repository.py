@@ -1,0 +1,175 @@
+"""The Policy Repository on real SQLite with the real scheduler plugin's validation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schedcpd.errors import InvalidArgument, NotFound
+from schedcpd.plugins import PluginHost
+from schedcpd.repository import Repository, load_directory
+from schedcpd.schema import MIGRATIONS
+from schedcpd.state import StateStore
+from tests.harness import ROOT
+
+POLICIES = ROOT / "policies"
+
+SMALL = """
+[policy]
+name = "tiny"
+description = "SCHED_BATCH for the encoder"
+workloads = ["video encoding"]
+
+[[group]]
+name = "enc"
+match = { comm = ["x264"] }
+task = { policy = "batch" }
+"""
+
+
+@pytest.fixture(scope="module")
+def plugins() -> PluginHost:
+    host = PluginHost(load_entry_points=False)
+    assert host.records["scheduler"].enabled, host.records["scheduler"].error
+    return host
+
+
+@pytest.fixture
+def repo(tmp_path: Path, plugins: PluginHost) -> Iterator[Repository]:
+    store = StateStore(tmp_path / "db.sqlite", MIGRATIONS)
+    yield Repository(store, lambda s, d: plugins.call_first("schedcp_validate", subsystem=s,
+                                                             policy=d))
+    store.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_builtins_load_and_are_idempotent(repo: Repository) -> None:
+    errors: dict[str, str] = {}
+    first = run(load_directory(repo, POLICIES, "builtin", errors))
+    assert errors == {}
+    assert len(first) >= 6
+    assert run(load_directory(repo, POLICIES, "builtin", errors)) == first
+    listed = run(repo.search(""))
+    assert {p["provenance"] for p in listed} == {"builtin"}
+    assert len(listed) == len(first)
+
+
+def test_submit_get_and_states(repo: Repository) -> None:
+    pid = run(repo.add(SMALL, "agent", "uid 999", 999))
+    assert len(pid) == 64
+    got = run(repo.get(pid[:12]))
+    assert got["name"] == "tiny" and got["state"] == "candidate" and got["document"] == SMALL
+    assert got["provenance"] == "agent" and got["uid"] == 999
+    assert run(repo.set_state(pid, "proven"))["state"] == "proven"
+    with pytest.raises(InvalidArgument):
+        run(repo.set_state(pid, "blessed"))
+    with pytest.raises(NotFound):
+        run(repo.get("0" * 64))
+    with pytest.raises(InvalidArgument):
+        run(repo.get("../../etc"))
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[policy\n", "not valid TOML"),
+        ('[policy]\nname = "x"\n', "policy.description"),
+        (SMALL.replace('policy = "batch"', 'policy = "turbo"'), "group[0].task.policy"),
+        (SMALL.replace('policy = "batch"', "nice = 40"), "group[0].task.nice"),
+        (SMALL.replace("[policy]", '[policy]\nsubsystem = "gpu"'), "policy.subsystem"),
+        ("x" * 70000, "larger than"),
+    ],
+)
+def test_rejections_name_the_field(repo: Repository, text: str, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        run(repo.add(text, "user", "uid 0"))
+    assert fragment in str(info.value)
+    assert "uid 0" in str(info.value)
+
+
+def test_dropins_add_update_retire_and_report_bad_files(repo: Repository,
+                                                        tmp_path: Path) -> None:
+    dropin = tmp_path / "policies.d"
+    dropin.mkdir()
+    (dropin / "a.toml").write_text(SMALL)
+    (dropin / "bad.toml").write_text(SMALL.replace('"batch"', '"turbo"'))
+    errors: dict[str, str] = {}
+    [first] = run(load_directory(repo, dropin, "user", errors))
+    assert list(errors) == [str(dropin / "bad.toml")]
+    assert "group[0].task.policy" in errors[str(dropin / "bad.toml")]
+    (dropin / "a.toml").write_text(SMALL.replace("x264", "x265"))
+    [second] = run(load_directory(repo, dropin, "user", errors))
+    assert run(repo.get(first))["state"] == "retired"
+    assert run(repo.get(second))["state"] == "candidate"
+    (dropin / "a.toml").unlink()
+    (dropin / "bad.toml").unlink()
+    run(load_directory(repo, dropin, "user", errors))
+    assert run(repo.get(second))["state"] == "retired"
+    assert errors == {}
+    assert run(repo.search("encoder")) == []
+
+
+def test_history_and_antipatterns(repo: Repository) -> None:
+    pid = run(repo.add(SMALL, "user", "uid 0"))
+    run(repo.record_outcome(pid, "dep-1", "active", {"wake_p99_ratio": 0.02}))
+    run(repo.record_antipattern(pid, "latency probe + hog", "hog_throughput", 0.3, "starved"))
+    hist = run(repo.history(pid))
+    assert hist["outcomes"][0]["metrics"] == {"wake_p99_ratio": 0.02}
+    assert hist["antipatterns"][0]["metric"] == "hog_throughput"
+
+
+# Workload descriptions an agent might write, and the built-in that should rank first.
+SEARCHES = [
+    ("kernel compile with make -j", "parallel-build"),
+    ("latency-sensitive web server next to a batch job", "latency-protect"),
+    ("long tail batch jobs, one job runs much longer than the others", "long-job-first"),
+    ("CPU-bound compression and video encoding throughput", "batch-throughput"),
+    ("desktop feels sluggish while something compiles in the background", "interactive-boost"),
+    ("noisy neighbour stealing CPU from a database, isolate it on its own cores",
+     "noisy-neighbour-cpuset"),
+    ("audio playback glitches, needs real-time priority", "rt-audio"),
+    ("put the whole batch job cgroup at idle so the service keeps its latency",
+     "latency-protect-cgroup"),
+    ("reduce the makespan of a parallel build with many short-lived compiler processes",
+     "parallel-build"),
+    ("interactive terminal responsiveness under load", "interactive-boost"),
+]
+
+
+def test_search_quality(repo: Repository) -> None:
+    run(load_directory(repo, POLICIES, "builtin", {}))
+    names = {p["name"] for p in run(repo.search(""))}
+    hits = []
+    for query, expected in SEARCHES:
+        assert expected in names, f"no built-in {expected}"
+        ranked = [p["name"] for p in run(repo.search(query))]
+        hits.append(ranked[:1] == [expected])
+        print(f"{query!r}: {ranked[:3]}")
+    assert sum(hits) >= 8, hits
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=400))
+def test_random_documents_never_crash_and_name_a_field(text: str) -> None:
+    host = PluginHost(load_entry_points=False)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        store = StateStore(Path(d) / "db.sqlite", MIGRATIONS)
+        repo = Repository(store, lambda s, doc: host.call_first(
+            "schedcp_validate", subsystem=s, policy=doc))
+        try:
+            run(repo.add(text, "user", "uid 0"))
+        except InvalidArgument as err:
+            assert "uid 0: " in str(err)
+        finally:
+            store.close()
+        assert host.records["scheduler"].enabled  # the plugin never raised
