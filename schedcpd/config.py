@@ -48,6 +48,10 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
+def _fraction(value: Any) -> str | None:
+    return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
 def _dynamic_seconds(value: Any) -> str | None:
     return None if 0.5 <= value <= 60 else "must be between 0.5 and 60"
 
@@ -97,6 +101,26 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "builtin_dir": Key(str, "auto"),
         "dropin_dir": Key(str, "/etc/schedcp/policies.d"),
         "agent_user": Key(str, "schedcp-agent"),
+    },
+    "deployer": {
+        "baseline_seconds": Key((int, float), 2.0, _positive),
+        "canary_seconds": Key((int, float), 3.0, _positive),
+        "full_seconds": Key((int, float), 3.0, _positive),
+        "backoff_seconds": Key((int, float), 60.0, _positive),
+    },
+    "breaker": {
+        "rate_hz": Key((int, float), 10.0, _positive),
+        "threshold": Key((int, float), 2.0, _positive),
+        "absolute_floor_us": Key((int, float), 200.0, _positive),
+        "agreement": Key((int, float), 0.7, _fraction),
+        "min_samples": Key(int, 8, _positive),
+        "window": Key(int, 15, _positive),
+        "throughput_floor": Key((int, float), 0.5, _fraction),
+        "interactive_share": Key((int, float), 0.6, _fraction),
+        "stall_seconds": Key((int, float), 2.0, _positive),
+    },
+    "debug": {
+        "fault_injection": Key(bool, False),
     },
     "verifier": {
         "token_lifetime_seconds": Key((int, float), 900.0, _positive),

@@ -26,11 +26,13 @@ from dbus_fast import NameFlag, RequestNameReply
 from schedcpd import __version__, config
 from schedcpd.audit import AuditLog
 from schedcpd.authz import Authorizer
+from schedcpd.breaker import BreakerSettings
 from schedcpd.const import BUS_NAME, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
 from schedcpd.dbus.bus import bus_from_spec
 from schedcpd.dbus.identity import CallerResolver
 from schedcpd.dbus.polkit import PolkitClient
 from schedcpd.dbus.service import ManagerService
+from schedcpd.deployer import Deployer, DeployerSettings
 from schedcpd.errors import ConfigError
 from schedcpd.hookspecs import PluginContext
 from schedcpd.manager import Manager
@@ -111,6 +113,8 @@ class Daemon:
         )
         self.service.export()
         self.manager.emitter = self.service
+        resolver.on_gone(self._client_gone)
+        await self._start_deployer()
 
         reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -164,6 +168,8 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await self.service.close()
+        if self.manager.deployer is not None:
+            await self.manager.deployer.close()
         self._restore_all("stop")
         self.plugins.shutdown()
         self.bus.disconnect()
@@ -201,6 +207,27 @@ class Daemon:
             self.manager.agent_uids = frozenset({pwd.getpwnam(settings["agent_user"]).pw_uid})
         except KeyError:
             self.manager.agent_uids = frozenset()
+
+    async def _start_deployer(self) -> None:
+        assert self.manager.repository is not None and self.manager.tokens is not None
+        d, b = self.config["deployer"], self.config["breaker"]
+        deployer = Deployer(
+            self.store, self.plugins, self.manager.repository, self.manager.tokens,
+            DeployerSettings(**d, fault_injection=self.config["debug"]["fault_injection"]),
+            BreakerSettings(**b),
+            emit=lambda dep, state, reason: self.service.emit(
+                "DeploymentChanged", dep, state, reason),
+        )
+        deployer.on_live_change = lambda: self.service.properties_changed(["ActivePolicies"])
+        recovered = await deployer.recover()
+        if recovered:
+            _LOGGER.warning("%d deployment(s) were in flight when the daemon stopped; marked "
+                            "reverted", recovered)
+        self.manager.deployer = deployer
+
+    def _client_gone(self, sender: str) -> None:
+        if self.manager.deployer is not None:
+            self.manager.deployer.client_gone(sender)
 
     def _validate_policy(self, subsystem: str, doc: dict[str, Any]) -> Any:
         return self.plugins.call_first("schedcp_validate", subsystem=subsystem, policy=doc)

@@ -22,6 +22,7 @@ from schedcpd import __version__
 from schedcpd.api import Caller, Emitter, NullEmitter, SignalSpec, api_property, method
 from schedcpd.audit import AuditLog
 from schedcpd.const import ACTION_ADMIN, ACTION_OBSERVE, API_VERSION
+from schedcpd.deploy_api import DeployAPI
 from schedcpd.errors import InvalidArgument
 from schedcpd.plugins import PluginHost
 from schedcpd.policy_api import PolicyAPI
@@ -33,11 +34,11 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-class Manager(PolicyAPI):
+class Manager(PolicyAPI, DeployAPI):
     """The ``org.schedcp.Control1.Manager`` API, transport-neutral.
 
-    Methods are grouped by concept in mixins (:class:`PolicyAPI`, ...); the
-    transport sees one object.
+    Methods are grouped by concept in mixins (:class:`PolicyAPI`,
+    :class:`DeployAPI`); the transport sees one object.
     """
 
     SIGNALS = (

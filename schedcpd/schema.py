@@ -7,6 +7,7 @@ database records how many have been applied (``PRAGMA user_version``).
 from __future__ import annotations
 
 from schedcpd.audit import migrate_audit
+from schedcpd.deployer import migrate_deployments
 from schedcpd.repository import migrate_repository
 from schedcpd.state import Migration
 from schedcpd.tokens import migrate_nonces
@@ -15,4 +16,5 @@ MIGRATIONS: list[Migration] = [
     migrate_audit,  # 1
     migrate_nonces,  # 2
     migrate_repository,  # 3
+    migrate_deployments,  # 4
 ]

@@ -45,7 +45,8 @@ async def main(address: str, calls: list[list[object]]) -> None:
         if reply.message_type == MessageType.ERROR:
             out.append({"error": reply.error_name, "message": reply.body[0] if reply.body else ""})
         else:
-            out.append({"ok": _plain(reply.body[0]) if reply.body else None})
+            body = [_plain(b) for b in reply.body]
+            out.append({"ok": body[0] if len(body) == 1 else (body or None)})
     bus.disconnect()
     print(json.dumps(out))
 

@@ -1,0 +1,253 @@
+"""The circuit breaker: guard metrics of a deployment's targets, and when to trip.
+
+Guards are sampled from procfs for the deployment's target processes (all
+their threads) at ``rate_hz`` (default 10 Hz):
+
+- ``wait_per_run_us`` per group: run-queue wait per scheduling
+  (Δ ``/proc/<pid>/task/<tid>/schedstat`` field 2 / Δ field 3), the
+  scheduling latency the group sees;
+- ``cpu_share`` per group: CPU time per wall second (Δ field 1);
+- ``runnable`` per group: threads in state R, for stall detection.
+
+Each group gets guards by what it did in the baseline and what the policy
+does to it (:func:`classify`):
+
+- ``latency`` — a group that ran in short bursts (under
+  ``interactive_share`` of a CPU per thread: wakers, servers, UIs) must not
+  see its run-queue wait per run regress, whatever the policy does to it:
+  a latency probe put at SCHED_IDLE beside hogs trips here;
+- ``throughput`` — a CPU-bound group the policy does not deprioritise must
+  keep at least ``throughput_floor`` of its baseline CPU;
+- ``donor`` — a CPU-bound group the policy deprioritises (SCHED_IDLE/BATCH,
+  positive nice, cpu.idle, low shares, quota) waits and yields by design:
+  only a stall trips it;
+
+and no group may stall (runnable threads with no CPU for ``stall_seconds``).
+
+A regression trips only with a statistical margin, never on one sample:
+at least ``min_samples`` samples in the window, the window's median beyond
+``threshold`` x the baseline median (plus an absolute floor), and at least
+``agreement`` of the window's samples beyond the baseline's p90.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROC = Path("/proc")
+
+
+@dataclass
+class BreakerSettings:
+    """Thresholds; ``[deployer]`` in schedcpd.toml sets them."""
+
+    rate_hz: float = 10.0
+    threshold: float = 2.0
+    absolute_floor_us: float = 200.0
+    agreement: float = 0.7
+    min_samples: int = 8
+    window: int = 15
+    throughput_floor: float = 0.5
+    interactive_share: float = 0.6
+    stall_seconds: float = 2.0
+
+
+@dataclass
+class Trip:
+    """Why the breaker tripped: the guard and the measured regression."""
+
+    guard: str
+    group: str
+    baseline: float
+    observed: float
+    detail: str
+
+    @property
+    def ratio(self) -> float:
+        """observed / baseline (inf when the baseline was 0)."""
+        return self.observed / self.baseline if self.baseline else float("inf")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"guard": self.guard, "group": self.group, "baseline": round(self.baseline, 3),
+                "observed": round(self.observed, 3), "ratio": round(self.ratio, 3),
+                "detail": self.detail}
+
+
+@dataclass
+class _TaskSample:
+    cpu_ns: int
+    wait_ns: int
+    runs: int
+    running: bool
+
+
+def _read_task(pid: int, tid: int) -> _TaskSample | None:
+    base = PROC / str(pid) / "task" / str(tid)
+    try:
+        cpu, wait, runs = map(int, (base / "schedstat").read_text().split())
+        stat = (base / "stat").read_text()
+    except (OSError, ValueError):
+        return None
+    state = stat[stat.rindex(")") + 2:].split(" ", 1)[0]
+    return _TaskSample(cpu, wait, runs, state == "R")
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t.name) for t in (PROC / str(pid) / "task").iterdir() if t.name.isdigit()]
+    except OSError:
+        return []
+
+
+@dataclass
+class GroupSample:
+    """One sample of one group's guard metrics (deltas since the previous)."""
+
+    time: float
+    wait_per_run_us: float | None
+    cpu_share: float
+    runnable: int
+    threads: int
+
+
+@dataclass
+class GuardSampler:
+    """Sample per-group guard metrics for a fixed set of target processes."""
+
+    groups: dict[str, list[int]]
+    _last: dict[tuple[int, int], _TaskSample] = field(default_factory=dict)
+    _last_time: float = 0.0
+
+    def sample(self) -> dict[str, GroupSample]:
+        """Deltas since the previous call (the first call only primes)."""
+        now = time.monotonic()
+        current: dict[tuple[int, int], _TaskSample] = {}
+        out: dict[str, GroupSample] = {}
+        for group, pids in self.groups.items():
+            d_cpu = d_wait = d_runs = runnable = threads = 0
+            for pid in pids:
+                for tid in _threads(pid):
+                    s = _read_task(pid, tid)
+                    if s is None:
+                        continue
+                    threads += 1
+                    current[(pid, tid)] = s
+                    runnable += s.running
+                    prev = self._last.get((pid, tid))
+                    if prev is not None:
+                        d_cpu += s.cpu_ns - prev.cpu_ns
+                        d_wait += s.wait_ns - prev.wait_ns
+                        d_runs += s.runs - prev.runs
+            if self._last_time:
+                dt = max(now - self._last_time, 1e-6)
+                out[group] = GroupSample(
+                    now, d_wait / d_runs / 1000 if d_runs else None, d_cpu / dt / 1e9, runnable,
+                    threads)
+        self._last, self._last_time = current, now
+        return out
+
+    def alive(self) -> bool:
+        """Whether any target process still exists."""
+        return any((PROC / str(p)).exists() for pids in self.groups.values() for p in pids)
+
+
+def _p(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class Breaker:
+    """Decide, from a baseline and a window of samples, whether to trip."""
+
+    def __init__(self, roles: dict[str, str], settings: BreakerSettings | None = None) -> None:
+        self.roles = roles  # group -> "latency" | "throughput" | "donor"
+        self.settings = settings or BreakerSettings()
+
+    def evaluate(self, baseline: list[dict[str, GroupSample]],
+                 window: list[dict[str, GroupSample]]) -> Trip | None:
+        """A :class:`Trip` if a guard regressed beyond its margin, else None."""
+        s = self.settings
+        recent = window[-s.window:]
+        if len(recent) < s.min_samples:
+            return None
+        for group, role in self.roles.items():
+            base = [x[group] for x in baseline if group in x]
+            now = [x[group] for x in recent if group in x]
+            if len(now) < s.min_samples or len(base) < s.min_samples:
+                continue
+            trip = self._stall(group, now)
+            if trip is None and role == "latency":
+                trip = self._latency(group, base, now)
+            elif trip is None and role == "throughput":
+                trip = self._throughput(group, base, now)
+            if trip:
+                return trip
+        return None
+
+    def _stall(self, group: str, now: list[GroupSample]) -> Trip | None:
+        span = now[-1].time - now[0].time
+        stalled = all(x.runnable > 0 and x.cpu_share < 0.001 for x in now)
+        if stalled and span >= self.settings.stall_seconds:
+            return Trip("stall", group, 0.0, span,
+                        f"group {group!r} had runnable threads but no CPU for {span:.1f} s")
+        return None
+
+    def _latency(self, group: str, base: list[GroupSample],
+                 now: list[GroupSample]) -> Trip | None:
+        s = self.settings
+        b = [x.wait_per_run_us for x in base if x.wait_per_run_us is not None]
+        w = [x.wait_per_run_us for x in now if x.wait_per_run_us is not None]
+        if len(b) < s.min_samples or len(w) < s.min_samples:
+            return None
+        b_med, w_med, b_p90 = statistics.median(b), statistics.median(w), _p(b, 0.9)
+        beyond = sum(v > b_p90 for v in w) / len(w)
+        if w_med > max(s.threshold * b_med, b_med + s.absolute_floor_us) \
+                and beyond >= s.agreement:
+            return Trip("wait_per_run_us", group, b_med, w_med,
+                        f"run-queue wait per run of {group!r}: median {b_med:.0f} -> "
+                        f"{w_med:.0f} us; {beyond:.0%} of samples above the baseline p90")
+        return None
+
+    def _throughput(self, group: str, base: list[GroupSample],
+                    now: list[GroupSample]) -> Trip | None:
+        s = self.settings
+        b_med = statistics.median(x.cpu_share for x in base)
+        w = [x.cpu_share for x in now]
+        w_med = statistics.median(w)
+        below = sum(v < s.throughput_floor * b_med for v in w) / len(w)
+        if b_med > 0.02 and w_med < s.throughput_floor * b_med and below >= s.agreement:
+            return Trip("cpu_share", group, b_med, w_med,
+                        f"CPU share of {group!r}: median {b_med:.2f} -> {w_med:.3f} CPUs "
+                        f"(below {s.throughput_floor:.0%} of its baseline)")
+        return None
+
+
+def classify(baseline: list[dict[str, GroupSample]], knob_roles: dict[str, str],
+             settings: BreakerSettings) -> dict[str, str]:
+    """Each group's guard role from its baseline behaviour and the policy's knobs."""
+    roles = {}
+    for group, knob_role in knob_roles.items():
+        per_thread = [x[group].cpu_share / x[group].threads for x in baseline
+                      if group in x and x[group].threads]
+        interactive = bool(per_thread) and statistics.median(per_thread) < \
+            settings.interactive_share
+        roles[group] = "latency" if interactive else (
+            "donor" if knob_role == "donor" else "throughput")
+    return roles
+
+
+def role_of(group: dict[str, Any]) -> str:
+    """``donor`` for a group the policy deprioritises, else ``beneficiary``."""
+    task, cg = group.get("task", {}), group.get("cgroup", {})
+    if task.get("policy") in ("idle", "batch") or task.get("nice", 0) > 0:
+        return "donor"
+    if cg.get("idle") is True or (isinstance(cg.get("shares"), int) and cg["shares"] < 1024):
+        return "donor"
+    if "quota_us" in cg:
+        return "donor"
+    return "beneficiary"

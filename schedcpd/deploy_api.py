@@ -1,0 +1,77 @@
+"""The deployment part of the Manager API: deploy, plan, rollback, holds.
+
+Mixed into :class:`schedcpd.manager.Manager`; each method is one declared
+API call with its authorization action (see :mod:`schedcpd.api`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from schedcpd.api import Caller, api_property, method
+from schedcpd.const import ACTION_DEPLOY, ACTION_OBSERVE
+from schedcpd.deployer import Deployer
+from schedcpd.errors import InvalidArgument, NotSupported
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _check_id(dep_id: str) -> str:
+    if not re.fullmatch(r"dep-[0-9a-f]{12}", dep_id):
+        raise InvalidArgument("a deployment id looks like dep-0123456789ab")
+    return dep_id
+
+
+class DeployAPI:
+    """Deployment methods; the host sets ``deployer``."""
+
+    deployer: Deployer | None = None
+
+    def _deployer(self) -> Deployer:
+        if self.deployer is None:
+            raise NotSupported("deployment is not available in this daemon")
+        return self.deployer
+
+    @api_property(ACTION_OBSERVE, "as")
+    def ActivePolicies(self) -> list[str]:
+        """``deployment-id:policy-name`` of deployments in canary or active state."""
+        if self.deployer is None:
+            return []
+        return sorted(f"{d}:{n}" for d, n in self.deployer.live.items())
+
+    @method(ACTION_DEPLOY, in_args=(("token", "s"),), out_args=(("deployment_id", "s"),),
+            mutating=True)
+    async def Deploy(self, caller: Caller, token: str) -> str:
+        """Redeem a verifier token and start a canary deployment; returns its id."""
+        return await self._deployer().deploy(token, caller.uid)
+
+    @method(ACTION_DEPLOY, in_args=(("token", "s"),), out_args=(("plan", "s"),))
+    async def PlanDeployment(self, caller: Caller, token: str) -> str:
+        """Advice mode: every value a deployment would write (before/after); writes nothing."""
+        return _json(await self._deployer().plan(token, caller.uid))
+
+    @method(ACTION_DEPLOY, in_args=(("deployment_id", "s"),), out_args=(("result", "s"),),
+            mutating=True)
+    async def Rollback(self, caller: Caller, deployment_id: str) -> str:
+        """Restore what the deployment changed and end it."""
+        return _json(await self._deployer().rollback(
+            _check_id(deployment_id), f"rollback by uid {caller.uid}"))
+
+    @method(ACTION_OBSERVE, in_args=(("deployment_id", "s"),), out_args=(("deployment", "s"),))
+    async def GetDeployment(self, caller: Caller, deployment_id: str) -> str:
+        """One deployment with its state, targets, trip and every transition."""
+        return _json(await self._deployer().get(_check_id(deployment_id)))
+
+    @method(ACTION_OBSERVE, out_args=(("deployments", "s"),))
+    async def ListDeployments(self, caller: Caller) -> str:
+        """The newest deployments (at most 100), newest first."""
+        return _json(await self._deployer().deployments())
+
+    @method(ACTION_DEPLOY, in_args=(("deployment_id", "s"),), mutating=True)
+    def HoldDeployment(self, caller: Caller, deployment_id: str) -> None:
+        """Tie a running deployment to this connection: it is rolled back when it closes."""
+        self._deployer().hold(_check_id(deployment_id), caller.sender)

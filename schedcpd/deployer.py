@@ -1,0 +1,391 @@
+"""Deployment: canary rollout watched by the circuit breaker, holds, crash recovery.
+
+``Deploy(token)`` redeems a verifier token and starts a deployment:
+
+    pending ──▶ canary (a subset of each group's targets) ──▶ canary (widened
+    to the full scope) ──▶ active          … or reverted / failed
+
+Before anything is written, a baseline of the targets' guard metrics is
+sampled (:mod:`schedcpd.breaker`).  Each probation window compares samples
+with that baseline; a trip restores the deployment's values through the
+owning plugin (which journaled every prior value) at once, records the
+antipattern on the policy, and backs the policy's digest off exponentially.
+Every state change is stored with its reason (``deployment_events``) and
+announced with the ``DeploymentChanged`` signal.
+
+A deployment can be *held* by a client for the life of its bus connection;
+when the client disappears the deployment is rolled back.  After a crash,
+the plugins restore every journaled value at start-up and
+:meth:`Deployer.recover` marks deployments that were in flight as reverted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils import Database
+
+from schedcpd.breaker import (
+    Breaker,
+    BreakerSettings,
+    GroupSample,
+    GuardSampler,
+    Trip,
+    classify,
+    role_of,
+)
+from schedcpd.errors import Conflict, InvalidArgument, NotFound
+from schedcpd.plugins import PluginHost
+from schedcpd.repository import Repository, parse_document
+from schedcpd.state import StateStore
+from schedcpd.tokens import TokenAuthority, WrongCaller, digest_of
+
+_LOGGER = logging.getLogger(__name__)
+
+FINAL = ("reverted", "failed")
+FAULT_STEPS = ("after_record", "after_baseline", "after_canary_apply", "after_widen_apply",
+               "after_active", "after_trip_decision")
+
+
+def migrate_deployments(db: Database) -> None:
+    """Schema: deployments and their state transitions."""
+    db.table("deployments").create(
+        {"id": str, "policy_id": str, "policy_digest": str, "name": str, "subsystem": str,
+         "uid": int, "state": str, "reason": str, "created": float, "updated": float,
+         "targets": str, "trip": str},
+        pk="id",
+    )
+    db.table("deployment_events").create(
+        {"id": int, "deployment_id": str, "time": float, "state": str, "reason": str},
+        pk="id", foreign_keys=[("deployment_id", "deployments", "id")],
+    )
+    db.table("deployment_events").create_index(["deployment_id"])
+
+
+@dataclass
+class DeployerSettings:
+    """``[deployer]`` in schedcpd.toml."""
+
+    baseline_seconds: float = 2.0
+    canary_seconds: float = 3.0
+    full_seconds: float = 3.0
+    backoff_seconds: float = 60.0
+    fault_injection: bool = False
+
+
+class Deployer:
+    """Runs deployments; one asyncio task each, watched until it ends."""
+
+    def __init__(self, store: StateStore, plugins: PluginHost, repository: Repository,
+                 tokens: TokenAuthority, settings: DeployerSettings | None = None,
+                 breaker: BreakerSettings | None = None,
+                 emit: Callable[[str, str, str], None] | None = None) -> None:
+        self._store = store
+        self._plugins = plugins
+        self._repo = repository
+        self._tokens = tokens
+        self.settings = settings or DeployerSettings()
+        self.breaker_settings = breaker or BreakerSettings()
+        self._emit = emit or (lambda *_: None)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._holds: dict[str, set[str]] = {}
+        self.trips: list[dict[str, Any]] = []
+        self.live: dict[str, str] = {}
+        """Deployment id -> policy name, for deployments in canary or active."""
+        self.on_live_change: Callable[[], None] = lambda: None
+
+    # -- persistence ----------------------------------------------------
+
+    async def _set_state(self, dep_id: str, state: str, reason: str,
+                         **fields: Any) -> None:
+        now = time.time()
+
+        def write(db: Database) -> None:
+            with db.conn:
+                db.table("deployments").update(
+                    dep_id, {"state": state, "reason": reason, "updated": now, **fields})
+                db.table("deployment_events").insert(
+                    {"deployment_id": dep_id, "time": now, "state": state, "reason": reason})
+
+        await self._store.run(write)
+        _LOGGER.info("deployment %s: %s (%s)", dep_id, state, reason)
+        self._emit(dep_id, state, reason)
+        if state in FINAL and self.live.pop(dep_id, None) is not None:
+            self.on_live_change()
+
+    async def get(self, dep_id: str) -> dict[str, Any]:
+        """A deployment with its transitions."""
+        def query(db: Database) -> dict[str, Any] | None:
+            rows = list(db.table("deployments").rows_where("id = ?", [dep_id]))
+            if not rows:
+                return None
+            dep = rows[0]
+            dep["targets"] = json.loads(dep["targets"] or "{}")
+            dep["trip"] = json.loads(dep["trip"] or "null")
+            dep["events"] = list(db.table("deployment_events").rows_where(
+                "deployment_id = ?", [dep_id], order_by="id",
+                select="time, state, reason"))
+            return dep
+
+        dep = await self._store.run(query)
+        if dep is None:
+            raise NotFound(f"no deployment {dep_id}")
+        dep["held_by"] = sorted(self._holds.get(dep_id, ()))
+        return dep
+
+    async def deployments(self, live_only: bool = False) -> list[dict[str, Any]]:
+        """Deployments, newest first (only those not reverted/failed with ``live_only``)."""
+        def query(db: Database) -> list[dict[str, Any]]:
+            where = "state NOT IN ('reverted', 'failed')" if live_only else None
+            return list(db.table("deployments").rows_where(
+                where, order_by="created desc", limit=100,
+                select="id, policy_id, name, subsystem, uid, state, reason, created, updated"))
+        return await self._store.run(query)
+
+    # -- deploy ---------------------------------------------------------
+
+    async def _redeem(self, token: str, uid: int, consume: bool) -> tuple[dict[str, Any],
+                                                                        dict[str, Any]]:
+        claims = self._tokens.check(token)
+        try:
+            policy = await self._repo.get(claims["policy_id"])
+            stored = digest_of(policy["document"])
+        except NotFound:
+            policy, stored = {}, None
+        if consume:
+            claims = await self._tokens.redeem(token, uid=uid, stored_digest=stored)
+        elif uid != 0 and uid != claims["uid"]:
+            raise WrongCaller(f"token was issued to uid {claims['uid']}, not {uid}")
+        elif stored != claims["policy_digest"]:
+            from schedcpd.tokens import PolicyChanged
+
+            raise PolicyChanged(f"policy {claims['policy_id']} changed since it was verified")
+        return claims, policy
+
+    async def plan(self, token: str, uid: int) -> dict[str, Any]:
+        """Advice mode: exactly what a deployment would write; changes nothing."""
+        claims, policy = await self._redeem(token, uid, consume=False)
+        doc = parse_document(policy["document"], policy["id"][:12])
+        report = await asyncio.to_thread(
+            self._plugins.call_first, "schedcp_apply", subsystem=claims["subsystem"],
+            policy=doc, scope={"owner": "plan"}, dry_run=True)
+        return {"policy_id": policy["id"], "name": policy["name"], "plan": report}
+
+    async def _backoff_left(self, digest: str) -> float:
+        def query(db: Database) -> list[float]:
+            return [r[0] for r in db.execute(
+                "SELECT updated FROM deployments WHERE policy_digest = ? AND trip != '' "
+                "AND trip IS NOT NULL AND trip != 'null' ORDER BY updated DESC LIMIT 8",
+                [digest])]
+
+        trips = await self._store.run(query)
+        if not trips:
+            return 0.0
+        wait = self.settings.backoff_seconds * 2 ** (len(trips) - 1)
+        return max(0.0, trips[0] + wait - time.time())
+
+    async def deploy(self, token: str, uid: int) -> str:
+        """Redeem ``token`` and start the deployment; return its id at once."""
+        claims = self._tokens.check(token)
+        left = await self._backoff_left(claims["policy_digest"])
+        if left > 0:
+            raise Conflict(f"policy {claims['policy_id'][:12]} tripped the breaker recently; "
+                           f"backing off for {left:.0f} more seconds")
+        claims, policy = await self._redeem(token, uid, consume=True)
+        dep_id = f"dep-{uuid.uuid4().hex[:12]}"
+        now = time.time()
+        row = {"id": dep_id, "policy_id": policy["id"], "policy_digest": claims["policy_digest"],
+               "name": policy["name"], "subsystem": claims["subsystem"], "uid": uid,
+               "state": "pending", "reason": "token accepted", "created": now, "updated": now,
+               "targets": "{}", "trip": ""}
+
+        def insert(db: Database) -> None:
+            with db.conn:
+                db.table("deployments").insert(row)
+                db.table("deployment_events").insert(
+                    {"deployment_id": dep_id, "time": now, "state": "pending",
+                     "reason": "token accepted"})
+
+        await self._store.run(insert)
+        self._emit(dep_id, "pending", "token accepted")
+        self.live[dep_id] = policy["name"]
+        self.on_live_change()
+        self._fault("after_record")
+        doc = parse_document(policy["document"], policy["id"][:12])
+        self._tasks[dep_id] = asyncio.get_running_loop().create_task(
+            self._run(dep_id, policy, doc, claims["subsystem"]))
+        return dep_id
+
+    def _apply(self, subsystem: str, doc: dict[str, Any], scope: dict[str, Any],
+               dry_run: bool = False) -> dict[str, Any]:
+        result = self._plugins.call_first("schedcp_apply", subsystem=subsystem, policy=doc,
+                                          scope=scope, dry_run=dry_run)
+        if result is None:
+            raise Conflict(f"subsystem {subsystem!r} is not available")
+        return dict(result)
+
+    def _restore(self, subsystem: str, dep_id: str) -> Any:
+        return self._plugins.call_first("schedcp_restore", subsystem=subsystem,
+                                        scope={"owner": dep_id})
+
+    async def _run(self, dep_id: str, policy: dict[str, Any], doc: dict[str, Any],
+                   subsystem: str) -> None:
+        knob_roles = {g["name"]: role_of(g) for g in doc.get("group", []) if isinstance(g, dict)}
+        try:
+            planned = await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id},
+                                              True)
+            targets: dict[str, list[int]] = planned.get("targets", {})
+            sampler = GuardSampler(targets)
+            baseline = await self._watch(sampler, self.settings.baseline_seconds)
+            roles = classify(baseline, knob_roles, self.breaker_settings)
+            _LOGGER.info("deployment %s guards: %s", dep_id, roles)
+            self._fault("after_baseline")
+            canary = {g: pids[: max(1, len(pids) // 2)] for g, pids in targets.items() if pids}
+            await asyncio.to_thread(self._apply, subsystem, doc,
+                                    {"owner": dep_id, "pids": sorted(
+                                        p for pids in canary.values() for p in pids)})
+            await self._set_state(dep_id, "canary",
+                                  f"applied to {sum(map(len, canary.values()))} of "
+                                  f"{sum(map(len, targets.values()))} target processes",
+                                  targets=json.dumps(targets))
+            self._fault("after_canary_apply")
+            breaker = Breaker({g: roles[g] for g in canary}, self.breaker_settings)
+            if await self._probation(dep_id, subsystem, policy, GuardSampler(canary),
+                                     baseline, breaker, self.settings.canary_seconds):
+                return
+            await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id})
+            await self._set_state(dep_id, "canary", "widened to the full scope")
+            self._fault("after_widen_apply")
+            breaker = Breaker({g: roles[g] for g in targets if targets[g]},
+                              self.breaker_settings)
+            if await self._probation(dep_id, subsystem, policy, sampler, baseline, breaker,
+                                     self.settings.full_seconds):
+                return
+            await self._set_state(dep_id, "active", "probation passed on the full scope")
+            await self._repo.record_outcome(policy["id"], dep_id, "active", {})
+            if policy["state"] in ("candidate", "verified"):
+                await self._repo.set_state(policy["id"], "proven")
+            self._fault("after_active")
+            # Keep watching while active: a regression later still trips.
+            await self._probation(dep_id, subsystem, policy, sampler, baseline, breaker, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            _LOGGER.exception("deployment %s failed", dep_id)
+            await asyncio.to_thread(self._restore, subsystem, dep_id)
+            await self._set_state(dep_id, "failed", f"{type(err).__name__}: {err}; restored")
+        finally:
+            self._tasks.pop(dep_id, None)
+
+    async def _watch(self, sampler: GuardSampler, seconds: float) -> list[dict[str, GroupSample]]:
+        period = 1.0 / self.breaker_settings.rate_hz
+        sampler.sample()
+        samples = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.sleep(period)
+            samples.append(sampler.sample())
+        return samples
+
+    async def _probation(self, dep_id: str, subsystem: str, policy: dict[str, Any],
+                         sampler: GuardSampler, baseline: list[dict[str, GroupSample]],
+                         breaker: Breaker, seconds: float | None) -> bool:
+        """Watch for ``seconds`` (forever for None); True if the breaker tripped."""
+        period = 1.0 / self.breaker_settings.rate_hz
+        window: list[dict[str, GroupSample]] = []
+        sampler.sample()
+        end = None if seconds is None else time.monotonic() + seconds
+        while end is None or time.monotonic() < end:
+            await asyncio.sleep(period)
+            window.append(sampler.sample())
+            window = window[-4 * self.breaker_settings.window:]
+            trip = breaker.evaluate(baseline, window)
+            if trip is None and not sampler.alive():
+                if seconds is None:
+                    await self._set_state(dep_id, "reverted", "every target process exited")
+                    await asyncio.to_thread(self._restore, subsystem, dep_id)
+                    return True
+                continue
+            if trip is not None:
+                await self._trip(dep_id, subsystem, policy, trip)
+                return True
+        return False
+
+    async def _trip(self, dep_id: str, subsystem: str, policy: dict[str, Any],
+                    trip: Trip) -> None:
+        decided = time.monotonic()
+        self._fault("after_trip_decision")
+        await asyncio.to_thread(self._restore, subsystem, dep_id)
+        restored = time.monotonic()
+        record = {**trip.as_dict(), "decision_to_restore_s": round(restored - decided, 4),
+                  "decided_at": time.time() - (restored - decided)}
+        self.trips.append({"deployment": dep_id, **record})
+        await self._set_state(dep_id, "reverted", f"circuit breaker: {trip.detail}",
+                              trip=json.dumps(record))
+        await self._repo.record_antipattern(policy["id"], f"deployment {dep_id}", trip.guard,
+                                            trip.ratio, trip.detail)
+        await self._repo.record_outcome(policy["id"], dep_id, "reverted", record, trip.detail)
+
+    # -- rollback, holds, lifecycle -------------------------------------
+
+    async def rollback(self, dep_id: str, reason: str = "rollback requested") -> dict[str, Any]:
+        """Stop watching ``dep_id`` and restore what it changed."""
+        dep = await self.get(dep_id)
+        if dep["state"] in FINAL:
+            raise Conflict(f"deployment {dep_id} is already {dep['state']}")
+        task = self._tasks.pop(dep_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        report = await asyncio.to_thread(self._restore, dep["subsystem"], dep_id)
+        self._holds.pop(dep_id, None)
+        await self._set_state(dep_id, "reverted", reason)
+        return {"id": dep_id, "state": "reverted", "restore": report}
+
+    def hold(self, dep_id: str, sender: str) -> None:
+        """Tie ``dep_id`` to ``sender``'s connection: it is rolled back when that goes."""
+        if dep_id not in self._tasks:
+            raise InvalidArgument(f"deployment {dep_id} is not running")
+        self._holds.setdefault(dep_id, set()).add(sender)
+
+    def client_gone(self, sender: str) -> None:
+        """A bus client disconnected: roll back what it held."""
+        for dep_id, holders in list(self._holds.items()):
+            if sender in holders:
+                holders.discard(sender)
+                if not holders:
+                    asyncio.get_running_loop().create_task(
+                        self.rollback(dep_id, f"the holder {sender} disconnected"))
+
+    async def recover(self) -> int:
+        """At start: deployments live when the daemon died were restored by the journal."""
+        live = await self.deployments(live_only=True)
+        for dep in live:
+            await self._set_state(dep["id"], "reverted",
+                                  "the daemon restarted mid-deployment; every journaled "
+                                  "value was restored at start-up")
+        return len(live)
+
+    async def close(self) -> None:
+        """At stop: cancel watchers; the daemon then restores every plugin's values."""
+        tasks = list(self._tasks.items())
+        for _dep_id, task in tasks:
+            task.cancel()
+        await asyncio.gather(*(t for _, t in tasks), return_exceptions=True)
+        for dep_id, _task in tasks:
+            await self._set_state(dep_id, "reverted", "the daemon stopped; values restored")
+
+    def _fault(self, step: str) -> None:
+        """Test-only fault injection: die at ``step`` when enabled and asked to."""
+        if self.settings.fault_injection and os.environ.get("SCHEDCP_FAULT_AT") == step:
+            _LOGGER.warning("fault injection: SIGKILL at %s", step)
+            os.kill(os.getpid(), signal.SIGKILL)

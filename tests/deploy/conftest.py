@@ -1,0 +1,94 @@
+"""Workloads and helpers for deployment tests: real processes the tests own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import calls_as
+from tests.harness import ROOT
+
+WORKER = ROOT / "plugins" / "scheduler" / "sandbox_worker.py"
+
+FAST = """[metrics]
+enabled = false
+[verifier]
+dynamic_seconds = 1.0
+[deployer]
+baseline_seconds = 1.5
+canary_seconds = 2.0
+full_seconds = 2.0
+backoff_seconds = 30
+"""
+
+
+class Workload:
+    """A periodic waker (the latency probe) and CPU hogs, as child processes."""
+
+    def __init__(self, hogs: int) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="schedcp-deploy-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.probe = self._spawn("periodic")
+        self.hogs = [self._spawn("spin") for _ in range(hogs)]
+
+    def _spawn(self, role: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, str(WORKER), str(self.dir / "r-%d"), role])
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def workload() -> Iterator[Workload]:
+    w = Workload(hogs=os.cpu_count() or 2)
+    time.sleep(0.3)
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def policy_text(name: str, groups: list[tuple[str, list[int], str]]) -> str:
+    """A policy with groups (name, pids, TOML inline table of task knobs)."""
+    out = [f'[policy]\nname = "{name}"\ndescription = "deployment test policy {name}"\n']
+    for group, pids, task in groups:
+        out.append(f'[[group]]\nname = "{group}"\nmatch = {{ pid = {pids} }}\n'
+                   f"task = {task}\ndescendants = false\n")
+    return "\n".join(out)
+
+
+def call(address: str, member: str, signature: str = "", *body: Any) -> Any:
+    result = calls_as(0, address, [[member, signature, list(body)]])[0]
+    assert "ok" in result, (member, result)
+    return result["ok"]
+
+
+def verified_token(address: str, text: str) -> tuple[str, str]:
+    pid = call(address, "SubmitPolicy", "s", text)
+    token, report = call(address, "VerifyPolicy", "s", pid)
+    assert token, json.dumps(json.loads(report), indent=1)
+    return pid, token
+
+
+def wait_state(address: str, dep: str, states: set[str], timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = json.loads(call(address, "GetDeployment", "s", dep))
+        if info["state"] in states:
+            return info
+        if time.monotonic() > deadline:
+            raise AssertionError(f"deployment stuck in {info['state']}: {info['events']}")
+        time.sleep(0.2)

@@ -1,0 +1,106 @@
+"""Deployments on the real kernel: canary to active, breaker trips, holds, plans, rollback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from dbus_fast import Message, MessageType
+
+from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
+from schedcpd.dbus.bus import MessageBus
+from tests.deploy.conftest import FAST, call, policy_text, verified_token, wait_state
+
+
+def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None:
+    proc = start_daemon(FAST)
+    hogs = [h.pid for h in workload.hogs]
+    text = policy_text("deploy-protect", [("batch", hogs, '{ policy = "idle" }')])
+    policy_id, token = verified_token(proc.address, text)
+    dep = call(proc.address, "Deploy", "s", token)
+    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    assert info["state"] == "active", info["events"]
+    states = [e["state"] for e in info["events"]]
+    assert states == ["pending", "canary", "canary", "active"]
+    assert "applied to 1 of 2" in info["events"][1]["reason"]
+    assert all(os.sched_getscheduler(p) == os.SCHED_IDLE for p in hogs)
+    props = call(proc.address, "GetAll", "s", MANAGER_INTERFACE) if False else None
+    del props
+    # The token is single-use.
+    again = json.loads(json.dumps(call_error(proc.address, "Deploy", "s", token)))
+    assert again == "org.schedcp.Control1.Error.TokenReplayed"
+    result = json.loads(call(proc.address, "Rollback", "s", dep))
+    assert result["state"] == "reverted"
+    assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in hogs)
+    assert json.loads(call(proc.address, "GetPolicy", "s", policy_id))["state"] == "proven"
+
+
+def call_error(address: str, member: str, signature: str, *body: object) -> str:
+    from tests.conftest import calls_as
+
+    result = calls_as(0, address, [[member, signature, list(body)]])[0]
+    assert "error" in result, result
+    return result["error"]
+
+
+def test_breaker_reverts_a_policy_that_starves_the_probe(start_daemon, workload) -> None:
+    proc = start_daemon(FAST)
+    # The latency probe itself at SCHED_IDLE beside CPU hogs: passes the verifier
+    # (nothing in the policy says the probe matters), but starves in production.
+    text = policy_text("deploy-starve", [("probe", [workload.probe.pid], '{ policy = "idle" }')])
+    policy_id, token = verified_token(proc.address, text)
+    dep = call(proc.address, "Deploy", "s", token)
+    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    assert info["state"] == "reverted", info["events"]
+    assert info["reason"].startswith("circuit breaker: run-queue wait per run of 'probe'")
+    assert info["trip"]["decision_to_restore_s"] < 1.0
+    assert os.sched_getscheduler(workload.probe.pid) == os.SCHED_OTHER
+    history = json.loads(call(proc.address, "GetPolicyHistory", "s", policy_id))
+    assert history["antipatterns"][0]["metric"] == "wait_per_run_us"
+    # Backing off: the same version cannot be redeployed right away.
+    _, token2 = verified_token(proc.address, text)
+    assert call_error(proc.address, "Deploy", "s", token2) == "org.schedcp.Control1.Error.Conflict"
+
+
+def test_plan_changes_nothing(start_daemon, workload) -> None:
+    proc = start_daemon(FAST)
+    hog = workload.hogs[0].pid
+    _, token = verified_token(proc.address, policy_text(
+        "deploy-plan", [("batch", [hog], '{ policy = "batch", nice = 5 }')]))
+    plan = json.loads(call(proc.address, "PlanDeployment", "s", token))
+    changes = plan["plan"]["changes"]
+    assert {c["knob"] for c in changes} >= {"policy", "nice"} or changes, plan
+    assert os.sched_getscheduler(hog) == os.SCHED_OTHER and os.getpriority(
+        os.PRIO_PROCESS, hog) == 0
+    # The plan did not use the token up.
+    dep = call(proc.address, "Deploy", "s", token)
+    assert dep.startswith("dep-")
+
+
+def test_hold_is_released_when_the_client_disconnects(start_daemon, workload) -> None:
+    proc = start_daemon(FAST.replace("full_seconds = 2.0", "full_seconds = 30.0"))
+    hog = workload.hogs[0].pid
+    _, token = verified_token(proc.address, policy_text(
+        "deploy-hold", [("batch", [hog], '{ policy = "idle" }')]))
+
+    async def hold_and_leave() -> str:
+        bus = await MessageBus(bus_address=proc.address).connect()
+
+        async def mgr(member: str, sig: str, *body: object) -> Message:
+            reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH,
+                                           interface=MANAGER_INTERFACE, member=member,
+                                           signature=sig, body=list(body)))
+            assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, \
+                reply.body if reply else None
+            return reply
+
+        dep = (await mgr("Deploy", "s", token)).body[0]
+        await mgr("HoldDeployment", "s", dep)
+        bus.disconnect()
+        return dep
+
+    dep = asyncio.run(hold_and_leave())
+    info = wait_state(proc.address, dep, {"reverted", "failed"}, timeout=15)
+    assert "disconnected" in info["reason"]
+    assert os.sched_getscheduler(hog) == os.SCHED_OTHER
