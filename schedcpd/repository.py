@@ -108,6 +108,16 @@ def _metadata(doc: dict[str, Any], source: str) -> dict[str, Any]:
     }
 
 
+def _describe(finding: dict[str, Any], source: str) -> str:
+    """``source: field: reason`` (a plugin may have put its own prefix on the reason)."""
+    field = finding.get("field") or "-"
+    reason = str(finding.get("message", ""))
+    marker = f": {field}: "
+    if marker in reason:
+        reason = reason.split(marker, 1)[1]
+    return f"{source}: {field}: {reason}"
+
+
 def _fts_query(query: str) -> str | None:
     words = [w for w in re.findall(r"[a-z0-9]+", query.lower())
              if w not in _STOPWORDS and len(w) > 1]
@@ -148,8 +158,7 @@ class Repository:
                                   f"{meta['subsystem']!r}")
         errors = [f for f in findings if f.get("severity", "error") == "error"]
         if errors:
-            raise InvalidArgument("; ".join(
-                f"{source}: {f.get('field') or '-'}: {f['message']}" for f in errors))
+            raise InvalidArgument("; ".join(_describe(f, source) for f in errors))
         return doc, meta
 
     async def add(self, text: str, provenance: str, source: str, uid: int = 0) -> str:
