@@ -140,6 +140,10 @@ class Deployer:
         if dep is None:
             raise NotFound(f"no deployment {dep_id}")
         dep["held_by"] = sorted(self._holds.get(dep_id, ()))
+        # Values an administrator changed by hand are no longer managed: say so.
+        state = await asyncio.to_thread(self._plugins.call_first, "schedcp_state",
+                                        subsystem=dep["subsystem"]) or {}
+        dep["overridden"] = [o for o in state.get("overrides", []) if o.get("owner") == dep_id]
         return dep
 
     async def deployments(self, live_only: bool = False) -> list[dict[str, Any]]:

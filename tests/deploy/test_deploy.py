@@ -10,6 +10,7 @@ from dbus_fast import Message, MessageType
 
 from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
+from tests.conftest import calls_as
 from tests.deploy.conftest import FAST, call, policy_text, verified_token, wait_state
 
 
@@ -25,8 +26,9 @@ def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None
     assert states == ["pending", "canary", "canary", "active"]
     assert "applied to 1 of 2" in info["events"][1]["reason"]
     assert all(os.sched_getscheduler(p) == os.SCHED_IDLE for p in hogs)
-    props = call(proc.address, "GetAll", "s", MANAGER_INTERFACE) if False else None
-    del props
+    active = calls_as(0, proc.address, [["Get", "ss", [MANAGER_INTERFACE, "ActivePolicies"],
+                                          "org.freedesktop.DBus.Properties"]])[0]["ok"]
+    assert active == [f"{dep}:deploy-protect"]
     # The token is single-use.
     again = json.loads(json.dumps(call_error(proc.address, "Deploy", "s", token)))
     assert again == "org.schedcp.Control1.Error.TokenReplayed"
@@ -37,8 +39,6 @@ def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None
 
 
 def call_error(address: str, member: str, signature: str, *body: object) -> str:
-    from tests.conftest import calls_as
-
     result = calls_as(0, address, [[member, signature, list(body)]])[0]
     assert "error" in result, result
     return result["error"]
@@ -104,3 +104,30 @@ def test_hold_is_released_when_the_client_disconnects(start_daemon, workload) ->
     info = wait_state(proc.address, dep, {"reverted", "failed"}, timeout=15)
     assert "disconnected" in info["reason"]
     assert os.sched_getscheduler(hog) == os.SCHED_OTHER
+
+
+def test_admin_override_is_reported_on_the_deployment(start_daemon, workload) -> None:
+    import time
+
+    proc = start_daemon(FAST.replace("full_seconds = 2.0", "full_seconds = 30.0"))
+    hog = workload.hogs[0].pid
+    _, token = verified_token(proc.address, policy_text(
+        "deploy-override", [("batch", [hog], '{ nice = 5 }')]))
+    dep = call(proc.address, "Deploy", "s", token)
+    wait_state(proc.address, dep, {"canary"})
+    deadline = time.monotonic() + 10
+    while os.getpriority(os.PRIO_PROCESS, hog) != 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.setpriority(os.PRIO_PROCESS, hog, 3)  # the admin knows better
+    deadline = time.monotonic() + 15
+    info: dict = {}
+    while time.monotonic() < deadline:
+        info = json.loads(call(proc.address, "GetDeployment", "s", dep))
+        if info["overridden"]:
+            break
+        time.sleep(0.3)
+    assert info["overridden"], info
+    assert info["overridden"][0]["key"].endswith(f"{hog}:nice") or "nice" in str(
+        info["overridden"][0])
+    call(proc.address, "Rollback", "s", dep)
+    assert os.getpriority(os.PRIO_PROCESS, hog) == 3  # left as the admin set it

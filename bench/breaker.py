@@ -1,0 +1,88 @@
+"""Circuit-breaker benchmark: regression onset -> decision -> restored state.
+
+    python bench/breaker.py [--injections 10]
+
+Starts a private bus and schedcpd with its default breaker settings, a
+latency probe (periodic 2 ms waker) and one CPU hog per CPU, then injects
+``--injections`` regressions: each is a verified policy that puts the probe
+at SCHED_IDLE (a fresh version each time, so back-off does not apply),
+deployed through Deploy with its token.  Onset is the moment the canary was
+applied (the ``canary`` transition); the decision and restore times come
+from the trip record.  Goal: detection <= 3 s, restore <= 1 s after the
+decision, 100 % reverted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.deploy.conftest import (
+    Workload,
+    call,
+    policy_text,
+    verified_token,
+    wait_state,
+)
+from tests.harness import PrivateBus, SchedcpdProcess
+
+CONFIG = "[metrics]\nenabled = false\n[verifier]\ndynamic_seconds = 1.0\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--injections", type=int, default=10)
+    args = parser.parse_args()
+    rows = []
+    with PrivateBus() as bus, SchedcpdProcess(bus.address, CONFIG) as daemon:
+        workload = Workload(hogs=2)
+        try:
+            time.sleep(0.5)
+            for i in range(args.injections):
+                text = policy_text(f"bench-starve-{i}", [
+                    ("probe", [workload.probe.pid], '{ policy = "idle" }')])
+                _, token = verified_token(daemon.address, text)
+                dep = call(daemon.address, "Deploy", "s", token)
+                try:
+                    info = wait_state(daemon.address, dep, {"reverted", "failed"}, 30)
+                except AssertionError:
+                    # Missed: roll back so the next injection starts from defaults.
+                    call(daemon.address, "Rollback", "s", dep)
+                    info = json.loads(call(daemon.address, "GetDeployment", "s", dep))
+                    info["state"] = "missed"
+                onset = next((e["time"] for e in info["events"] if e["state"] == "canary"),
+                             None)
+                trip = info["trip"] or {}
+                row = {"deployment": dep, "state": info["state"],
+                       "detection_s": round(trip["decided_at"] - onset, 3)
+                       if trip and onset else None,
+                       "restore_s": trip.get("decision_to_restore_s"),
+                       "guard": trip.get("guard"), "ratio": trip.get("ratio"),
+                       "tripped_in": next((e["state"] for e in reversed(info["events"])
+                                           if e["state"] in ("canary", "active")), None),
+                       "loadavg": float(Path("/proc/loadavg").read_text().split()[0])}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            workload.stop()
+    detections = [r["detection_s"] for r in rows if r["detection_s"] is not None]
+    restores = [r["restore_s"] for r in rows if r["restore_s"] is not None]
+    summary = {
+        "injections": len(rows),
+        "reverted": sum(r["state"] == "reverted" for r in rows),
+        "detection_s": {"median": statistics.median(detections), "max": max(detections),
+                        "min": min(detections)} if detections else None,
+        "restore_s": {"median": statistics.median(restores), "max": max(restores)}
+        if restores else None,
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
