@@ -60,7 +60,7 @@ class Client:
         self.bus = bus
 
     async def call(self, member: str, signature: str = "", *body: Any) -> Any:
-        """Call a Manager method; return its single result (or None)."""
+        """Call a Manager method; return its result (a list when it has several)."""
         reply = await self.bus.call(Message(
             destination=BUS_NAME, path=OBJECT_PATH, interface=MANAGER_INTERFACE,
             member=member, signature=signature, body=list(body),
@@ -69,6 +69,8 @@ class Client:
             raise CallFailed("org.freedesktop.DBus.Error.NoReply", "no reply")
         if reply.message_type == MessageType.ERROR:
             raise CallFailed(reply.error_name or "", reply.body[0] if reply.body else "")
+        if len(reply.body) > 1:
+            return list(reply.body)
         return reply.body[0] if reply.body else None
 
     async def call_json(self, member: str, signature: str = "", *body: Any) -> Any:

@@ -28,7 +28,8 @@ def test_crash_at_every_step_restores(step: str, start_daemon, workload,
     else:
         groups = [("batch", hogs, '{ policy = "idle", nice = 7 }')]
         targets = hogs
-    policy_id, token = verified_token(first.address, policy_text(f"crash-{step.replace('_', '-')}", groups))
+    name = f"crash-{step.replace('_', '-')}"
+    policy_id, token = verified_token(first.address, policy_text(name, groups))
     outcome = calls_as(0, first.address, [["Deploy", "s", [token]]])[0]
     assert first.proc.wait(60) == -signal.SIGKILL, first.log_text()
     assert f"fault injection: SIGKILL at {step}" in first.log_text()
@@ -46,7 +47,6 @@ def test_crash_at_every_step_restores(step: str, start_daemon, workload,
         assert os.sched_getscheduler(pid) == os.SCHED_OTHER, (step, pid)
         assert os.getpriority(os.PRIO_PROCESS, pid) == 0, (step, pid)
     # Nothing recorded before the crash was lost.
-    assert json.loads(call(second.address, "GetPolicy", "s", policy_id))["name"] == \
-        f"crash-{step.replace('_', '-')}"
+    assert json.loads(call(second.address, "GetPolicy", "s", policy_id))["name"] == name
     audit = json.loads(call(second.address, "GetAudit", "us", 50, "SubmitPolicy"))
     assert audit, "the audit trail survived"
