@@ -48,6 +48,10 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
+def _rate(value: Any) -> str | None:
+    return None if 0.05 <= value <= 20 else "must be between 0.05 and 20 samples per second"
+
+
 def _fraction(value: Any) -> str | None:
     return None if 0 < value <= 1 else "must be in (0, 1]"
 
@@ -96,6 +100,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "plugins": {
         "disabled": Key(list, [], None, str),
+    },
+    "analysis": {
+        "rate_hz": Key((int, float), 1.0, _rate),
+        "window_seconds": Key((int, float), 60.0, _positive),
+        "top_n": Key(int, 8, _positive),
+        "perf_max_seconds": Key((int, float), 30.0, _positive),
+    },
+    "probes": {
+        "bpf_dir": Key(str, "auto"),
+        "max_concurrent": Key(int, 4, _positive),
+        "max_seconds": Key((int, float), 60.0, _positive),
+        "per_caller_per_minute": Key(int, 6, _positive),
     },
     "repository": {
         "builtin_dir": Key(str, "auto"),

@@ -24,6 +24,7 @@ from typing import Any
 from dbus_fast import NameFlag, RequestNameReply
 
 from schedcpd import __version__, config
+from schedcpd.analysis import WorkloadAnalyzer
 from schedcpd.audit import AuditLog
 from schedcpd.authz import Authorizer
 from schedcpd.breaker import BreakerSettings
@@ -39,6 +40,7 @@ from schedcpd.manager import Manager
 from schedcpd.metrics import Metrics
 from schedcpd.notify import Notifier
 from schedcpd.plugins import PluginHost
+from schedcpd.probes import ProbeManager
 from schedcpd.repository import Repository, load_directory
 from schedcpd.schema import MIGRATIONS
 from schedcpd.state import StateStore
@@ -115,6 +117,7 @@ class Daemon:
         self.manager.emitter = self.service
         resolver.on_gone(self._client_gone)
         await self._start_deployer()
+        await self._start_analysis()
 
         reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -168,6 +171,10 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await self.service.close()
+        if self.manager.probes is not None:
+            await self.manager.probes.close()
+        if self.manager.analyzer is not None:
+            await self.manager.analyzer.stop()
         if self.manager.deployer is not None:
             await self.manager.deployer.close()
         self._restore_all("stop")
@@ -225,9 +232,23 @@ class Daemon:
                             "reverted", recovered)
         self.manager.deployer = deployer
 
+    async def _start_analysis(self) -> None:
+        a, p = self.config["analysis"], self.config["probes"]
+        self.manager.analyzer = WorkloadAnalyzer(
+            rate_hz=a["rate_hz"], window_s=a["window_seconds"], top_n=a["top_n"],
+            registry=self.metrics.registry, perf_max_seconds=a["perf_max_seconds"])
+        await self.manager.analyzer.start()
+        self.manager.probes = ProbeManager(
+            bpf_dir=None if p["bpf_dir"] == "auto" else Path(p["bpf_dir"]),
+            max_concurrent=p["max_concurrent"], max_seconds=p["max_seconds"],
+            per_caller_per_minute=p["per_caller_per_minute"])
+
     def _client_gone(self, sender: str) -> None:
         if self.manager.deployer is not None:
             self.manager.deployer.client_gone(sender)
+        if self.manager.probes is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(
+                self.manager.probes.cancel_caller(sender)))
 
     def _validate_policy(self, subsystem: str, doc: dict[str, Any]) -> Any:
         return self.plugins.call_first("schedcp_validate", subsystem=subsystem, policy=doc)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schedcpd import __version__
+from schedcpd.analysis_api import AnalysisAPI
 from schedcpd.api import Caller, Emitter, NullEmitter, SignalSpec, api_property, method
 from schedcpd.audit import AuditLog
 from schedcpd.const import ACTION_ADMIN, ACTION_OBSERVE, API_VERSION
@@ -34,11 +35,11 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-class Manager(PolicyAPI, DeployAPI):
+class Manager(AnalysisAPI, PolicyAPI, DeployAPI):
     """The ``org.schedcp.Control1.Manager`` API, transport-neutral.
 
-    Methods are grouped by concept in mixins (:class:`PolicyAPI`,
-    :class:`DeployAPI`); the transport sees one object.
+    Methods are grouped by concept in mixins (:class:`AnalysisAPI`,
+    :class:`PolicyAPI`, :class:`DeployAPI`); the transport sees one object.
     """
 
     SIGNALS = (

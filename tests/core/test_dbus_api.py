@@ -63,7 +63,7 @@ async def test_properties(daemon: SchedcpdProcess) -> None:
     assert reply.body[0].value
     reply = await call(daemon.address, "GetAll", "s", [MANAGER_INTERFACE],
                        interface="org.freedesktop.DBus.Properties")
-    assert set(reply.body[0]) == {"Version", "Subsystems"}
+    assert set(reply.body[0]) == {"Version", "Subsystems", "ActivePolicies"}
     reply = await call(daemon.address, "Set", "ssv",
                        [MANAGER_INTERFACE, "Version", Variant("s", "9")],
                        interface="org.freedesktop.DBus.Properties")
