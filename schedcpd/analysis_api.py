@@ -10,21 +10,16 @@ deployment's baseline window with the time since.
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 from schedcpd.analysis import WorkloadAnalyzer
-from schedcpd.api import Caller, method
+from schedcpd.api import Caller, method, to_json
 from schedcpd.const import ACTION_OBSERVE, ACTION_SUBMIT
 from schedcpd.errors import InvalidArgument, NotSupported
 from schedcpd.probes import ProbeManager
 
 FEEDBACK_BASELINE_SECONDS = 60.0
 
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def _monotonic(wall: float) -> float:
@@ -51,24 +46,24 @@ class AnalysisAPI:
     @method(ACTION_OBSERVE, in_args=(("detail", "s"),), out_args=(("summary", "s"),))
     async def GetSummary(self, caller: Caller, detail: str) -> str:
         """Workload summary JSON over the sampler's window; detail: brief, normal or full."""
-        return _json(await self._analyzer().summary_async(detail or "brief"))
+        return to_json(await self._analyzer().summary_async(detail or "brief"))
 
     @method(ACTION_SUBMIT, in_args=(("pid", "i"), ("cgroup", "s"), ("seconds", "d")),
             out_args=(("result", "s"),))
     async def RunPerfStat(self, caller: Caller, pid: int, cgroup: str, seconds: float) -> str:
         """``perf stat`` for a pid (0: none), a cgroup ("" none) or the system, time-boxed."""
-        return _json(await self._analyzer().perf_stat(pid or None, cgroup or None, seconds))
+        return to_json(await self._analyzer().perf_stat(pid or None, cgroup or None, seconds))
 
     @method(ACTION_OBSERVE, out_args=(("probes", "s"),))
     def ListProbes(self, caller: Caller) -> str:
         """The catalogue of prebuilt BPF probes, with availability on this kernel."""
-        return _json(self._probes().catalogue())
+        return to_json(self._probes().catalogue())
 
     @method(ACTION_SUBMIT, in_args=(("name", "s"), ("seconds", "d"), ("pid", "i")),
             out_args=(("result", "s"),))
     async def RunProbe(self, caller: Caller, name: str, seconds: float, pid: int) -> str:
         """Attach a catalogue probe for ``seconds`` (capped), optionally for one pid (0: all)."""
-        return _json(await self._probes().run(name, seconds, caller.sender, pid or None))
+        return to_json(await self._probes().run(name, seconds, caller.sender, pid or None))
 
     @method(ACTION_OBSERVE, in_args=(("deployment_id", "s"),), out_args=(("feedback", "s"),))
     async def GetFeedback(self, caller: Caller, deployment_id: str) -> str:
@@ -88,4 +83,4 @@ class AnalysisAPI:
         result = self._analyzer().feedback(
             (_monotonic(applied - FEEDBACK_BASELINE_SECONDS), _monotonic(applied)),
             (_monotonic(applied), _monotonic(ended)), pids or None)
-        return _json({"deployment": deployment_id, "state": dep["state"], **result})
+        return to_json({"deployment": deployment_id, "state": dep["state"], **result})

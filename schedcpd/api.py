@@ -18,6 +18,7 @@ from the transport (the bus), never from the call's arguments.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -27,6 +28,11 @@ from schedcpd.const import ACTIONS
 F = TypeVar("F", bound=Callable[..., Any])
 
 Args = tuple[tuple[str, str], ...]
+
+
+def to_json(value: Any) -> str:
+    """The compact, key-sorted JSON every structured API answer uses."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 @dataclass(frozen=True)

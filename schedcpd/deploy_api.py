@@ -6,18 +6,12 @@ API call with its authorization action (see :mod:`schedcpd.api`).
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
 
-from schedcpd.api import Caller, api_property, method
+from schedcpd.api import Caller, api_property, method, to_json
 from schedcpd.const import ACTION_DEPLOY, ACTION_OBSERVE
 from schedcpd.deployer import Deployer
 from schedcpd.errors import InvalidArgument, NotSupported
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def _check_id(dep_id: str) -> str:
@@ -52,24 +46,24 @@ class DeployAPI:
     @method(ACTION_DEPLOY, in_args=(("token", "s"),), out_args=(("plan", "s"),))
     async def PlanDeployment(self, caller: Caller, token: str) -> str:
         """Advice mode: every value a deployment would write (before/after); writes nothing."""
-        return _json(await self._deployer().plan(token, caller.uid))
+        return to_json(await self._deployer().plan(token, caller.uid))
 
     @method(ACTION_DEPLOY, in_args=(("deployment_id", "s"),), out_args=(("result", "s"),),
             mutating=True)
     async def Rollback(self, caller: Caller, deployment_id: str) -> str:
         """Restore what the deployment changed and end it."""
-        return _json(await self._deployer().rollback(
+        return to_json(await self._deployer().rollback(
             _check_id(deployment_id), f"rollback by uid {caller.uid}"))
 
     @method(ACTION_OBSERVE, in_args=(("deployment_id", "s"),), out_args=(("deployment", "s"),))
     async def GetDeployment(self, caller: Caller, deployment_id: str) -> str:
         """One deployment with its state, targets, trip and every transition."""
-        return _json(await self._deployer().get(_check_id(deployment_id)))
+        return to_json(await self._deployer().get(_check_id(deployment_id)))
 
     @method(ACTION_OBSERVE, out_args=(("deployments", "s"),))
     async def ListDeployments(self, caller: Caller) -> str:
         """The newest deployments (at most 100), newest first."""
-        return _json(await self._deployer().deployments())
+        return to_json(await self._deployer().deployments())
 
     @method(ACTION_DEPLOY, in_args=(("deployment_id", "s"),), mutating=True)
     def HoldDeployment(self, caller: Caller, deployment_id: str) -> None:

@@ -11,7 +11,6 @@ answers, so every D-Bus client and shell tool can read them).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 from schedcpd import __version__
 from schedcpd.analysis_api import AnalysisAPI
-from schedcpd.api import Caller, Emitter, NullEmitter, SignalSpec, api_property, method
+from schedcpd.api import Caller, Emitter, NullEmitter, SignalSpec, api_property, method, to_json
 from schedcpd.audit import AuditLog
 from schedcpd.const import ACTION_ADMIN, ACTION_OBSERVE, API_VERSION
 from schedcpd.deploy_api import DeployAPI
@@ -30,9 +29,6 @@ from schedcpd.policy_api import PolicyAPI
 
 _MAX_AUDIT_ROWS = 1000
 
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 class Manager(AnalysisAPI, PolicyAPI, DeployAPI):
@@ -103,7 +99,7 @@ class Manager(AnalysisAPI, PolicyAPI, DeployAPI):
             "caller": {"uid": caller.uid, "pid": caller.pid},
         }
         status.update(self._status_extras())
-        return _json(status)
+        return to_json(status)
 
     @method(ACTION_ADMIN, in_args=(("limit", "u"), ("method", "s")),
             out_args=(("records", "s"),))
@@ -113,7 +109,7 @@ class Manager(AnalysisAPI, PolicyAPI, DeployAPI):
             raise InvalidArgument(f"limit must be 1..{_MAX_AUDIT_ROWS}, got {limit}")
         if self.audit is None:
             return "[]"
-        return _json(await self.audit.recent(limit, method_name or None))
+        return to_json(await self.audit.recent(limit, method_name or None))
 
     @method(ACTION_ADMIN, out_args=(("result", "s"),), mutating=True)
     def Reload(self, caller: Caller) -> str:
@@ -122,4 +118,4 @@ class Manager(AnalysisAPI, PolicyAPI, DeployAPI):
             raise InvalidArgument("this daemon has no configuration file to reload")
         result = self._reload()
         self.refresh_subsystems()
-        return _json(result)
+        return to_json(result)

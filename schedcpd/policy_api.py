@@ -6,10 +6,7 @@ API call with its authorization action (see :mod:`schedcpd.api`).
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from schedcpd.api import Caller, method
+from schedcpd.api import Caller, method, to_json
 from schedcpd.const import (
     ACTION_ADMIN,
     ACTION_OBSERVE,
@@ -20,10 +17,6 @@ from schedcpd.errors import NotSupported
 from schedcpd.repository import Repository
 from schedcpd.tokens import TokenAuthority
 from schedcpd.verifier import Verifier
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 class PolicyAPI:
@@ -42,17 +35,17 @@ class PolicyAPI:
     @method(ACTION_OBSERVE, in_args=(("query", "s"),), out_args=(("policies", "s"),))
     async def ListPolicies(self, caller: Caller, query: str) -> str:
         """Live policies as JSON, ranked by full-text relevance to ``query`` ("" = all)."""
-        return _json(await self._repo().search(query))
+        return to_json(await self._repo().search(query))
 
     @method(ACTION_OBSERVE, in_args=(("policy_id", "s"),), out_args=(("policy", "s"),))
     async def GetPolicy(self, caller: Caller, policy_id: str) -> str:
         """One policy version with its document, parameters and state, as JSON."""
-        return _json(await self._repo().get(policy_id))
+        return to_json(await self._repo().get(policy_id))
 
     @method(ACTION_OBSERVE, in_args=(("policy_id", "s"),), out_args=(("history", "s"),))
     async def GetPolicyHistory(self, caller: Caller, policy_id: str) -> str:
         """Deployments with measured outcomes, and antipatterns, of one version."""
-        return _json(await self._repo().history(policy_id))
+        return to_json(await self._repo().history(policy_id))
 
     @method(ACTION_SUBMIT, in_args=(("document", "s"),), out_args=(("policy_id", "s"),),
             mutating=True)
@@ -67,7 +60,7 @@ class PolicyAPI:
         """Promote or retire a version: state is candidate, verified, proven or retired."""
         policy = await self._repo().set_state(policy_id, state)
         policy.pop("document", None)
-        return _json(policy)
+        return to_json(policy)
 
     @method(ACTION_VERIFY, in_args=(("policy_id", "s"),),
             out_args=(("token", "s"), ("report", "s")), mutating=True)
@@ -76,14 +69,14 @@ class PolicyAPI:
         if self.verifier is None:
             raise NotSupported("the verifier is not available in this daemon")
         token, report = await self.verifier.verify(policy_id, caller.uid)
-        return token, _json(report)
+        return token, to_json(report)
 
     @method(ACTION_OBSERVE, out_args=(("keys", "s"),))
     def GetVerifierKeys(self, caller: Caller) -> str:
         """The verifier's Ed25519 public keys (base64, raw), current and retiring."""
         if self.tokens is None:
             raise NotSupported("tokens are not available in this daemon")
-        return _json(self.tokens.keys.public_keys())
+        return to_json(self.tokens.keys.public_keys())
 
     @method(ACTION_ADMIN, out_args=(("key_id", "s"),), mutating=True)
     def RotateVerifierKey(self, caller: Caller) -> str:
