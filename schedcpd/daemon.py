@@ -242,6 +242,8 @@ class Daemon:
             bpf_dir=None if p["bpf_dir"] == "auto" else Path(p["bpf_dir"]),
             max_concurrent=p["max_concurrent"], max_seconds=p["max_seconds"],
             per_caller_per_minute=p["per_caller_per_minute"])
+        if self.manager.deployer is not None:
+            self.manager.deployer.on_targets = self.manager.analyzer.watch
 
     def _client_gone(self, sender: str) -> None:
         if self.manager.deployer is not None:

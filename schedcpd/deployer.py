@@ -102,6 +102,8 @@ class Deployer:
         self.live: dict[str, str] = {}
         """Deployment id -> policy name, for deployments in canary or active."""
         self.on_live_change: Callable[[], None] = lambda: None
+        self.on_targets: Callable[[list[int]], None] = lambda pids: None
+        """Told the target pids before the baseline (the analyzer watches them)."""
 
     # -- persistence ----------------------------------------------------
 
@@ -248,6 +250,7 @@ class Deployer:
             planned = await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id},
                                               True)
             targets: dict[str, list[int]] = planned.get("targets", {})
+            self.on_targets(sorted({p for pids in targets.values() for p in pids})[:64])
             sampler = GuardSampler(targets)
             baseline = await self._watch(sampler, self.settings.baseline_seconds)
             roles = classify(baseline, knob_roles, self.breaker_settings)

@@ -1,0 +1,140 @@
+"""Tier-3 feedback: compare two windows of samples (baseline vs after a change).
+
+Every metric is a per-sample series; each window reports median, p10, p90,
+mean and the sample count, and the comparison gives ``delta`` (median after
+minus median before) and ``ratio`` (median after / median before, ``None``
+when the baseline median is 0).  The numbers are descriptive: deciding
+whether a change is a regression (with a margin) is the caller's job
+(the deployer's circuit breaker).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from schedcpd.analysis.sampler import Sample
+from schedcpd.errors import InvalidArgument
+
+# name -> (per-sample value, meaning), all "lower is better" except util.
+SYSTEM_METRICS: dict[str, Callable[[Sample], float]] = {
+    "rq_wait": lambda s: s.rq_wait,  # seconds of run-queue wait per second
+    "psi_cpu_some": lambda s: s.psi["cpu"][4] if "cpu" in s.psi else math.nan,
+    "psi_io_some": lambda s: s.psi["io"][4] if "io" in s.psi else math.nan,
+    "psi_memory_some": lambda s: s.psi["memory"][4] if "memory" in s.psi else math.nan,
+    "ctxt_rate": lambda s: s.ctxt_rate,
+    "util": lambda s: s.util,
+    "procs_running": lambda s: float(s.procs_running),
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
+    data = sorted(values)
+    if len(data) == 1:
+        return data[0]
+    pos = (len(data) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def spread(values: list[float]) -> dict[str, float | int] | None:
+    """Median, p10, p90, mean and count of ``values`` (NaNs dropped); None if empty."""
+    data = [v for v in values if not math.isnan(v)]
+    if not data:
+        return None
+    return {
+        "median": round(statistics.median(data), 6),
+        "p10": round(percentile(data, 10), 6),
+        "p90": round(percentile(data, 90), 6),
+        "mean": round(statistics.fmean(data), 6),
+        "n": len(data),
+    }
+
+
+def compare(before: list[float], after: list[float]) -> dict[str, Any]:
+    """Spread of each window plus delta and ratio of the medians."""
+    b, a = spread(before), spread(after)
+    out: dict[str, Any] = {"before": b, "after": a, "delta": None, "ratio": None}
+    if a is not None and b is not None:
+        out["delta"] = round(float(a["median"]) - float(b["median"]), 6)
+        if b["median"] != 0:
+            out["ratio"] = round(float(a["median"]) / float(b["median"]), 4)
+    return out
+
+
+def check_window(name: str, window: tuple[float, float]) -> tuple[float, float]:
+    """Validate a (start, end) monotonic window; raise InvalidArgument otherwise."""
+    try:
+        start, end = float(window[0]), float(window[1])
+    except (TypeError, ValueError, IndexError) as exc:
+        raise InvalidArgument(f"{name} must be (start, end) monotonic seconds") from exc
+    if not (math.isfinite(start) and math.isfinite(end)) or start >= end:
+        raise InvalidArgument(f"{name} must satisfy start < end, got ({start}, {end})")
+    return start, end
+
+
+def first_seen(samples: list[Sample], pids: list[int]) -> dict[int, float]:
+    """When the sampler first saw each of ``pids`` (from any record in ``samples``)."""
+    out: dict[int, float] = {}
+    wanted = set(pids)
+    for s in samples:
+        for pid in wanted.intersection(s.procs):
+            out.setdefault(pid, s.procs[pid].first_seen)
+    return out
+
+
+def _pid_series(samples: list[Sample], pid: int,
+                seen: float | None) -> tuple[list[float], list[float]]:
+    """CPU (cores) and run-queue wait (s/s) of ``pid`` per sample since it was first seen."""
+    cpu: list[float] = []
+    wait: list[float] = []
+    for s in samples:
+        d = s.procs.get(pid)
+        if d is not None:
+            # schedstat/TaskStats run time is ns-exact; utime ticks are 10 ms
+            # coarse, but the only all-threads figure without TaskStats.
+            own = d.run_s if d.wait_source == "taskstats" or d.threads == 1 else d.cpu_s
+            cpu.append((own + d.child_cpu_s) / s.dt)
+            wait.append(d.wait_s / s.dt)
+        elif seen is not None and s.t >= seen:
+            # No record while it existed: the process did nothing this interval.
+            cpu.append(0.0)
+            wait.append(0.0)
+    return cpu, wait
+
+
+def build(before_samples: list[Sample], after_samples: list[Sample],
+          before: tuple[float, float], after: tuple[float, float],
+          pids: list[int] | None, history: tuple[float, float] | None,
+          seen: dict[int, float] | None = None) -> dict[str, Any]:
+    """The feedback report for two windows of samples; see the module docstring."""
+    notes: list[str] = []
+    for name, got in (("before", before_samples), ("after", after_samples)):
+        if not got:
+            span = (f" (ring holds {history[0]:.1f}..{history[1]:.1f})"
+                    if history else " (ring is empty)")
+            notes.append(f"{name}: no samples in window{span}")
+    out: dict[str, Any] = {
+        "before": {"start": before[0], "end": before[1], "samples": len(before_samples)},
+        "after": {"start": after[0], "end": after[1], "samples": len(after_samples)},
+        "metrics": {
+            name: compare([f(s) for s in before_samples], [f(s) for s in after_samples])
+            for name, f in SYSTEM_METRICS.items()
+        },
+    }
+    if pids:
+        per: dict[str, Any] = {}
+        for pid in pids:
+            known = (seen or {}).get(pid)
+            bc, bw = _pid_series(before_samples, pid, known)
+            ac, aw = _pid_series(after_samples, pid, known)
+            if not (bc or ac):
+                notes.append(f"pid {pid}: no activity recorded in either window")
+            per[str(pid)] = {"cpu": compare(bc, ac), "wait": compare(bw, aw)}
+        out["pids"] = per
+    out["notes"] = notes
+    return out
