@@ -63,7 +63,10 @@ class AnalysisAPI:
             out_args=(("result", "s"),))
     async def RunProbe(self, caller: Caller, name: str, seconds: float, pid: int) -> str:
         """Attach a catalogue probe for ``seconds`` (capped), optionally for one pid (0: all)."""
-        return to_json(await self._probes().run(name, seconds, caller.sender, pid or None))
+        # Rate-limited per uid (a client could reconnect for a new unique name);
+        # detached when this connection leaves the bus.
+        return to_json(await self._probes().run(name, seconds, caller.sender, pid or None,
+                                               rate_key=f"uid:{caller.uid}"))
 
     @method(ACTION_OBSERVE, in_args=(("deployment_id", "s"),), out_args=(("feedback", "s"),))
     async def GetFeedback(self, caller: Caller, deployment_id: str) -> str:
