@@ -33,3 +33,16 @@ def test_feedback_of_unknown_deployment(start_daemon) -> None:
     proc = start_daemon()
     result = calls_as(0, proc.address, [["GetFeedback", "s", ["dep-000000000000"], MGR]])[0]
     assert result["error"] == "org.schedcp.Control1.Error.NotFound"
+
+
+def test_run_probe_and_perf_stat_over_dbus(start_daemon) -> None:
+    proc = start_daemon()
+    probe, perf, listing = calls_as(0, proc.address, [
+        ["RunProbe", "sdi", ["runqlat", 0.5, 0], MGR],
+        ["RunPerfStat", "isd", [0, "", 0.3], MGR],
+        ["ListProbes", "", [], MGR]])
+    assert "ok" in probe, probe
+    result = json.loads(probe["ok"])
+    assert result["capped"] is False and result["seconds"] > 0
+    assert "ok" in perf, perf
+    assert {p["name"] for p in json.loads(listing["ok"])} >= {"runqlat", "cswitch", "offcpu"}
