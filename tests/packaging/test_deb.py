@@ -1,0 +1,339 @@
+"""Build the Debian package, lint it, install it, run it, purge it.
+
+One build per session (packaging/build-deb into a temporary directory).  The
+installed daemon runs on a private system-like bus whose policy directory is
+the INSTALLED /usr/share/dbus-1/system.d, with the real polkitd on the same
+bus reading the installed polkit actions; there is no systemd as PID 1 here,
+so the test starts /usr/bin/schedcpd the way the unit would (its capability
+bounding set, no_new_privs).  Every test purges the package in ``finally``
+and checks the machine is left as it was: files, state, accounts.
+
+Accounts: tests/conftest.py's ``test_users`` fixture may have made group
+``schedcp`` before these tests run.  The package records the accounts it
+created and purge removes only those, so each test compares the accounts
+before install and after purge, whichever existed first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schedcpd import __version__
+from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
+from tests.conftest import run_as
+from tests.harness import ROOT, PrivateBus
+from tests.packaging.conftest import SYSTEMD_DIR, unit_capabilities
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+if os.geteuid() != 0:
+    pytest.skip("installing a package needs root", allow_module_level=True)
+
+PACKAGE = "schedcp"
+VENV = Path("/usr/lib/schedcp/venv")
+STATE = Path("/var/lib/schedcp")
+RECORD = STATE / ".package-created-accounts"
+POLKITD = Path("/usr/lib/polkit-1/polkitd")
+NOBODY = 65534
+ACCOUNTS = ("group:schedcp", "passwd:schedcp-agent", "group:schedcp-agent")
+UNIT = SYSTEMD_DIR / "schedcpd.service"
+SEARCHED = ("/etc", "/var/lib", "/run", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/lib")
+
+
+def _run(argv: list[str], timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def package_state() -> str:
+    """dpkg's status of the package ('' when dpkg never heard of it)."""
+    out = _run(["dpkg-query", "-W", "-f=${Status}", PACKAGE])
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def accounts() -> dict[str, bool]:
+    """Which of the package's accounts exist now."""
+    return {a: _run(["getent", *a.split(":")]).returncode == 0 for a in ACCOUNTS}
+
+
+def schedcp_paths() -> set[str]:
+    """Every path named *schedcp* in the system directories a package touches."""
+    out = _run(["find", *SEARCHED, "-xdev", "-name", "*schedcp*"])
+    return set(out.stdout.split())
+
+
+def install(deb: Path) -> None:
+    """dpkg -i; the maintainer scripts must cope with systemd not being PID 1."""
+    out = _run(["dpkg", "-i", str(deb)], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def purge() -> None:
+    """dpkg --purge, when anything of the package is on the machine."""
+    if package_state() and "not-installed" not in package_state():
+        out = _run(["dpkg", "--purge", PACKAGE])
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb, built once from the current tree (or $SCHEDCP_DEB, one built before)."""
+    state = package_state()
+    if state and "not-installed" not in state:
+        pytest.skip(f"{PACKAGE} is already on this machine ({state}); these tests would purge it")
+    if os.environ.get("SCHEDCP_DEB"):
+        return Path(os.environ["SCHEDCP_DEB"])
+    out_dir = tmp_path_factory.mktemp("deb")
+    out = _run([str(ROOT / "packaging" / "build-deb"), str(out_dir)], timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    deb = Path(out.stdout.strip().splitlines()[-1])
+    assert deb.is_file() and deb.name == f"{PACKAGE}_{__version__}_amd64.deb"
+    return deb
+
+
+def test_lintian_is_clean(deb: Path) -> None:
+    """No tag at any level but those overridden (each with a reason) in debian/."""
+    out = _run(["lintian", "--pedantic", "--display-info",
+                "--fail-on", "error,warning,info,pedantic", str(deb)])
+    tags = [line for line in out.stdout.splitlines() if re.match(r"^[EWIPX]: ", line)]
+    assert out.returncode == 0 and not tags, out.stdout + out.stderr
+
+
+# -- the installed files ----------------------------------------------------
+
+
+def check_installed_files() -> None:
+    for exe in ("schedcpd", "schedcpctl"):
+        link = Path("/usr/bin") / exe
+        assert link.is_symlink() and link.resolve() == VENV / "bin" / exe
+        assert (VENV / "bin" / exe).read_text().splitlines()[0] == f"#!{VENV}/bin/python"
+    # The bundled venv alone: no environment, no pip, nothing from the build tree.
+    out = _run(["/usr/bin/schedcpd", "--version"], env={})
+    assert out.returncode == 0 and out.stdout.strip() == f"schedcpd {__version__}", out
+    out = _run([str(VENV / "bin" / "python"), "-c",
+                "import importlib.util, sys; import dbus_fast.message, "
+                "cryptography.hazmat.bindings._rust, pyroute2, schedcpd.daemon; "
+                "print(importlib.util.find_spec('pip'), sys.prefix)"], env={})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", str(VENV)]
+    for path in [*(VENV / "bin").iterdir(), VENV / "pyvenv.cfg"]:
+        if path.is_file() and not path.is_symlink():
+            assert "debian/schedcp" not in path.read_text(errors="replace"), path
+    out = run_as(NOBODY, ["/usr/bin/schedcpctl", "--help"])
+    assert out.returncode == 0, out.stderr
+
+    conffiles = _run(["dpkg-query", "-W", "-f=${Conffiles}", PACKAGE]).stdout
+    assert "/etc/schedcp/schedcpd.toml" in conffiles
+    same = {
+        "/etc/schedcp/schedcpd.toml": "etc/schedcpd.toml",
+        f"/usr/share/dbus-1/system.d/{BUS_NAME}.conf": f"etc/dbus-1/system.d/{BUS_NAME}.conf",
+        f"/usr/share/dbus-1/system-services/{BUS_NAME}.service":
+            f"etc/dbus-1/system-services/{BUS_NAME}.service",
+        f"/usr/share/dbus-1/interfaces/{MANAGER_INTERFACE}.xml":
+            f"etc/dbus-1/interfaces/{MANAGER_INTERFACE}.xml",
+        "/usr/share/polkit-1/actions/org.schedcp.policy": "etc/polkit-1/actions/org.schedcp.policy",
+        "/lib/systemd/system/schedcpd.service": "systemd/schedcpd.service",
+        "/lib/systemd/system/schedcp-agent.service": "systemd/schedcp-agent.service",
+        "/usr/lib/sysusers.d/schedcp.conf": "systemd/sysusers.d/schedcp.conf",
+        "/usr/lib/tmpfiles.d/schedcp.conf": "systemd/tmpfiles.d/schedcp.conf",
+    }
+    for installed, source in same.items():
+        assert Path(installed).read_bytes() == (ROOT / source).read_bytes(), installed
+    assert sorted(p.name for p in Path("/usr/share/schedcp/policies").iterdir()) == \
+        sorted(p.name for p in (ROOT / "policies").glob("*.toml"))
+    assert sorted(p.name for p in Path("/usr/lib/schedcp/bpf").iterdir()) == \
+        ["cswitch.bpf.o", "offcpu.bpf.o", "runqlat.bpf.o"]
+    assert Path("/etc/schedcp/policies.d").is_dir()
+    assert STATE.is_dir() and STATE.stat().st_mode & 0o777 == 0o700
+
+    # deb-systemd-helper recorded the enablement although systemd is not PID 1.
+    wants = Path("/etc/systemd/system/multi-user.target.wants")
+    assert os.readlink(wants / "schedcpd.service") == "/lib/systemd/system/schedcpd.service"
+    assert not (wants / "schedcp-agent.service").exists()
+    # With the real binary in place, verify needs no stand-ins.
+    out = _run(["systemd-analyze", "verify", "--man=no", "/lib/systemd/system/schedcpd.service"])
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+
+    groups = _run(["id", "-nG", "schedcp-agent"]).stdout.split()
+    assert "schedcp" in groups
+    assert _run(["getent", "passwd", "schedcp-agent"]).stdout.strip().endswith(":/usr/sbin/nologin")
+
+
+# -- the installed daemon on a private system-like bus ------------------------
+
+
+def busctl(address: str, uid: int, method: str) -> subprocess.CompletedProcess[str]:
+    """busctl call as ``uid``; JSON output."""
+    return run_as(uid, ["busctl", f"--address={address}", "--json=short", "call", BUS_NAME,
+                        OBJECT_PATH, MANAGER_INTERFACE, method])
+
+
+def dbus_send(address: str, uid: int, method: str) -> subprocess.CompletedProcess[str]:
+    """dbus-send as ``uid`` (it prints the D-Bus error name, busctl does not)."""
+    return run_as(uid, ["dbus-send", f"--bus={address}", "--print-reply", f"--dest={BUS_NAME}",
+                        OBJECT_PATH, f"{MANAGER_INTERFACE}.{method}"])
+
+
+def status_of(reply: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert reply.returncode == 0, reply.stderr
+    status: dict[str, Any] = json.loads(json.loads(reply.stdout)["data"][0])
+    return status
+
+
+def _owned(address: str, name: str) -> bool:
+    return _run(["busctl", f"--address={address}", "status", name]).returncode == 0
+
+
+def _wait(predicate: Any, what: str, proc: subprocess.Popen[Any], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not come up:\n{log.read_text()}")
+
+
+@pytest.fixture
+def polkit_bus(tmp_path: Path) -> Iterator[PrivateBus]:
+    """A private bus with the installed bus policies and the real polkitd on it."""
+    if not POLKITD.exists():
+        pytest.skip("polkitd is not installed (requirements-apt.txt lists it)")
+    with PrivateBus(Path("/usr/share/dbus-1/system.d")) as bus:
+        log = tmp_path / "polkitd.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([str(POLKITD), "--no-debug"], stdout=out, stderr=out,
+                                    env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address})
+        try:
+            _wait(lambda: _owned(bus.address, "org.freedesktop.PolicyKit1"), "polkitd", proc, log)
+            yield bus
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def check_polkit_actions(address: str) -> None:
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": address}
+    out = _run(["pkaction", "--verbose", "--action-id", "org.schedcp.all"], env=env)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"org\.freedesktop\.policykit\.imply -> org\.schedcp\.observe "
+                     r"org\.schedcp\.submit org\.schedcp\.verify org\.schedcp\.deploy "
+                     r"org\.schedcp\.admin", out.stdout), out.stdout
+    check = "exec pkcheck --action-id {} --process $$"
+    assert run_as(NOBODY, ["sh", "-c", check.format("org.schedcp.observe")],
+                  env=env).returncode == 0
+    denied = run_as(NOBODY, ["sh", "-c", check.format("org.schedcp.admin")], env=env)
+    assert denied.returncode != 0 and "requires authentication" in denied.stderr
+
+
+PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
+CAP_NUMBERS = {"dac_override": 1, "net_admin": 12, "sys_ptrace": 19, "sys_nice": 23,
+               "perfmon": 38, "bpf": 39}
+
+
+def _deny_write_execute() -> None:
+    """MemoryDenyWriteExecute=yes, the kernel's way (inherited across execve)."""
+    if ctypes.CDLL(None).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        raise OSError("PR_SET_MDWE failed")
+
+
+def run_installed_daemon(bus: PrivateBus, tmp_path: Path) -> None:
+    """Start /usr/bin/schedcpd as the unit would, call it as root and nobody, stop it.
+
+    As the unit would: its capability bounding set, no_new_privs, and (where
+    the kernel has PR_SET_MDWE, Linux >= 6.3) no writable+executable memory.
+    """
+    mdwe = ctypes.CDLL(None).prctl(PR_GET_MDWE, 0, 0, 0, 0) >= 0
+    config = tmp_path / "schedcpd.toml"
+    # The installed conffile, with the exporter on a free port (9638 may be taken).
+    text = Path("/etc/schedcp/schedcpd.toml").read_text()
+    assert "# port = 9638" in text
+    config.write_text(text.replace("# port = 9638", "port = 0"))
+    caps = "".join(f",+{c}" for c in sorted(unit_capabilities(UNIT)))
+    log = tmp_path / "schedcpd.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["setpriv", f"--bounding-set=-all{caps}", "--inh-caps=-all", "--no-new-privs",
+             "/usr/bin/schedcpd", "--config", str(config), "--bus", bus.address,
+             "--state-dir", str(STATE)],
+            stdout=out, stderr=out, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            preexec_fn=_deny_write_execute if mdwe else None,
+        )
+    try:
+        _wait(lambda: _owned(bus.address, BUS_NAME), "schedcpd", proc, log)
+        fields = dict(line.split(":\t", 1) for line in
+                      Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ":\t" in line)
+        wanted = sum(1 << CAP_NUMBERS[c] for c in unit_capabilities(UNIT))
+        assert int(fields["CapEff"], 16) == wanted and int(fields["CapBnd"], 16) == wanted
+        assert fields["NoNewPrivs"].strip() == "1"
+        root = status_of(busctl(bus.address, 0, "GetStatus"))
+        assert root["caller"]["uid"] == 0
+        assert root["authorization"] == "polkit"
+        assert root["state_dir"] == str(STATE)
+        nobody = status_of(busctl(bus.address, NOBODY, "GetStatus"))
+        assert nobody["caller"]["uid"] == NOBODY
+
+        denied = busctl(bus.address, NOBODY, "Reload")
+        assert denied.returncode != 0 and "not authorized" in denied.stderr
+        denied = dbus_send(bus.address, NOBODY, "Reload")
+        assert "org.schedcp.Control1.Error.AccessDenied" in denied.stderr, denied
+        assert busctl(bus.address, 0, "Reload").returncode == 0
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (STATE / "schedcpd.db").exists()
+    # Byte-code shipped for everything imported: the run wrote nothing to /usr.
+    owned = set(_run(["dpkg-query", "-L", PACKAGE]).stdout.split())
+    unowned = set(_run(["find", "/usr/lib/schedcp"]).stdout.split()) - owned
+    assert not unowned, sorted(unowned)[:10]
+
+
+# -- the tests ------------------------------------------------------------------
+
+
+def test_install_run_purge(deb: Path, polkit_bus: PrivateBus, tmp_path: Path) -> None:
+    before_accounts, before_paths = accounts(), schedcp_paths()
+    try:
+        install(deb)
+        made = sorted(a for a, existed in before_accounts.items() if not existed)
+        assert sorted(RECORD.read_text().split()) == made
+        check_installed_files()
+        check_polkit_actions(polkit_bus.address)
+        run_installed_daemon(polkit_bus, tmp_path)
+        purge()
+        assert package_state() == ""
+        assert accounts() == before_accounts
+        assert schedcp_paths() == before_paths
+    finally:
+        purge()
+
+
+def test_purge_keeps_accounts_it_did_not_create(deb: Path) -> None:
+    """Group schedcp made before the package (by an admin, or by tests/conftest.py) stays."""
+    made_group = not accounts()["group:schedcp"]
+    if made_group:
+        subprocess.run(["groupadd", "--system", "schedcp"], check=True)
+    try:
+        before = accounts()
+        install(deb)
+        assert "group:schedcp" not in RECORD.read_text().split()
+        purge()
+        assert accounts() == before
+        assert not STATE.exists()
+    finally:
+        purge()
+        if made_group:
+            subprocess.run(["groupdel", "schedcp"], check=False)
