@@ -145,9 +145,15 @@ class GuardSampler:
                         d_runs += s.runs - prev.runs
             if self._last_time:
                 dt = max(now - self._last_time, 1e-6)
-                out[group] = GroupSample(
-                    now, d_wait / d_runs / 1000 if d_runs else None, d_cpu / dt / 1e9, runnable,
-                    threads)
+                if d_runs:
+                    wait_us: float | None = d_wait / d_runs / 1000
+                elif runnable:
+                    # schedstat books a wait only when the task finally runs: a
+                    # runnable thread that never ran this period waited >= dt.
+                    wait_us = dt * 1e6
+                else:
+                    wait_us = None
+                out[group] = GroupSample(now, wait_us, d_cpu / dt / 1e9, runnable, threads)
         self._last, self._last_time = current, now
         return out
 
