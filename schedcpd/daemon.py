@@ -36,6 +36,7 @@ from schedcpd.dbus.service import ManagerService
 from schedcpd.deployer import Deployer, DeployerSettings
 from schedcpd.errors import ConfigError
 from schedcpd.hookspecs import PluginContext
+from schedcpd.journal import Journal
 from schedcpd.manager import Manager
 from schedcpd.metrics import Metrics
 from schedcpd.notify import Notifier
@@ -82,9 +83,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = StateStore(self.state_dir / "schedcpd.db", MIGRATIONS)
+        # The one save-before-write journal every plugin's kernel writes go through.
+        self.journal = Journal(self.state_dir / "journal.db")
         try:
             return await self._run(loop)
         finally:
+            self.journal.close()
             self.store.close()
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
@@ -267,7 +271,8 @@ class Daemon:
     def _plugin_context(self, name: str) -> PluginContext:
         plugin_dir = self.state_dir / "plugins" / name
         plugin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return PluginContext(state_dir=plugin_dir, config=self.config.plugin(name))
+        return PluginContext(state_dir=plugin_dir, config=self.config.plugin(name),
+                             journal=self.journal)
 
     def _plugin_failed(self, name: str, message: str) -> None:
         self.metrics.plugin_failures.labels(name).inc()

@@ -50,7 +50,7 @@ def call(address: str, uid: int, member: str, signature: str = "", *body: object
     return calls_as(uid, address, [[member, signature, list(body)]])[0]
 
 
-def wait_until(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
+def wait_until(predicate, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -1,0 +1,359 @@
+"""Journaled reads and writes of every scheduler knob, restore and override checks.
+
+Every kernel write of the scheduler plugin goes through :meth:`Actuator.set`:
+read the live value, commit it to the journal, write, mark applied.  Keys
+name the target so a restart can find it again:
+
+- ``task:<tid>:<start>:<knob>`` - a per-task knob (kind ``task_attr``), or
+  the task's cgroup in one hierarchy, knob ``cgroup.<controller>`` (kind
+  ``cgroup_membership``; prior ``{"path", "affinity"}``, because joining a
+  cpuset rewrites the task's affinity);
+- ``cgroup_dir:<controller>:<path>`` - a cgroup we created (prior ``None``);
+- ``cgroup_value:<controller>:<path>:<file>`` - a value in our cgroup;
+- ``sysctl:<name>`` / ``debugfs:<name>``.
+
+Fault injection for the crash tests: with ``SCHEDCP_FAULT=after_journal_commit``
+or ``after_write`` (optionally ``:<n>`` for the n-th write) in the environment
+the process SIGKILLs itself at that point (the journal row is then ``pending``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from plugins.scheduler import cgroups, sysctl, tasks
+from plugins.scheduler.cgroups import Hierarchy
+from plugins.scheduler.tasks import TaskGone
+from schedcpd.journal import OVERRIDDEN, Journal, JournalEntry
+
+_LOGGER = logging.getLogger(__name__)
+
+SUBSYSTEM = "scheduler"
+FAULT_ENV = "SCHEDCP_FAULT"
+
+KIND_TASK = "task_attr"
+KIND_MEMBERSHIP = "cgroup_membership"
+KIND_DIR = "cgroup_dir"
+KIND_VALUE = "cgroup_value"
+KIND_SYSCTL = "sysctl"
+KIND_DEBUGFS = "debugfs"
+
+_UNSET: Any = object()
+
+
+class Gone(Exception):
+    """The target of a key no longer exists (task exited, cgroup removed)."""
+
+
+def task_key(tid: int, start: int, knob: str) -> str:
+    """Journal key of a per-task knob."""
+    return f"task:{tid}:{start}:{knob}"
+
+
+_fault_counts: dict[str, int] = {}
+
+
+def _fault(point: str) -> None:
+    """SIGKILL this process at ``point`` when ``SCHEDCP_FAULT`` asks for it.
+
+    ``SCHEDCP_FAULT=after_write`` fires at the first write,
+    ``SCHEDCP_FAULT=after_write:3`` at the third.
+    """
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    if name != point:
+        return
+    _fault_counts[point] = _fault_counts.get(point, 0) + 1
+    if _fault_counts[point] >= int(nth or 1):
+        _LOGGER.warning("fault injection: SIGKILL at %s #%s", point, _fault_counts[point])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Change:
+    """Outcome of one :meth:`Actuator.set` call."""
+
+    key: str
+    knob: str
+    before: Any
+    after: Any
+    status: str  # changed | unchanged | conflict | overridden | gone | error | dry-run
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (the ``{"target", "knob", "before", "after"}`` shape + status)."""
+        target = self.key.rsplit(":", 1)[0] if self.key.startswith("task:") else self.key
+        return {
+            "target": target,
+            "knob": self.knob,
+            "before": self.before,
+            "after": self.after,
+            "status": self.status,
+            "note": self.note,
+        }
+
+
+class Actuator:
+    """Reads, writes and restores knobs by journal key; thread-safe."""
+
+    def __init__(self, journal: Journal, hierarchies: dict[str, Hierarchy]) -> None:
+        self.journal = journal
+        self.hierarchies = hierarchies
+        self.lock = threading.RLock()
+
+    # -- live values ------------------------------------------------------
+
+    def _hierarchy(self, controller: str) -> Hierarchy:
+        if controller not in self.hierarchies:
+            raise Gone(f"no {controller} cgroup hierarchy")
+        return self.hierarchies[controller]
+
+    def read(self, kind: str, key: str) -> Any:
+        """Live value for ``key`` (raises :class:`Gone`)."""
+        parts = key.split(":")
+        try:
+            if parts[0] == "task":
+                tid, start, knob = int(parts[1]), int(parts[2]), parts[3]
+                if not tasks.is_alive(tid, start):
+                    raise Gone(f"task {tid} exited")
+                if kind == KIND_MEMBERSHIP:
+                    hierarchy = self._hierarchy(knob.split(".", 1)[1])
+                    return {"path": cgroups.task_cgroup(tid, hierarchy)}
+                return tasks.read_knob(tid, knob)
+            if kind == KIND_DIR:
+                hierarchy = self._hierarchy(parts[1])
+                return "present" if hierarchy.path(parts[2]).is_dir() else None
+            if kind == KIND_VALUE:
+                path = self._hierarchy(parts[1]).path(parts[2]) / parts[3]
+                if not path.exists():
+                    raise Gone(f"{path} does not exist")
+                return cgroups.read_file(path)
+            if kind == KIND_SYSCTL:
+                return sysctl.read_sysctl(parts[1])
+            if kind == KIND_DEBUGFS:
+                return sysctl.read_debugfs(parts[1])
+        except TaskGone as exc:
+            raise Gone(str(exc)) from exc
+        raise ValueError(f"unknown journal kind/key {kind} {key}")
+
+    def write(self, kind: str, key: str, value: Any) -> None:
+        """Write ``value`` for ``key`` (no journal: callers use :meth:`set`)."""
+        parts = key.split(":")
+        try:
+            if parts[0] == "task":
+                tid, start, knob = int(parts[1]), int(parts[2]), parts[3]
+                if not tasks.is_alive(tid, start):
+                    raise Gone(f"task {tid} exited")
+                if kind == KIND_MEMBERSHIP:
+                    hierarchy = self._hierarchy(knob.split(".", 1)[1])
+                    if not hierarchy.path(value["path"]).is_dir():
+                        raise Gone(f"cgroup {value['path']} no longer exists")
+                    cgroups.move_task(tid, hierarchy, value["path"])
+                    if value.get("affinity") is not None:
+                        tasks.write_knob(tid, "affinity", value["affinity"])
+                    return
+                tasks.write_knob(tid, knob, value)
+                return
+            if kind == KIND_DIR:
+                hierarchy = self._hierarchy(parts[1])
+                if value is None:
+                    note = cgroups.remove_group(hierarchy, parts[2])
+                    if note not in ("removed", "already gone"):
+                        raise OSError(note)
+                else:
+                    cgroups.create_group(hierarchy, parts[2])
+                return
+            if kind == KIND_VALUE:
+                path = self._hierarchy(parts[1]).path(parts[2]) / parts[3]
+                if not path.exists():
+                    raise Gone(f"{path} does not exist")
+                cgroups.write_file(path, str(value))
+                return
+            if kind == KIND_SYSCTL:
+                sysctl.write_sysctl(parts[1], str(value))
+                return
+            if kind == KIND_DEBUGFS:
+                sysctl.write_debugfs(parts[1], str(value))
+                return
+        except TaskGone as exc:
+            raise Gone(str(exc)) from exc
+        raise ValueError(f"unknown journal kind/key {kind} {key}")
+
+    @staticmethod
+    def same(kind: str, live: Any, value: Any) -> bool:
+        """Whether a live value equals a journaled one (membership compares the path)."""
+        if kind == KIND_MEMBERSHIP:
+            return isinstance(value, dict) and live.get("path") == value.get("path")
+        return bool(live == value)
+
+    # -- journaled write --------------------------------------------------
+
+    def set(
+        self,
+        owner: str,
+        kind: str,
+        key: str,
+        new: Any,
+        *,
+        prior: Any = _UNSET,
+        dry_run: bool = False,
+    ) -> Change:
+        """Journal then write ``new`` for ``key`` on behalf of ``owner``.
+
+        ``prior`` overrides the value saved for restore (a forked child of a
+        managed task inherits our value; its true prior is the parent's).
+        Never writes a key another owner manages, nor one this owner lost to
+        a manual override.
+        """
+        knob = key.rsplit(":", 1)[-1] if key.startswith("task:") else kind
+        with self.lock:
+            try:
+                live = self.read(kind, key)
+            except Gone as exc:
+                if dry_run and not key.startswith("task:"):
+                    # e.g. a value in a cgroup that the real apply would create first
+                    return Change(key, knob, None, new, "dry-run", f"does not exist yet: {exc}")
+                return Change(key, knob, None, new, "gone", str(exc))
+            except OSError as exc:
+                return Change(key, knob, None, new, "error", str(exc))
+            if dry_run:
+                return Change(key, knob, live, new, "dry-run")
+            history = self.journal.for_key(key, subsystem=SUBSYSTEM)
+            others = sorted({e.owner for e in history if e.owner != owner})
+            if others:
+                return Change(key, knob, live, new, "conflict", f"managed by {', '.join(others)}")
+            if self.journal.for_key(key, states=(OVERRIDDEN,), subsystem=SUBSYSTEM):
+                return Change(key, knob, live, new, "overridden", "changed by someone else earlier")
+            if history and not self.same(kind, live, history[0].new):
+                self._overridden(history, live)
+                return Change(key, knob, live, new, "overridden", "changed by someone else")
+            if prior is _UNSET:
+                if self.same(kind, live, new):
+                    return Change(key, knob, live, new, "unchanged")
+                prior = live
+            entry_id = self.journal.record(owner, kind, key, prior, new, subsystem=SUBSYSTEM)
+            _fault("after_journal_commit")
+            try:
+                self.write(kind, key, new)
+            except Gone as exc:
+                self.journal.mark_skipped(entry_id, f"gone before write: {exc}")
+                return Change(key, knob, live, new, "gone", str(exc))
+            except (OSError, ValueError) as exc:
+                self.journal.mark_skipped(entry_id, f"write failed: {exc}")
+                return Change(key, knob, live, new, "error", str(exc))
+            _fault("after_write")
+            self.journal.mark_applied(entry_id)
+            return Change(key, knob, live, new, "changed")
+
+    def _overridden(self, history: list[JournalEntry], live: Any) -> None:
+        newest = history[0]
+        note = f"live value {live!r} is not ours ({newest.new!r}); left alone"
+        _LOGGER.warning("manual override of %s (owner %s): %s", newest.key, newest.owner, note)
+        for entry in history:
+            self.journal.mark_overridden(entry.id, note)
+
+    # -- restore ----------------------------------------------------------
+
+    def restore_entry(self, entry: JournalEntry) -> dict[str, Any]:
+        """Put ``entry.prior`` back if the live value is still ours; record the outcome."""
+        with self.lock:
+            outcome, note = self._restore(entry)
+            if outcome == "restored":
+                self.journal.mark_restored(entry.id, note)
+            elif outcome == "skipped":
+                self.journal.mark_skipped(entry.id, note)
+            else:
+                _LOGGER.warning("not restoring %s: %s", entry.key, note)
+                self.journal.mark_overridden(entry.id, note)
+            return {
+                "id": entry.id,
+                "owner": entry.owner,
+                "key": entry.key,
+                "kind": entry.kind,
+                "prior": entry.prior,
+                "outcome": outcome,
+                "note": note,
+            }
+
+    def _restore(self, entry: JournalEntry) -> tuple[str, str]:
+        try:
+            live = self.read(entry.kind, entry.key)
+        except Gone as exc:
+            return "skipped", str(exc)
+        except OSError as exc:
+            return "skipped", f"cannot read: {exc}"
+        if self.same(entry.kind, live, entry.prior):
+            return "restored", "already at prior value"
+        if not self.same(entry.kind, live, entry.new):
+            return "overridden", f"live value {live!r} is neither ours nor the prior"
+        try:
+            self.write(entry.kind, entry.key, entry.prior)
+            back = self.read(entry.kind, entry.key)
+        except Gone as exc:
+            return "skipped", str(exc)
+        except (OSError, ValueError) as exc:
+            return "skipped", f"restore failed: {exc}"
+        if not self.same(entry.kind, back, entry.prior):
+            return "skipped", f"read back {back!r} after writing {entry.prior!r}"
+        return "restored", ""
+
+    def restore(self, owner: str | None = None) -> dict[str, Any]:
+        """Restore every open entry (of ``owner``, or all), newest first."""
+        with self.lock:
+            results = [
+                self.restore_entry(entry)
+                for entry in self.journal.pending_restore(owner=owner, subsystem=SUBSYSTEM)
+            ]
+        summary: dict[str, int] = {}
+        for result in results:
+            summary[result["outcome"]] = summary.get(result["outcome"], 0) + 1
+        return {"entries": results, "summary": summary}
+
+    def check_overrides(self) -> list[dict[str, Any]]:
+        """Find applied values someone else changed; mark them overridden.
+
+        Entries of exited tasks are marked skipped on the way.
+        """
+        found = []
+        with self.lock:
+            newest: dict[str, list[JournalEntry]] = {}
+            for entry in self.journal.pending_restore(subsystem=SUBSYSTEM):
+                newest.setdefault(entry.key, []).append(entry)
+            for key, history in newest.items():
+                if history[0].state != "applied" or history[0].kind == KIND_DIR:
+                    continue
+                try:
+                    live = self.read(history[0].kind, key)
+                except (Gone, OSError) as exc:
+                    for entry in history:
+                        self.journal.mark_skipped(entry.id, f"target gone: {exc}")
+                    continue
+                if not self.same(history[0].kind, live, history[0].new):
+                    self._overridden(history, live)
+                    found.append(
+                        {
+                            "key": key,
+                            "owner": history[0].owner,
+                            "ours": history[0].new,
+                            "live": live,
+                        }
+                    )
+        return found
+
+    def forget_task(self, tid: int) -> int:
+        """Mark open entries of an exited task skipped; return how many."""
+        count = 0
+        with self.lock:
+            for entry in self.journal.open_for_key_prefix(f"task:{tid}:", subsystem=SUBSYSTEM):
+                start = int(entry.key.split(":")[2])
+                if not tasks.is_alive(tid, start):
+                    self.journal.mark_skipped(entry.id, "task exited")
+                    count += 1
+        return count

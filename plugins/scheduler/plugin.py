@@ -1,0 +1,332 @@
+"""The scheduler subsystem: config-only (T1) CPU scheduling policies on the running kernel.
+
+What it changes, for the operator: per task the scheduling policy
+(SCHED_OTHER/BATCH/IDLE; FIFO/RR only when a policy allows it with a
+priority cap), nice, the EEVDF slice, CPU affinity, timer slack and
+autogroup nice; per cgroup ``cpu.shares``/``cpu.idle``/quota and ``cpuset``
+in cgroups it creates under ``schedcp/`` (it moves only the tasks a policy
+targets); and allow-listed ``kernel.sched_*`` sysctls.  Every value is saved
+in the journal before it is written and is put back exactly on restore, on
+daemon stop and at start-up after a crash.  A value someone else changes
+after us is left alone and reported as overridden.
+
+The host may register this module (its module-level hook functions delegate
+to the single :data:`plugin` instance) or the object :data:`plugin` itself;
+register one of the two, not both.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from plugins.scheduler import capabilities, cgroups, sched_ext, sysctl, verification
+from plugins.scheduler import policy as policy_mod
+from plugins.scheduler.actuator import SUBSYSTEM, Actuator
+from plugins.scheduler.applier import Applier
+from plugins.scheduler.watcher import TaskWatcher
+from schedcpd.errors import NotSupported
+from schedcpd.hookspecs import PluginContext, hookimpl
+from schedcpd.journal import OVERRIDDEN, Journal
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "cgroup_parent": "schedcp",
+    "netlink": True,
+    "scan_interval": 0.25,
+    "override_check_interval": 2.0,
+}
+
+
+class SchedulerPlugin:
+    """Hook implementations of the scheduler subsystem (one instance per daemon)."""
+
+    def __init__(self) -> None:
+        self.config: dict[str, Any] = dict(DEFAULT_CONFIG)
+        self.journal: Journal | None = None
+        self.own_journal = False
+        self.caps: dict[str, dict[str, Any]] = {}
+        self.applier: Applier | None = None
+        self.watcher: TaskWatcher | None = None
+        self._stop = threading.Event()
+        self._checker: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------
+
+    @hookimpl
+    def schedcp_startup(self, context: PluginContext) -> None:
+        """Detect capabilities and bind the journal; no kernel write happens here."""
+        self.config = {**DEFAULT_CONFIG, **(context.config or {})}
+        journal = context.journal
+        if journal is None:
+            _LOGGER.warning("no journal from the host; opening %s", context.state_dir)
+            journal = Journal(Path(context.state_dir) / "journal.db")
+            self.own_journal = True
+        self.journal = journal
+        self.caps = capabilities.detect()
+        hierarchies = cgroups.detect_hierarchies()
+        actuator = Actuator(journal, hierarchies)
+        self.applier = Applier(actuator, hierarchies, str(self.config["cgroup_parent"]))
+        self._stop.clear()
+        missing = sorted(name for name, cap in self.caps.items() if not cap["available"])
+        _LOGGER.info("scheduler plugin ready; unavailable: %s", ", ".join(missing) or "none")
+
+    @hookimpl
+    def schedcp_shutdown(self) -> None:
+        """Stop the watcher and the override checker; close our own journal."""
+        self._stop_background()
+        if self.own_journal and self.journal is not None:
+            self.journal.close()
+        self.journal = None
+        self.applier = None
+
+    def _start_background(self) -> None:
+        assert self.applier is not None
+        if self.watcher is None:
+            self.watcher = TaskWatcher(
+                self.applier.on_new,
+                self.applier.on_exit,
+                prefer_netlink=bool(self.config["netlink"]),
+                scan_interval=float(self.config["scan_interval"]),
+            )
+            self.watcher.start()
+        if self._checker is None:
+            self._stop.clear()
+            self._checker = threading.Thread(
+                target=self._check_loop, name="schedcp-override-check", daemon=True
+            )
+            self._checker.start()
+
+    def _stop_background(self) -> None:
+        self._stop.set()
+        if self._checker is not None:
+            self._checker.join(timeout=5)
+            self._checker = None
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+
+    def _check_loop(self) -> None:
+        interval = float(self.config["override_check_interval"])
+        while not self._stop.wait(interval):
+            applier = self.applier
+            if applier is None:
+                return
+            try:
+                applier.actuator.check_overrides()
+            except Exception:  # keep checking; the log has the cause
+                _LOGGER.exception("override check failed")
+
+    def _require(self) -> Applier:
+        if self.applier is None:
+            raise NotSupported("scheduler plugin is not started")
+        return self.applier
+
+    # -- hooks ------------------------------------------------------------
+
+    @hookimpl
+    def schedcp_describe(self) -> dict[str, Any] | None:
+        """Name, operator description and detected capabilities (cached)."""
+        return {
+            "name": SUBSYSTEM,
+            "description": (__doc__ or "").strip(),
+            "capabilities": self.caps,
+        }
+
+    @hookimpl
+    def schedcp_observe(self, subsystem: str) -> dict[str, Any] | None:
+        """Global scheduler state: sched sysctls, cgroup hierarchies, sched_ext."""
+        if subsystem != SUBSYSTEM:
+            return None
+        values = {}
+        for name in sysctl.available_sysctls():
+            try:
+                values[name] = sysctl.read_sysctl(name)
+            except OSError:
+                continue
+        return {
+            "sysctl": values,
+            "cgroup_hierarchies": {
+                c: {"mount": str(h.mount), "version": h.version}
+                for c, h in cgroups.detect_hierarchies().items()
+            },
+            "sched_ext": sched_ext.detect(),
+            "watcher": self._watcher_state(),
+        }
+
+    @hookimpl
+    def schedcp_validate(
+        self, subsystem: str, policy: dict[str, Any]
+    ) -> list[dict[str, Any]] | None:
+        """Schema and range findings for a parsed T1 policy."""
+        if subsystem != SUBSYSTEM:
+            return None
+        # ``_source`` (optional) is the file name the host read the document from.
+        doc = {k: v for k, v in policy.items() if k != "_source"}
+        return policy_mod.validate(doc, str(policy.get("_source", "<policy>")))
+
+    @hookimpl
+    def schedcp_apply(
+        self, subsystem: str, policy: dict[str, Any], scope: dict[str, Any], dry_run: bool
+    ) -> dict[str, Any] | None:
+        """Apply a T1 policy for ``scope["owner"]`` (optionally only ``scope["pids"]``)."""
+        if subsystem != SUBSYSTEM:
+            return None
+        applier = self._require()
+        doc = {k: v for k, v in policy.items() if k != "_source"}
+        result = applier.apply(doc, scope, dry_run)
+        if not dry_run:
+            self._start_background()
+        return result
+
+    @hookimpl
+    def schedcp_restore(self, subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | None:
+        """Restore ``scope["owner"]``'s values, or every value of this plugin for ``{}``."""
+        if subsystem != SUBSYSTEM:
+            return None
+        applier = self._require()
+        owner = scope.get("owner")
+        report = applier.restore(str(owner) if owner is not None else None)
+        if not applier.registrations:
+            self._stop_background()
+        return report
+
+    @hookimpl
+    def schedcp_state(self, subsystem: str) -> dict[str, Any] | None:
+        """Applied policies, their targets, values managed, and manual overrides."""
+        if subsystem != SUBSYSTEM:
+            return None
+        applier = self._require()
+        applier.actuator.check_overrides()
+        journal = applier.actuator.journal
+        open_entries = journal.pending_restore(subsystem=SUBSYSTEM)
+        counts: dict[str, int] = {}
+        for entry in open_entries:
+            counts[entry.owner] = counts.get(entry.owner, 0) + 1
+        with applier.lock:
+            policies = [
+                {
+                    "owner": reg.owner,
+                    "policy": reg.policy.name,
+                    "applied_at": reg.applied_at,
+                    "scope_pids": reg.scope_pids,
+                    "targets": {g: sorted(p) for g, p in reg.targets.items()},
+                    "new_tasks_handled": reg.new_tasks,
+                }
+                for reg in applier.registrations.values()
+            ]
+        overrides = [
+            {"owner": e.owner, "kind": e.kind, "key": e.key, "ours": e.new, "note": e.note}
+            for e in journal.entries(state=OVERRIDDEN, subsystem=SUBSYSTEM, limit=100)
+        ]
+        return {
+            "policies": policies,
+            "managed_values": counts,
+            "overrides": overrides,
+            "watcher": self._watcher_state(),
+        }
+
+    @hookimpl
+    def schedcp_static_check(
+        self, subsystem: str, policy: dict[str, Any], active: list[dict[str, Any]]
+    ) -> list[dict[str, Any]] | None:
+        """Verifier stage 2: starvation, RT, cpuset, quota and conflict analysis."""
+        if subsystem != SUBSYSTEM:
+            return None
+        return verification.static_check(policy, active)
+
+    @hookimpl
+    def schedcp_dynamic_check(
+        self, subsystem: str, policy: dict[str, Any], seconds: float
+    ) -> list[dict[str, Any]] | None:
+        """Verifier stage 4: the policy on its own synthetic workload, then restored."""
+        if subsystem != SUBSYSTEM:
+            return None
+        return verification.dynamic_check(
+            policy,
+            seconds,
+            apply=lambda doc, owner: self.schedcp_apply(SUBSYSTEM, doc, {"owner": owner}, False),
+            restore=lambda owner: self.schedcp_restore(SUBSYSTEM, {"owner": owner}),
+        )
+
+    def _watcher_state(self) -> dict[str, Any]:
+        if self.watcher is None:
+            return {"mode": "stopped", "reason": "no policy applied"}
+        return {"mode": self.watcher.mode, "reason": self.watcher.reason}
+
+
+plugin = SchedulerPlugin()
+
+
+# Module-level hook functions for a host that registers this module itself;
+# each delegates to the single instance above.  A host that registers
+# ``plugin`` instead gets the same behaviour (register one or the other).
+
+
+@hookimpl
+def schedcp_startup(context: PluginContext) -> None:
+    """See :meth:`SchedulerPlugin.schedcp_startup`."""
+    plugin.schedcp_startup(context)
+
+
+@hookimpl
+def schedcp_shutdown() -> None:
+    """See :meth:`SchedulerPlugin.schedcp_shutdown`."""
+    plugin.schedcp_shutdown()
+
+
+@hookimpl
+def schedcp_describe() -> dict[str, Any] | None:
+    """See :meth:`SchedulerPlugin.schedcp_describe`."""
+    return plugin.schedcp_describe()
+
+
+@hookimpl
+def schedcp_observe(subsystem: str) -> dict[str, Any] | None:
+    """See :meth:`SchedulerPlugin.schedcp_observe`."""
+    return plugin.schedcp_observe(subsystem)
+
+
+@hookimpl
+def schedcp_validate(subsystem: str, policy: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """See :meth:`SchedulerPlugin.schedcp_validate`."""
+    return plugin.schedcp_validate(subsystem, policy)
+
+
+@hookimpl
+def schedcp_apply(
+    subsystem: str, policy: dict[str, Any], scope: dict[str, Any], dry_run: bool
+) -> dict[str, Any] | None:
+    """See :meth:`SchedulerPlugin.schedcp_apply`."""
+    return plugin.schedcp_apply(subsystem, policy, scope, dry_run)
+
+
+@hookimpl
+def schedcp_restore(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | None:
+    """See :meth:`SchedulerPlugin.schedcp_restore`."""
+    return plugin.schedcp_restore(subsystem, scope)
+
+
+@hookimpl
+def schedcp_state(subsystem: str) -> dict[str, Any] | None:
+    """See :meth:`SchedulerPlugin.schedcp_state`."""
+    return plugin.schedcp_state(subsystem)
+
+
+@hookimpl
+def schedcp_static_check(
+    subsystem: str, policy: dict[str, Any], active: list[dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """See :meth:`SchedulerPlugin.schedcp_static_check`."""
+    return plugin.schedcp_static_check(subsystem, policy, active)
+
+
+@hookimpl
+def schedcp_dynamic_check(
+    subsystem: str, policy: dict[str, Any], seconds: float
+) -> list[dict[str, Any]] | None:
+    """See :meth:`SchedulerPlugin.schedcp_dynamic_check`."""
+    return plugin.schedcp_dynamic_check(subsystem, policy, seconds)

@@ -1,0 +1,320 @@
+"""The save-before-write journal: every kernel value is saved before it is written.
+
+One SQLite database (WAL, ``synchronous=FULL``) holds one row per write a
+plugin makes.  The protocol a writer follows:
+
+1. ``entry_id = journal.record(owner, kind, key, prior, new)`` - the prior
+   value is committed (and on disk) before this returns;
+2. write the kernel value;
+3. ``journal.mark_applied(entry_id)``.
+
+A crash between 1 and 2 leaves a ``pending`` row whose write may or may not
+have happened; a crash after 2 leaves a ``pending`` row whose write did
+happen.  Restore treats both the same way: it reads the live value and
+puts ``prior`` back only when the live value is still what we wrote (or
+already is ``prior``).  Restore walks rows newest first, so a value written
+twice returns to the value it had before the first write.
+
+States: ``pending`` (saved, write may have happened), ``applied``,
+``restored``, ``skipped`` (target gone, e.g. the task exited),
+``overridden`` (someone else changed the value; we stopped managing it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+_LOGGER = logging.getLogger(__name__)
+
+PENDING = "pending"
+APPLIED = "applied"
+RESTORED = "restored"
+SKIPPED = "skipped"
+OVERRIDDEN = "overridden"
+STATES = (PENDING, APPLIED, RESTORED, SKIPPED, OVERRIDDEN)
+# Rows in these states may still hold a value of ours in the kernel.
+OPEN_STATES = (PENDING, APPLIED)
+
+_TABLE = "entries"
+
+# Numbered migrations; user_version records how many have run.
+_MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE {_TABLE} (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        subsystem TEXT NOT NULL DEFAULT '',
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        prior TEXT,
+        new TEXT,
+        state TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        updated REAL NOT NULL
+    );
+    CREATE INDEX idx_entries_state ON {_TABLE}(state, subsystem, owner);
+    CREATE INDEX idx_entries_key ON {_TABLE}(key);
+    """,
+)
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One saved write; ``prior`` and ``new`` are the decoded JSON values."""
+
+    id: int
+    time: float
+    subsystem: str
+    owner: str
+    kind: str
+    key: str
+    prior: Any
+    new: Any
+    state: str
+    note: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the entry as JSON-able data."""
+        return {
+            "id": self.id,
+            "time": self.time,
+            "subsystem": self.subsystem,
+            "owner": self.owner,
+            "kind": self.kind,
+            "key": self.key,
+            "prior": self.prior,
+            "new": self.new,
+            "state": self.state,
+            "note": self.note,
+        }
+
+
+class Journal:
+    """Durable record of every value a plugin writes, and of its prior value.
+
+    Thread-safe: one connection guarded by a lock (the watcher thread of a
+    plugin and the daemon's executor may both write).  Every method commits
+    before it returns.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        conn = sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._conn = conn
+        self.db = Database(conn, execute_plugins=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is fsync'd, so "recorded" means "on disk" before the
+        # caller touches the kernel.
+        conn.execute("PRAGMA synchronous=FULL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                _LOGGER.info("journal %s: migration %s", self.path, number)
+                self._conn.executescript(
+                    f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; COMMIT;"
+                )
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    def record(
+        self,
+        owner: str,
+        kind: str,
+        key: str,
+        prior: Any,
+        new: Any,
+        *,
+        subsystem: str = "",
+        note: str = "",
+    ) -> int:
+        """Save ``prior`` (and the intended ``new``) durably; return the entry id.
+
+        The row is committed with ``synchronous=FULL`` before this returns, so
+        the caller may write the kernel value afterwards.
+        """
+        now = time.time()
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"INSERT INTO {_TABLE} (time, subsystem, owner, kind, key, prior, new,"
+                " state, note, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    now,
+                    subsystem,
+                    owner,
+                    kind,
+                    key,
+                    json.dumps(prior),
+                    json.dumps(new),
+                    PENDING,
+                    note,
+                    now,
+                ),
+            )
+            entry_id = cur.lastrowid
+        assert entry_id is not None
+        return int(entry_id)
+
+    def _set_state(self, entry_id: int, state: str, note: str | None) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown journal state {state!r}")
+        with self._tx() as conn:
+            if note is None:
+                cur = conn.execute(
+                    f"UPDATE {_TABLE} SET state = ?, updated = ? WHERE id = ?",
+                    (state, time.time(), entry_id),
+                )
+            else:
+                cur = conn.execute(
+                    f"UPDATE {_TABLE} SET state = ?, note = ?, updated = ? WHERE id = ?",
+                    (state, note, time.time(), entry_id),
+                )
+            if cur.rowcount != 1:
+                raise KeyError(f"no journal entry {entry_id}")
+
+    def mark_applied(self, entry_id: int) -> None:
+        """Record that the write of ``entry_id`` happened."""
+        self._set_state(entry_id, APPLIED, None)
+
+    def mark_restored(self, entry_id: int, note: str = "") -> None:
+        """Record that the prior value of ``entry_id`` is back (or never left)."""
+        self._set_state(entry_id, RESTORED, note)
+
+    def mark_skipped(self, entry_id: int, note: str) -> None:
+        """Record that ``entry_id`` cannot be restored (target gone); ``note`` says why."""
+        self._set_state(entry_id, SKIPPED, note)
+
+    def mark_overridden(self, entry_id: int, note: str) -> None:
+        """Record that someone else changed the value; we no longer manage it."""
+        self._set_state(entry_id, OVERRIDDEN, note)
+
+    def get(self, entry_id: int) -> JournalEntry:
+        """Return one entry by id (``KeyError`` if absent)."""
+        rows = self._select("id = ?", [entry_id])
+        if not rows:
+            raise KeyError(f"no journal entry {entry_id}")
+        return rows[0]
+
+    def pending_restore(
+        self, owner: str | None = None, subsystem: str | None = None
+    ) -> list[JournalEntry]:
+        """Entries that may still hold our value in the kernel, newest first."""
+        where = ["state IN (?, ?)"]
+        args: list[Any] = list(OPEN_STATES)
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if subsystem is not None:
+            where.append("subsystem = ?")
+            args.append(subsystem)
+        return self._select(" AND ".join(where), args, newest_first=True)
+
+    def for_key(
+        self, key: str, states: tuple[str, ...] = OPEN_STATES, subsystem: str | None = None
+    ) -> list[JournalEntry]:
+        """Entries for one target key in ``states`` (default: open), newest first."""
+        where = f"key = ? AND state IN ({', '.join('?' for _ in states)})"
+        args: list[Any] = [key, *states]
+        if subsystem is not None:
+            where += " AND subsystem = ?"
+            args.append(subsystem)
+        return self._select(where, args, newest_first=True)
+
+    def open_for_key_prefix(self, prefix: str, subsystem: str | None = None) -> list[JournalEntry]:
+        """Open entries whose key starts with ``prefix``, newest first."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where = "key LIKE ? ESCAPE '\\' AND state IN (?, ?)"
+        args: list[Any] = [escaped + "%", *OPEN_STATES]
+        if subsystem is not None:
+            where += " AND subsystem = ?"
+            args.append(subsystem)
+        return self._select(where, args, newest_first=True)
+
+    def entries(
+        self,
+        owner: str | None = None,
+        state: str | None = None,
+        subsystem: str | None = None,
+        limit: int | None = None,
+    ) -> list[JournalEntry]:
+        """Entries filtered by owner/state/subsystem, newest first."""
+        where = ["1 = 1"]
+        args: list[Any] = []
+        for column, value in (("owner", owner), ("state", state), ("subsystem", subsystem)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        return self._select(" AND ".join(where), args, newest_first=True, limit=limit)
+
+    def owners(self, subsystem: str | None = None) -> list[str]:
+        """Owners with at least one open entry."""
+        sql = f"SELECT DISTINCT owner FROM {_TABLE} WHERE state IN (?, ?)"
+        args: list[Any] = list(OPEN_STATES)
+        if subsystem is not None:
+            sql += " AND subsystem = ?"
+            args.append(subsystem)
+        with self._lock:
+            return sorted(row[0] for row in self._conn.execute(sql, args))
+
+    def _select(
+        self,
+        where: str,
+        args: list[Any],
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[JournalEntry]:
+        sql = (
+            "SELECT id, time, subsystem, owner, kind, key, prior, new, state, note"
+            f" FROM {_TABLE} WHERE {where} ORDER BY id {'DESC' if newest_first else 'ASC'}"
+        )
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [
+            JournalEntry(
+                id=row[0],
+                time=row[1],
+                subsystem=row[2],
+                owner=row[3],
+                kind=row[4],
+                key=row[5],
+                prior=json.loads(row[6]) if row[6] is not None else None,
+                new=json.loads(row[7]) if row[7] is not None else None,
+                state=row[8],
+                note=row[9],
+            )
+            for row in rows
+        ]

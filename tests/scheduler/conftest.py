@@ -1,0 +1,74 @@
+"""Fixtures for the scheduler plugin tests: real processes, real cgroups, own journal.
+
+Every test works on processes it starts and on cgroups under a parent named
+for this test run (``schedcp-test-<pid>``), never on the daemon's ``schedcp``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugins.scheduler import cgroups
+from plugins.scheduler.plugin import SchedulerPlugin
+from schedcpd.journal import Journal
+from tests.scheduler.helpers import Spawner, make_plugin
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    name = f"schedcp-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    yield name
+    for hierarchy in cgroups.detect_hierarchies().values():
+        path = hierarchy.mount / name
+        if path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.is_dir():
+                    _empty_and_remove(hierarchy, child)
+            _empty_and_remove(hierarchy, path)
+
+
+def _empty_and_remove(hierarchy: cgroups.Hierarchy, path: Path) -> None:
+    # Last-resort cleanup after a failed test: move leftovers to the root.
+    for tid in (path / hierarchy.member_file).read_text().split():
+        try:
+            (hierarchy.mount / hierarchy.member_file).write_text(tid)
+        except OSError:
+            pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    j = Journal(tmp_path / "journal.db")
+    yield j
+    j.close()
+
+
+@pytest.fixture
+def plugin(journal: Journal, tmp_path: Path, cgroup_parent: str) -> Iterator[SchedulerPlugin]:
+    p = make_plugin(journal, tmp_path, cgroup_parent)
+    try:
+        yield p
+    finally:
+        if p.applier is not None:
+            p.schedcp_restore("scheduler", {})
+        p.schedcp_shutdown()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawner]:
+    s = Spawner(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()

@@ -1,0 +1,132 @@
+"""Helpers for the scheduler plugin tests (processes, snapshots, policies)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from plugins.scheduler import tasks
+from plugins.scheduler.plugin import SchedulerPlugin
+from schedcpd.hookspecs import PluginContext
+from schedcpd.journal import Journal
+
+
+def make_plugin(
+    journal: Journal, state_dir: Path, cgroup_parent: str, **config: Any
+) -> SchedulerPlugin:
+    plugin = SchedulerPlugin()
+    plugin.schedcp_startup(
+        PluginContext(
+            state_dir=state_dir,
+            config={"cgroup_parent": cgroup_parent, **config},
+            journal=journal,
+        )
+    )
+    return plugin
+
+
+class Spawner:
+    """Starts processes for a test and kills them all at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def sleeper(self, comm: str | None = None) -> subprocess.Popen[bytes]:
+        """A sleeping process, optionally under a unique comm (a copy of sleep)."""
+        binary = shutil.which("sleep") or "/bin/sleep"
+        if comm is not None:
+            copy = self.tmp / comm
+            if not copy.exists():
+                shutil.copy(binary, copy)
+            binary = str(copy)
+        proc = subprocess.Popen([binary, "300"])
+        self.procs.append(proc)
+        wait_exec(proc.pid, Path(binary).name)
+        return proc
+
+    def own_session(self) -> subprocess.Popen[bytes]:
+        """A sleeping process in a new session, hence its own autogroup."""
+        binary = shutil.which("sleep") or "/bin/sleep"
+        proc = subprocess.Popen([binary, "300"], start_new_session=True)
+        self.procs.append(proc)
+        wait_exec(proc.pid, "sleep")
+        return proc
+
+    def threaded(self, nthreads: int = 3) -> subprocess.Popen[bytes]:
+        """A Python process with ``nthreads`` extra sleeping threads."""
+        code = (
+            "import threading, time\n"
+            f"for _ in range({nthreads}):\n"
+            "    threading.Thread(target=time.sleep, args=(300,), daemon=True).start()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(300)\n"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def wait_exec(pid: int, comm: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm[:15]:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} never became {comm}")
+
+
+def snapshot(pid: int) -> dict[str, Any]:
+    """Every knob of every thread of ``pid`` plus its cgroups: what restore must bring back."""
+    result: dict[str, Any] = {}
+    for tid in tasks.threads(pid):
+        values = {knob: tasks.read_knob(tid, knob) for knob in tasks.TASK_KNOBS}
+        values["cgroup"] = Path(f"/proc/{tid}/cgroup").read_text()
+        result[str(tid)] = values
+    return result
+
+
+def unique_comm() -> str:
+    return f"sct{uuid.uuid4().hex[:10]}"
+
+
+def policy_doc(
+    groups: list[dict[str, Any]], name: str = "test-policy", **extra: Any
+) -> dict[str, Any]:
+    return {"policy": {"name": name, "description": "test"}, "group": groups, **extra}
+
+
+def apply(
+    plugin: SchedulerPlugin, doc: dict[str, Any], scope: dict[str, Any], dry_run: bool = False
+) -> dict[str, Any]:
+    result = plugin.schedcp_apply("scheduler", doc, scope, dry_run)
+    assert result is not None
+    return result
+
+
+def restore(plugin: SchedulerPlugin, scope: dict[str, Any]) -> dict[str, Any]:
+    result = plugin.schedcp_restore("scheduler", scope)
+    assert result is not None
+    return result
+
+
+def state(plugin: SchedulerPlugin) -> dict[str, Any]:
+    result = plugin.schedcp_state("scheduler")
+    assert result is not None
+    return result
