@@ -69,3 +69,8 @@ class DeployAPI:
     def HoldDeployment(self, caller: Caller, deployment_id: str) -> None:
         """Tie a running deployment to this connection: it is rolled back when it closes."""
         self._deployer().hold(_check_id(deployment_id), caller.sender)
+
+    @method(ACTION_DEPLOY, in_args=(("deployment_id", "s"),), mutating=True)
+    def ReleaseHold(self, caller: Caller, deployment_id: str) -> None:
+        """Release this connection's hold: the deployment stays when the client leaves."""
+        self._deployer().release(_check_id(deployment_id), caller.sender)

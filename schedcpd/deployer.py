@@ -364,6 +364,15 @@ class Deployer:
             raise InvalidArgument(f"deployment {dep_id} is not running")
         self._holds.setdefault(dep_id, set()).add(sender)
 
+    def release(self, dep_id: str, sender: str) -> None:
+        """Drop ``sender``'s hold on ``dep_id`` (it no longer reverts when they leave)."""
+        holders = self._holds.get(dep_id, set())
+        if sender not in holders:
+            raise InvalidArgument(f"this connection holds no deployment {dep_id}")
+        holders.discard(sender)
+        if not holders:
+            del self._holds[dep_id]
+
     def client_gone(self, sender: str) -> None:
         """A bus client disconnected: roll back what it held."""
         for dep_id, holders in list(self._holds.items()):

@@ -53,6 +53,7 @@ CALLS.update({
     "PlanDeployment": ["PlanDeployment", "s", ["schedcp1.e30.e30"], MGR],
     "Rollback": ["Rollback", "s", ["dep-000000000000"], MGR],
     "HoldDeployment": ["HoldDeployment", "s", ["dep-000000000000"], MGR],
+    "ReleaseHold": ["ReleaseHold", "s", ["dep-000000000000"], MGR],
     "GetDeployment": ["GetDeployment", "s", ["dep-000000000000"], MGR],
     "GetFeedback": ["GetFeedback", "s", ["dep-000000000000"], MGR],
 })
@@ -62,9 +63,10 @@ OBSERVE = ("GetStatus", "Properties.Get", "Properties.GetAll", "ListPolicies", "
 # Called with arguments that name no real object: an allowed caller gets a
 # named error other than AccessDenied (NotFound, InvalidToken, ...).
 # Profiling is also judged only on refusal: its results have tests of their own.
-FAKE_OBJECT = {"Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "GetDeployment",
+FAKE_OBJECT = {"Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold",
+               "GetDeployment",
                "GetFeedback", "RunProbe", "RunPerfStat"}
-DEPLOY = ("Deploy", "PlanDeployment", "Rollback", "HoldDeployment")
+DEPLOY = ("Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold")
 ADMIN = ("GetAudit", "Reload", "SetPolicyState", "RotateVerifierKey", "VerifyPolicy")
 
 

@@ -1,0 +1,206 @@
+"""One closed optimisation loop: observe → plan → execute → learn, then report.
+
+The four roles hand each other plain data (a profile, candidates, execution
+results, verdicts); only the planning backend differs between ``offline``
+and ``claude``.  A repository hit (a policy the agent proved on the same
+profile) is tried first whatever the backend, so it costs no model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schedcp_agent.budget import Budget, BudgetSpent, load_prices
+from schedcp_agent.client import DaemonError, SchedcpClient
+from schedcp_agent.execute import ExecResult, Executor
+from schedcp_agent.learn import Verdict, judge
+from schedcp_agent.observe import Observer
+from schedcp_agent.offline import OfflinePlanner
+from schedcp_agent.plan import Attempt, Candidate, Planner, RepositoryView, repository_hit
+from schedcp_agent.targets import Scope, ScopeTracker
+from schedcp_agent.transcript import Transcript
+
+_LOGGER = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Options:
+    """What ``schedcp-agent optimize`` was asked to do."""
+
+    scope: Scope
+    goal: str | None = None
+    command: list[str] | None = None
+    bus: str = "system"
+    backend: str = "offline"
+    revert_at_end: bool = False
+    hold: bool | None = None
+    observe_seconds: float = 5.0
+    max_iterations: int = 3
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+    budget_seconds: float | None = None
+    model: str | None = None
+    base_url: str | None = None
+    prices: str | None = None
+    transcript_dir: Path | None = None
+    watch_timeout: float = 90.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _planner(opts: Options, client: SchedcpClient, repo: RepositoryView, budget: Budget,
+             report: dict[str, Any]) -> Planner:
+    if opts.backend == "offline":
+        return OfflinePlanner(repo)
+    from schedcp_agent.claude import DEFAULT_MODEL, ClaudePlanner
+
+    transcript = Transcript(opts.transcript_dir)
+    report["transcript"] = str(transcript.path) if transcript.path else transcript.error
+    return ClaudePlanner(client, budget, transcript, model=opts.model or DEFAULT_MODEL,
+                         base_url=opts.base_url)
+
+
+def _attempt_record(cand: Candidate, res: ExecResult, verdict: Verdict | None,
+                    feedback: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "candidate": cand.as_dict(),
+        "execution": {k: getattr(res, k) for k in ("policy_id", "verified", "fixes", "plan",
+                                                   "deployment", "state", "reason", "error")},
+        "findings": res.findings[:10],
+        "verdict": verdict.as_dict() if verdict else None,
+        "feedback_notes": (feedback or {}).get("notes", []),
+    }
+
+
+async def _feedback(client: SchedcpClient, dep: str) -> dict[str, Any] | None:
+    try:
+        return dict(await client.call("GetFeedback", dep))
+    except DaemonError as err:
+        _LOGGER.info("no feedback for %s: %s", dep, err)
+        return None
+
+
+class Agent:
+    """Runs :meth:`optimize` over one client connection."""
+
+    def __init__(self, opts: Options, progress: Progress) -> None:
+        self.opts = opts
+        self.progress = progress
+        self.client = SchedcpClient(opts.bus)
+        self.budget = Budget(opts.budget_usd, opts.budget_tokens, opts.budget_seconds,
+                             load_prices(opts.prices))
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def optimize(self) -> dict[str, Any]:
+        """The whole loop; returns the report (see docs/agent.md)."""
+        opts = self.opts
+        report: dict[str, Any] = {"backend": opts.backend, "scope": opts.scope.describe(),
+                                  "attempts": [], "status": "", "transcript": None}
+        await self.client.connect()
+        try:
+            if opts.command:
+                self.proc = await asyncio.create_subprocess_exec(*opts.command)
+                opts.scope.pids.append(self.proc.pid)
+                report["command"] = {"argv": opts.command, "pid": self.proc.pid,
+                                     "started": time.monotonic()}
+                self.progress(f"started {' '.join(opts.command)} as pid {self.proc.pid}")
+            await self._loop(report)
+            await self._finish(report)
+        finally:
+            self.client.close()
+        report["cost"] = {**self.budget.as_dict(), "model_calls": self.budget.requests}
+        return report
+
+    async def _loop(self, report: dict[str, Any]) -> None:
+        opts = self.opts
+        executor = Executor(self.client, self.progress,
+                            hold=opts.revert_at_end if opts.hold is None else opts.hold,
+                            watch_timeout=opts.watch_timeout)
+        self.executor = executor
+        await self.client.watch_deployments(executor.on_signal)
+        tracker = ScopeTracker(opts.scope)
+        self.progress(f"observing {opts.scope.describe()} for {opts.observe_seconds:.0f} s")
+        profile = await Observer(self.client, tracker, opts.observe_seconds).observe(opts.goal)
+        report["saw"] = profile.as_dict()
+        report["goal"] = profile.goal
+        self.progress(f"profile: {profile.text} (shape {profile.shape}; "
+                      f"{len(profile.targets)} targets)")
+        for line in profile.evidence:
+            self.progress(f"  evidence: {line}")
+        if not profile.targets:
+            report["status"] = "no targets: nothing in the scope is running"
+            return
+        repo = RepositoryView(self.client)
+        planner = _planner(opts, self.client, repo, self.budget, report)
+        hit = await repository_hit(repo, profile)
+        if hit is not None:
+            self.progress(f"plan: {hit.reasoning}")
+        attempts: list[Attempt] = []
+        kept: str | None = None
+        for i in range(opts.max_iterations):
+            try:
+                self.budget.check()
+                cand = hit if (i == 0 and hit is not None) else \
+                    await planner.next_candidate(profile, attempts)
+            except BudgetSpent as err:
+                report["status"] = f"stopped: {err}"
+                self.progress(f"stopping cleanly: {err}")
+                break
+            if cand is None:
+                report["status"] = "no candidate left"
+                break
+            self.progress(f"candidate {i + 1}: {cand.rung} {cand.base}: {cand.reasoning}")
+            for note in cand.notes:
+                self.progress(f"  {note}")
+            res = await executor.deploy(cand)
+            feedback = verdict = None
+            if res.deployment:
+                feedback = await _feedback(self.client, res.deployment)
+                verdict = judge(profile, res.state, feedback)
+                self.progress(f"learn: {'goal met' if verdict.goal_met else 'goal not met'}: "
+                              f"{verdict.reason}")
+            report["attempts"].append(_attempt_record(cand, res, verdict, feedback))
+            outcome = "refused" if not res.verified else (
+                "goal met" if verdict and verdict.goal_met else f"goal not met ({res.state})")
+            attempts.append(Attempt(cand, outcome, (verdict.reason if verdict else res.error),
+                                    res.deployment, feedback or {}))
+            if verdict is not None and verdict.goal_met:
+                kept = res.deployment
+                report["status"] = "goal met"
+                report["measured"] = verdict.as_dict()
+                break
+            if res.deployment and res.state not in ("reverted", "failed"):
+                await executor.rollback(res.deployment)
+                self.progress(f"rolled back {res.deployment}: it did not meet the goal")
+        else:
+            report["status"] = report["status"] or "iterations used up"
+        if not report["status"]:
+            report["status"] = "no candidate left"
+        if "measured" not in report and report["attempts"]:
+            report["measured"] = report["attempts"][-1]["verdict"]
+        report["kept_deployment"] = kept
+
+    async def _finish(self, report: dict[str, Any]) -> None:
+        executor: Executor | None = getattr(self, "executor", None)
+        if self.proc is not None:
+            self.progress(f"waiting for pid {self.proc.pid} to finish")
+            code = await self.proc.wait()
+            cmd = report["command"]
+            cmd["exit"] = code
+            cmd["seconds"] = round(time.monotonic() - cmd.pop("started"), 2)
+        if self.opts.revert_at_end and executor is not None:
+            restored = []
+            for dep in list(executor.mine):
+                out = await executor.rollback(dep)
+                restored.append({"deployment": dep,
+                                 "summary": (out or {}).get("restore", {}).get("summary")})
+                self.progress(f"reverted {dep} at the end")
+            report["reverted_at_end"] = restored
+            report["kept_deployment"] = None

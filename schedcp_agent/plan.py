@@ -1,0 +1,226 @@
+"""Planning role: from a profile to a concrete policy bound to the targets.
+
+Decision ladder, cheapest first:
+
+1. **reuse** — a policy the agent already proved on the same profile
+   (``profile:<goal>.<shape>`` tag, state ``proven``, its history has an
+   ``active`` outcome and no antipattern): bind it to today's pids.  No
+   model call, whatever the backend.
+2. **configure** — a repository policy made for this kind of workload,
+   found with ``ListPolicies``, its groups bound to the targets and its
+   parameters chosen.
+3. **patch** — the same with changes the policy's author did not foresee
+   (a group dropped or widened, a knob changed to fix a verifier finding).
+4. **compose** — a new document from primitives when nothing fits.
+
+Bases with an antipattern recorded for the same profile are avoided.
+Backends (:mod:`schedcp_agent.offline`, :mod:`schedcp_agent.claude`)
+produce :class:`Candidate` objects one at a time (``next_candidate``), so
+the learning role can ask for the next one with what it learned.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from schedcp_agent import document
+from schedcp_agent.client import DaemonError, SchedcpClient
+from schedcp_agent.observe import WorkloadProfile
+
+_LOGGER = logging.getLogger(__name__)
+
+RUNGS = ("reuse", "configure", "patch", "compose")
+
+
+@dataclass
+class Candidate:
+    """A policy to try: the TOML text, where it came from and why."""
+
+    base: str
+    rung: str
+    text: str
+    reasoning: str
+    source_id: str = ""
+    policy_id: str = ""
+    token: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form without the token (single-use, bound to this caller)."""
+        out = asdict(self)
+        out.pop("token")
+        return out
+
+
+@dataclass
+class Attempt:
+    """What happened to one candidate (the learning role's memory)."""
+
+    candidate: Candidate
+    outcome: str
+    detail: str = ""
+    deployment: str = ""
+    feedback: dict[str, Any] = field(default_factory=dict)
+
+
+class Planner(Protocol):
+    """A planning backend."""
+
+    name: str
+
+    async def next_candidate(self, profile: WorkloadProfile,
+                             attempts: list[Attempt]) -> Candidate | None:
+        """The next policy to try, or None when nothing is left."""
+
+
+def bindings_for(profile: WorkloadProfile) -> dict[str, list[int]]:
+    """Group name -> pids.  A job pool's driver joins the short jobs' group.
+
+    The driver forks the jobs still to come; in the short group (with
+    descendants) every new job starts with the short jobs' settings, while the
+    long job, matched by the earlier group, keeps its own.
+    """
+    out = {k: list(v) for k, v in profile.roles.items()}
+    if "driver" in out:
+        out["short"] = sorted(set(out.get("short", [])) | set(out.pop("driver")))
+    return out
+
+
+def descendant_groups(profile: WorkloadProfile) -> dict[str, bool]:
+    """Which groups must cover children forked later (trees) and which must not."""
+    tree = profile.shape in ("fork-churn", "long-tail-batch")
+    return {g: tree for g in ("build", "short", "batch", "latency", "long", "foreground", "all")}
+
+
+class RepositoryView:
+    """The repository as the planner reads it (ListPolicies, GetPolicy, GetPolicyHistory)."""
+
+    def __init__(self, client: SchedcpClient) -> None:
+        self.client = client
+        self._docs: dict[str, dict[str, Any]] = {}
+
+    async def search(self, query: str) -> list[dict[str, Any]]:
+        """Ranked live policies for ``query``."""
+        return list(await self.client.call("ListPolicies", query))
+
+    async def get(self, policy_id: str) -> dict[str, Any]:
+        """One version with its document."""
+        if policy_id not in self._docs:
+            self._docs[policy_id] = await self.client.call("GetPolicy", policy_id)
+        return self._docs[policy_id]
+
+    async def history(self, policy_id: str) -> dict[str, Any]:
+        """Outcomes and antipatterns of one version."""
+        return dict(await self.client.call("GetPolicyHistory", policy_id))
+
+    async def by_name(self, name: str) -> dict[str, Any] | None:
+        """The live version of a policy named ``name`` (the newest), or None."""
+        hits = [p for p in await self.search(name.replace("-", " ")) if p["name"] == name]
+        if not hits:
+            return None
+        return max(hits, key=lambda p: p.get("updated", 0.0))
+
+    async def agent_versions(self, profile: WorkloadProfile) -> list[dict[str, Any]]:
+        """The agent's versions tagged with this profile, newest first."""
+        query = f"agent {profile.shape.replace('-', ' ')} {profile.goal}"
+        tag = f"profile:{profile.key}"
+        found = [p for p in await self.search(query) if tag in p.get("tags", [])]
+        return sorted(found, key=lambda p: p.get("updated", 0.0), reverse=True)
+
+    async def avoided_bases(self, profile: WorkloadProfile) -> dict[str, str]:
+        """Bases that regressed on this profile before: name -> what was recorded."""
+        out: dict[str, str] = {}
+        for p in await self.agent_versions(profile):
+            base = next((t[5:] for t in p.get("tags", []) if t.startswith("base:")), "")
+            hist = await self.history(p["id"])
+            for anti in hist.get("antipatterns", []):
+                out.setdefault(base, f"{anti.get('metric')} regressed x{anti.get('regression')}"
+                                     f" ({p['name']})")
+        return out
+
+
+async def repository_hit(repo: RepositoryView, profile: WorkloadProfile) -> Candidate | None:
+    """A policy proven on the same profile, re-bound to today's targets; or None."""
+    for p in await repo.agent_versions(profile):
+        if p.get("state") != "proven":
+            continue
+        hist = await repo.history(p["id"])
+        outcomes = hist.get("outcomes", [])
+        if hist.get("antipatterns") or not outcomes or outcomes[-1].get("outcome") != "active":
+            continue
+        full = await repo.get(p["id"])
+        base = next((t[5:] for t in p.get("tags", []) if t.startswith("base:")), p["name"])
+        doc = tomllib.loads(full["document"])
+        bound = document.retarget(doc, bindings_for(profile), base_name=base,
+                                  profile_key=profile.key, profile_text=profile.text,
+                                  goal=profile.goal,
+                                  descendants=descendant_groups(profile))
+        if not bound["group"]:
+            continue
+        return Candidate(base, "reuse", document.dump(bound),
+                         f"repository hit: {p['name']} ({p['id'][:12]}) was proven on the "
+                         f"same profile ({profile.key}) with {len(outcomes)} active "
+                         f"deployment(s) and no antipattern; re-bound to today's targets",
+                         source_id=p["id"])
+    return None
+
+
+async def configure(repo: RepositoryView, profile: WorkloadProfile, base_name: str,
+                    why: str, settings: dict[str, Any] | None = None) -> Candidate | None:
+    """Rung 2/3: the repository policy ``base_name`` bound to the profile's targets."""
+    try:
+        found = await repo.by_name(base_name)
+    except DaemonError as err:
+        _LOGGER.warning("ListPolicies failed: %s", err)
+        return None
+    if found is None:
+        return None
+    full = await repo.get(found["id"])
+    base = tomllib.loads(full["document"])
+    bindings = bindings_for(profile)
+    bound = document.retarget(base, bindings, base_name=base_name, profile_key=profile.key,
+                              profile_text=profile.text, goal=profile.goal, settings=settings,
+                              descendants=descendant_groups(profile))
+    if not bound["group"]:
+        return None
+    kept = {g["name"] for g in bound["group"]}
+    dropped = [g.get("name") for g in base.get("group", []) if g.get("name") not in kept]
+    rung = "patch" if dropped or "driver" in profile.roles else "configure"
+    notes = [f"group {d!r} dropped: no such processes among the targets" for d in dropped]
+    if "driver" in profile.roles:
+        notes.append("the job pool's driver joins 'short' so jobs it starts later get it")
+    for name, value in (settings or {}).items():
+        notes.append(f"{name} = {value}")
+    return Candidate(base_name, rung, document.dump(bound), why, source_id=found["id"],
+                     notes=notes)
+
+
+def compose(profile: WorkloadProfile) -> Candidate | None:
+    """Rung 4: a new T1 policy from primitives, one group per role."""
+    knobs: dict[str, dict[str, Any]] = {
+        "latency": {"task": {"timer_slack_ns": 1}},
+        "foreground": {"task": {"slice_us": 1000}},
+        "batch": {"task": {"policy": "batch", "nice": 10}},
+        "build": {"task": {"policy": "batch"}},
+        "long": {"cgroup": {"shares": 4096}},
+        "short": {"cgroup": {"shares": 1024}},
+        "all": {"cgroup": {"shares": 1024}},
+    }
+    groups = []
+    for role, pids in bindings_for(profile).items():
+        if pids and role in knobs:
+            groups.append({"name": role, "match": {"pid": sorted(pids)}, **knobs[role]})
+    if not groups:
+        return None
+    doc = {"policy": {"name": "composed", "description": "composed by schedcp-agent"},
+           "group": groups}
+    bound = document.retarget(doc, bindings_for(profile), base_name="composed",
+                              profile_key=profile.key, profile_text=profile.text,
+                              goal=profile.goal, descendants=descendant_groups(profile))
+    return Candidate("composed", "compose", document.dump(bound),
+                     "no repository policy fits (or each regressed here): composed one group "
+                     "per role from primitives (batch/nice for CPU hogs, timer slack for "
+                     "latency tasks, cpu.shares for job sets)")

@@ -1,0 +1,207 @@
+"""Fixtures for the agent tests: schedcpd on a private bus, the agent CLI, workloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_as
+from tests.harness import ROOT, PrivateBus, SchedcpdProcess
+
+WORKER = ROOT / "plugins" / "scheduler" / "sandbox_worker.py"
+WORKLOADS = Path(__file__).parent / "workloads.py"
+
+# Fast windows (as tests/deploy) and a lenient breaker: the breaker itself is
+# tested in tests/deploy; on this shared host (load average up to ~150 while
+# other suites run) its latency and throughput guards would revert on noise,
+# which is not what these tests examine.  The analysis window is short so a
+# summary soon covers the test's workload.
+AGENT_CONFIG = """[metrics]
+enabled = false
+[analysis]
+rate_hz = 4.0
+window_seconds = 5.0
+top_n = 32
+[verifier]
+dynamic_seconds = 1.0
+[deployer]
+baseline_seconds = 1.5
+canary_seconds = 2.0
+full_seconds = 2.0
+backoff_seconds = 30
+[breaker]
+threshold = 50.0
+absolute_floor_us = 100000.0
+throughput_floor = 0.01
+interactive_share = 0.01
+stall_seconds = 20.0
+"""
+
+
+@pytest.fixture(scope="module")
+def agent_daemon() -> Iterator[SchedcpdProcess]:
+    """schedcpd with fast settings on a private bus of this module's own."""
+    with PrivateBus() as bus, SchedcpdProcess(bus.address, AGENT_CONFIG) as proc:
+        yield proc
+
+
+def run_agent(address: str, args: list[str], uid: int = 0, env: dict[str, str] | None = None,
+              timeout: float = 150.0) -> tuple[int, dict[str, Any] | None, str]:
+    """Run ``schedcp-agent optimize --json`` as ``uid``; (exit status, report, stderr)."""
+    argv = [sys.executable, "-m", "schedcp_agent", "optimize", "--bus", address, "--json",
+            "--observe-seconds", "3", *args]
+    full_env = {**os.environ, **(env or {})}
+    if uid == 0:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                             env=full_env)
+    else:
+        out = run_as(uid, argv, env=full_env)
+    report = None
+    if out.stdout.strip().startswith("{"):
+        report = json.loads(out.stdout)
+    return out.returncode, report, out.stderr
+
+
+class Procs:
+    """Child processes a test owns; all killed (with their groups) at the end."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="schedcp-agent-test-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def regex(self) -> str:
+        """A --match regex selecting exactly these processes (their argv names the dir)."""
+        return re.escape(str(self.dir))
+
+    def worker(self, role: str) -> subprocess.Popen[bytes]:
+        """A sandbox worker (spin or periodic) reporting under this test's directory."""
+        return self.start([sys.executable, str(WORKER), str(self.dir / "r-%d"), role])
+
+    def start(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in a session of its own."""
+        proc = subprocess.Popen(argv, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        """Kill every process group started here."""
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    p = Procs()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it now."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+class KnobWatcher:
+    """Samples the scheduling policy, nice and cpu cgroup of processes every 50 ms.
+
+    How a test sees that a deployment was applied to the targets, whatever the
+    deployment's fate afterwards (the agent may revert it at the end).
+    """
+
+    def __init__(self, pids: Any) -> None:
+        self._pids = pids
+        self.seen: dict[int, set[tuple[int, int, str]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> KnobWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            for pid in self._pids():
+                try:
+                    knobs = (os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid),
+                             cpu_cgroup(pid))
+                except OSError:
+                    continue
+                self.seen.setdefault(pid, set()).add(knobs)
+
+    def saw(self, pid: int, policy: int | None = None, nice: int | None = None,
+            cgroup_part: str | None = None) -> bool:
+        """Whether ``pid`` was seen with all the given values at once."""
+        return any((policy is None or p == policy) and (nice is None or n == nice)
+                   and (cgroup_part is None or cgroup_part in c)
+                   for p, n, c in self.seen.get(pid, set()))
+
+
+def probe_p99(probe: subprocess.Popen[bytes], directory: Path, seconds: float) -> float | None:
+    """The periodic probe's wake-up p99 (us) over the next ``seconds``."""
+    report = directory / f"r-{probe.pid}.json"
+    report.unlink(missing_ok=True)
+    probe.send_signal(signal.SIGUSR1)
+    time.sleep(seconds)
+    probe.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not report.exists():
+        return None
+    value = json.loads(report.read_text()).get("wake_p99_us")
+    return float(value) if value is not None else None
+
+
+def cpu_cgroup(pid: int) -> str:
+    """The path of ``pid``'s cgroup in the hierarchy with the cpu controller."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return path
+    return ""
+
+
+def cgroup_shares(path: str) -> int | None:
+    """cpu.shares of a v1 cpu cgroup path (None if unreadable)."""
+    for mount in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
+        f = Path(mount + path) / "cpu.shares"
+        if f.exists():
+            return int(f.read_text())
+    return None

@@ -1,0 +1,165 @@
+"""The Claude backend through the real SDK against a fake Messages API on 127.0.0.1.
+
+The fake (tests/agent/fake_messages.py) is scripted to call D-Bus tools, to
+send malformed tool arguments and to overrun the budget; the agent runs as
+the real CLI against a real schedcpd, with ANTHROPIC_BASE_URL pointing at
+the fake.  A repository hit must not reach the fake at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schedcp_agent.tools import claude_tools
+from tests.agent.conftest import KnobWatcher, Procs, run_agent
+from tests.agent.fake_messages import FakeMessagesAPI, last_tool_results, message, tool_use
+from tests.conftest import calls_as
+
+# claude-sonnet-4-5 is charged at the claude-sonnet-4 entry: $/M tokens.
+PRICE = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}
+
+
+def _usd(usages: list[dict[str, int]]) -> float:
+    return sum(u.get("input_tokens", 0) * PRICE["input"] + u.get("output_tokens", 0) *
+               PRICE["output"] + u.get("cache_creation_input_tokens", 0) * PRICE["cache_write"]
+               + u.get("cache_read_input_tokens", 0) * PRICE["cache_read"]
+               for u in usages) / 1e6
+
+
+def _env(fake: FakeMessagesAPI) -> dict[str, str]:
+    return {"ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "sk-test-fake"}
+
+
+@pytest.fixture
+def spinners(procs: Procs) -> list[int]:
+    pids = [procs.worker("spin").pid for _ in range(2)]
+    time.sleep(1.0)
+    return pids
+
+
+def test_tool_calls_malformed_arguments_and_accounting(agent_daemon, procs: Procs,
+                                                       spinners: list[int],
+                                                       tmp_path: Path) -> None:
+    usages = [
+        {"input_tokens": 1200, "output_tokens": 60, "cache_creation_input_tokens": 900},
+        {"input_tokens": 300, "output_tokens": 70, "cache_read_input_tokens": 900},
+        {"input_tokens": 350, "output_tokens": 200, "cache_read_input_tokens": 900},
+        {"input_tokens": 400, "output_tokens": 40, "cache_read_input_tokens": 900},
+        {"input_tokens": 500, "output_tokens": 90, "cache_read_input_tokens": 900},
+    ]
+    doc = ('[policy]\nname = "model-fair-batch"\ndescription = "both batch processes as '
+           f'SCHED_BATCH with equal weight"\n[[group]]\nname = "batch"\nmatch = {{ pid = '
+           f'{sorted(spinners)} }}\ntask = {{ policy = "batch" }}\n')
+    seen: dict[str, Any] = {}
+
+    def s1(req: dict[str, Any]) -> dict[str, Any]:
+        return tool_use("ListPolicies", {"query": "cpu batch fairness"}, usages[0], "t1")
+
+    def s2(req: dict[str, Any]) -> dict[str, Any]:
+        seen["list"] = last_tool_results(req)
+        return tool_use("SubmitPolicy", {"doc": "not the argument's name"}, usages[1], "t2")
+
+    def s3(req: dict[str, Any]) -> dict[str, Any]:
+        seen["malformed"] = last_tool_results(req)
+        return tool_use("SubmitPolicy", {"document": doc}, usages[2], "t3")
+
+    def s4(req: dict[str, Any]) -> dict[str, Any]:
+        seen["policy_id"] = json.loads(last_tool_results(req)[0]["content"])
+        return tool_use("VerifyPolicy", {"policy_id": seen["policy_id"]}, usages[3], "t4")
+
+    def s5(req: dict[str, Any]) -> dict[str, Any]:
+        seen["verify"] = json.loads(last_tool_results(req)[0]["content"])
+        return message([{"type": "text", "text": "Equal weight, batch semantics.\n"
+                         f"POLICY: {seen['policy_id']}\nRUNG: compose"}], "end_turn", usages[4])
+
+    with FakeMessagesAPI([s1, s2, s3, s4, s5]) as fake, \
+            KnobWatcher(lambda: spinners) as watch:
+        _rc, report, err = run_agent(agent_daemon.address, [
+            "--backend", "claude", "--goal", "fairness", "--match", procs.regex,
+            "--revert-at-end", "--max-iterations", "1", "--budget-usd", "1",
+            "--transcript-dir", str(tmp_path)], env=_env(fake))
+    assert report is not None, err
+    assert len(fake.requests) == 5, err
+    first = fake.requests[0]
+    assert [t["name"] for t in first["tools"]] == [t["name"] for t in claude_tools("plan")]
+    assert first["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert first["system"][0]["cache_control"] == {"type": "ephemeral"}
+    # The key reached the server (x-api-key or, in newer SDKs, a bearer token).
+    assert "sk-test-fake" in (fake.headers[0].get("x-api-key", "") +
+                              fake.headers[0].get("authorization", ""))
+    assert "is_error" not in seen["list"][0]
+    # The malformed call went back to the model as a tool error, and the run went on.
+    assert seen["malformed"][0]["is_error"] is True
+    assert "unknown argument" in seen["malformed"][0]["content"]
+    assert seen["verify"]["passed"] is True
+    assert "schedcp1." not in json.dumps(fake.requests)  # the token stays with the agent
+    att = report["attempts"][0]
+    assert att["candidate"]["policy_id"] == seen["policy_id"]
+    assert att["candidate"]["rung"] == "compose"
+    assert att["execution"]["deployment"].startswith("dep-")
+    assert all(watch.saw(p, policy=os.SCHED_BATCH) for p in spinners), watch.seen
+    assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in spinners)
+    cost = report["cost"]
+    assert cost["model_calls"] == 5
+    assert cost["tokens"] == sum(sum(u.values()) for u in usages)
+    assert cost["cache_read_tokens"] == 3600 and cost["cache_write_tokens"] == 900
+    assert cost["usd"] == pytest.approx(_usd(usages), abs=1e-6)
+    lines = [json.loads(x) for x in Path(report["transcript"]).read_text().splitlines()]
+    kinds = [x["kind"] for x in lines]
+    assert kinds.count("request") == 5 and kinds.count("response") == 5
+    assert any(x["kind"] == "tool" and x["is_error"] for x in lines)
+
+
+def test_budget_overrun_stops_cleanly_with_a_report(agent_daemon, procs: Procs,
+                                                    spinners: list[int],
+                                                    tmp_path: Path) -> None:
+    before = calls_as(0, agent_daemon.address, [["ListDeployments", "", []]])[0]["ok"]
+    usage = {"input_tokens": 5000, "output_tokens": 1000}
+
+    def expensive(req: dict[str, Any]) -> dict[str, Any]:
+        return tool_use("GetSummary", {"detail": "brief"}, usage)
+
+    with FakeMessagesAPI([expensive, expensive]) as fake:
+        rc, report, err = run_agent(agent_daemon.address, [
+            "--backend", "claude", "--goal", "fairness", "--match", procs.regex,
+            "--budget-usd", "0.01", "--transcript-dir", str(tmp_path)], env=_env(fake))
+    assert report is not None, err
+    assert rc == 1 and "Traceback" not in err
+    assert len(fake.requests) == 1
+    assert report["status"].startswith("stopped: dollar budget spent"), report["status"]
+    assert report["cost"]["usd"] == pytest.approx(_usd([usage]))
+    assert report["cost"]["tokens"] == 6000
+    assert report["attempts"] == []
+    after = calls_as(0, agent_daemon.address, [["ListDeployments", "", []]])[0]["ok"]
+    assert json.loads(after) == json.loads(before)  # nothing was deployed
+    lines = Path(report["transcript"]).read_text().splitlines()
+    assert json.loads(lines[-1])["kind"] == "stop"
+
+
+def test_repository_hit_needs_no_model_call(agent_daemon, procs: Procs,
+                                            spinners: list[int], tmp_path: Path) -> None:
+    _rc, first, err = run_agent(agent_daemon.address, [
+        "--goal", "throughput", "--match", procs.regex, "--revert-at-end",
+        "--max-iterations", "1"])
+    assert first is not None, err
+    # A deployment that reached "active" is what makes the version proven.
+    assert first["attempts"][0]["execution"]["state"] == "active", first["attempts"][0]
+    with FakeMessagesAPI([]) as fake:
+        _rc, report, err = run_agent(agent_daemon.address, [
+            "--backend", "claude", "--goal", "throughput", "--match", procs.regex,
+            "--revert-at-end", "--max-iterations", "1", "--transcript-dir", str(tmp_path)],
+            env=_env(fake))
+    assert report is not None, err
+    assert fake.requests == []
+    att = report["attempts"][0]
+    assert att["candidate"]["rung"] == "reuse", att["candidate"]
+    assert "repository hit" in att["candidate"]["reasoning"]
+    assert att["execution"]["deployment"].startswith("dep-")
+    assert report["cost"]["model_calls"] == 0 and report["cost"]["usd"] == 0.0
+    assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in spinners)

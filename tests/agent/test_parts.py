@@ -1,0 +1,137 @@
+"""The agent's parts without a daemon: the tool table, documents, budget, judging."""
+
+from __future__ import annotations
+
+import tomllib
+from types import SimpleNamespace
+
+import pytest
+
+from schedcp_agent import document
+from schedcp_agent.budget import Budget, BudgetSpent, price_for
+from schedcp_agent.claude import scope_problem
+from schedcp_agent.execute import fix_document
+from schedcp_agent.learn import judge
+from schedcp_agent.observe import WorkloadProfile, classify_perf
+from schedcp_agent.tools import TOOLS, check_arguments, claude_tools, tool
+from schedcpd.api import collect
+from schedcpd.manager import Manager
+from tests.harness import ROOT
+
+
+def test_every_tool_is_a_daemon_method_with_its_signature_and_action() -> None:
+    methods = {m.name: m for m in collect(Manager)[0]}
+    for t in TOOLS:
+        assert t.name in methods, t.name
+        spec = methods[t.name]
+        assert t.signature == spec.in_signature, t.name
+        assert t.out == spec.out_signature, t.name
+        assert t.action == spec.action, t.name
+
+
+def test_claude_tools_come_from_the_table_with_a_cache_breakpoint() -> None:
+    defs = claude_tools("plan")
+    names = [d["name"] for d in defs]
+    assert names == [t.name for t in TOOLS if "plan" in t.roles]
+    assert "Deploy" not in names and "Rollback" not in names  # execution stays with the agent
+    assert defs[-1]["cache_control"] == {"type": "ephemeral"}
+    assert all("cache_control" not in d for d in defs[:-1])
+    submit = next(d for d in defs if d["name"] == "SubmitPolicy")
+    assert submit["input_schema"]["required"] == ["document"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"doc": "x"}, "unknown argument"),
+    ({}, "missing required argument 'document'"),
+    ({"document": 5}, "must be a string"),
+    ("text", "takes a JSON object"),
+])
+def test_malformed_arguments_are_explained(args: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_arguments(tool("SubmitPolicy"), args)
+
+
+def test_numbers_are_range_checked() -> None:
+    assert check_arguments(tool("RunPerfStat"), {"pid": 1, "cgroup": "", "seconds": 2}) == \
+        [1, "", 2.0]
+    with pytest.raises(ValueError, match="<= 30"):
+        check_arguments(tool("RunPerfStat"), {"pid": 1, "cgroup": "", "seconds": 99})
+    with pytest.raises(ValueError, match="integer"):
+        check_arguments(tool("RunPerfStat"), {"pid": True, "cgroup": "", "seconds": 1})
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "policies").glob("*.toml")))
+def test_retarget_round_trips_every_builtin(name: str) -> None:
+    base = tomllib.loads((ROOT / "policies" / f"{name}.toml").read_text())
+    bindings = {g["name"]: [100 + i] for i, g in enumerate(base["group"])}
+    doc = document.retarget(base, bindings, base_name=name, profile_key="latency.x",
+                            profile_text="a test", goal="latency")
+    text = document.dump(doc)
+    assert tomllib.loads(text) == doc
+    assert [g["match"] for g in doc["group"]] == [{"pid": [100 + i]}
+                                                   for i in range(len(base["group"]))]
+    assert "profile:latency.x" in doc["policy"]["tags"]
+    assert doc["policy"]["name"].startswith(f"agent-{name}"[:20])
+
+
+def test_fix_document_moves_a_depended_on_group_off_idle() -> None:
+    text = ('[policy]\nname = "x"\ndescription = "x"\n[[group]]\nname = "db"\n'
+            'match = { pid = [1] }\ntask = { policy = "idle" }\n[[group]]\nname = "web"\n'
+            'match = { pid = [2] }\ndepends_on = ["db"]\ntask = { nice = -5 }\n')
+    fixed = fix_document(text, [{"code": "starvation-risk", "field": "group[0]"}])
+    assert fixed is not None
+    assert tomllib.loads(fixed[0])["group"][0]["task"]["policy"] == "batch"
+    assert fix_document(text, [{"code": "no-progress", "field": "group[0]"}]) is None
+
+
+def test_scope_problem_refuses_other_processes() -> None:
+    ok = '[[group]]\nname = "b"\nmatch = { pid = [5] }\ntask = { policy = "batch" }\n'
+    assert scope_problem(ok, {5, 6}) is None
+    assert "outside the targets" in str(scope_problem(ok, {6}))
+    broad = '[[group]]\nname = "b"\nmatch = { comm = "sshd" }\ntask = { nice = 19 }\n'
+    assert "pid only" in str(scope_problem(broad, {5}))
+
+
+def test_budget_counts_every_kind_of_token_and_stops() -> None:
+    b = Budget(max_usd=0.05)
+    usage = SimpleNamespace(input_tokens=1000, output_tokens=1000,
+                            cache_creation_input_tokens=2000, cache_read_input_tokens=10000)
+    cost = b.add("claude-sonnet-4-5", usage)
+    assert price_for(b.prices, "claude-sonnet-4-5")[0] == "claude-sonnet-4"
+    assert cost == pytest.approx((1000 * 3 + 1000 * 15 + 2000 * 3.75 + 10000 * 0.3) / 1e6)
+    assert b.tokens == 14000
+    b.check()
+    b.add("claude-sonnet-4-5", usage)
+    b.add("claude-sonnet-4-5", usage)
+    with pytest.raises(BudgetSpent, match="dollar budget spent"):
+        b.check()
+    assert b.output_allowance("claude-sonnet-4-5", 4096) == 1
+    assert price_for(b.prices, "some-new-model")[0] == "default"
+
+
+def test_perf_classification() -> None:
+    def perf(ms: float, cs: float) -> dict[str, object]:
+        return {"elapsed": 1.0, "events": {
+            "task-clock": {"value": ms, "counted": True},
+            "context-switches": {"value": cs, "counted": True}}}
+    assert classify_perf(perf(950, 40))[0] == "cpu-bound"
+    assert classify_perf(perf(100, 500))[0] == "interactive"
+    assert classify_perf(perf(1, 0))[0] == "idle"
+
+
+def _fb(before: list[float], after: list[float]) -> dict[str, object]:
+    def s(v: list[float]) -> dict[str, float]:
+        return {"median": v[1], "p10": v[0], "p90": v[2], "mean": v[1]}
+    return {"pids": {"7": {"wait": {"before": s(before), "after": s(after)},
+                           "cpu": {"before": s(before), "after": s(after)}}}}
+
+
+def test_judge_needs_a_separated_regression_to_call_it_worse() -> None:
+    prof = WorkloadProfile("latency-beside-cpu-hogs", "latency", "given", "t",
+                           roles={"latency": [7]})
+    assert judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03])).goal_met
+    noisy = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.15, 0.25, 0.35]))
+    assert noisy.goal_met and noisy.improved is False
+    worse = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.5, 0.6, 0.7]))
+    assert not worse.goal_met and "got worse" in worse.reason
+    assert not judge(prof, "reverted", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03])).goal_met
