@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dbus_fast import Message, MessageType, Variant
 
