@@ -170,9 +170,12 @@ def _p(values: list[float], q: float) -> float:
 class Breaker:
     """Decide, from a baseline and a window of samples, whether to trip."""
 
-    def __init__(self, roles: dict[str, str], settings: BreakerSettings | None = None) -> None:
+    def __init__(self, roles: dict[str, str], settings: BreakerSettings | None = None,
+                 limits: dict[str, float] | None = None) -> None:
         self.roles = roles  # group -> "latency" | "throughput" | "donor"
         self.settings = settings or BreakerSettings()
+        # group -> the policy's own ratio (latency threshold or throughput floor)
+        self.limits = limits or {}
 
     def evaluate(self, baseline: list[dict[str, GroupSample]],
                  window: list[dict[str, GroupSample]]) -> Trip | None:
@@ -212,7 +215,8 @@ class Breaker:
             return None
         b_med, w_med, b_p90 = statistics.median(b), statistics.median(w), _p(b, 0.9)
         beyond = sum(v > b_p90 for v in w) / len(w)
-        if w_med > max(s.threshold * b_med, b_med + s.absolute_floor_us) \
+        threshold = self.limits.get(group, s.threshold)
+        if w_med > max(threshold * b_med, b_med + s.absolute_floor_us) \
                 and beyond >= s.agreement:
             return Trip("wait_per_run_us", group, b_med, w_med,
                         f"run-queue wait per run of {group!r}: median {b_med:.0f} -> "
@@ -222,15 +226,28 @@ class Breaker:
     def _throughput(self, group: str, base: list[GroupSample],
                     now: list[GroupSample]) -> Trip | None:
         s = self.settings
+        floor = self.limits.get(group, s.throughput_floor)
         b_med = statistics.median(x.cpu_share for x in base)
         w = [x.cpu_share for x in now]
         w_med = statistics.median(w)
-        below = sum(v < s.throughput_floor * b_med for v in w) / len(w)
-        if b_med > 0.02 and w_med < s.throughput_floor * b_med and below >= s.agreement:
+        below = sum(v < floor * b_med for v in w) / len(w)
+        if b_med > 0.02 and w_med < floor * b_med and below >= s.agreement:
             return Trip("cpu_share", group, b_med, w_med,
                         f"CPU share of {group!r}: median {b_med:.2f} -> {w_med:.3f} CPUs "
-                        f"(below {s.throughput_floor:.0%} of its baseline)")
+                        f"(below {floor:.0%} of its baseline)")
         return None
+
+
+def policy_guards(doc: dict[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
+    """The policy's own ``[[guard]]`` tables: group -> role, group -> ratio."""
+    roles: dict[str, str] = {}
+    limits: dict[str, float] = {}
+    for guard in doc.get("guard", []):
+        if guard.get("metric") == "wait_per_run_us":
+            roles[guard["group"]], limits[guard["group"]] = "latency", guard["max_ratio"]
+        elif guard.get("metric") == "cpu_share":
+            roles[guard["group"]], limits[guard["group"]] = "throughput", guard["min_ratio"]
+    return roles, limits
 
 
 def classify(baseline: list[dict[str, GroupSample]], knob_roles: dict[str, str],

@@ -41,6 +41,7 @@ from schedcpd.breaker import (
     GuardSampler,
     Trip,
     classify,
+    policy_guards,
     role_of,
 )
 from schedcpd.errors import Conflict, InvalidArgument, NotFound
@@ -253,7 +254,9 @@ class Deployer:
             self.on_targets(sorted({p for pids in targets.values() for p in pids})[:64])
             sampler = GuardSampler(targets)
             baseline = await self._watch(sampler, self.settings.baseline_seconds)
-            roles = classify(baseline, knob_roles, self.breaker_settings)
+            # The policy's own guards win over the defaults from behaviour.
+            declared, limits = policy_guards(doc)
+            roles = {**classify(baseline, knob_roles, self.breaker_settings), **declared}
             _LOGGER.info("deployment %s guards: %s", dep_id, roles)
             self._fault("after_baseline")
             canary = {g: pids[: max(1, len(pids) // 2)] for g, pids in targets.items() if pids}
@@ -265,7 +268,7 @@ class Deployer:
                                   f"{sum(map(len, targets.values()))} target processes",
                                   targets=json.dumps(targets))
             self._fault("after_canary_apply")
-            breaker = Breaker({g: roles[g] for g in canary}, self.breaker_settings)
+            breaker = Breaker({g: roles[g] for g in canary}, self.breaker_settings, limits)
             if await self._probation(dep_id, subsystem, policy, GuardSampler(canary),
                                      baseline, breaker, self.settings.canary_seconds):
                 return
@@ -273,7 +276,7 @@ class Deployer:
             await self._set_state(dep_id, "canary", "widened to the full scope")
             self._fault("after_widen_apply")
             breaker = Breaker({g: roles[g] for g in targets if targets[g]},
-                              self.breaker_settings)
+                              self.breaker_settings, limits)
             if await self._probation(dep_id, subsystem, policy, sampler, baseline, breaker,
                                      self.settings.full_seconds):
                 return

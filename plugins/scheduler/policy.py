@@ -38,7 +38,11 @@ CGROUP_RANGES: dict[str, tuple[int, int]] = {
     "period_us": (1000, 1_000_000),
 }
 TASK_POLICIES = ("other", "batch", "idle", "fifo", "rr")
-TOP_KEYS = {"policy", "parameters", "safety", "group", "sysctl", "debugfs"}
+TOP_KEYS = {"policy", "parameters", "safety", "group", "sysctl", "debugfs", "guard"}
+GUARD_KEYS = {"group", "metric", "max_ratio", "min_ratio"}
+# metric -> the ratio key it takes and its allowed range (checked by the breaker).
+GUARD_METRICS = {"wait_per_run_us": ("max_ratio", 1.05, 100.0),
+                 "cpu_share": ("min_ratio", 0.01, 1.0)}
 POLICY_KEYS = {"name", "description", "subsystem", "track", "workloads", "version", "tags"}
 GROUP_KEYS = {"name", "description", "match", "task", "cgroup", "descendants", "depends_on"}
 MATCH_KEYS = {"comm", "cmdline", "cgroup", "unit", "uid", "pid"}
@@ -297,7 +301,35 @@ def validate(doc: dict[str, Any], source: str = "<policy>") -> list[dict[str, An
     if not groups and not sysctls and not debug:
         check.error("empty", "group", "the policy changes nothing")
     _check_parameters(check, doc)
+    _check_guards(check, doc, names)
     return check.findings
+
+
+def _check_guards(check: _Checker, doc: dict[str, Any], groups: set[str]) -> None:
+    guards = doc.get("guard", [])
+    if not isinstance(guards, list):
+        check.error("type", "guard", "must be an array of tables ([[guard]])")
+        return
+    for index, guard in enumerate(guards):
+        path = f"guard[{index}]"
+        if not check.keys(guard, GUARD_KEYS, path):
+            continue
+        if guard.get("group") not in groups:
+            check.error("missing", f"{path}.group", f"must name a group of this policy "
+                        f"({', '.join(sorted(groups)) or 'none'})")
+        metric = guard.get("metric")
+        if metric not in GUARD_METRICS:
+            check.error("range", f"{path}.metric",
+                        f"must be one of {', '.join(GUARD_METRICS)}")
+            continue
+        key, lo, hi = GUARD_METRICS[metric]
+        other = "min_ratio" if key == "max_ratio" else "max_ratio"
+        if other in guard:
+            check.error("range", f"{path}.{other}", f"{metric} takes {key}, not {other}")
+        value = guard.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not lo <= value <= hi:
+            check.error("range", f"{path}.{key}", f"a number from {lo} to {hi} is required")
 
 
 def _check_parameters(check: _Checker, doc: dict[str, Any]) -> None:

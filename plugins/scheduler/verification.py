@@ -227,7 +227,8 @@ def static_check(doc: dict[str, Any], active: list[dict[str, Any]]) -> list[dict
 def _role(group: dict[str, Any], groups: list[dict[str, Any]]) -> str:
     if any(group.get("name") in g.get("depends_on", []) for g in groups):
         return "server"
-    return "periodic" if _is_latency(group) else "spin"
+    # A group that depends on another is a client: it calls its server each period.
+    return "periodic" if _is_latency(group) or group.get("depends_on") else "spin"
 
 
 class _Sandbox:

@@ -131,3 +131,31 @@ def test_admin_override_is_reported_on_the_deployment(start_daemon, workload) ->
         info["overridden"][0])
     call(proc.address, "Rollback", "s", dep)
     assert os.getpriority(os.PRIO_PROCESS, hog) == 3  # left as the admin set it
+
+
+def test_a_policy_guard_overrides_the_default(start_daemon, workload) -> None:
+    proc = start_daemon(FAST)
+    hogs = [h.pid for h in workload.hogs]
+    # The same move as the canary test (hogs to SCHED_IDLE), but this policy
+    # says its batch group must keep 90 % of its CPU: the canary (one hog idle
+    # beside the other) breaks that, so the breaker reverts it.
+    text = policy_text("deploy-guarded", [("batch", hogs, '{ policy = "idle" }')]) + (
+        '\n[[guard]]\ngroup = "batch"\nmetric = "cpu_share"\nmin_ratio = 0.9\n')
+    _, token = verified_token(proc.address, text)
+    dep = call(proc.address, "Deploy", "s", token)
+    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    assert info["state"] == "reverted", info["events"]
+    assert "CPU share of 'batch'" in info["reason"] and "below 90%" in info["reason"]
+    assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in hogs)
+
+
+def test_bad_guards_are_rejected_by_name(start_daemon) -> None:
+    proc = start_daemon(FAST)
+    base = policy_text("deploy-badguard", [("batch", [1], '{ nice = 1 }')])
+    for guard, field in (('group = "nope"\nmetric = "cpu_share"\nmin_ratio = 0.5', "group"),
+                         ('group = "batch"\nmetric = "speed"\nmin_ratio = 0.5', "metric"),
+                         ('group = "batch"\nmetric = "cpu_share"\nmin_ratio = 5', "min_ratio")):
+        error = calls_as(0, proc.address, [["SubmitPolicy", "s", [
+            f"{base}\n[[guard]]\n{guard}\n"]]])[0]
+        assert error["error"] == "org.schedcp.Control1.Error.InvalidArgument"
+        assert f"guard[0].{field}" in error["message"], error
