@@ -45,7 +45,10 @@ async def test_hog_started_in_second_window(spawn, argv) -> None:
     assert util["before"]["median"] == pytest.approx(b_med, abs=1e-6)
     assert util["after"]["median"] == pytest.approx(a_med, abs=1e-6)
     assert util["delta"] == pytest.approx(a_med - b_med, abs=1e-5)
-    assert util["ratio"] == pytest.approx(a_med / b_med, rel=1e-3)
+    if b_med:
+        assert util["ratio"] == pytest.approx(a_med / b_med, rel=1e-3)
+    else:  # a quiet machine: nothing ran before the hogs, no ratio to give
+        assert util["ratio"] is None
     assert util["after"]["p10"] <= util["after"]["median"] <= util["after"]["p90"]
     for name in ("rq_wait", "psi_cpu_some", "ctxt_rate", "util"):
         assert fb["metrics"][name]["before"]["n"] == len(before)

@@ -1,8 +1,9 @@
-"""bench/t1_latency.py still builds, runs and applies its policy (no speed asserted)."""
+"""bench/t1_latency.py still builds, runs and deploys its policy (no speed asserted)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -26,15 +27,16 @@ def _load() -> ModuleType:
 def test_bench_runs_both_modes(tmp_path: Path) -> None:
     bench = _load()
     probe, hog = bench.build(tmp_path / "cache")
-    engine = bench.EngineApplier(tmp_path)
+    daemon = bench.DaemonApplier()  # a private bus and schedcpd of its own
     try:
-        runs = [bench.run_once(probe, hog, 0.5, mode, engine, 0) for mode in ("policy", "default")]
-        # The policy run applied (hog to SCHED_IDLE) and restored through the journal.
-        entries = engine.journal.entries(owner="bench-0")
-        assert any(e.key.endswith(":policy") and e.new == "idle" for e in entries)
-        assert engine.journal.pending_restore() == []
+        runs = [bench.run_once(probe, hog, 0.5, mode, daemon, 0) for mode in ("policy", "default")]
+        # The policy run went through Deploy: one deployment, active, then ended.
+        [dep] = json.loads(daemon.call("ListDeployments"))
+        events = json.loads(daemon.call("GetDeployment", "s", dep["id"]))["events"]
+        assert [e["state"] for e in events][:4] == ["pending", "canary", "canary", "active"]
+        assert events[-1]["state"] == "reverted"
     finally:
-        engine.close()
+        daemon.close()
     for run in runs:
         assert run["samples"] > 0 and run["hog_iter_per_s"] > 0
     summary = bench.summarize(runs)
