@@ -98,8 +98,7 @@ def main() -> int:
                 b, a = before.get(key), after.get(key)
                 print(f"{key:14} {b or 0:>10.0f} {a or 0:>10.0f}")
             saw = report.get("saw") or {}
-            print(f"the agent saw: {saw.get('text') or saw.get('shape')}; "
-                  f"goal {report.get('goal')}")
+            print(f"the agent saw: {saw.get('text') or saw.get('shape')}")
             print(f"it chose: {chosen.get('base')} ({chosen.get('rung')}): "
                   f"{chosen.get('reasoning')}")
             print(f"deployment {deployment}: {report.get('status')} "
@@ -107,7 +106,12 @@ def main() -> int:
         finally:
             if "deployment" in locals() and deployment:
                 say(f"roll back {deployment}")
-                print(calls_as(0, bus.address, [["Rollback", "s", [deployment]]])[0])
+                result = calls_as(0, bus.address, [["Rollback", "s", [deployment]]])[0]
+                if "ok" in result:
+                    restore = json.loads(result["ok"])["restore"] or {}
+                    print(f"restored: {restore.get('summary')}")
+                else:
+                    print(f"rollback: {result}")
             restored = all(os.sched_getscheduler(p.pid) == os.SCHED_OTHER
                            and os.getpriority(os.PRIO_PROCESS, p.pid) == 0 for p in procs)
             for proc in procs:
