@@ -181,8 +181,15 @@ def test_offcpu_splits_blocked_and_runqueue(bpf_dir: Path, workload: Workload) -
         assert off["blocked_ns"] > 0, off
         if not close_to(off["off_cpu_ns"], elapsed_ns - on_cpu, 0.10):
             problems.append(f"sleeper: off {off} window {elapsed_ns} on-CPU {on_cpu}")
-        if not close_to(off["runqueue_ns"], wait, 0.10, slack=2e6):
-            problems.append(f"sleeper: runqueue {off['runqueue_ns']} schedstat wait {wait}")
+        # On a quiet host the probe books ~6-7 us more per wakeup than
+        # schedstat (measured: 1430 wakeups, +8-10 ms): it counts from the
+        # sched_wakeup event, while schedstat's run_delay does not restart for
+        # a task EEVDF kept queued while "sleeping" (delayed dequeue, 6.12+) --
+        # the likely cause.  Allow 10 us per wakeup on top of 10 %.
+        slack = 2e6 + 10_000 * off["intervals"]
+        if not close_to(off["runqueue_ns"], wait, 0.10, slack=slack):
+            problems.append(f"sleeper: runqueue {off['runqueue_ns']} schedstat wait {wait} "
+                            f"over {off['intervals']} wakeups")
         return problems
 
     agree_in_one_of(ATTEMPTS, measure)
