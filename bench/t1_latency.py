@@ -52,7 +52,8 @@ PROBE_C = r"""
 
 #define NS 1000000000LL
 static long long period_ns, work_ns, end_ns;
-static int nthreads;
+static int nthreads, stagger;
+static long long start_ns;
 struct res { long long *wake, *resp; long n, cap, missed; };
 static struct res *results;
 
@@ -62,7 +63,10 @@ static long long now(clockid_t c) { struct timespec t; clock_gettime(c, &t);
 static void *worker(void *arg) {
   struct res *r = arg;
   prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-  long long next = now(CLOCK_MONOTONIC) + period_ns;
+  /* aligned: every thread's timer fires at the same instant; staggered:
+     thread i fires i/nthreads of a period later (no self-interference). */
+  long long next = start_ns + period_ns
+                 + (stagger ? (r - results) * period_ns / nthreads : 0);
   while (next < end_ns) {
     struct timespec ts = { next / NS, next % NS };
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL)) ;
@@ -81,10 +85,12 @@ int main(int argc, char **argv) {
   double seconds = atof(argv[1]);
   period_ns = atoll(argv[2]) * 1000; work_ns = atoll(argv[3]) * 1000;
   nthreads = atoi(argv[4]);
+  stagger = argc > 5 && atoi(argv[5]);
   char line[16];
   if (!fgets(line, sizeof line, stdin)) return 1;   /* wait for "go" */
   end_ns = now(CLOCK_MONOTONIC) + (long long)(seconds * NS);
   results = calloc(nthreads, sizeof *results);
+  start_ns = now(CLOCK_MONOTONIC);
   pthread_t th[64];
   for (int i = 0; i < nthreads; i++) {
     results[i].cap = (long)(seconds * NS / period_ns) + 16;
@@ -267,7 +273,8 @@ run deploys in this time (baseline, canary, widen), the others just wait."""
 
 
 def run_once(
-    probe: Path, hog: Path, seconds: float, mode: str, daemon: DaemonApplier, rep: int
+    probe: Path, hog: Path, seconds: float, mode: str, daemon: DaemonApplier, rep: int,
+    stagger: bool = True,
 ) -> dict[str, Any]:
     """Run probe + hog together once; ``mode`` is "default", "policy" or "alone"."""
     hog_seconds = seconds + SETTLE_SECONDS + 0.5
@@ -278,7 +285,7 @@ def run_once(
         stdout=subprocess.PIPE,
     )
     probe_proc = subprocess.Popen(
-        [str(probe), str(seconds), "2000", "200", "2"],
+        [str(probe), str(seconds), "2000", "200", "2", "1" if stagger else "0"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
@@ -423,6 +430,10 @@ def main() -> int:
     )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "schedcp-t1")
     parser.add_argument("--bus", help="a running schedcpd's bus address (default: start one)")
+    parser.add_argument("--aligned", action="store_true",
+                        help="fire both probe threads' timers at the same instant (runs A-C); "
+                             "by default thread i is offset by i/2 of a period, so the probe "
+                             "measures its neighbours' interference, not its own")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (it changes scheduling of its own processes)", file=sys.stderr)
@@ -439,7 +450,7 @@ def main() -> int:
             shift = rep % len(modes)
             order = modes[shift:] + modes[:shift]  # rotate so drift hits every mode
             for mode in order:
-                run = run_once(probe, hog, args.duration, mode, daemon, rep)
+                run = run_once(probe, hog, args.duration, mode, daemon, rep, not args.aligned)
                 runs.append(run)
                 print(
                     f"rep {rep} {mode:8s} wake p50 {run['wake_p50_us']:8.1f} us"
