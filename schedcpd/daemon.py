@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
 import pwd
@@ -82,6 +83,15 @@ class Daemon:
         """Run until asked to stop; return the exit status."""
         loop = asyncio.get_running_loop()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # One daemon per state directory: start-up restores every journaled
+        # value (crash recovery), which must never undo a running daemon's work.
+        lock = os.open(self.state_dir / "schedcpd.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise StartupError(f"another schedcpd is using {self.state_dir}",
+                               EXIT_NAME_TAKEN) from None
         self.store = StateStore(self.state_dir / "schedcpd.db", MIGRATIONS)
         # The one save-before-write journal every plugin's kernel writes go through.
         self.journal = Journal(self.state_dir / "journal.db")
@@ -123,32 +133,33 @@ class Daemon:
         await self._start_deployer()
         await self._start_analysis()
 
-        reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
-        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
-            raise StartupError(f"{BUS_NAME} is already owned (another schedcpd?)",
-                               EXIT_NAME_TAKEN)
-        if self.config["metrics"]["enabled"]:
-            self.metrics.serve(self.config["metrics"]["address"], self.config["metrics"]["port"])
-
-        loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
-        loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
-        loop.add_signal_handler(signal.SIGHUP, self._reload_logged, "SIGHUP")
-        self._tasks.append(loop.create_task(self.notifier.watchdog()))
-        self._tasks.append(loop.create_task(self._watch_bus()))
+        # Watch the files before owning the name: once clients can see the
+        # daemon, an edit of its configuration must not go unnoticed.
         watcher = PathWatcher.for_file(self.config.path, loop,
                                        lambda: self._reload_logged("file change"))
         watcher.start()
         dropins = PathWatcher(self.dropin_dir, lambda p: p.endswith(".toml"), loop,
                               self._dropins_changed)
         dropins.start()
-
-        self.notifier.send(READY=1, MAINPID=os.getpid())
-        self.notifier.status(
-            f"schedcpd {__version__} serving {BUS_NAME} on the {self.bus_spec} bus; "
-            f"subsystems: {', '.join(self.manager.Subsystems()) or 'none'}; "
-            f"authorization by {self.authorizer.mode()}"
-        )
         try:
+            reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+            if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+                raise StartupError(f"{BUS_NAME} is already owned (another schedcpd?)",
+                                   EXIT_NAME_TAKEN)
+            if self.config["metrics"]["enabled"]:
+                self.metrics.serve(self.config["metrics"]["address"],
+                                   self.config["metrics"]["port"])
+            loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
+            loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
+            loop.add_signal_handler(signal.SIGHUP, self._reload_logged, "SIGHUP")
+            self._tasks.append(loop.create_task(self.notifier.watchdog()))
+            self._tasks.append(loop.create_task(self._watch_bus()))
+            self.notifier.send(READY=1, MAINPID=os.getpid())
+            self.notifier.status(
+                f"schedcpd {__version__} serving {BUS_NAME} on the {self.bus_spec} bus; "
+                f"subsystems: {', '.join(self.manager.Subsystems()) or 'none'}; "
+                f"authorization by {self.authorizer.mode()}"
+            )
             await self._stop.wait()
         finally:
             watcher.stop()

@@ -112,6 +112,18 @@ def test_second_daemon_exits_4_when_name_taken(start_daemon) -> None:
     assert first.proc.poll() is None
 
 
+def test_second_daemon_on_the_same_state_dir_touches_nothing(start_daemon,
+                                                             fresh_bus: PrivateBus) -> None:
+    first = start_daemon()
+    with PrivateBus() as other_bus:
+        second = SchedcpdProcess(other_bus.address, state_dir=first.state_dir)
+        second.start(wait=False)
+        assert second.proc.wait(20) == 4
+        assert f"another schedcpd is using {first.state_dir}" in second.log_text()
+        assert "restored" not in second.log_text()
+    assert first.proc.poll() is None
+
+
 def test_bus_unreachable_exits_3(tmp_path: Path) -> None:
     proc = SchedcpdProcess(f"unix:path={tmp_path}/nobus")
     proc.start(wait=False)
