@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from plugins.scheduler import cgroups, sysctl, tasks
@@ -115,14 +116,27 @@ class Actuator:
             raise Gone(f"no {controller} cgroup hierarchy")
         return self.hierarchies[controller]
 
+    @staticmethod
+    def _live_task(parts: list[str]) -> tuple[int, str]:
+        """(tid, knob) of a ``task:<tid>:<start>:<knob>`` key; Gone if the task exited."""
+        tid, start, knob = int(parts[1]), int(parts[2]), parts[3]
+        if not tasks.is_alive(tid, start):
+            raise Gone(f"task {tid} exited")
+        return tid, knob
+
+    def _value_path(self, parts: list[str]) -> Path:
+        """The file of a cgroup value key (``...:<controller>:<group>:<file>``); Gone if missing."""
+        path = self._hierarchy(parts[1]).path(parts[2]) / parts[3]
+        if not path.exists():
+            raise Gone(f"{path} does not exist")
+        return path
+
     def read(self, kind: str, key: str) -> Any:
         """Live value for ``key`` (raises :class:`Gone`)."""
         parts = key.split(":")
         try:
             if parts[0] == "task":
-                tid, start, knob = int(parts[1]), int(parts[2]), parts[3]
-                if not tasks.is_alive(tid, start):
-                    raise Gone(f"task {tid} exited")
+                tid, knob = self._live_task(parts)
                 if kind == KIND_MEMBERSHIP:
                     hierarchy = self._hierarchy(knob.split(".", 1)[1])
                     return {"path": cgroups.task_cgroup(tid, hierarchy)}
@@ -131,9 +145,7 @@ class Actuator:
                 hierarchy = self._hierarchy(parts[1])
                 return "present" if hierarchy.path(parts[2]).is_dir() else None
             if kind == KIND_VALUE:
-                path = self._hierarchy(parts[1]).path(parts[2]) / parts[3]
-                if not path.exists():
-                    raise Gone(f"{path} does not exist")
+                path = self._value_path(parts)
                 return cgroups.read_file(path)
             if kind == KIND_SYSCTL:
                 return sysctl.read_sysctl(parts[1])
@@ -148,9 +160,7 @@ class Actuator:
         parts = key.split(":")
         try:
             if parts[0] == "task":
-                tid, start, knob = int(parts[1]), int(parts[2]), parts[3]
-                if not tasks.is_alive(tid, start):
-                    raise Gone(f"task {tid} exited")
+                tid, knob = self._live_task(parts)
                 if kind == KIND_MEMBERSHIP:
                     hierarchy = self._hierarchy(knob.split(".", 1)[1])
                     if not hierarchy.path(value["path"]).is_dir():
@@ -171,9 +181,7 @@ class Actuator:
                     cgroups.create_group(hierarchy, parts[2])
                 return
             if kind == KIND_VALUE:
-                path = self._hierarchy(parts[1]).path(parts[2]) / parts[3]
-                if not path.exists():
-                    raise Gone(f"{path} does not exist")
+                path = self._value_path(parts)
                 cgroups.write_file(path, str(value))
                 return
             if kind == KIND_SYSCTL:
