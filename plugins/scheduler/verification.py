@@ -22,7 +22,7 @@ for the rest) beside default-priority hogs on all CPUs but one.  It measures the
 workers without the policy, then with the policy applied to those workers
 alone (each group's selector replaced by the worker's pid), restores, and
 reports a finding when a worker made no progress or a latency group's p99
-regressed beyond ``3 x baseline + 1 ms``.
+regressed beyond ``3 x baseline + 1 ms`` in two pairs of windows in a row.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from schedcpd.breaker import role_of
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 _RT_RUNTIME = Path("/proc/sys/kernel/sched_rt_runtime_us")
 _MIN_QUOTA_FRACTION = 0.05
+_ROUNDS = 2
 _MIN_SHARES = 10
 _SELECTOR_KEYS = ("comm", "pid", "unit", "cgroup", "cmdline", "uid")
 
@@ -337,47 +338,54 @@ def dynamic_check(
         ]
     owner = f"verify-{uuid.uuid4().hex[:12]}"
     box = _Sandbox(doc, seconds)
-    findings: list[dict[str, Any]] = []
+    half = max(seconds / 2, 0.25)
     try:
         box.start()
         time.sleep(0.2)  # let every worker settle into its loop
-        half = max(seconds / 2, 0.25)
-        before = box.window("baseline", half)
-        apply(sandbox_policy(doc, {n: p.pid for n, p in box.workers.items()}), owner)
-        try:
-            after = box.window("policy", half)
-        finally:
-            restore(owner)
-        for index, group in enumerate(groups):
-            name = group["name"]
-            b, a = before.get(name, {}), after.get(name, {})
-            if a.get("iterations", 0) <= 0:
-                donor = role_of(group) == "donor"
-                findings.append(
-                    _finding(
-                        "no-progress",
-                        f"group[{index}]",
-                        f"worker for group {name!r} ({_role(group, groups)}) made no progress in "
-                        f"{half:.1f} s under the policy"
-                        + (
-                            " (it is deprioritised by design; it runs on idle time only)"
-                            if donor
-                            else ""
-                        ),
-                        "warning" if donor else "error",
-                    )
-                )
-            for key in ("wake_p99_us", "response_p99_us"):
-                why = _regressed(b, a, key)
-                if why:
-                    findings.append(
-                        _finding(
-                            "regression",
-                            f"group[{index}]",
-                            f"group {name!r}: {why} with the policy (baseline measured in the "
-                            f"same run beside {os.cpu_count()} CPU hogs)",
-                        )
-                    )
+        # A p99 over one short window can be one stray preemption on a shared
+        # host: a regression counts only if a second baseline/policy pair,
+        # measured right after, shows it again.
+        regressions: list[dict[str, Any]] | None = None
+        for round_ in range(_ROUNDS):
+            before = box.window(f"baseline{round_}", half)
+            apply(sandbox_policy(doc, {n: p.pid for n, p in box.workers.items()}), owner)
+            try:
+                after = box.window(f"policy{round_}", half)
+            finally:
+                restore(owner)
+            progress, found = _judge(groups, before, after, half, len(box.procs) - len(groups))
+            regressions = found if regressions is None else [
+                f for f in found if f["field"] in {r["field"] for r in regressions}]
+            if not regressions:
+                break
     finally:
         box.stop()
-    return findings
+    return progress + (regressions or [])
+
+
+def _judge(groups: list[dict[str, Any]], before: dict[str, dict[str, Any]],
+           after: dict[str, dict[str, Any]], half: float,
+           hogs: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(progress findings, regression findings) of one baseline/policy pair."""
+    progress: list[dict[str, Any]] = []
+    regressions: list[dict[str, Any]] = []
+    for index, group in enumerate(groups):
+        name = group["name"]
+        b, a = before.get(name, {}), after.get(name, {})
+        if a.get("iterations", 0) <= 0:
+            donor = role_of(group) == "donor"
+            progress.append(_finding(
+                "no-progress", f"group[{index}]",
+                f"worker for group {name!r} ({_role(group, groups)}) made no progress in "
+                f"{half:.1f} s under the policy"
+                + (" (it is deprioritised by design; it runs on idle time only)"
+                   if donor else ""),
+                "warning" if donor else "error"))
+        for key in ("wake_p99_us", "response_p99_us"):
+            why = _regressed(b, a, key)
+            if why:
+                regressions.append(_finding(
+                    "regression", f"group[{index}]",
+                    f"group {name!r}: {why} with the policy, in {_ROUNDS} baseline/policy "
+                    f"pairs measured beside {hogs} CPU hog(s)"))
+    return progress, regressions
