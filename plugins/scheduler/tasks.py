@@ -226,12 +226,19 @@ def _read_proc_int(path: Path, tid: int) -> int:
         raise TaskGone(f"task {tid} exited") from exc
 
 
-def read_autogroup(pid: int) -> tuple[str, int]:
-    """Return ``(autogroup name, nice)`` from ``/proc/<pid>/autogroup``."""
+def read_autogroup(pid: int) -> tuple[str, int] | None:
+    """Return ``(autogroup name, nice)`` from ``/proc/<pid>/autogroup``.
+
+    ``None`` when the task is in the kernel's default autogroup (its session
+    never called setsid, e.g. pid 1 and everything under a container init that
+    does not): the file is empty and there is no autogroup nice to read or set.
+    """
     try:
         text = (PROC / str(pid) / "autogroup").read_text().split()
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise TaskGone(f"task {pid} exited") from exc
+    if not text:
+        return None
     # "/autogroup-10 nice 0"
     return text[0], int(text[2])
 
@@ -252,7 +259,8 @@ def read_knob(tid: int, knob: str) -> Any:
     if knob == "timer_slack_ns":
         return _read_proc_int(PROC / str(tid) / "timerslack_ns", tid)
     if knob == "autogroup_nice":
-        return read_autogroup(tid)[1]
+        group = read_autogroup(tid)
+        return None if group is None else group[1]
     raise ValueError(f"unknown task knob {knob!r}")
 
 
@@ -296,6 +304,13 @@ def write_knob(tid: int, knob: str, value: Any) -> None:
         _write_proc(PROC / str(tid) / "timerslack_ns", str(int(value)), tid)
         return
     if knob == "autogroup_nice":
+        if read_autogroup(tid) is None:
+            if value is None:
+                return  # restoring "no autogroup": nothing was ever written
+            raise ValueError(
+                f"task {tid} is in the default autogroup (its session never called setsid):"
+                " autogroup_nice does not apply to it"
+            )
         _write_proc(PROC / str(tid) / "autogroup", str(int(value)), tid)
         return
     raise ValueError(f"unknown task knob {knob!r}")

@@ -96,6 +96,8 @@ def test_cpu_batch_gets_batch_throughput_and_is_restored(agent_daemon, procs: Pr
     assert report["saw"]["shape"] == "cpu-batch", report["saw"]["evidence"]
     assert report["attempts"][0]["candidate"]["base"] == "batch-throughput"
     assert report["attempts"][0]["execution"]["state"] in ("active", "reverted")
+    assert sorted(report["saw"]["roles"]["batch"]) == sorted(s.pid for s in spinners), \
+        report["saw"]["evidence"]
     for s in spinners:
         assert watch.saw(s.pid, policy=os.SCHED_BATCH, nice=5), watch.seen
     _restored([s.pid for s in spinners])

@@ -46,6 +46,7 @@ def target() -> Iterator[int]:
     proc = subprocess.Popen(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
          "import time\nwhile True: time.sleep(0.005)"],
+        start_new_session=True,  # its own autogroup, whatever session the test runner has
     )
     try:
         yield proc.pid

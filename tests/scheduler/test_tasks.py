@@ -103,3 +103,18 @@ def test_canary_scope_limits_targets(plugin: SchedulerPlugin, spawn: Spawner) ->
     assert result["targets"] == {"g": [a.pid]}
     assert tasks.read_knob(a.pid, "nice") == 6
     assert tasks.read_knob(b.pid, "nice") == 0
+
+
+def test_default_autogroup_reads_none_and_refuses_a_write() -> None:
+    """A task whose session never called setsid has an empty /proc/<pid>/autogroup.
+
+    CI runners that start the tests without setsid put every test process
+    there; pid 1 always is.  Only reads happen here: the refusal comes before
+    any write.
+    """
+    if tasks.read_autogroup(1) is not None:
+        pytest.skip("pid 1 has its own autogroup on this host")
+    assert tasks.read_knob(1, "autogroup_nice") is None
+    tasks.write_knob(1, "autogroup_nice", None)  # restoring "none" is a no-op
+    with pytest.raises(ValueError, match="default autogroup"):
+        tasks.write_knob(1, "autogroup_nice", 3)
