@@ -138,7 +138,11 @@ def test_a_policy_guard_overrides_the_default(start_daemon, workload) -> None:
     hogs = [h.pid for h in workload.hogs]
     # The same move as the canary test (hogs to SCHED_IDLE), but this policy
     # says its batch group must keep 90 % of its CPU: the canary (one hog idle
-    # beside the other) breaks that, so the breaker reverts it.
+    # beside the other) breaks that, so the breaker reverts it.  Both hogs
+    # share one CPU, so the idle one loses its share whatever else the host
+    # runs (spread over two idle CPUs it would keep it).
+    for pid in hogs:
+        os.sched_setaffinity(pid, {0})
     text = policy_text("deploy-guarded", [("batch", hogs, '{ policy = "idle" }')]) + (
         '\n[[guard]]\ngroup = "batch"\nmetric = "cpu_share"\nmin_ratio = 0.9\n')
     _, token = verified_token(proc.address, text)
