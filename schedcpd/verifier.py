@@ -128,9 +128,19 @@ class Verifier:
             if policy["track"] == "T1":
                 stages.append(_stage("kernel", start, [], skipped="T1 policy: no BPF artifacts"))
             else:
-                stages.append(_stage("kernel", start, [_finding(
-                    "unsupported-track", f"{policy['track']} policies need the sched_ext "
-                    "micro-VM verifier, which this build does not have")]))
+                # The subsystem's dynamic hook with seconds=0 is its kernel-verifier
+                # load (no attach): for T2 the scheduler plugin's micro-VM.
+                try:
+                    findings = await asyncio.to_thread(
+                        self._plugins.call_first, "schedcp_dynamic_check", subsystem=subsystem,
+                        policy=doc, seconds=0.0)
+                except NotSupported as err:
+                    findings = [_finding("unsupported", str(err))]
+                if findings is None:
+                    findings = [_finding("unsupported-track", f"{policy['track']} policies "
+                                         f"need a kernel-verifier stage; subsystem "
+                                         f"{subsystem!r} offers none")]
+                stages.append(_stage("kernel", start, findings))
 
         if all(s["passed"] for s in stages):
             start = time.monotonic()

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from plugins.scheduler import capabilities, cgroups, sched_ext, sysctl, verification
+from plugins.scheduler import capabilities, cgroups, sched_ext, scx_policy, sysctl, verification
 from plugins.scheduler import policy as policy_mod
 from plugins.scheduler.actuator import SUBSYSTEM, Actuator
 from plugins.scheduler.applier import Applier
@@ -161,11 +161,13 @@ class SchedulerPlugin:
     def schedcp_validate(
         self, subsystem: str, policy: dict[str, Any]
     ) -> list[dict[str, Any]] | None:
-        """Schema and range findings for a parsed T1 policy."""
+        """Schema and range findings for a parsed T1 or T2 (sched_ext) policy."""
         if subsystem != SUBSYSTEM:
             return None
         # ``_source`` (optional) is the file name the host read the document from.
         doc = {k: v for k, v in policy.items() if k != "_source"}
+        if scx_policy.is_t2(doc):
+            return scx_policy.validate(doc, str(policy.get("_source", "<policy>")))
         return policy_mod.validate(doc, str(policy.get("_source", "<policy>")))
 
     @hookimpl
@@ -175,6 +177,10 @@ class SchedulerPlugin:
         """Apply a T1 policy for ``scope["owner"]`` (optionally only ``scope["pids"]``)."""
         if subsystem != SUBSYSTEM:
             return None
+        if scx_policy.is_t2(policy):
+            raise NotSupported(
+                "T2 (sched_ext) policies are verified in the micro-VM; deploying them on the "
+                f"host is not implemented ({sched_ext.detect()['reason']})")
         applier = self._require()
         doc = {k: v for k, v in policy.items() if k != "_source"}
         result = applier.apply(doc, scope, dry_run)
@@ -233,18 +239,31 @@ class SchedulerPlugin:
     def schedcp_static_check(
         self, subsystem: str, policy: dict[str, Any], active: list[dict[str, Any]]
     ) -> list[dict[str, Any]] | None:
-        """Verifier stage 2: starvation, RT, cpuset, quota and conflict analysis."""
+        """Verifier stage 2: starvation, RT, cpuset, quota and conflict analysis.
+
+        For a T2 policy: the BPF source rules (``scx_rules``) instead.
+        """
         if subsystem != SUBSYSTEM:
             return None
+        if scx_policy.is_t2(policy):
+            return scx_policy.static_check(policy)
         return verification.static_check(policy, active)
 
     @hookimpl
     def schedcp_dynamic_check(
         self, subsystem: str, policy: dict[str, Any], seconds: float
     ) -> list[dict[str, Any]] | None:
-        """Verifier stage 4: the policy on its own synthetic workload, then restored."""
+        """Verifier stage 4: the policy on its own synthetic workload, then restored.
+
+        A T2 policy runs in the sched_ext micro-VM; there ``seconds == 0`` asks
+        for stage 3 instead (load into the guest's BPF verifier, no attach).
+        """
         if subsystem != SUBSYSTEM:
             return None
+        if scx_policy.is_t2(policy):
+            if seconds <= 0:
+                return scx_policy.kernel_check(policy)
+            return scx_policy.dynamic_check(policy, seconds)
         return verification.dynamic_check(
             policy,
             seconds,

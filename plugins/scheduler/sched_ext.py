@@ -1,4 +1,4 @@
-"""sched_ext backend: detection and a supervised loader (untested on these hosts).
+"""sched_ext backend: detection and a supervised loader (host side untested here).
 
 On kernels with ``CONFIG_SCHED_EXT`` the kernel exposes
 ``/sys/kernel/sched_ext/{state,root/ops,enable_seq,events}``.  The hosts this
@@ -6,9 +6,10 @@ project is developed on have no sched_ext, so :func:`detect` reports the
 capability absent with the reason, and :class:`SupervisedLoader` - which
 starts a BPF scheduler loader process (the project's own loader from bpf/
 or an allow-listed ``scx_*`` binary), watches ``state`` and reports
-ejection or loader death - has never run against a real kernel.  Its shape
-is what the circuit breaker will use; treat it as a design sketch until it
-is tested in the micro-VM.
+ejection or loader death - has not run against a host kernel.  The loader
+it starts and the state it watches are proved in the micro-VM
+(plugins/scheduler/microvm, docs/sched_ext.md); deploying a T2 policy on a
+host with sched_ext is not wired yet (Apply refuses T2 with NotSupported).
 """
 
 from __future__ import annotations
@@ -44,10 +45,16 @@ def detect(root: Path = SCHED_EXT_DIR) -> dict[str, Any]:
 
 @dataclass
 class LoaderSpec:
-    """An allow-listed loader: binary path and the argument schema it accepts."""
+    """An allow-listed loader: binary path and the argument schema it accepts.
+
+    With ``scheduler`` set, ``binary`` is the project's own loader
+    (bpf/scx/scx_loader.c): ``scx_loader OBJECT name=value ...``.  Without
+    it, ``binary`` is an external ``scx_*`` scheduler taking ``--name value``.
+    """
 
     binary: Path
     allowed_args: dict[str, tuple[int, int]]
+    scheduler: Path | None = None
 
 
 class SupervisedLoader:
@@ -67,13 +74,18 @@ class SupervisedLoader:
     def build_argv(self, args: dict[str, int]) -> list[str]:
         """Validate ``args`` against the allow-list and build the command line."""
         argv = [str(self.spec.binary)]
+        if self.spec.scheduler is not None:
+            argv.append(str(self.spec.scheduler))
         for name, value in sorted(args.items()):
             if name not in self.spec.allowed_args:
                 raise ValueError(f"argument {name!r} is not allowed for {self.spec.binary}")
             lo, hi = self.spec.allowed_args[name]
             if not lo <= int(value) <= hi:
                 raise ValueError(f"argument {name}={value} outside {lo}..{hi}")
-            argv += [f"--{name}", str(int(value))]
+            if self.spec.scheduler is not None:
+                argv.append(f"{name}={int(value)}")
+            else:
+                argv += [f"--{name}", str(int(value))]
         return argv
 
     def start(self, args: dict[str, int]) -> None:

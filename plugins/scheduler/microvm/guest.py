@@ -1,0 +1,180 @@
+"""Boot the micro-VM and collect what the guest reports on its serial console.
+
+The guest speaks in lines: ``@@SCHEDCP:<step> {json}`` (events, from the
+init script and from the loader's ``--prefix``), ``@@OUT:<step> text``
+(output of a command a job ran) and ``@@DMESG text`` (the kernel log,
+dumped before power-off).  Anything else on the console is kept only as a
+tail for diagnosis.
+
+qemu runs with a hard time limit: a guest that does not report ``boot``
+within ``boot_timeout`` or does not finish within ``timeout`` is killed and
+the result says so.  KVM is used where it works (tried first when
+/dev/kvm is usable; a failure is remembered per host kernel), TCG
+otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_LOGGER = logging.getLogger(__name__)
+
+QEMU = "qemu-system-x86_64"
+APPEND = "console=ttyS0 loglevel=1 panic=-1 edd=off"
+_TAIL = 80
+
+
+@dataclass
+class GuestResult:
+    """What one boot of the guest produced."""
+
+    accel: str = ""
+    booted: bool = False
+    completed: bool = False
+    timed_out: str = ""
+    exit_status: int | None = None
+    seconds: float = 0.0
+    kernel: str = ""
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    output: dict[str, list[str]] = field(default_factory=dict)
+    dmesg: list[str] = field(default_factory=list)
+    console_tail: list[str] = field(default_factory=list)
+
+    def step(self, name: str) -> list[dict[str, Any]]:
+        """The events one step reported (empty when it reported none)."""
+        return self.events.get(name, [])
+
+    def first(self, step: str, event: str) -> dict[str, Any] | None:
+        """The first event of kind ``event`` in ``step``."""
+        return next((e for e in self.step(step) if e.get("event") == event), None)
+
+    def problem(self) -> str:
+        """Why the guest run as a whole failed, or ""."""
+        if self.timed_out:
+            return self.timed_out
+        if not self.booted:
+            return "the guest did not boot (qemu exited with status " \
+                f"{self.exit_status}); console: {' | '.join(self.console_tail[-5:])}"
+        if not self.completed:
+            return "the guest stopped before finishing its job"
+        return ""
+
+
+def _parse(result: GuestResult, raw: str) -> None:
+    text = raw.rstrip("\r\n")
+    at = text.find("@@")
+    if at < 0:
+        result.console_tail = [*result.console_tail[-_TAIL:], text]
+        return
+    body = text[at:]
+    head, _, rest = body.partition(" ")
+    if head.startswith("@@SCHEDCP:"):
+        step = head.split(":", 1)[1]
+        try:
+            event = json.loads(rest)
+        except ValueError:
+            result.console_tail = [*result.console_tail[-_TAIL:], text]
+            return
+        result.events.setdefault(step, []).append(event)
+        if step == "init" and event.get("event") == "boot":
+            result.booted = True
+            result.kernel = str(event.get("kernel", ""))
+        if step == "init" and event.get("event") == "end":
+            result.completed = True
+    elif head.startswith("@@OUT:"):
+        result.output.setdefault(head.split(":", 1)[1], []).append(rest)
+    elif head == "@@DMESG":
+        result.dmesg.append(rest)
+    else:
+        result.console_tail = [*result.console_tail[-_TAIL:], text]
+
+
+def _kvm_memo(cache: Path) -> Path:
+    return cache / f"kvm-broken-{os.uname().release}"
+
+
+def accelerators(cache: Path) -> list[str]:
+    """Accelerators to try in order: KVM first where it may work, then TCG."""
+    usable = os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+    if usable and not _kvm_memo(cache).exists() and not os.environ.get("SCHEDCP_MICROVM_TCG"):
+        return ["kvm", "tcg"]
+    return ["tcg"]
+
+
+def _command(accel: str, vmlinuz: Path, initrd: Path, cpus: int, memory_mb: int,
+             append: str) -> list[str]:
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        raise RuntimeError(f"{QEMU} not found (apt-get install qemu-system-x86)")
+    # split-wx: TCG's code buffer mapped twice (RW and RX), never W+X, so
+    # the guest also runs under schedcpd.service's MemoryDenyWriteExecute=yes.
+    machine = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
+        ["-accel", "tcg,thread=multi,split-wx=on", "-cpu", "max"]
+    return [qemu, *machine, "-m", str(memory_mb), "-smp", str(cpus), "-nographic",
+            "-no-reboot", "-nic", "none", "-kernel", str(vmlinuz), "-initrd", str(initrd),
+            "-append", f"{APPEND} {append}".strip()]
+
+
+def _boot(cmd: list[str], accel: str, timeout: float, boot_timeout: float) -> GuestResult:
+    result = GuestResult(accel=accel)
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def reader() -> None:
+        for raw in iter(stdout.readline, b""):
+            _parse(result, raw.decode("utf-8", "replace"))
+
+    thread = threading.Thread(target=reader, name="microvm-console", daemon=True)
+    thread.start()
+    try:
+        while proc.poll() is None:
+            elapsed = time.monotonic() - start
+            if not result.booted and elapsed > boot_timeout:
+                result.timed_out = f"the guest did not boot within {boot_timeout:.0f} s: killed"
+            elif elapsed > timeout:
+                result.timed_out = f"the guest did not finish within {timeout:.0f} s: killed"
+            if result.timed_out:
+                proc.kill()
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        thread.join(timeout=5)
+    result.exit_status = proc.returncode
+    result.seconds = round(time.monotonic() - start, 2)
+    return result
+
+
+def run(cache: Path, vmlinuz: Path, initrd: Path, *, timeout: float = 120.0,
+        boot_timeout: float = 60.0, cpus: int = 2, memory_mb: int = 1024,
+        append: str = "") -> GuestResult:
+    """Boot the guest once; return its reports (never raises for a guest failure)."""
+    result = GuestResult()
+    for accel in accelerators(cache):
+        result = _boot(_command(accel, vmlinuz, initrd, cpus, memory_mb, append), accel,
+                       timeout, boot_timeout)
+        # qemu itself failing under KVM (here: "failed to set MSR") is not the
+        # guest's fault: remember it and use TCG.  A timeout is reported as is.
+        if accel == "kvm" and not result.booted and not result.timed_out:
+            _LOGGER.warning("KVM could not run the guest (%s); using TCG from now on",
+                            " | ".join(result.console_tail[-2:]))
+            _kvm_memo(cache).write_text(" ".join(result.console_tail[-3:]))
+            continue
+        break
+    _LOGGER.info("guest (%s) ran %.1f s: %s", result.accel, result.seconds,
+                 result.problem() or "completed")
+    return result
