@@ -1,0 +1,147 @@
+"""Every registered workload starts, reports every metric, is targetable, and stops cleanly.
+
+Real processes on the real machine: each workload is prepared into a shared
+temporary cache, started, measured over a short window after its warm-up,
+checked for its roles and match regex, and stopped.  Performance is never
+asserted (only that the figures exist and are sane).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schedcp_agent.targets import Proc, process_table
+from schedcp_bench.workload import Session, Workload, now
+from schedcp_bench.workloads import WORKLOADS
+from schedcp_bench.workloads.common import NATIVE_DIR
+
+GROUPS = {"latency", "batch", "build", "long", "short", "foreground", "noisy"}
+WINDOW = 3.0
+#: on a loaded machine a unit can take much longer than usual: wait for one this long
+PATIENCE = 60.0
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build cache for every workload of the module."""
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def descendants(roots: list[int], table: dict[int, Proc]) -> dict[int, Proc]:
+    """``roots`` and every descendant of theirs in ``table``."""
+    children: dict[int, list[int]] = {}
+    for proc in table.values():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    out: dict[int, Proc] = {}
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in out:
+            out[pid] = table[pid]
+            todo.extend(children.get(pid, []))
+    return out
+
+
+@pytest.fixture(params=list(WORKLOADS))
+def started(request: pytest.FixtureRequest, cache: Path,
+            tmp_path: Path) -> Iterator[tuple[Workload, Session]]:
+    """The workload named by the parameter, prepared and started; stopped afterwards."""
+    workload = WORKLOADS[request.param]()
+    missing = workload.unavailable()
+    if missing:
+        pytest.skip(f"{workload.name}: {missing} (see requirements-apt.txt)")
+    workload.prepare(cache)
+    session = workload.start(tmp_path / "run", seed=7)
+    try:
+        yield workload, session
+    finally:
+        session.stop()
+
+
+def test_workload_measures_targets_and_stops(started: tuple[Workload, Session]) -> None:
+    """Start, measure a window, check roles/match, stop, nothing left behind."""
+    workload, session = started
+    assert session.workload == workload.name
+    names = [m.name for m in workload.metrics]
+    assert names and len(set(names)) == len(names)
+    assert {s.metric for s in workload.slos} <= set(names)
+    assert any(s.hard for s in workload.slos) and any(not s.hard for s in workload.slos)
+    assert workload.goal in ("latency", "throughput", "makespan")
+
+    time.sleep(workload.warmup)
+    t0 = now()
+    time.sleep(WINDOW)
+    figures = workload.measure(session, t0, now())
+    deadline = t0 + PATIENCE
+    while any(figures.get(n) is None for n in names) and now() < deadline:
+        assert session.alive(), f"{workload.name}: a process exited: " + (
+            (session.dir / "stderr.log").read_text()[-1000:])
+        time.sleep(0.5)
+        figures = workload.measure(session, t0, now())
+    assert set(figures) == set(names)
+    for metric in workload.metrics:
+        value = figures[metric.name]
+        assert value is not None, f"{workload.name}.{metric.name}: no complete unit"
+        assert math.isfinite(value) and value >= 0, (metric.name, value)
+        if "missed" not in metric.name:
+            assert value > 0, (metric.name, value)
+    distribution = getattr(workload, "distribution", None)  # optional, for plots
+    if distribution is not None:
+        for hist in distribution(session, t0, now()).values():
+            assert hist and all(v >= 0 and c > 0 for v, c in hist)
+    # an empty window holds no unit
+    assert all(v is None for v in workload.measure(session, now() + 10, now() + 11).values())
+
+    # roles name built-in policy groups and pids of this session
+    assert session.roles and set(session.roles) <= GROUPS
+    table = process_table()
+    tree = descendants([p.pid for p in session.procs], table)
+    for pids in session.roles.values():
+        assert pids and set(pids) <= set(tree)
+    # the match regex finds every process of the session and nothing else
+    rx = re.compile(session.match)
+    assert session.match
+    unmatched = {p.pid: p.cmdline for p in tree.values() if not rx.search(p.cmdline)}
+    assert not unmatched, f"{workload.name}: not matched by {session.match!r}: {unmatched}"
+    foreign = [p.cmdline for p in table.values()
+               if p.pid not in tree and rx.search(p.cmdline) and p.pid != os.getpid()]
+    assert not foreign, foreign
+
+    session.stop()
+    assert not session.alive()
+    deadline = time.monotonic() + 10
+    left = [p for p in process_table().values() if rx.search(p.cmdline)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in process_table().values() if rx.search(p.cmdline)]
+    assert not left, [p.cmdline for p in left]
+
+
+def test_registry_is_complete() -> None:
+    """Every workload module is registered under its own name, in a stable order."""
+    assert len(WORKLOADS) == 12
+    for name, cls in WORKLOADS.items():
+        assert cls.name == name and cls.description and cls.metrics
+
+
+def test_msglat_builds_static(tmp_path: Path) -> None:
+    """msglat is plain C + pthreads: a static build works and its output is JSON."""
+    binary = tmp_path / "msglat"
+    subprocess.run(["cc", "-static", "-O2", "-pthread", "-o", str(binary),
+                    str(NATIVE_DIR / "msglat.c")], check=True, capture_output=True)
+    out = subprocess.run([str(binary), "-r", "0.3", "-w", "0.05", "-m", "1", "-t", "2"],
+                         check=True, capture_output=True, text=True, timeout=60)
+    figures = json.loads(out.stdout)
+    assert figures["benchmark"] == "msglat" and figures["requests"] > 0
+    assert 0 < figures["wake_p50_us"] <= figures["wake_p99_us"] <= figures["wake_p999_us"]
+    bad = subprocess.run([str(binary), "-m", "0"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "message threads" in bad.stderr
