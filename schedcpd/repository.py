@@ -161,11 +161,14 @@ class Repository:
             raise InvalidArgument("; ".join(_describe(f, source) for f in errors))
         return doc, meta
 
-    async def add(self, text: str, provenance: str, source: str, uid: int = 0) -> str:
+    async def add(self, text: str, provenance: str, source: str, uid: int = 0,
+                  replaces: bool = False) -> str:
         """Store a validated version (idempotent by digest); return its policy_id.
 
-        A new version from the same file or built-in name retires the
-        version it replaces.
+        With ``replaces`` (a policy file: built-in or drop-in), the new
+        version retires the versions the same file held before.  Versions
+        submitted over D-Bus never retire each other: one caller's policies
+        are many, not versions of one.
         """
         assert provenance in PROVENANCES
         _doc, meta = self.check(text, source)
@@ -182,7 +185,7 @@ class Repository:
                                "WHERE id = ? AND state = 'retired' AND source = ?",
                                [now, policy_id, source])
                     return False
-                if provenance != "agent":
+                if replaces:
                     # The same file (or built-in) now says something else.
                     db.execute("UPDATE policies SET state = 'retired', updated = ? "
                                "WHERE source = ? AND state != 'retired'", [now, source])
@@ -330,7 +333,7 @@ async def load_directory(repo: Repository, directory: Path, provenance: str,
     for path in sorted(directory.glob("*.toml")) if directory.is_dir() else []:
         seen.add(str(path))
         try:
-            ids.append(await repo.add(path.read_text(), provenance, str(path)))
+            ids.append(await repo.add(path.read_text(), provenance, str(path), replaces=True))
             errors.pop(str(path), None)
         except (InvalidArgument, OSError, UnicodeDecodeError) as err:
             errors[str(path)] = str(err)

@@ -1,13 +1,15 @@
 """The main job: an agent protects a latency-sensitive task, measured, then undone.
 
-1. start schedcpd on a private system-like bus (as the tests do);
+1. use the host's schedcpd on the system bus when run as root where systemd
+   runs it, otherwise start one on a private system-like bus (as the tests do);
 2. start the T1 mixed workload: a latency probe (2 ms periodic waker, 200 us
    of work) beside one CPU hog per CPU;
 3. measure the probe's wake-up latency for a few seconds (before);
 4. run ``schedcp-agent optimize --goal latency`` with the offline planner:
    it observes, picks a policy from the repository, has it verified, deploys
    it as a canary behind the circuit breaker;
-5. measure again (after) and print the before/after table;
+5. measure again (after), print the before/after table and write a plot
+   (PNG) of the probe's wake-up latency distribution before and after;
 6. roll the deployment back and check every target is restored.
 """
 
@@ -24,8 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import calls_as
-from tests.harness import ROOT, PrivateBus, SchedcpdProcess
+from schedcp_bench.services import open_daemon
+from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BIN = Path(sys.executable).parent
 WORKER = ROOT / "plugins" / "scheduler" / "sandbox_worker.py"
@@ -62,11 +66,51 @@ def measure(probe: subprocess.Popen[bytes], reports: Path) -> dict[str, float]:
     return json.loads(path.read_text())
 
 
+def rollback(address: str, deployment: str) -> str:
+    """Roll ``deployment`` back through the D-Bus API (busctl); its restore summary."""
+    where = ["--system"] if address == "system" else [f"--address={address}"]
+    out = subprocess.run(["busctl", *where, "--json=short", "call", BUS_NAME, OBJECT_PATH,
+                          MANAGER_INTERFACE, "Rollback", "s", deployment],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return f"rollback failed: {out.stderr.strip()}"
+    restore = json.loads(json.loads(out.stdout)["data"][0]).get("restore") or {}
+    return f"restored: {restore.get('summary')}"
+
+
+def plot(before: dict[str, float], after: dict[str, float], path: Path) -> Path | str:
+    """A bar chart of the probe's wake-up percentiles before and after; its path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "not written (matplotlib missing: pip install schedcp[bench])"
+    keys = [k for k in ("wake_p50_us", "wake_p99_us") if k in before and k in after]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = range(len(keys))
+    ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], 0.4, label="before")
+    ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], 0.4, label="after (agent)")
+    ax.set_xticks(list(xs), [k.replace("_us", "") for k in keys])
+    ax.set_yscale("log")
+    ax.set_ylabel("wake-up latency (us, log)")
+    ax.set_title("latency probe beside CPU hogs")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main() -> int:
     """Run the demo; exit 0 when every target was restored."""
     reports = Path(tempfile.mkdtemp(prefix="schedcp-demo-"))
-    with PrivateBus() as bus, SchedcpdProcess(bus.address, CONFIG) as daemon:
-        say(f"schedcpd pid {daemon.proc.pid} on a private system-like bus")
+    with open_daemon("auto", CONFIG) as daemon:
+        bus = daemon
+        where = ("the system bus (the host's schedcpd)" if daemon.kind == "system"
+                 else f"a private system-like bus (schedcpd pid {daemon.own_pids[-1]})")
+        say(f"schedcpd on {where}")
         subprocess.run([str(BIN / "schedcpctl"), "--bus", bus.address, "status"], check=True)
 
         say("workload: a latency probe (2 ms period, 200 us work) beside "
@@ -103,15 +147,11 @@ def main() -> int:
                   f"{chosen.get('reasoning')}")
             print(f"deployment {deployment}: {report.get('status')} "
                   f"(agent exit status {agent.returncode})")
+            print(f"plot: {plot(before, after, reports / 'before-after.png')}")
         finally:
             if "deployment" in locals() and deployment:
                 say(f"roll back {deployment}")
-                result = calls_as(0, bus.address, [["Rollback", "s", [deployment]]])[0]
-                if "ok" in result:
-                    restore = json.loads(result["ok"])["restore"] or {}
-                    print(f"restored: {restore.get('summary')}")
-                else:
-                    print(f"rollback: {result}")
+                print(rollback(bus.address, deployment))
             restored = all(os.sched_getscheduler(p.pid) == os.SCHED_OTHER
                            and os.getpriority(os.PRIO_PROCESS, p.pid) == 0 for p in procs)
             for proc in procs:

@@ -62,6 +62,16 @@ def test_builtins_load_and_are_idempotent(repo: Repository) -> None:
     assert len(listed) == len(first)
 
 
+def test_one_callers_submissions_do_not_retire_each_other(repo: Repository) -> None:
+    # A user (root here) submits two different policies over D-Bus: both stay
+    # usable.  Only a policy *file* that changes retires what it held before.
+    first = run(repo.add(SMALL, "user", "uid 0", 0))
+    second = run(repo.add(SMALL.replace("x264", "x265"), "user", "uid 0", 0))
+    assert first != second
+    assert run(repo.get(first))["state"] == "candidate"
+    assert run(repo.get(second))["state"] == "candidate"
+
+
 def test_submit_get_and_states(repo: Repository) -> None:
     pid = run(repo.add(SMALL, "agent", "uid 999", 999))
     assert len(pid) == 64
