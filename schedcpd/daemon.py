@@ -344,9 +344,15 @@ class Daemon:
 
 
 def _default_builtin_dir() -> Path:
-    """policies/ of a source checkout, else the packaged location."""
-    checkout = Path(__file__).resolve().parents[1] / "policies"
-    return checkout if checkout.is_dir() else Path("/usr/share/schedcp/policies")
+    """policies/ of a source checkout, else the installed location.
+
+    A pip install (wheel or checkout) puts them in
+    ``<prefix>/share/schedcp/policies``; the Debian package in
+    ``/usr/share/schedcp/policies``.
+    """
+    candidates = (Path(__file__).resolve().parents[1] / "policies",
+                  Path(sys.prefix) / "share" / "schedcp" / "policies")
+    return next((c for c in candidates if c.is_dir()), Path("/usr/share/schedcp/policies"))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
