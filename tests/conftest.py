@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import grp
 import json
 import pwd
@@ -59,29 +60,51 @@ def start_daemon(fresh_bus: PrivateBus) -> Iterator[Any]:
         proc.__exit__(None, None, None)
 
 
+_USERS_LOCK = Path("/run/lock" if Path("/run/lock").is_dir() else tempfile.gettempdir()) \
+    / "schedcp-test-users.lock"
+
+
 @pytest.fixture(scope="session")
 def test_users() -> Iterator[dict[str, int]]:
-    """uids of a member of group ``schedcp`` and of ``nobody``; made and removed here."""
-    made_group = made_user = False
-    try:
-        grp.getgrnam(TEST_GROUP)
-    except KeyError:
-        subprocess.run(["groupadd", "--system", TEST_GROUP], check=True)
-        made_group = True
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        "--groups", TEST_GROUP, TEST_USER], check=True)
-        made_user = True
-    try:
-        yield {"member": pwd.getpwnam(TEST_USER).pw_uid, "nobody": pwd.getpwnam("nobody").pw_uid,
-               "root": 0}
-    finally:
-        if made_user:
-            subprocess.run(["userdel", TEST_USER], check=False)
-        if made_group:
-            subprocess.run(["groupdel", TEST_GROUP], check=False)
+    """uids of a member of group ``schedcp`` and of ``nobody``; made and removed here.
+
+    Several test sessions may run at once on one machine: each holds a shared
+    lock on :data:`_USERS_LOCK` while it uses the accounts, and the last one
+    out (the only one that gets the lock exclusively) removes what a test
+    session made.  Marker files say which accounts tests made, so accounts
+    that existed before (a real group ``schedcp``) are never removed.
+    """
+    markers = {TEST_GROUP: _USERS_LOCK.with_suffix(".group"),
+               TEST_USER: _USERS_LOCK.with_suffix(".user")}
+    with _USERS_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            grp.getgrnam(TEST_GROUP)
+        except KeyError:
+            markers[TEST_GROUP].touch()
+            subprocess.run(["groupadd", "--system", "-f", TEST_GROUP], check=True)
+        try:
+            pwd.getpwnam(TEST_USER)
+        except KeyError:
+            markers[TEST_USER].touch()
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                            "/usr/sbin/nologin", TEST_USER], check=False)
+        if TEST_USER not in grp.getgrnam(TEST_GROUP).gr_mem:
+            subprocess.run(["gpasswd", "--add", TEST_USER, TEST_GROUP], check=True,
+                           capture_output=True)
+        try:
+            yield {"member": pwd.getpwnam(TEST_USER).pw_uid,
+                   "nobody": pwd.getpwnam("nobody").pw_uid, "root": 0}
+        finally:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # another session still uses the accounts; it removes them
+            else:
+                for name, command in ((TEST_USER, "userdel"), (TEST_GROUP, "groupdel")):
+                    if markers[name].exists():
+                        subprocess.run([command, name], check=False, capture_output=True)
+                        markers[name].unlink()
 
 
 def run_as(uid: int, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:

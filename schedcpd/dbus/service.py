@@ -23,6 +23,7 @@ from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.constants import ErrorType
+from dbus_fast.signature import get_signature_tree
 
 from schedcpd import errors
 from schedcpd.api import Caller, MethodSpec, PropertySpec, collect
@@ -289,6 +290,10 @@ class ManagerService:
         else:
             body = list(result)
         try:
+            # dbus-fast checks the body only when it marshals the message, on
+            # send, where a mismatch would be lost and the caller never answered.
+            if spec.out_signature:
+                get_signature_tree(spec.out_signature).verify(body)
             reply = Message.new_method_return(msg, spec.out_signature, body)
         except Exception as err:  # the engine returned the wrong type
             return self._error_reply(msg, spec, err, start)

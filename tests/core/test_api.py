@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 
 import pytest
@@ -49,18 +50,57 @@ def test_engine_runs_without_a_bus() -> None:
     assert status["caller"] == {"uid": 1000, "pid": 1}
 
 
-async def test_busy_past_the_in_flight_limit(start_daemon) -> None:
-    proc = start_daemon("[metrics]\nenabled = false\n[bus]\nmax_inflight_per_connection = 2\n")
-    bus = await MessageBus(bus_address=proc.address).connect()
+@pytest.mark.parametrize("limit", ["max_inflight_per_connection", "max_inflight_total"])
+async def test_busy_past_the_in_flight_limit(start_daemon, limit: str) -> None:
+    proc = start_daemon(f"[metrics]\nenabled = false\n[bus]\n{limit} = 2\n")
+    # Two connections: the overall limit counts the calls of both.
+    buses = [await MessageBus(bus_address=proc.address).connect() for _ in range(2)]
     try:
         replies = await asyncio.gather(*(bus.call(Message(
             destination=BUS_NAME, path=OBJECT_PATH, interface=MANAGER_INTERFACE,
-            member="GetAudit", signature="us", body=[1, ""])) for _ in range(100)))
+            member="GetAudit", signature="us", body=[1, ""]))
+            for _ in range(50) for bus in buses))
         kinds = [r.error_name if r.message_type == MessageType.ERROR else "ok" for r in replies]
         assert "ok" in kinds
         assert "org.schedcp.Control1.Error.Busy" in kinds
         assert set(kinds) <= {"ok", "org.schedcp.Control1.Error.Busy"}
         busy = next(r for r in replies if r.message_type == MessageType.ERROR)
         assert "retry later" in busy.body[0]
+        # Both connections still work once the burst is over.
+        for bus in buses:
+            again = await bus.call(Message(
+                destination=BUS_NAME, path=OBJECT_PATH, interface=MANAGER_INTERFACE,
+                member="GetAudit", signature="us", body=[1, ""]))
+            assert again is not None and again.message_type == MessageType.METHOD_RETURN
     finally:
-        bus.disconnect()
+        for bus in buses:
+            bus.disconnect()
+    assert proc.proc.poll() is None
+
+
+def test_dbus_api_doc_lists_every_member_with_its_action_and_every_error() -> None:
+    from schedcpd import errors
+    from tests.harness import ROOT
+
+    doc = (ROOT / "docs" / "dbus-api.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| ")]
+    methods, props, signals = collect(Manager)
+    for spec in methods:
+        row = next((r for r in rows if f"`{spec.name}(" in r), None)
+        assert row, f"{spec.name} is not in docs/dbus-api.md"
+        action = spec.action.rsplit(".", 1)[1]
+        assert f"| {action} |" in row, f"{spec.name}: docs do not say it needs {action}"
+    for prop in props:
+        row = next((r for r in rows if f"property `{prop.name}`" in r), None)
+        assert row and f"| {prop.action.rsplit('.', 1)[1]} |" in row, prop.name
+    for signal in signals:
+        assert f"signal `{signal.name}(" in doc, signal.name
+    importlib.import_module("schedcpd.tokens")  # Deploy's token errors
+    todo, named = list(errors.SchedcpError.__subclasses__()), []
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        named.append(cls)
+    assert len(named) > 15
+    for cls in named:
+        assert f"`{cls().dbus_name}`" in doc, f"{cls.name} is not in docs/dbus-api.md"

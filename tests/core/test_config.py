@@ -24,7 +24,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_missing_file_gives_defaults(tmp_path: Path) -> None:
     cfg = config.load(tmp_path / "absent.toml")
-    assert cfg["metrics"]["port"] == 9638
+    assert cfg["metrics"] == {"enabled": True, "address": "127.0.0.1", "port": 9638}
+    assert cfg["authorization"]["group"] == "schedcp"
+    assert cfg["authorization"]["group_actions"] == ["org.schedcp.observe", "org.schedcp.submit"]
     assert cfg["authorization"]["everyone_actions"] == ["org.schedcp.observe"]
 
 

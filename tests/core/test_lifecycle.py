@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import signal
 import socket
 import subprocess
@@ -72,9 +74,17 @@ def test_reload_on_sighup_file_change_and_method(start_daemon) -> None:
     proc.config.write_text("[metrics]\nenabled = false\n[bus]\nmax_inflight_total = 7\n")
     # The file watcher sees the edit by itself.
     wait_for_log(proc, "changed: bus.max_inflight_total")
+    assert "reloading configuration (file change)" in proc.log_text()
+    assert "reloading configuration (SIGHUP)" not in proc.log_text()
     proc.config.write_text("[metrics]\nenabled = false\n[daemon]\nlog_level = 'debug'\n")
-    proc.proc.send_signal(signal.SIGHUP)
     wait_for_log(proc, "daemon.log_level")
+    # SIGHUP reloads on its own (the file is unchanged since the last reload).
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_for_log(proc, "reloading configuration (SIGHUP)")
+    deadline = time.monotonic() + 10
+    while "changed: nothing" not in proc.log_text().split("(SIGHUP)", 1)[1]:
+        assert time.monotonic() < deadline, proc.log_text()
+        time.sleep(0.05)
     result = calls_as(0, proc.address, [["Reload", "", []]])[0]
     assert json.loads(result["ok"]) == {"changed": [], "restart_required": []}
 
@@ -91,7 +101,9 @@ def test_bad_config_on_reload_keeps_the_old_one(start_daemon) -> None:
 
 
 def test_sigterm_stops_cleanly_and_releases_the_name(start_daemon) -> None:
-    proc = start_daemon()
+    # An unknown key is warned about (naming it and the file) and not fatal.
+    proc = start_daemon("[metrics]\nenabled = false\n[bus]\nfrobnicate = 1\n")
+    assert f"{proc.config}: unknown key bus.frobnicate ignored" in proc.log_text()
     assert proc.stop(signal.SIGTERM) == 0
     assert not proc.owns_name()
     assert "stopped" in proc.log_text()
@@ -131,16 +143,47 @@ def test_bus_unreachable_exits_3(tmp_path: Path) -> None:
     assert "cannot connect" in proc.log_text()
 
 
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports ``pid`` listens on (its socket inodes matched in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def test_metrics_exporter(start_daemon) -> None:
     proc = start_daemon("[metrics]\nport = 0\n")
     for _ in range(3):
         calls_as(0, proc.address, [["GetStatus", "", []], ["GetAudit", "us", [0, ""]]])
-    port = status(proc)["metrics"]["port"]
+    metrics = status(proc)["metrics"]
+    assert metrics["address"] == "127.0.0.1"  # the default address
+    port = metrics["port"]
+    assert port in listening_ports(proc.proc.pid)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'schedcp_dbus_calls_total{method="GetStatus"}' in text
     assert 'schedcp_dbus_errors_total{error="InvalidArgument",method="GetAudit"} 3.0' in text
     assert 'schedcp_dbus_call_seconds_bucket{le="0.001",method="GetStatus"}' in text
-    assert "schedcp_build_info{" in text
+    assert 'schedcp_dbus_call_seconds_count{method="GetAudit"} 3.0' in text
+    from schedcpd import __version__
+    assert f'schedcp_build_info{{python="{platform.python_version()}",' \
+           f'version="{__version__}"}} 1.0' in text
+
+
+def test_metrics_can_be_turned_off(start_daemon) -> None:
+    proc = start_daemon("[metrics]\nenabled = false\n")
+    assert status(proc)["metrics"] is None
+    assert listening_ports(proc.proc.pid) == set()
 
 
 def test_cli_status_audit_and_exit_codes(start_daemon, test_users: dict[str, int]) -> None:
@@ -156,13 +199,28 @@ def test_cli_status_audit_and_exit_codes(start_daemon, test_users: dict[str, int
     assert json.loads(out.stdout)["pid"] == proc.proc.pid
     out = subprocess.run([*ctl, "subsystems"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
+    assert out.stdout.startswith("SUBSYSTEM") and "scheduler" in out.stdout
+    out = subprocess.run([*ctl, "--json", "subsystems"], capture_output=True, text=True, cwd=ROOT)
+    assert "capabilities" in json.loads(out.stdout)["scheduler"]
     subprocess.run([*ctl, "reload"], capture_output=True, text=True, cwd=ROOT, check=True)
     out = subprocess.run([*ctl, "audit"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "Reload" in out.stdout
+    assert out.stdout.startswith("TIME") and "RESULT" in out.stdout.splitlines()[0]
+    out = subprocess.run([*ctl, "--json", "audit", "--limit", "1"], capture_output=True,
+                         text=True, cwd=ROOT)
+    [record] = json.loads(out.stdout)
+    assert record["method"] == "Reload" and record["result"] == "ok"
+    # Observing is everyone's; the audit trail is admin's.
+    assert run_as(test_users["nobody"], [*ctl, "status"]).returncode == 0
     denied = run_as(test_users["nobody"], [*ctl, "audit"])
     assert denied.returncode == 4, denied
     assert "access denied" in denied.stderr
+    usage = subprocess.run([*ctl, "audit", "--limit", "0"], capture_output=True, text=True)
+    assert usage.returncode == 2
     proc.stop()
     gone = subprocess.run([*ctl, "status"], capture_output=True, text=True, cwd=ROOT)
     assert gone.returncode == 3
     assert "not running" in gone.stderr
+    nobus = subprocess.run([ctl[0], "--bus", "unix:path=/nonexistent/bus", "status"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert nobus.returncode == 3 and "cannot connect" in nobus.stderr

@@ -7,9 +7,10 @@ import json
 import os
 import re
 import textwrap
+import urllib.request
 from pathlib import Path
 
-from schedcpd import hookspecs
+from schedcpd import agent_hookspecs, hookspecs
 from schedcpd.hookspecs import PluginContext
 from schedcpd.plugins import PluginHost
 from tests.conftest import calls_as
@@ -70,23 +71,51 @@ def test_disabled_by_config() -> None:
     assert h.subsystems() == {}
 
 
+def _hooks(module: object, project: str) -> list:
+    """The hook specifications ``module`` declares for the pluggy ``project``."""
+    hooks = [f for n, f in inspect.getmembers(module, inspect.isfunction)
+             if hasattr(f, f"{project}_spec")]
+    assert hooks
+    return hooks
+
+
+def test_every_hook_is_typed_and_has_a_docstring() -> None:
+    for module, project in ((hookspecs, "schedcp"), (agent_hookspecs, "schedcp_agent")):
+        for fn in _hooks(module, project):
+            assert inspect.getdoc(fn), f"{fn.__name__} has no docstring"
+            sig = inspect.signature(fn)
+            assert sig.return_annotation is not inspect.Signature.empty, fn.__name__
+            for param in sig.parameters.values():
+                assert param.annotation is not inspect.Parameter.empty, \
+                    f"{fn.__name__}: parameter {param.name} has no type"
+
+
 def test_every_hook_is_documented() -> None:
     doc = (ROOT / "docs" / "plugins.md").read_text()
-    hooks = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
-             if n.startswith("schedcp_")]
-    assert hooks
-    for name in hooks:
-        header = re.search(rf"^###\s+`?{name}\(", doc, re.M)
-        assert header, f"{name} is not in docs/plugins.md"
-        section = doc[header.end():].split("\n### ", 1)[0]
-        for param in inspect.signature(getattr(hookspecs, name)).parameters:
-            assert f"`{param}`" in section, f"{name}: parameter {param} undocumented"
+    for module, project in ((hookspecs, "schedcp"), (agent_hookspecs, "schedcp_agent")):
+        for fn in _hooks(module, project):
+            name = fn.__name__
+            header = re.search(rf"^###\s+`?{name}\(", doc, re.M)
+            assert header, f"{name} is not in docs/plugins.md"
+            section = doc[header.end():].split("\n### ", 1)[0]
+            for param in inspect.signature(fn).parameters:
+                assert f"`{param}`" in section, f"{name}: parameter {param} undocumented"
 
 
-def test_third_party_plugin_from_entry_point_failing_keeps_daemon_up(
+def test_agent_hooks_use_a_separate_marker() -> None:
+    daemon = {f.__name__ for f in _hooks(hookspecs, "schedcp")}
+    agent = {f.__name__ for f in _hooks(agent_hookspecs, "schedcp_agent")}
+    assert not daemon & agent
+    assert agent_hookspecs.hookimpl.project_name != hookspecs.hookimpl.project_name
+    # No agent hook carries the daemon's marker.
+    assert not any(hasattr(f, "schedcp_spec") for f in _hooks(agent_hookspecs, "schedcp_agent"))
+
+
+def test_third_party_plugins_from_entry_points_failing_keep_daemon_up(
         tmp_path: Path, start_daemon, test_users: dict[str, int]) -> None:
-    # A real installed distribution with a schedcp.plugins entry point whose
-    # plugin raises in schedcp_startup: the daemon starts and reports it.
+    # A real installed distribution with two schedcp.plugins entry points: one
+    # raises in schedcp_startup, one cannot even be imported.  The daemon
+    # starts, serves, and reports both in status, log and metrics.
     site = tmp_path / "site"
     (site / "bad_plugin").mkdir(parents=True)
     (site / "bad_plugin" / "__init__.py").write_text(textwrap.dedent("""
@@ -96,15 +125,28 @@ def test_third_party_plugin_from_entry_point_failing_keeps_daemon_up(
         def schedcp_startup(context):
             raise OSError("no such device")
     """))
+    (site / "unimportable_plugin.py").write_text("raise ImportError('missing libfoo')\n")
     dist = site / "bad_plugin-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[schedcp.plugins]\nbad = bad_plugin\n")
+    (dist / "entry_points.txt").write_text(
+        "[schedcp.plugins]\nbad = bad_plugin\nunimportable = unimportable_plugin\n")
     env = {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = start_daemon(env=env)
-    status = json.loads(calls_as(0, proc.address, [["GetStatus", "", []]])[0]["ok"])
-    bad = next(p for p in status["plugins"] if p["name"] == "bad")
-    assert bad["enabled"] is False
-    assert "no such device" in bad["error"]
+    proc = start_daemon("[metrics]\nport = 0\n", env=env)
+    status = json.loads(calls_as(test_users["nobody"], proc.address,
+                                 [["GetStatus", "", []]])[0]["ok"])
+    plugins = {p["name"]: p for p in status["plugins"]}
+    assert plugins["bad"]["enabled"] is False
+    assert "no such device" in plugins["bad"]["error"]
+    assert plugins["unimportable"]["enabled"] is False
+    assert "missing libfoo" in plugins["unimportable"]["error"]
+    assert plugins["scheduler"]["enabled"] is True  # the others keep running
     assert "plugin bad disabled" in proc.log_text()
+    assert "plugin unimportable disabled" in proc.log_text()
+    url = f"http://127.0.0.1:{status['metrics']['port']}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert 'schedcp_plugin_failures_total{plugin="bad"} 1.0' in text
+    assert 'schedcp_plugin_failures_total{plugin="unimportable"} 1.0' in text
+    enabled = sum(p["enabled"] for p in plugins.values())
+    assert f"schedcp_plugins_enabled {enabled:.1f}" in text
     assert proc.proc.poll() is None
