@@ -6,6 +6,8 @@ API call with its authorization action (see :mod:`schedcpd.api`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from schedcpd.api import Caller, method, to_json
 from schedcpd.const import (
     ACTION_ADMIN,
@@ -13,7 +15,7 @@ from schedcpd.const import (
     ACTION_SUBMIT,
     ACTION_VERIFY,
 )
-from schedcpd.errors import NotSupported
+from schedcpd.errors import NotFound, NotSupported
 from schedcpd.repository import Repository
 from schedcpd.tokens import TokenAuthority
 from schedcpd.verifier import Verifier
@@ -68,8 +70,25 @@ class PolicyAPI:
         """Run the verifier; return a deployment token ("" on failure) and the report JSON."""
         if self.verifier is None:
             raise NotSupported("the verifier is not available in this daemon")
-        token, report = await self.verifier.verify(policy_id, caller.uid)
+        token, report = await self.verifier.verify(policy_id, caller.uid,
+                                                   await self._active_policies())
         return token, to_json(report)
+
+    async def _active_policies(self) -> list[dict[str, Any]]:
+        """Policies of live deployments (for the verifier's conflict check)."""
+        deployer = getattr(self, "deployer", None)  # set by DeployAPI's host
+        if deployer is None:
+            return []
+        out = []
+        for dep in await deployer.deployments(live_only=True):
+            try:
+                policy = await self._repo().get(dep["policy_id"])
+            except NotFound:
+                continue
+            out.append({"policy_id": policy["id"], "name": policy["name"],
+                        "subsystem": policy["subsystem"], "document": policy["document"],
+                        "deployment_id": dep["id"]})
+        return out
 
     @method(ACTION_OBSERVE, out_args=(("keys", "s"),))
     def GetVerifierKeys(self, caller: Caller) -> str:

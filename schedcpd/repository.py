@@ -98,6 +98,10 @@ def _metadata(doc: dict[str, Any], source: str) -> dict[str, Any]:
     subsystem = meta.get("subsystem", "scheduler")
     if not isinstance(subsystem, str):
         raise InvalidArgument(f"{source}: policy.subsystem: must be a string")
+    for key in ("workloads", "tags"):
+        value = meta.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidArgument(f"{source}: policy.{key}: must be a list of strings")
     params = doc.get("parameters", {})
     return {
         "name": meta["name"], "subsystem": subsystem, "track": track,
@@ -108,13 +112,20 @@ def _metadata(doc: dict[str, Any], source: str) -> dict[str, Any]:
     }
 
 
+# A field path: dotted parts, each bare or a quoted string, with [n] indices.
+_FIELD_PATH = re.compile(r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*")(?:\[\d+\])*'
+                         r'(?:\.(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*")(?:\[\d+\])*)*')
+
+
 def _describe(finding: dict[str, Any], source: str) -> str:
     """``source: field: reason`` (a plugin may have put its own prefix on the reason)."""
-    field = finding.get("field") or "-"
+    raw = str(finding.get("field") or "")
     reason = str(finding.get("message", ""))
-    marker = f": {field}: "
-    if marker in reason:
+    marker = f": {raw}: "
+    if raw and marker in reason:
         reason = reason.split(marker, 1)[1]
+    # A field named by an odd key (empty, spaces, non-ASCII) is quoted as a whole.
+    field = raw if _FIELD_PATH.fullmatch(raw) else json.dumps(raw, ensure_ascii=False)
     return f"{source}: {field}: {reason}"
 
 

@@ -10,11 +10,12 @@ from schedcpd.audit import migrate_audit
 from schedcpd.deployer import migrate_deployments
 from schedcpd.repository import migrate_repository
 from schedcpd.state import Migration
-from schedcpd.tokens import migrate_nonces
+from schedcpd.tokens import migrate_issued_tokens, migrate_nonces
 
 MIGRATIONS: list[Migration] = [
     migrate_audit,  # 1
     migrate_nonces,  # 2
     migrate_repository,  # 3
     migrate_deployments,  # 4
+    migrate_issued_tokens,  # 5
 ]

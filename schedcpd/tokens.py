@@ -14,6 +14,11 @@ Wire format (compact, like a JWS)::
 The signature covers the ASCII text ``schedcp1.<payload>``.  The payload
 names the key (``kid``) so keys can rotate: an old key keeps verifying the
 tokens it signed until they expire.
+
+Every issued payload is kept (table ``token_issued``, until the token would
+have expired) so a signature failure can be told apart: a token this daemon
+issued whose claims were edited is :class:`TokenTampered` (naming the
+claims that changed); any other bad signature is :class:`BadSignature`.
 """
 
 from __future__ import annotations
@@ -50,9 +55,21 @@ _CLAIMS: dict[str, type | tuple[type, ...]] = {
 
 
 class InvalidToken(errors.SchedcpError):
-    """The token is malformed, tampered with, or its signature does not verify."""
+    """The token is malformed: not ``schedcp1.<payload>.<signature>``, or a claim is bad."""
 
     name = "InvalidToken"
+
+
+class BadSignature(errors.SchedcpError):
+    """The signature does not verify with the key the token names (forged)."""
+
+    name = "BadSignature"
+
+
+class TokenTampered(errors.SchedcpError):
+    """A token this daemon issued was presented with edited claims."""
+
+    name = "TokenTampered"
 
 
 class UnknownKey(errors.SchedcpError):
@@ -126,6 +143,8 @@ class KeyStore:
         self._load()
         if self.current() is None:
             self.rotate()
+        for key in self._keys.values():
+            self._export(key)
 
     def _load(self) -> None:
         if not self._index.exists():
@@ -143,6 +162,14 @@ class KeyStore:
         tmp.write_text(json.dumps(data, indent=2))
         os.chmod(tmp, 0o600)
         os.replace(tmp, self._index)
+
+    def _export(self, key: _Key) -> None:
+        """Write ``<kid>.pub`` (PEM, world-readable) for hosts that only check tokens."""
+        path = self.dir / f"{key.kid}.pub"
+        if not path.exists():
+            path.write_bytes(key.public.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+            os.chmod(path, 0o644)
 
     def current(self) -> _Key | None:
         """The signing key: the newest key not retired."""
@@ -165,6 +192,7 @@ class KeyStore:
                                           serialization.NoEncryption()))
         self._keys[kid] = _Key(kid, private, private.public_key(), now, None)
         self._save_index()
+        self._export(self._keys[kid])
         _LOGGER.info("new token signing key %s", kid)
         return kid
 
@@ -219,10 +247,10 @@ class TokenAuthority:
         self.keys = keys
         self._store = store
 
-    def issue(self, *, policy_id: str, policy_digest: str, subsystem: str,
-              scope: dict[str, Any], report_digest: str, uid: int,
-              lifetime: float | None = None, now: float | None = None) -> str:
-        """Sign a token for one deployment of a verified policy by ``uid``."""
+    async def issue(self, *, policy_id: str, policy_digest: str, subsystem: str,
+                    scope: dict[str, Any], report_digest: str, uid: int,
+                    lifetime: float | None = None, now: float | None = None) -> str:
+        """Sign a token for one deployment of a verified policy by ``uid``; record it."""
         key = self.keys.current()
         assert key is not None and key.private is not None
         issued = time.time() if now is None else now
@@ -232,8 +260,36 @@ class TokenAuthority:
             "iat": issued, "exp": issued + (lifetime or self.keys.lifetime),
             "nonce": secrets.token_hex(16), "uid": uid,
         }
-        signed = f"{PREFIX}.{_b64(json.dumps(claims, sort_keys=True).encode())}"
+        payload = json.dumps(claims, sort_keys=True)
+        signed = f"{PREFIX}.{_b64(payload.encode())}"
+        grace = self.keys.lifetime
+
+        def record(db: Database) -> None:
+            with db.conn:
+                db.execute("DELETE FROM token_issued WHERE exp < ?", [time.time() - grace])
+                db.execute("INSERT INTO token_issued (nonce, payload, exp) VALUES (?, ?, ?)",
+                           [claims["nonce"], payload, claims["exp"]])
+
+        await self._store.run(record)
         return f"{signed}.{_b64(key.private.sign(signed.encode()))}"
+
+    def _signature_error(self, claims: dict[str, Any]) -> errors.SchedcpError:
+        """Tampered (an issued token with edited claims) or forged (anything else)."""
+        def query(db: Database) -> str | None:
+            row = db.execute("SELECT payload FROM token_issued WHERE nonce = ?",
+                             [claims["nonce"]]).fetchone()
+            return row[0] if row else None
+
+        issued = self._store.run_sync(query)
+        if issued is not None:
+            original = json.loads(issued)
+            changed = sorted(k for k in set(original) | set(claims)
+                             if original.get(k) != claims.get(k))
+            if changed:
+                return TokenTampered(f"token {claims['nonce'][:8]} was issued here, but its "
+                                     f"claims were changed: {', '.join(changed)}")
+        return BadSignature(f"token signature does not verify with key {claims['kid']} "
+                            "(forged)")
 
     def check(self, token: str, now: float | None = None) -> dict[str, Any]:
         """Verify form, signature and expiry (not the nonce); return the claims."""
@@ -246,7 +302,7 @@ class TokenAuthority:
         try:
             public.verify(signature, signed)
         except InvalidSignature as err:
-            raise InvalidToken("token signature does not verify (forged or tampered)") from err
+            raise self._signature_error(claims) from err
         if now >= claims["exp"]:
             raise TokenExpired(f"token expired {now - claims['exp']:.0f} s ago")
         return claims
@@ -281,3 +337,8 @@ class TokenAuthority:
 def migrate_nonces(db: Database) -> None:
     """Schema: used token nonces, kept until their token would have expired."""
     db.execute("CREATE TABLE token_nonces (nonce TEXT PRIMARY KEY, used REAL, exp REAL)")
+
+
+def migrate_issued_tokens(db: Database) -> None:
+    """Schema: the payload of every issued token (tells tampered from forged)."""
+    db.execute("CREATE TABLE token_issued (nonce TEXT PRIMARY KEY, payload TEXT, exp REAL)")

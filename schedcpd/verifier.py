@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from schedcpd.errors import Conflict, NotSupported
@@ -41,7 +41,11 @@ _LOGGER = logging.getLogger(__name__)
 STAGES = ("schema", "static", "kernel", "dynamic")
 DEFAULT_DYNAMIC_SECONDS = 3.0
 
-ActivePolicies = Callable[[], list[dict[str, Any]]]
+ActivePolicies = Callable[[], Awaitable[list[dict[str, Any]]]]
+
+
+async def _no_active() -> list[dict[str, Any]]:
+    return []
 
 
 def _finding(code: str, message: str, field: str = "", severity: str = "error") -> dict[str, Any]:
@@ -69,12 +73,19 @@ class Verifier:
         self._plugins = plugins
         self._repo = repository
         self._tokens = tokens
-        self._active = active_policies or list
+        # Policies deployed now ({"policy_id", "name", "document"}), for conflicts.
+        self._active = active_policies or _no_active
         self.dynamic_seconds = dynamic_seconds
         self._running: set[str] = set()
 
-    async def verify(self, policy_id: str, uid: int) -> tuple[str, dict[str, Any]]:
-        """Verify the stored version; return (token or "", report)."""
+    async def verify(self, policy_id: str, uid: int,
+                     active: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+        """Verify the stored version; return (token or "", report).
+
+        ``active``: the policies deployed now (``policy_id``, ``name``,
+        ``document``) that stage 2 checks for conflicts; by default those of
+        the ``active_policies`` callable given at construction.
+        """
         policy = await self._repo.get(policy_id)
         if policy["state"] == "retired":
             raise Conflict(f"policy {policy['id'][:12]} is retired")
@@ -82,13 +93,15 @@ class Verifier:
             raise Conflict(f"policy {policy['id'][:12]} is being verified already")
         self._running.add(policy["id"])
         try:
-            report = await self._run(policy)
+            if active is None:
+                active = await self._active()
+            report = await self._run(policy, active)
         finally:
             self._running.discard(policy["id"])
         token = ""
         if report["passed"]:
             report_digest = digest_of(json.dumps(report, sort_keys=True))
-            token = self._tokens.issue(
+            token = await self._tokens.issue(
                 policy_id=policy["id"], policy_digest=digest_of(policy["document"]),
                 subsystem=policy["subsystem"], scope=report["scope"],
                 report_digest=report_digest, uid=uid,
@@ -101,7 +114,8 @@ class Verifier:
                                               if not s["passed"]))
         return token, report
 
-    async def _run(self, policy: dict[str, Any]) -> dict[str, Any]:
+    async def _run(self, policy: dict[str, Any],
+                   active: list[dict[str, Any]]) -> dict[str, Any]:
         subsystem = policy["subsystem"]
         doc = parse_document(policy["document"], policy["id"][:12])
         stages: list[dict[str, Any]] = []
@@ -117,7 +131,8 @@ class Verifier:
             start = time.monotonic()
             findings = self._plugins.call_first(
                 "schedcp_static_check", subsystem=subsystem, policy=doc,
-                active=[p for p in self._active() if p.get("policy_id") != policy["id"]])
+                active=[p for p in active if p.get("policy_id") != policy["id"]
+                        and p.get("subsystem", subsystem) == subsystem])
             if findings is None:
                 findings = [_finding("no-static-check",
                                      f"subsystem {subsystem!r} offers no static analysis")]

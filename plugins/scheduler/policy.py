@@ -9,6 +9,7 @@ an error, not ignored.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -75,6 +76,11 @@ class Policy:
     rt_priority_max: int = 0
 
 
+def dotted_key(key: str) -> str:
+    """``key`` as one part of a dotted field path: bare, or quoted as TOML would."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
 class _Checker:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -98,7 +104,7 @@ class _Checker:
         for key in sorted(set(table) - allowed):
             self.error(
                 "unknown-key",
-                f"{path}.{key}" if path else key,
+                f"{path}.{dotted_key(key)}" if path else dotted_key(key),
                 f"unknown key; allowed: {', '.join(sorted(allowed))}",
             )
         return True
@@ -134,6 +140,17 @@ def _cpus_ok(check: _Checker, value: Any, path: str) -> None:
         check.error("range", path, f"CPUs must be in 0..{online - 1} on this machine")
 
 
+def _cgroup_path_ok(check: _Checker, value: str, path: str) -> None:
+    """A cgroup selector is a canonical path inside the cgroup tree, nothing else."""
+    if not value.startswith("/"):
+        check.error("type", path, "must be an absolute cgroup path")
+    elif any(part in (".", "..") for part in value.split("/")) or "//" in value:
+        check.error("path", path, f"{value!r} leaves or re-enters the cgroup tree "
+                    "('.', '..' or '//'); give the canonical path")
+    elif any(ord(c) < 32 for c in value):
+        check.error("path", path, "control characters are not allowed in a cgroup path")
+
+
 def _check_match(check: _Checker, table: Any, path: str) -> None:
     if not check.keys(table, MATCH_KEYS, path):
         return
@@ -146,8 +163,8 @@ def _check_match(check: _Checker, table: Any, path: str) -> None:
         for value in values if isinstance(values, list) else [values]:
             if check.string(value, f"{path}.{key}") and key == "comm" and len(value) > 15:
                 check.error("range", f"{path}.comm", f"{value!r} longer than 15 characters")
-            if key == "cgroup" and isinstance(value, str) and not value.startswith("/"):
-                check.error("type", f"{path}.cgroup", "must be an absolute cgroup path")
+            if key == "cgroup" and isinstance(value, str):
+                _cgroup_path_ok(check, value, f"{path}.cgroup")
     for key, hi in (("uid", 2**32 - 2), ("pid", 2**22)):
         values = table.get(key)
         if values is not None:
@@ -314,11 +331,12 @@ def _check_guards(check: _Checker, doc: dict[str, Any], groups: set[str]) -> Non
         path = f"guard[{index}]"
         if not check.keys(guard, GUARD_KEYS, path):
             continue
-        if guard.get("group") not in groups:
+        group = guard.get("group")
+        if not isinstance(group, str) or group not in groups:
             check.error("missing", f"{path}.group", f"must name a group of this policy "
                         f"({', '.join(sorted(groups)) or 'none'})")
         metric = guard.get("metric")
-        if metric not in GUARD_METRICS:
+        if not isinstance(metric, str) or metric not in GUARD_METRICS:
             check.error("range", f"{path}.metric",
                         f"must be one of {', '.join(GUARD_METRICS)}")
             continue
@@ -338,7 +356,7 @@ def _check_parameters(check: _Checker, doc: dict[str, Any]) -> None:
         check.error("type", "parameters", "must be a table of [parameters.<name>] tables")
         return
     for name, spec in params.items():
-        path = f"parameters.{name}"
+        path = f"parameters.{dotted_key(name)}"
         if not check.keys(spec, PARAM_KEYS, path):
             continue
         if not check.string(spec.get("field"), f"{path}.field"):
@@ -349,9 +367,22 @@ def _check_parameters(check: _Checker, doc: dict[str, Any]) -> None:
             check.error("missing", f"{path}.field", f"{spec['field']!r} is not in the policy")
             continue
         lo, hi = spec.get("min"), spec.get("max")
-        if isinstance(value, int) and isinstance(lo, int) and isinstance(hi, int):
-            if not lo <= value <= hi:
+        for key in ("min", "max", "default"):
+            bound = spec.get(key)
+            if bound is not None and (isinstance(bound, bool)
+                                      or not isinstance(bound, int | float)):
+                check.error("type", f"{path}.{key}", "must be a number")
+        if isinstance(lo, int | float) and isinstance(hi, int | float) \
+                and not isinstance(lo, bool) and not isinstance(hi, bool):
+            if lo > hi:
+                check.error("range", f"{path}.min", f"{lo} is above max {hi}")
+            elif isinstance(value, int) and not isinstance(value, bool) \
+                    and not lo <= value <= hi:
                 check.error("range", spec["field"], f"{value} outside parameter range {lo}..{hi}")
+            default = spec.get("default")
+            if isinstance(default, int | float) and not isinstance(default, bool) \
+                    and not lo <= default <= hi:
+                check.error("range", f"{path}.default", f"{default} outside {lo}..{hi}")
 
 
 def compile_policy(doc: dict[str, Any]) -> Policy:

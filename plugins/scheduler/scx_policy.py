@@ -122,6 +122,9 @@ def validate(doc: dict[str, Any], source: str = "<policy>") -> list[dict[str, An
     if ("scheduler" in scx) == ("source" in scx):
         err("missing", "scx", "exactly one of scx.scheduler (a built-in) or scx.source")
         return out
+    if "scheduler" in scx and not isinstance(scx["scheduler"], str):
+        err("type", "scx.scheduler", f"must be a string: one of {', '.join(sorted(BUILTINS))}")
+        return out
     if "scheduler" in scx and scx["scheduler"] not in BUILTINS:
         err("range", "scx.scheduler", f"must be one of {', '.join(sorted(BUILTINS))}")
         return out
@@ -175,6 +178,8 @@ def _check_parameters(doc: dict[str, Any], err: Any) -> None:
             err("missing", f"{path}.field", f"{field!r} is not in the policy")
             continue
         lo, hi = spec.get("min"), spec.get("max")
+        if not isinstance(value, int):
+            continue  # already reported under scx.params
         if isinstance(lo, int) and isinstance(hi, int) and not lo <= value <= hi:
             err("range", field, f"{value} outside parameter range {lo}..{hi}")
 

@@ -7,7 +7,13 @@ Static analysis (:func:`static_check`) reads the policy's scheduling logic:
   quota under 5 % of a CPU) — the latency-critical task would wait on it;
 - ``latency-at-idle``: one selector puts the same tasks in a latency group
   and an idle group;
-- ``rt-throttle-off``: FIFO/RR while the kernel's RT throttle is disabled;
+- ``rt-throttle-off``: FIFO/RR while the kernel's RT throttle is disabled
+  (``sched_rt_runtime_us`` -1 or not below ``sched_rt_period_us``): nothing
+  would cap a runaway real-time task;
+- ``rt-broad``: FIFO/RR for a selector that matches (nearly) every task;
+- ``unfair-share``: a group given at least 16 times a default task's CPU
+  weight (nice -13 or lower, cpu.shares 16384 or more): CPU-bound, it
+  leaves its neighbours under 6 % of a CPU;
 - ``cpuset-empty``: a CPU list with no online CPU;
 - ``quota-starves``: a CFS quota under 5 % of one CPU;
 - ``selects-everything``: an idle/batch group whose selector has no
@@ -45,6 +51,11 @@ from schedcpd.breaker import role_of
 
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 _RT_RUNTIME = Path("/proc/sys/kernel/sched_rt_runtime_us")
+_RT_PERIOD = Path("/proc/sys/kernel/sched_rt_period_us")
+_UNFAIR_RATIO = 16
+# CFS weight of nice -20..-11 (kernel/sched/core.c sched_prio_to_weight); nice 0 is 1024.
+_NICE_WEIGHT = {-20: 88761, -19: 71755, -18: 56483, -17: 46273, -16: 36291, -15: 29154,
+                -14: 23254, -13: 18705, -12: 14949, -11: 11916}
 _MIN_QUOTA_FRACTION = 0.05
 _ROUNDS = 2
 _MIN_SHARES = 10
@@ -105,6 +116,32 @@ def _selector_items(group: dict[str, Any]) -> set[tuple[str, str]]:
     return {(key, str(value)) for key in _SELECTOR_KEYS for value in _as_list(match.get(key, []))}
 
 
+def _rt_uncapped() -> str | None:
+    """Why real-time tasks are not capped by the kernel's RT throttle, or None."""
+    try:
+        runtime = int(_RT_RUNTIME.read_text())
+        period = int(_RT_PERIOD.read_text())
+    except (OSError, ValueError):
+        return None
+    if runtime < 0:
+        return "the kernel's RT throttle is off (sched_rt_runtime_us = -1)"
+    if runtime >= period:
+        return f"the kernel's RT throttle allows {runtime} of every {period} us"
+    return None
+
+
+def _weight_ratio(group: dict[str, Any]) -> tuple[float, str] | None:
+    """(weight / a default task's weight, why) when a group is boosted, else None."""
+    task, cg = group.get("task", {}), group.get("cgroup", {})
+    nice, shares = task.get("nice"), cg.get("shares")
+    best: tuple[float, str] | None = None
+    if isinstance(nice, int) and nice in _NICE_WEIGHT:
+        best = (_NICE_WEIGHT[nice] / 1024, f"nice {nice}")
+    if isinstance(shares, int) and shares > 1024 and (best is None or shares / 1024 > best[0]):
+        best = (shares / 1024, f"cpu.shares {shares}")
+    return best
+
+
 def _online_cpus() -> set[int]:
     return set(
         cgroups_mod.parse_cpu_list(Path("/sys/devices/system/cpu/online").read_text().strip())
@@ -137,17 +174,25 @@ def static_check(doc: dict[str, Any], active: list[dict[str, Any]]) -> list[dict
                     )
                 )
         task, cg = group.get("task", {}), group.get("cgroup", {})
-        if (
-            task.get("policy") in ("fifo", "rr")
-            and _RT_RUNTIME.exists()
-            and _RT_RUNTIME.read_text().strip() == "-1"
-        ):
+        uncapped = _rt_uncapped() if task.get("policy") in ("fifo", "rr") else None
+        if uncapped:
             findings.append(
                 _finding(
                     "rt-throttle-off",
                     f"{path}.task.policy",
-                    "the kernel's RT throttle is off (sched_rt_runtime_us = -1): a runaway "
-                    "FIFO/RR task could starve the machine",
+                    f"{uncapped}: nothing caps a FIFO/RR task, and a runaway one would "
+                    "starve the machine",
+                )
+            )
+        boost = _weight_ratio(group)
+        if boost and boost[0] >= _UNFAIR_RATIO:
+            findings.append(
+                _finding(
+                    "unfair-share",
+                    f"{path}.{'task.nice' if boost[1].startswith('nice') else 'cgroup.shares'}",
+                    f"{boost[1]} gives group {group.get('name')!r} {boost[0]:.0f} times a "
+                    f"default task's CPU weight: CPU-bound, it leaves each neighbour on its "
+                    f"CPU under {100 / (boost[0] + 1):.0f} % (limit: {_UNFAIR_RATIO} times)",
                 )
             )
         for field, cpus in (
@@ -185,6 +230,15 @@ def static_check(doc: dict[str, Any], active: list[dict[str, Any]]) -> list[dict
                     "selects-everything",
                     f"{path}.match",
                     "this selector matches (nearly) every task, and the group lowers their share",
+                )
+            )
+        if broad and task.get("policy") in ("fifo", "rr"):
+            findings.append(
+                _finding(
+                    "rt-broad",
+                    f"{path}.match",
+                    "this selector matches (nearly) every task, and the group makes them "
+                    "FIFO/RR: real-time must be confined to named tasks",
                 )
             )
         for other in groups[i + 1 :]:
@@ -233,14 +287,32 @@ def _role(group: dict[str, Any], groups: list[dict[str, Any]]) -> str:
 
 
 class _Sandbox:
-    """The synthetic workload: worker processes the test owns, and hogs."""
+    """The synthetic workload: worker processes the test owns, and hogs.
 
-    def __init__(self, doc: dict[str, Any], seconds: float) -> None:
+    All of them run in a scratch cgroup of the ``cpu`` controller
+    (``/schedcp-<owner>``) so that, together, they weigh on the host like one
+    task; it is removed with them.  A group with cgroup knobs leaves it for
+    the plugin's own cgroup while the policy is applied, and comes back.
+    """
+
+    def __init__(self, doc: dict[str, Any], seconds: float, owner: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="schedcp-verify-"))
         self.groups = _groups(doc)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.seconds = seconds
+        self.scratch: Path | None = None
+        self.scratch_error = ""
+        cpu = cgroups_mod.detect_hierarchies().get("cpu")
+        if cpu is not None:
+            path = cpu.path(f"/schedcp-{owner}")
+            try:
+                path.mkdir()
+                self.scratch = path
+            except OSError as err:
+                self.scratch_error = f"cannot create a scratch cgroup {path}: {err}"
+        else:
+            self.scratch_error = "no cpu cgroup controller"
 
     def start(self) -> None:
         fifos: dict[str, Path] = {}
@@ -269,8 +341,11 @@ class _Sandbox:
             [sys.executable, str(WORKER), str(self.dir / f"{name}-%d"), *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, "SCHEDCP_SANDBOX_PARENT": str(os.getpid())},
         )
         self.procs.append(proc)
+        if self.scratch is not None:
+            (self.scratch / "cgroup.procs").write_text(str(proc.pid))
         return proc
 
     def window(self, label: str, seconds: float) -> dict[str, dict[str, Any]]:
@@ -301,6 +376,15 @@ class _Sandbox:
         for path in self.dir.iterdir():
             path.unlink()
         self.dir.rmdir()
+        if self.scratch is not None:
+            for _ in range(50):  # the kernel may take a moment to let go of the tasks
+                try:
+                    self.scratch.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
 
 
 def sandbox_policy(doc: dict[str, Any], workers: dict[str, int]) -> dict[str, Any]:
@@ -337,7 +421,7 @@ def dynamic_check(
             )
         ]
     owner = f"verify-{uuid.uuid4().hex[:12]}"
-    box = _Sandbox(doc, seconds)
+    box = _Sandbox(doc, seconds, owner)
     half = max(seconds / 2, 0.25)
     try:
         box.start()
@@ -360,7 +444,10 @@ def dynamic_check(
                 break
     finally:
         box.stop()
-    return progress + (regressions or [])
+    notes = [] if box.scratch is not None else [
+        _finding("no-scratch-cgroup", "group", f"{box.scratch_error}: the sandbox ran in "
+                 "the daemon's own cgroup", "warning")]
+    return progress + (regressions or []) + notes
 
 
 def _judge(groups: list[dict[str, Any]], before: dict[str, dict[str, Any]],

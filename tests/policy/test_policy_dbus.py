@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from tests.conftest import calls_as
+from tests.deploy.conftest import FAST
 from tests.harness import ROOT
 
 GOOD = """
@@ -46,6 +49,19 @@ task = { policy = "idle" }
 """
 
 
+SHARED = """
+[policy]
+name = "{name}"
+description = "a policy over one sleeper"
+
+[[group]]
+name = "sleeper"
+match = {{ pid = [{pid}] }}
+task = {{ nice = {nice} }}
+descendants = false
+"""
+
+
 def call(address: str, uid: int, member: str, signature: str = "", *body: object) -> dict:
     return calls_as(uid, address, [[member, signature, list(body)]])[0]
 
@@ -79,6 +95,17 @@ def test_dropin_directory_is_live(start_daemon, tmp_path: Path) -> None:
 
     wait_until(lambda: str(dropin / "broken.toml") in rejected())
     assert "group[1].task.policy" in rejected()[str(dropin / "broken.toml")]
+    assert "dbus-test-protect" in names()  # the bad file stopped nothing else
+
+    def versions() -> dict[str, str]:
+        listed = json.loads(call(proc.address, 0, "ListPolicies", "s", "spinner waker")["ok"])
+        return {p["id"]: p["state"] for p in listed if p["name"] == "dbus-test-protect"}
+
+    [first] = versions()
+    (dropin / "mine.toml").write_text(GOOD.replace("slice_us = 500", "slice_us = 700"))
+    wait_until(lambda: len(versions()) == 1 and first not in versions())
+    old = json.loads(call(proc.address, 0, "GetPolicy", "s", first)["ok"])
+    assert old["state"] == "retired"
     (dropin / "mine.toml").unlink()
     wait_until(lambda: "dbus-test-protect" not in names())
 
@@ -125,3 +152,107 @@ def test_starvation_prone_policy_fails_with_a_reason(daemon) -> None:
     assert "depends on it" in finding["message"]
     assert json.loads(call(daemon.address, 0, "GetPolicy", "s", pid)["ok"])["state"] == \
         "candidate"
+
+
+def ctl(address: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "schedcpctl"), "--bus", address, *args],
+        capture_output=True, text=True, cwd=ROOT, input=stdin)
+
+
+def test_cli_policy_commands(daemon, tmp_path: Path) -> None:
+    listed = ctl(daemon.address, "policy", "list", "kernel", "compile", "make")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].split()[1] == "parallel-build"
+    top = json.loads(ctl(daemon.address, "--json", "policy", "list", "make -j").stdout)[0]
+    assert top["name"] == "parallel-build" and top["score"] > 0
+    shown = ctl(daemon.address, "policy", "show", top["id"][:12])
+    assert shown.returncode == 0 and 'name = "parallel-build"' in shown.stdout
+    path = tmp_path / "cli.toml"
+    path.write_text(GOOD.replace("dbus-test-protect", "cli-test"))
+    submitted = ctl(daemon.address, "policy", "submit", str(path))
+    assert submitted.returncode == 0, submitted.stderr
+    pid = submitted.stdout.strip()
+    assert len(pid) == 64
+    again = ctl(daemon.address, "policy", "submit", "-", stdin=path.read_text())
+    assert again.stdout.strip() == pid  # same text, same version
+    bad = ctl(daemon.address, "policy", "submit", "-",
+              stdin=path.read_text().replace('"idle"', '"turbo"'))
+    assert bad.returncode == 5 and "group[1].task.policy" in bad.stderr
+    history = json.loads(ctl(daemon.address, "--json", "policy", "history", pid).stdout)
+    assert history == {"policy_id": pid, "name": "cli-test", "state": "candidate",
+                       "outcomes": [], "antipatterns": []}
+    promoted = ctl(daemon.address, "policy", "promote", pid[:10])
+    assert promoted.returncode == 0 and "is now proven" in promoted.stdout
+    retired = ctl(daemon.address, "policy", "retire", pid[:10])
+    assert retired.returncode == 0 and "is now retired" in retired.stdout
+    assert pid not in ctl(daemon.address, "policy", "list").stdout
+    verify = ctl(daemon.address, "policy", "verify", pid)
+    assert verify.returncode == 1 and "Conflict" in verify.stderr  # retired: not verified
+
+
+def test_token_inspect_flags_a_bad_signature(daemon) -> None:
+    pid = call(daemon.address, 0, "SubmitPolicy", "s",
+               GOOD.replace("dbus-test-protect", "inspect-test"))["ok"]
+    token, _ = call(daemon.address, 0, "VerifyPolicy", "s", pid)["ok"]
+    assert token
+    head, payload, sig = token.split(".")
+    forged = f"{head}.{payload}.{sig[:-6]}AAAAAA"
+    out = ctl(daemon.address, "token", "inspect", "-", stdin=forged)
+    assert out.returncode == 0 and out.stdout.startswith("signature INVALID")
+    assert f"policy_digest: {pid}" in out.stdout and "expires in" in out.stdout
+    assert ctl(daemon.address, "token", "inspect", "schedcp1.e30.e30").returncode == 5
+
+
+def test_verification_does_not_block_the_bus(daemon) -> None:
+    pid = call(daemon.address, 0, "SubmitPolicy", "s",
+               GOOD.replace("dbus-test-protect", "busy-test"))["ok"]
+    result: list[dict] = []
+    worker = threading.Thread(target=lambda: result.append(
+        call(daemon.address, 0, "VerifyPolicy", "s", pid)))
+    before = set(Path("/tmp").glob("schedcp-verify-*"))
+    worker.start()
+    # Wait until the dynamic stage's sandbox exists, then the bus must still answer.
+    wait_until(lambda: bool(set(Path("/tmp").glob("schedcp-verify-*")) - before), 60)
+    status = json.loads(call(daemon.address, 0, "GetStatus")["ok"])
+    listed = json.loads(call(daemon.address, 0, "ListPolicies", "s", "busy")["ok"])
+    still_running = worker.is_alive()
+    worker.join(120)
+    assert status["pid"] and listed[0]["name"] == "busy-test"
+    assert still_running, "verification ended before the other calls were answered"
+    assert "ok" in result[0], result
+
+
+def test_conflict_with_a_live_deployment_and_changed_policy(start_daemon) -> None:
+    proc = start_daemon(FAST)
+    target = subprocess.Popen(["sleep", "300"])
+    try:
+        first = SHARED.format(name="live-first", nice=3, pid=target.pid)
+        pid1 = call(proc.address, 0, "SubmitPolicy", "s", first)["ok"]
+        token, report = call(proc.address, 0, "VerifyPolicy", "s", pid1)["ok"]
+        assert token, report
+        dep = call(proc.address, 0, "Deploy", "s", token)["ok"]
+        second = SHARED.format(name="live-second", nice=4, pid=target.pid)
+        pid2 = call(proc.address, 0, "SubmitPolicy", "s", second)["ok"]
+        token2, report2 = call(proc.address, 0, "VerifyPolicy", "s", pid2)["ok"]
+        static = json.loads(report2)["stages"][1]
+        assert token2 == "" and [f["code"] for f in static["findings"]] == \
+            ["conflicts-active"], static
+        assert "'live-first'" in static["findings"][0]["message"]
+        call(proc.address, 0, "Rollback", "s", dep)
+        wait_until(lambda: json.loads(call(proc.address, 0, "GetDeployment", "s", dep)["ok"])
+                   ["state"] in ("reverted", "failed"), 30)
+        # With the first one gone the second passes; then its stored text is edited
+        # behind the daemon's back, and Deploy refuses the token by name.
+        token2, report2 = call(proc.address, 0, "VerifyPolicy", "s", pid2)["ok"]
+        assert token2, report2
+        db = sqlite3.connect(proc.state_dir / "schedcpd.db")
+        with db:
+            db.execute("UPDATE policies SET document = replace(document, 'nice = 4', "
+                       "'nice = -20') WHERE id = ?", [pid2])
+        db.close()
+        assert call(proc.address, 0, "Deploy", "s", token2)["error"] == \
+            "org.schedcp.Control1.Error.PolicyChanged"
+    finally:
+        target.kill()
+        target.wait()

