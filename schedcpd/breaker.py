@@ -7,15 +7,22 @@ their threads) at ``rate_hz`` (default 10 Hz):
   (Δ ``/proc/<pid>/task/<tid>/schedstat`` field 2 / Δ field 3), the
   scheduling latency the group sees;
 - ``cpu_share`` per group: CPU time per wall second (Δ field 1);
-- ``runnable`` per group: threads in state R, for stall detection.
+- ``runnable`` per group: threads in state R, for stall detection;
+- ``voluntary``/``involuntary`` per group: context switches where a thread
+  blocked, or was preempted (Δ ``voluntary_ctxt_switches`` and
+  ``nonvoluntary_ctxt_switches`` of ``/proc/<pid>/task/<tid>/status``).
 
 Each group gets guards by what it did in the baseline and what the policy
 does to it (:func:`classify`):
 
-- ``latency`` — a group that ran in short bursts (under
-  ``interactive_share`` of a CPU per thread: wakers, servers, UIs) must not
-  see its run-queue wait per run regress, whatever the policy does to it:
-  a latency probe put at SCHED_IDLE beside hogs trips here;
+- ``latency`` — a group that runs in short bursts and then blocks (wakers,
+  servers, UIs) must not see its run-queue wait per run regress, whatever
+  the policy does to it: a latency probe put at SCHED_IDLE beside hogs trips
+  here. A group is bursty when most of its baseline context switches are
+  voluntary: that holds however busy the host is, whereas a CPU hog on a
+  contended host gets a small CPU share too but is only ever preempted. A
+  group that switched too rarely to tell (a hog alone on its CPU) is bursty
+  when it used under ``interactive_share`` of a CPU per thread;
 - ``throughput`` — a CPU-bound group the policy does not deprioritise must
   keep at least ``throughput_floor`` of its baseline CPU;
 - ``donor`` — a CPU-bound group the policy deprioritises (SCHED_IDLE/BATCH,
@@ -32,6 +39,7 @@ at least ``min_samples`` samples in the window, the window's median beyond
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -39,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 PROC = Path("/proc")
+# Fewer baseline context switches than this say nothing about how a group runs.
+MIN_SWITCHES = 20
 
 
 @dataclass
@@ -73,8 +83,10 @@ class Trip:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form."""
+        ratio = self.ratio
         return {"guard": self.guard, "group": self.group, "baseline": round(self.baseline, 3),
-                "observed": round(self.observed, 3), "ratio": round(self.ratio, 3),
+                "observed": round(self.observed, 3),
+                "ratio": round(ratio, 3) if math.isfinite(ratio) else None,
                 "detail": self.detail}
 
 
@@ -84,6 +96,8 @@ class _TaskSample:
     wait_ns: int
     runs: int
     running: bool
+    voluntary: int
+    involuntary: int
 
 
 def _read_task(pid: int, tid: int) -> _TaskSample | None:
@@ -91,10 +105,17 @@ def _read_task(pid: int, tid: int) -> _TaskSample | None:
     try:
         cpu, wait, runs = map(int, (base / "schedstat").read_text().split())
         stat = (base / "stat").read_text()
+        status = (base / "status").read_text()
     except (OSError, ValueError):
         return None
     state = stat[stat.rindex(")") + 2:].split(" ", 1)[0]
-    return _TaskSample(cpu, wait, runs, state == "R")
+    switches = dict.fromkeys(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"), 0)
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in switches:
+            switches[key] = int(value)
+    return _TaskSample(cpu, wait, runs, state == "R", switches["voluntary_ctxt_switches"],
+                       switches["nonvoluntary_ctxt_switches"])
 
 
 def _threads(pid: int) -> list[int]:
@@ -113,6 +134,8 @@ class GroupSample:
     cpu_share: float
     runnable: int
     threads: int
+    voluntary: int = 0
+    involuntary: int = 0
 
 
 @dataclass
@@ -129,7 +152,7 @@ class GuardSampler:
         current: dict[tuple[int, int], _TaskSample] = {}
         out: dict[str, GroupSample] = {}
         for group, pids in self.groups.items():
-            d_cpu = d_wait = d_runs = runnable = threads = 0
+            d_cpu = d_wait = d_runs = d_vol = d_invol = runnable = threads = 0
             for pid in pids:
                 for tid in _threads(pid):
                     s = _read_task(pid, tid)
@@ -143,6 +166,8 @@ class GuardSampler:
                         d_cpu += s.cpu_ns - prev.cpu_ns
                         d_wait += s.wait_ns - prev.wait_ns
                         d_runs += s.runs - prev.runs
+                        d_vol += s.voluntary - prev.voluntary
+                        d_invol += s.involuntary - prev.involuntary
             if self._last_time:
                 dt = max(now - self._last_time, 1e-6)
                 if d_runs:
@@ -153,7 +178,8 @@ class GuardSampler:
                     wait_us = dt * 1e6
                 else:
                     wait_us = None
-                out[group] = GroupSample(now, wait_us, d_cpu / dt / 1e9, runnable, threads)
+                out[group] = GroupSample(now, wait_us, d_cpu / dt / 1e9, runnable, threads,
+                                         d_vol, d_invol)
         self._last, self._last_time = current, now
         return out
 
@@ -189,7 +215,9 @@ class Breaker:
             now = [x[group] for x in recent if group in x]
             if len(now) < s.min_samples or len(base) < s.min_samples:
                 continue
-            trip = self._stall(group, now)
+            # A stall is judged over the last stall_seconds, which can be longer
+            # than the judged window (15 samples at 10 Hz are 1.5 s < 2 s).
+            trip = self._stall(group, [x[group] for x in window if group in x])
             if trip is None and role == "latency":
                 trip = self._latency(group, base, now)
             elif trip is None and role == "throughput":
@@ -198,12 +226,16 @@ class Breaker:
                 return trip
         return None
 
-    def _stall(self, group: str, now: list[GroupSample]) -> Trip | None:
-        span = now[-1].time - now[0].time
-        stalled = all(x.runnable > 0 and x.cpu_share < 0.001 for x in now)
-        if stalled and span >= self.settings.stall_seconds:
-            return Trip("stall", group, 0.0, span,
-                        f"group {group!r} had runnable threads but no CPU for {span:.1f} s")
+    def _stall(self, group: str, samples: list[GroupSample]) -> Trip | None:
+        """Runnable threads and (almost) no CPU in every sample of the last stall_seconds."""
+        last = samples[-1].time if samples else 0.0
+        for x in reversed(samples):
+            span = last - x.time  # covered by the samples after x (each is a delta)
+            if span >= self.settings.stall_seconds:
+                return Trip("stall", group, 0.0, span,
+                            f"group {group!r} had runnable threads but no CPU for {span:.1f} s")
+            if not (x.runnable > 0 and x.cpu_share < 0.001):
+                return None
         return None
 
     def _latency(self, group: str, base: list[GroupSample],
@@ -255,10 +287,15 @@ def classify(baseline: list[dict[str, GroupSample]], knob_roles: dict[str, str],
     """Each group's guard role from its baseline behaviour and the policy's knobs."""
     roles = {}
     for group, knob_role in knob_roles.items():
-        per_thread = [x[group].cpu_share / x[group].threads for x in baseline
-                      if group in x and x[group].threads]
-        interactive = bool(per_thread) and statistics.median(per_thread) < \
-            settings.interactive_share
+        samples = [x[group] for x in baseline if group in x]
+        voluntary = sum(x.voluntary for x in samples)
+        switches = voluntary + sum(x.involuntary for x in samples)
+        if switches >= MIN_SWITCHES:
+            interactive = voluntary / switches >= 0.5
+        else:
+            per_thread = [x.cpu_share / x.threads for x in samples if x.threads]
+            interactive = bool(per_thread) and statistics.median(per_thread) < \
+                settings.interactive_share
         roles[group] = "latency" if interactive else (
             "donor" if knob_role == "donor" else "throughput")
     return roles

@@ -80,6 +80,7 @@ class DeployerSettings:
     canary_seconds: float = 3.0
     full_seconds: float = 3.0
     backoff_seconds: float = 60.0
+    health_seconds: float = 0.2
     fault_injection: bool = False
 
 
@@ -251,29 +252,39 @@ class Deployer:
             planned = await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id},
                                               True)
             targets: dict[str, list[int]] = planned.get("targets", {})
+            machine = planned.get("scope") == "machine"  # a sched_ext scheduler
             self.on_targets(sorted({p for pids in targets.values() for p in pids})[:64])
             sampler = GuardSampler(targets)
-            baseline = await self._watch(sampler, self.settings.baseline_seconds)
+            baseline = await self._watch(sampler, self.settings.baseline_seconds
+                                         if targets else 0.0)
             # The policy's own guards win over the defaults from behaviour.
             declared, limits = policy_guards(doc)
             roles = {**classify(baseline, knob_roles, self.breaker_settings), **declared}
             _LOGGER.info("deployment %s guards: %s", dep_id, roles)
             self._fault("after_baseline")
             canary = {g: pids[: max(1, len(pids) // 2)] for g, pids in targets.items() if pids}
-            await asyncio.to_thread(self._apply, subsystem, doc,
-                                    {"owner": dep_id, "pids": sorted(
-                                        p for pids in canary.values() for p in pids)})
-            await self._set_state(dep_id, "canary",
-                                  f"applied to {sum(map(len, canary.values()))} of "
-                                  f"{sum(map(len, targets.values()))} target processes",
-                                  targets=json.dumps(targets))
+            applied = await asyncio.to_thread(self._apply, subsystem, doc,
+                                              {"owner": dep_id, "pids": sorted(
+                                                  p for pids in canary.values() for p in pids)})
+            if machine:
+                reason = (f"sched_ext scheduler {applied.get('ops')!r} enabled "
+                          f"({applied.get('note')}); a BPF scheduler runs every task: its "
+                          "narrowest scope is the machine")
+            else:
+                reason = (f"applied to {sum(map(len, canary.values()))} of "
+                          f"{sum(map(len, targets.values()))} target processes")
+            await self._set_state(dep_id, "canary", reason, targets=json.dumps(targets))
             self._fault("after_canary_apply")
             breaker = Breaker({g: roles[g] for g in canary}, self.breaker_settings, limits)
             if await self._probation(dep_id, subsystem, policy, GuardSampler(canary),
                                      baseline, breaker, self.settings.canary_seconds):
                 return
-            await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id})
-            await self._set_state(dep_id, "canary", "widened to the full scope")
+            if machine:
+                await self._set_state(dep_id, "canary", "full-scope probation (the scheduler "
+                                      "has run machine-wide since the canary)")
+            else:
+                await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id})
+                await self._set_state(dep_id, "canary", "widened to the full scope")
             self._fault("after_widen_apply")
             breaker = Breaker({g: roles[g] for g in targets if targets[g]},
                               self.breaker_settings, limits)
@@ -309,17 +320,29 @@ class Deployer:
     async def _probation(self, dep_id: str, subsystem: str, policy: dict[str, Any],
                          sampler: GuardSampler, baseline: list[dict[str, GroupSample]],
                          breaker: Breaker, seconds: float | None) -> bool:
-        """Watch for ``seconds`` (forever for None); True if the breaker tripped."""
-        period = 1.0 / self.breaker_settings.rate_hz
+        """Watch for ``seconds`` (forever for None); True if the breaker tripped.
+
+        Guard metrics are sampled at ``rate_hz``; the subsystem's own health
+        (``schedcp_health``: e.g. a sched_ext loader that died, an ejected
+        scheduler, error events) is asked every ``health_seconds``.
+        """
+        b = self.breaker_settings
+        period = 1.0 / b.rate_hz
+        # Enough samples for the judged window and for a stall over stall_seconds.
+        keep = max(4 * b.window, int((b.stall_seconds + 1) * b.rate_hz))
         window: list[dict[str, GroupSample]] = []
         sampler.sample()
         end = None if seconds is None else time.monotonic() + seconds
+        next_health = 0.0
         while end is None or time.monotonic() < end:
             await asyncio.sleep(period)
             window.append(sampler.sample())
-            window = window[-4 * self.breaker_settings.window:]
+            window = window[-keep:]
             trip = breaker.evaluate(baseline, window)
-            if trip is None and not sampler.alive():
+            if trip is None and time.monotonic() >= next_health:
+                next_health = time.monotonic() + self.settings.health_seconds
+                trip = await asyncio.to_thread(self._health, subsystem, dep_id)
+            if trip is None and sampler.groups and not sampler.alive():
                 if seconds is None:
                     await self._set_state(dep_id, "reverted", "every target process exited")
                     await asyncio.to_thread(self._restore, subsystem, dep_id)
@@ -329,6 +352,16 @@ class Deployer:
                 await self._trip(dep_id, subsystem, policy, trip)
                 return True
         return False
+
+    def _health(self, subsystem: str, dep_id: str) -> Trip | None:
+        """A trip when the subsystem reports what the deployment applied as broken."""
+        health = self._plugins.call_first("schedcp_health", subsystem=subsystem,
+                                          scope={"owner": dep_id})
+        if not health or health.get("healthy", True):
+            return None
+        return Trip(str(health.get("guard", "health")), subsystem,
+                    float(health.get("baseline", 1.0)), float(health.get("observed", 0.0)),
+                    str(health.get("detail", "the subsystem reports the deployment broken")))
 
     async def _trip(self, dep_id: str, subsystem: str, policy: dict[str, Any],
                     trip: Trip) -> None:

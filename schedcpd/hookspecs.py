@@ -117,6 +117,18 @@ def schedcp_restore(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | N
 
 
 @hookspec(firstresult=True)
+def schedcp_health(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | None:
+    """Whether what ``scope["owner"]`` applied still works as applied.
+
+    The deployer calls it every few hundred ms during probation and while a
+    deployment is active.  Return ``{"healthy": True}``, or ``{"healthy":
+    False, "guard": str, "baseline": float, "observed": float, "detail":
+    str}`` (e.g. a scheduler loader that died): the circuit breaker trips on
+    it.  ``None`` when ``subsystem`` is not this plugin's.
+    """
+
+
+@hookspec(firstresult=True)
 def schedcp_state(subsystem: str) -> dict[str, Any] | None:
     """Report what the plugin currently manages (policies, targets, overrides).
 

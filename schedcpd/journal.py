@@ -47,6 +47,7 @@ STATES = (PENDING, APPLIED, RESTORED, SKIPPED, OVERRIDDEN)
 OPEN_STATES = (PENDING, APPLIED)
 
 _TABLE = "entries"
+_KEEP: Any = object()
 
 # Numbered migrations; user_version records how many have run.
 _MIGRATIONS: tuple[str, ...] = (
@@ -204,8 +205,16 @@ class Journal:
             if cur.rowcount != 1:
                 raise KeyError(f"no journal entry {entry_id}")
 
-    def mark_applied(self, entry_id: int) -> None:
-        """Record that the write of ``entry_id`` happened."""
+    def mark_applied(self, entry_id: int, new: Any = _KEEP) -> None:
+        """Record that the write of ``entry_id`` happened.
+
+        ``new`` replaces the recorded new value when the write learned more
+        than was known before it (a started process's pid and start time).
+        """
+        if new is not _KEEP:
+            with self._tx() as conn:
+                conn.execute(f"UPDATE {_TABLE} SET new = ? WHERE id = ?",
+                             (json.dumps(new), entry_id))
         self._set_state(entry_id, APPLIED, None)
 
     def mark_restored(self, entry_id: int, note: str = "") -> None:

@@ -4,7 +4,9 @@ Built-in plugins (:data:`DEFAULT_PLUGINS`) are registered exactly like
 third-party ones from the ``schedcp.plugins`` entry-point group.  A plugin
 that fails to import, to register, or raises in a hook is disabled: it is
 unregistered, the failure is logged, counted in a metric and shown in
-``GetStatus``; the daemon stays up.
+``GetStatus``; the daemon stays up.  A :class:`~schedcpd.errors.SchedcpError`
+(e.g. ``NotSupported``, ``Conflict``) is a deliberate answer, not a fault: it
+reaches the caller and the plugin stays enabled.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pluggy
 
 from schedcpd import hookspecs
 from schedcpd.const import PLUGIN_ENTRY_POINT_GROUP, PLUGIN_PROJECT
+from schedcpd.errors import SchedcpError
 from schedcpd.hookspecs import PluginContext
 
 _LOGGER = logging.getLogger(__name__)
@@ -114,6 +117,8 @@ class PluginHost:
                 continue
             try:
                 results[name] = impl(**kwargs)
+            except SchedcpError:
+                raise  # a deliberate refusal (NotSupported, Conflict, ...): the caller's answer
             except Exception as err:
                 self._disable(name, hook, err)
         return results

@@ -1,4 +1,4 @@
-"""The scheduler subsystem: config-only (T1) CPU scheduling policies on the running kernel.
+"""The scheduler subsystem: T1 (config-only) and T2 (sched_ext) policies on the running kernel.
 
 What it changes, for the operator: per task the scheduling policy
 (SCHED_OTHER/BATCH/IDLE; FIFO/RR only when a policy allows it with a
@@ -8,7 +8,9 @@ in cgroups it creates under ``schedcp/`` (it moves only the tasks a policy
 targets); and allow-listed ``kernel.sched_*`` sysctls.  Every value is saved
 in the journal before it is written and is put back exactly on restore, on
 daemon stop and at start-up after a crash.  A value someone else changes
-after us is left alone and reported as overridden.
+after us is left alone and reported as overridden.  A T2 policy runs its
+BPF scheduler through a supervised, journaled loader
+(:mod:`plugins.scheduler.scx_deploy`).
 
 The host may register this module (its module-level hook functions delegate
 to the single :data:`plugin` instance) or the object :data:`plugin` itself;
@@ -26,6 +28,7 @@ from plugins.scheduler import capabilities, cgroups, sched_ext, scx_policy, sysc
 from plugins.scheduler import policy as policy_mod
 from plugins.scheduler.actuator import SUBSYSTEM, Actuator
 from plugins.scheduler.applier import Applier
+from plugins.scheduler.scx_deploy import ScxHost
 from plugins.scheduler.watcher import TaskWatcher
 from schedcpd.errors import NotSupported
 from schedcpd.hookspecs import PluginContext, hookimpl
@@ -50,6 +53,7 @@ class SchedulerPlugin:
         self.own_journal = False
         self.caps: dict[str, dict[str, Any]] = {}
         self.applier: Applier | None = None
+        self.scx: ScxHost | None = None
         self.watcher: TaskWatcher | None = None
         self._stop = threading.Event()
         self._checker: threading.Thread | None = None
@@ -70,6 +74,7 @@ class SchedulerPlugin:
         hierarchies = cgroups.detect_hierarchies()
         actuator = Actuator(journal, hierarchies)
         self.applier = Applier(actuator, hierarchies, str(self.config["cgroup_parent"]))
+        self.scx = ScxHost(journal, self.config, Path(context.state_dir))
         self._stop.clear()
         missing = sorted(name for name, cap in self.caps.items() if not cap["available"])
         _LOGGER.info("scheduler plugin ready; unavailable: %s", ", ".join(missing) or "none")
@@ -82,6 +87,7 @@ class SchedulerPlugin:
             self.journal.close()
         self.journal = None
         self.applier = None
+        self.scx = None
 
     def _start_background(self) -> None:
         assert self.applier is not None
@@ -125,6 +131,11 @@ class SchedulerPlugin:
             raise NotSupported("scheduler plugin is not started")
         return self.applier
 
+    def _require_scx(self) -> ScxHost:
+        if self.scx is None:
+            raise NotSupported("scheduler plugin is not started")
+        return self.scx
+
     # -- hooks ------------------------------------------------------------
 
     @hookimpl
@@ -153,7 +164,8 @@ class SchedulerPlugin:
                 c: {"mount": str(h.mount), "version": h.version}
                 for c, h in cgroups.detect_hierarchies().items()
             },
-            "sched_ext": sched_ext.detect(),
+            "sched_ext": sched_ext.detect(
+                self.scx.root if self.scx else sched_ext.SCHED_EXT_DIR),
             "watcher": self._watcher_state(),
         }
 
@@ -174,15 +186,18 @@ class SchedulerPlugin:
     def schedcp_apply(
         self, subsystem: str, policy: dict[str, Any], scope: dict[str, Any], dry_run: bool
     ) -> dict[str, Any] | None:
-        """Apply a T1 policy for ``scope["owner"]`` (optionally only ``scope["pids"]``)."""
+        """Apply a policy for ``scope["owner"]``.
+
+        T1: the knobs of the policy's groups (optionally only ``scope["pids"]``).
+        T2: start the policy's sched_ext scheduler with the supervised loader
+        (the whole machine; :mod:`plugins.scheduler.scx_deploy`).
+        """
         if subsystem != SUBSYSTEM:
             return None
-        if scx_policy.is_t2(policy):
-            raise NotSupported(
-                "T2 (sched_ext) policies are verified in the micro-VM; deploying them on the "
-                f"host is not implemented ({sched_ext.detect()['reason']})")
-        applier = self._require()
         doc = {k: v for k, v in policy.items() if k != "_source"}
+        if scx_policy.is_t2(doc):
+            return self._require_scx().apply(doc, scope, dry_run)
+        applier = self._require()
         result = applier.apply(doc, scope, dry_run)
         if not dry_run:
             self._start_background()
@@ -195,10 +210,25 @@ class SchedulerPlugin:
             return None
         applier = self._require()
         owner = scope.get("owner")
+        # The loader first: a trip must hand the machine back to EEVDF at once.
+        scx = self._require_scx().restore(str(owner) if owner is not None else None)
         report = applier.restore(str(owner) if owner is not None else None)
         if not applier.registrations:
             self._stop_background()
+        if scx["entries"]:
+            report["sched_ext"] = scx
+            report["entries"] = scx["entries"] + report["entries"]
+            for outcome, n in scx["summary"].items():
+                report["summary"][outcome] = report["summary"].get(outcome, 0) + n
         return report
+
+    @hookimpl
+    def schedcp_health(self, subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | None:
+        """Whether ``scope["owner"]``'s sched_ext scheduler still runs (T1: always healthy)."""
+        if subsystem != SUBSYSTEM:
+            return None
+        health = self._require_scx().health(str(scope.get("owner")))
+        return health if health is not None else {"healthy": True}
 
     @hookimpl
     def schedcp_state(self, subsystem: str) -> dict[str, Any] | None:
@@ -233,6 +263,7 @@ class SchedulerPlugin:
             "managed_values": counts,
             "overrides": overrides,
             "watcher": self._watcher_state(),
+            "sched_ext": self._require_scx().state(),
         }
 
     @hookimpl
@@ -333,6 +364,12 @@ def schedcp_restore(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | N
 def schedcp_state(subsystem: str) -> dict[str, Any] | None:
     """See :meth:`SchedulerPlugin.schedcp_state`."""
     return plugin.schedcp_state(subsystem)
+
+
+@hookimpl
+def schedcp_health(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | None:
+    """See :meth:`SchedulerPlugin.schedcp_health`."""
+    return plugin.schedcp_health(subsystem, scope)
 
 
 @hookimpl

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from schedcpd.tokens import PREFIX, KeyStore, digest_of
 from tests.conftest import calls_as
 from tests.harness import ROOT
 
@@ -28,7 +31,12 @@ baseline_seconds = 1.5
 canary_seconds = 2.0
 full_seconds = 2.0
 backoff_seconds = 30
+[breaker]
+stall_seconds = 10.0
 """
+# Tests whose policies put CPU hogs at SCHED_IDLE on a host other tests load:
+# a SCHED_IDLE donor may get no CPU for seconds by design, so the stall guard
+# is lenient here (tests/deploy/test_stall.py sets it back to 2 s).
 
 
 class Workload:
@@ -92,3 +100,26 @@ def wait_state(address: str, dep: str, states: set[str], timeout: float = 30.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"deployment stuck in {info['state']}: {info['events']}")
         time.sleep(0.2)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forced_token(state_dir: Path, address: str, policy_id: str) -> str:
+    """A token signed with the daemon's key for a policy that was NOT verified.
+
+    Test-only "forced deployment" path (the issue's fault-injection tests):
+    it needs the daemon's private key from its state directory, which only
+    root on the daemon's host can read.
+    """
+    policy = json.loads(call(address, "GetPolicy", "s", policy_id))
+    key = KeyStore(state_dir / "keys").current()
+    assert key is not None and key.private is not None
+    now = time.time()
+    claims = {"kid": key.kid, "policy_id": policy["id"],
+              "policy_digest": digest_of(policy["document"]), "subsystem": "scheduler",
+              "scope": {}, "report_digest": "forced-deployment-test-only", "iat": now,
+              "exp": now + 600, "nonce": secrets.token_hex(16), "uid": 0}
+    signed = f"{PREFIX}.{_b64(json.dumps(claims, sort_keys=True).encode())}"
+    return f"{signed}.{_b64(key.private.sign(signed.encode()))}"
