@@ -18,7 +18,7 @@ from typing import Any
 
 from schedcp_agent.budget import Budget, BudgetSpent, load_prices
 from schedcp_agent.client import DaemonError, SchedcpClient
-from schedcp_agent.execute import ExecResult, Executor
+from schedcp_agent.execute import ExecResult, Executor, check_access
 from schedcp_agent.learn import Verdict, judge
 from schedcp_agent.observe import Observer
 from schedcp_agent.offline import OfflinePlanner
@@ -105,6 +105,7 @@ class Agent:
                                   "attempts": [], "status": "", "transcript": None}
         await self.client.connect()
         try:
+            await check_access(self.client)
             if opts.command:
                 self.proc = await asyncio.create_subprocess_exec(*opts.command)
                 opts.scope.pids.append(self.proc.pid)

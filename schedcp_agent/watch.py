@@ -29,6 +29,7 @@ from typing import Any
 
 from schedcp_agent.agent import Agent, Options
 from schedcp_agent.client import DaemonError, SchedcpClient
+from schedcp_agent.execute import check_access
 from schedcp_agent.targets import resolve
 
 _LOGGER = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Watcher:
         s = self.settings
         start = time.monotonic()
         async with SchedcpClient(self.opts.bus) as client:
+            await check_access(client)  # not first at the first trigger, hours later
             await client.watch_deployments(self._on_signal)
             self.progress(f"watching {self.opts.scope.describe()} (poll {s.poll:g} s, "
                           f"min interval {s.min_interval:g} s)")

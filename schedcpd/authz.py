@@ -23,6 +23,7 @@ import time
 from typing import Any, Protocol
 
 from schedcpd.api import Caller
+from schedcpd.const import ACTIONS
 from schedcpd.errors import AccessDenied
 
 _LOGGER = logging.getLogger(__name__)
@@ -73,6 +74,11 @@ class Authorizer:
         if self._polkit_active():
             return None
         return action in self.group_actions and self._in_group(caller)
+
+    def access(self, caller: Caller) -> dict[str, str]:
+        """What ``caller`` may do, per action: ``yes``, ``no``, or ``polkit`` (asked per call)."""
+        decisions = {True: "yes", False: "no", None: "polkit"}
+        return {action: decisions[self.decide_locally(caller, action)] for action in ACTIONS}
 
     async def authorize(self, caller: Caller, action: str) -> None:
         """Return if allowed; raise :class:`AccessDenied` otherwise."""

@@ -26,6 +26,7 @@ from dbus_fast import NameFlag, RequestNameReply
 
 from schedcpd import __version__, config
 from schedcpd.analysis import WorkloadAnalyzer
+from schedcpd.api import Caller
 from schedcpd.audit import AuditLog
 from schedcpd.authz import Authorizer
 from schedcpd.breaker import BreakerSettings
@@ -292,10 +293,11 @@ class Daemon:
         if hasattr(self, "manager"):
             self.manager.refresh_subsystems()
 
-    def _status_extras(self) -> dict[str, Any]:
+    def _status_extras(self, caller: Caller) -> dict[str, Any]:
         return {
             "bus": self.bus_spec,
             "authorization": self.authorizer.mode(),
+            "access": self.authorizer.access(caller),
             "config_file": str(self.config.path) if self.config.path else None,
             "state_dir": str(self.state_dir),
             "policy_files": {"builtin": str(self.builtin_dir), "dropin": str(self.dropin_dir),

@@ -50,14 +50,14 @@ class Manager(AnalysisAPI, PolicyAPI, DeployAPI):
         self,
         plugins: PluginHost,
         audit: AuditLog | None = None,
-        status_extras: Callable[[], dict[str, Any]] | None = None,
+        status_extras: Callable[[Caller], dict[str, Any]] | None = None,
         reload: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.plugins = plugins
         self.audit = audit
         self.emitter: Emitter = NullEmitter()
         self.started = time.time()
-        self._status_extras = status_extras or dict
+        self._status_extras = status_extras or (lambda _caller: {})
         self._reload = reload
         self._subsystems: dict[str, dict[str, Any]] | None = None
         self._static_status: str | None = None
@@ -104,7 +104,7 @@ class Manager(AnalysisAPI, PolicyAPI, DeployAPI):
         dynamic = to_json({
             "uptime_seconds": round(time.time() - self.started, 3),
             "caller": {"uid": caller.uid, "pid": caller.pid},
-            **self._status_extras(),
+            **self._status_extras(caller),
         })
         return f"{dynamic[:-1]},{self._static_status[1:]}"
 

@@ -1,29 +1,35 @@
-"""``schedcp-agent watch``: a new heavy process tree in the scope triggers one run."""
+"""``schedcp-agent watch``: its triggers, and one run per trigger at a bounded pace."""
 
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
+import os
+import pwd
 import subprocess
 import sys
 import time
 
 from schedcp_agent.agent import Options
+from schedcp_agent.client import SchedcpClient
 from schedcp_agent.targets import Scope
 from schedcp_agent.watch import Watcher, WatchSettings
-from tests.agent.conftest import Procs
-from tests.harness import ROOT
+from tests.agent.conftest import Procs, agent_cwd
+from tests.conftest import TEST_GROUP
 
 
-def test_new_heavy_tree_triggers_one_action(agent_daemon, procs: Procs) -> None:
+def test_new_heavy_tree_triggers_one_action(agent_daemon, procs: Procs, agent_uid: int) -> None:
     argv = [sys.executable, "-m", "schedcp_agent", "watch", "--bus", agent_daemon.address,
             "--json", "--match", procs.regex, "--poll", "1", "--heavy-cpu", "0.1",
             "--psi-threshold", "100", "--min-interval", "600", "--max-actions", "1",
             "--duration", "90",
             "--observe-seconds", "2", "--goal", "throughput", "--revert-at-end",
             "--max-iterations", "1"]
-    watcher = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    pw = pwd.getpwuid(agent_uid)  # the watcher runs as the agent's unprivileged user
+    watcher = subprocess.Popen(argv, cwd=agent_cwd(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, user=agent_uid,
+                               group=pw.pw_gid, extra_groups=[grp.getgrnam(TEST_GROUP).gr_gid])
     try:
         time.sleep(2.0)  # watching an empty scope: nothing happens
         spinners = [procs.worker("spin").pid for _ in range(2)]
@@ -39,6 +45,20 @@ def test_new_heavy_tree_triggers_one_action(agent_daemon, procs: Procs) -> None:
     report = actions[0]["report"]
     assert report["attempts"][0]["candidate"]["base"] == "batch-throughput"
     assert set(report["saw"]["roles"]["batch"]) == set(spinners)
+
+
+def test_watch_refuses_to_start_without_deploy_rights(agent_daemon, test_users) -> None:
+    """A user the daemon will not let deploy hears so at start, not at the first trigger."""
+    argv = [sys.executable, "-m", "schedcp_agent", "watch", "--bus", agent_daemon.address,
+            "--match", "no-such-process-xyzzy", "--duration", "60"]
+    started = time.monotonic()
+    done = subprocess.run(argv, cwd=agent_cwd(), capture_output=True, text=True, timeout=60,
+                          user=test_users["nobody"],
+                          group=pwd.getpwuid(test_users["nobody"]).pw_gid)
+    assert done.returncode == 4, done.stderr
+    assert time.monotonic() - started < 30  # did not watch its 60 s first
+    assert "not authorized" in done.stderr and "org.schedcp.deploy" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_minimum_interval_between_actions() -> None:
@@ -58,3 +78,32 @@ def test_deliberate_rollbacks_are_not_triggers() -> None:
     assert w._signals.empty()
     w._on_signal("dep-000000000003", "reverted", "circuit breaker: run-queue wait ...")
     assert w._signals.get_nowait().startswith("deployment dep-000000000003 reverted")
+
+
+def test_each_trigger_kind_is_seen(agent_daemon, procs: Procs) -> None:
+    """The three triggers against the real daemon: heavy tree, CPU pressure, a revert."""
+    spinners = [procs.worker("spin").pid for _ in range(2)]
+    opts = Options(scope=Scope(match=procs.regex), bus=agent_daemon.address)
+
+    async def triggers(settings: WatchSettings, signal: tuple[str, str, str] | None = None
+                       ) -> list[str]:
+        w = Watcher(opts, settings, lambda _: None)
+        if signal:
+            w._on_signal(*signal)
+        async with SchedcpClient(agent_daemon.address) as client:
+            deadline = time.monotonic() + 60
+            while True:  # the summary covers the spinners within its window
+                found = await w._triggers(client)
+                if found or time.monotonic() > deadline:
+                    return found
+
+    heavy = asyncio.run(triggers(WatchSettings(heavy_cpu=0.05, psi_threshold=1000)))
+    assert any(t.startswith("new heavy process tree") for t in heavy), heavy
+    pressure = asyncio.run(triggers(WatchSettings(heavy_cpu=1000, psi_threshold=0.0)))
+    assert pressure and all(t.startswith("cpu pressure") for t in pressure), pressure
+    reverted = asyncio.run(triggers(
+        WatchSettings(heavy_cpu=1000, psi_threshold=1000),
+        ("dep-00000000000a", "reverted", "circuit breaker: run-queue wait per run")))
+    assert reverted == ["deployment dep-00000000000a reverted: circuit breaker: run-queue "
+                        "wait per run"], reverted
+    assert all(os.path.exists(f"/proc/{p}") for p in spinners)

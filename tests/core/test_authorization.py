@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from schedcpd.api import collect
+from schedcpd.const import ACTIONS
 from schedcpd.manager import Manager
 from schedcpd.tokens import digest_of
 from tests.conftest import calls_as
@@ -104,6 +106,10 @@ def test_config_authorization_matrix(daemon: SchedcpdProcess, test_users: dict[s
             assert "not authorized" in result["message"]
     status = json.loads(results[0]["ok"])
     assert status["caller"]["uid"] == test_users[user]
+    # The caller can see what it may do (an agent checks before it starts).
+    held = {"root": set(ACTIONS), "member": {"org.schedcp.observe", "org.schedcp.submit"},
+            "nobody": {"org.schedcp.observe"}}[user]
+    assert status["access"] == {a: "yes" if a in held else "no" for a in ACTIONS}
 
 
 def test_group_actions_follow_config(start_daemon, test_users: dict[str, int]) -> None:
@@ -126,6 +132,11 @@ def test_denied_and_allowed_mutations_are_audited(start_daemon,
     assert [(r["uid"], r["result"]) for r in records] == [
         (0, "ok"), (test_users["nobody"], DENIED)]
     assert all(len(r["args_digest"]) == 64 and r["pid"] > 0 for r in records)
+    assert all(r["method"] == "Reload" and abs(r["time"] - time.time()) < 600 for r in records)
+    # Only mutating calls are audited: GetAudit itself (read-only) left no row.
+    everything = json.loads(calls_as(0, proc.address, [["GetAudit", "us", [100, ""], MGR]])
+                            [0]["ok"])
+    assert {r["method"] for r in everything} == {"Reload"}
 
 
 def test_polkit_decides_privileged_actions(fresh_bus: PrivateBus, start_daemon,
@@ -138,7 +149,9 @@ def test_polkit_decides_privileged_actions(fresh_bus: PrivateBus, start_daemon,
         # polkit denies everything by default: admin is refused...
         assert calls_as(nobody, proc.address, [CALLS["Reload"]])[0]["error"] == DENIED
         # ...observe is allowed to everyone without asking polkit at all.
-        assert "ok" in calls_as(nobody, proc.address, [CALLS["GetStatus"]])[0]
+        seen = json.loads(calls_as(nobody, proc.address, [CALLS["GetStatus"]])[0]["ok"])
+        assert seen["access"] == {a: "yes" if a == "org.schedcp.observe" else "polkit"
+                                  for a in ACTIONS}
         polkit.set_allowed(["org.schedcp.admin"])
         assert "ok" in calls_as(nobody, proc.address, [CALLS["Reload"]])[0]
         # Group membership does not matter once polkit decides.
