@@ -88,7 +88,12 @@ def scope_problem(text: str, allowed: set[int]) -> str | None:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         return f"not valid TOML: {err}"
-    for g in doc.get("group", []):
+    groups = doc.get("group", [])
+    if not isinstance(groups, list) or not groups:
+        return ("it has no [[group]]: a policy without groups (a T2 sched_ext scheduler, "
+                "[scx]) acts on the whole host, outside the targets; write a T1 policy with "
+                "groups that select the targets by pid")
+    for g in groups:
         match = g.get("match", {}) if isinstance(g, dict) else {}
         other = sorted(set(match) - {"pid"})
         pids = match.get("pid", [])

@@ -117,6 +117,17 @@ def _valid_parameters(doc: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def has_groups(doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` has ``[[group]]``s the agent can bind to targets.
+
+    A policy without groups (a T2 sched_ext scheduler such as
+    ``policies/t2/scx-vtime.toml``) acts on the whole host: the agent, which
+    only retunes the processes it was given, skips it.
+    """
+    groups = doc.get("group")
+    return isinstance(groups, list) and any(isinstance(g, dict) for g in groups)
+
+
 def retarget(base: dict[str, Any], bindings: dict[str, list[int]], *, base_name: str,
              profile_key: str, profile_text: str, goal: str,
              settings: dict[str, Any] | None = None,
@@ -130,7 +141,9 @@ def retarget(base: dict[str, Any], bindings: dict[str, list[int]], *, base_name:
     """
     doc = copy.deepcopy(base)
     groups = []
-    for g in doc.get("group", []):
+    for g in doc.get("group", []) if has_groups(doc) else []:
+        if not isinstance(g, dict):
+            continue
         pids = sorted(set(bindings.get(g.get("name", ""), [])))
         if not pids:
             continue

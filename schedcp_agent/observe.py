@@ -2,9 +2,11 @@
 
 The role watches the scope for a few seconds (structure: which processes
 persist, which come and go), asks schedcpd for the tier-1 summary
-(``GetSummary normal``) and, only for targets the summary does not show
-(it lists the host's busiest processes, not the agent's), asks for deeper
-profiling with ``RunPerfStat`` on up to :data:`MAX_PERF` of them.  The
+(``GetSummary normal``) and, only when that leaves the workload unclear --
+targets the summary does not classify (it lists the host's busiest
+processes, not the agent's) and no process structure (a job pool, fork
+churn) that already tells the shape -- asks for deeper profiling with
+``RunPerfStat`` on up to :data:`MAX_PERF` of them.  The
 result is a :class:`WorkloadProfile`: a shape, a goal, a natural-language
 description and the evidence for both.
 """
@@ -144,7 +146,11 @@ class Observer:
                                       float(entry.get("cpu", 0.0)), "summary")
         deep: list[str] = []
         missing = [p for p in self._by_age(current) if p not in targets]
-        if missing and self.deep:
+        structure = self._structure(targets)
+        if missing and structure is not None:
+            evidence.append(f"no deeper profiling: the process structure already shows "
+                            f"{structure[0]} ({len(missing)} targets not in the summary)")
+        elif missing and self.deep:
             await self._perf(missing[:MAX_PERF], current, targets, deep, evidence)
         for pid, proc in current.items():
             targets.setdefault(pid, Target(pid, proc.comm, "unknown", None, "not profiled"))
@@ -190,14 +196,17 @@ class Observer:
 
         await asyncio.gather(*(one(p) for p in pids))
 
-    def _shape(self, targets: dict[int, Target],
-               evidence: list[str]) -> tuple[str, dict[str, list[int]]]:
+    def _structure(self, targets: dict[int, Target]
+                   ) -> tuple[str, dict[str, list[int]], list[str]] | None:
+        """A shape the process structure alone shows (job pool, fork churn), or None.
+
+        Returns (shape, roles, evidence); per-process classes are not needed
+        for these, so the observation asks for no deeper profiling.
+        """
         tr = self.tracker
         current = tr.current
         appeared, vanished, persisted = tr.appeared(), tr.vanished(), tr.persisted()
         rate = len(appeared) / tr.seconds
-        evidence.append(f"{len(appeared)} processes appeared ({rate:.1f}/s), {len(vanished)} "
-                        f"ended, {len(persisted)} persisted through the observation")
         children: dict[int, list[Proc]] = {}
         for s in tr.seen.values():
             children.setdefault(s.proc.ppid, []).append(s.proc)
@@ -208,18 +217,32 @@ class Observer:
             done = [k for k in kids if k in vanished]
             stay = [k for k in kids if k in persisted]
             if len(done) >= 3 and 1 <= len(stay) <= max(1, len(kids) // 8):
-                evidence.append(f"{current[parent].comm}[{parent}] is a job pool: {len(done)} "
-                                f"jobs finished while {len(stay)} ran throughout "
-                                f"({', '.join(f'{k.comm}[{k.pid}]' for k in stay)})")
+                why = (f"{current[parent].comm}[{parent}] is a job pool: {len(done)} jobs "
+                       f"finished while {len(stay)} ran throughout "
+                       f"({', '.join(f'{k.comm}[{k.pid}]' for k in stay)})")
                 short = [k.pid for k in kids if k.pid in current and k not in stay]
                 return "long-tail-batch", {"long": [k.pid for k in stay],
-                                           "driver": [parent], "short": short}
+                                           "driver": [parent], "short": short}, [why]
         churn_roots = sorted({p.ppid for p in appeared if p.ppid in current} |
                              {t.pid for t in targets.values() if t.cls == "churn"})
         if rate >= CHURN_RATE or any(t.cls == "churn" for t in targets.values()):
             roots = [p for p in churn_roots if current.get(p) and
                      current[p].ppid not in current] or churn_roots
-            return "fork-churn", {"build": roots or sorted(current)}
+            return "fork-churn", {"build": roots or sorted(current)}, []
+        return None
+
+    def _shape(self, targets: dict[int, Target],
+               evidence: list[str]) -> tuple[str, dict[str, list[int]]]:
+        tr = self.tracker
+        current = tr.current
+        appeared, vanished, persisted = tr.appeared(), tr.vanished(), tr.persisted()
+        rate = len(appeared) / tr.seconds
+        evidence.append(f"{len(appeared)} processes appeared ({rate:.1f}/s), {len(vanished)} "
+                        f"ended, {len(persisted)} persisted through the observation")
+        structure = self._structure(targets)
+        if structure is not None:
+            evidence.extend(structure[2])
+            return structure[0], structure[1]
         hogs = sorted(t.pid for t in targets.values() if t.cls == "cpu-bound")
         inter = sorted(t.pid for t in targets.values() if t.cls == "interactive")
         if hogs and inter:

@@ -154,6 +154,8 @@ async def repository_hit(repo: RepositoryView, profile: WorkloadProfile) -> Cand
         full = await repo.get(p["id"])
         base = next((t[5:] for t in p.get("tags", []) if t.startswith("base:")), p["name"])
         doc = tomllib.loads(full["document"])
+        if not document.has_groups(doc):
+            continue
         bound = document.retarget(doc, bindings_for(profile), base_name=base,
                                   profile_key=profile.key, profile_text=profile.text,
                                   goal=profile.goal,
@@ -180,6 +182,10 @@ async def configure(repo: RepositoryView, profile: WorkloadProfile, base_name: s
         return None
     full = await repo.get(found["id"])
     base = tomllib.loads(full["document"])
+    if not document.has_groups(base):
+        _LOGGER.info("skipping %s: it has no [[group]]s to bind to the targets (track %s)",
+                     base_name, base.get("policy", {}).get("track", "T1"))
+        return None
     bindings = bindings_for(profile)
     bound = document.retarget(base, bindings, base_name=base_name, profile_key=profile.key,
                               profile_text=profile.text, goal=profile.goal, settings=settings,

@@ -2,7 +2,8 @@
 
 Every request (messages sent, tools offered), response (content, usage,
 cost), tool call with its result, and the stop reason is one line.  The
-directory is ``--transcript-dir``, else ``$XDG_STATE_HOME/schedcp-agent/
+directory is ``--transcript-dir``, else ``$STATE_DIRECTORY/transcripts``
+(systemd's ``StateDirectory=``), else ``$XDG_STATE_HOME/schedcp-agent/
 transcripts``, else ``~/.local/state/schedcp-agent/transcripts``; files are
 created mode 0600 in a 0700 directory.  When the directory cannot be made
 (a system user without a home) the run goes on and the report says where
@@ -22,7 +23,14 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def default_dir() -> Path:
-    """The transcript directory when none is given."""
+    """The transcript directory when none is given.
+
+    Under systemd (``StateDirectory=schedcp-agent``, as the shipped unit has)
+    ``$STATE_DIRECTORY/transcripts``; else the XDG state directory.
+    """
+    unit_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if unit_state:
+        return Path(unit_state) / "transcripts"
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "schedcp-agent" / "transcripts"
 

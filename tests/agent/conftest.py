@@ -1,10 +1,18 @@
-"""Fixtures for the agent tests: schedcpd on a private bus, the agent CLI, workloads."""
+"""Fixtures for the agent tests: schedcpd on a private bus, the agent CLI, workloads.
+
+The agent runs as it does in production: an unprivileged user (the test user
+``schedcp-test``, a member of group ``schedcp``) that the daemon's
+configuration grants observe, submit, verify and deploy -- the ``config``
+way of docs/agent.md, "Authorization".  Only the test itself is root (it
+starts the workloads and reads their scheduling state).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_as
+from tests.conftest import TEST_GROUP, TEST_USER, run_as
 from tests.harness import ROOT, PrivateBus, SchedcpdProcess
 
 WORKER = ROOT / "plugins" / "scheduler" / "sandbox_worker.py"
@@ -28,8 +36,15 @@ WORKLOADS = Path(__file__).parent / "workloads.py"
 # other suites run) its latency and throughput guards would revert on noise,
 # which is not what these tests examine.  The analysis window is short so a
 # summary soon covers the test's workload.
-AGENT_CONFIG = """[metrics]
+AGENT_CONFIG = f"""[metrics]
 enabled = false
+[authorization]
+polkit = "never"
+group = "{TEST_GROUP}"
+group_actions = ["org.schedcp.observe", "org.schedcp.submit", "org.schedcp.verify",
+                 "org.schedcp.deploy"]
+[repository]
+agent_user = "{TEST_USER}"
 [analysis]
 rate_hz = 4.0
 window_seconds = 5.0
@@ -51,23 +66,47 @@ stall_seconds = 20.0
 
 
 @pytest.fixture(scope="module")
-def agent_daemon() -> Iterator[SchedcpdProcess]:
+def agent_daemon(test_users: dict[str, int]) -> Iterator[SchedcpdProcess]:
     """schedcpd with fast settings on a private bus of this module's own."""
     with PrivateBus() as bus, SchedcpdProcess(bus.address, AGENT_CONFIG) as proc:
         yield proc
 
 
-def run_agent(address: str, args: list[str], uid: int = 0, env: dict[str, str] | None = None,
+@pytest.fixture(scope="session")
+def agent_uid(test_users: dict[str, int]) -> int:
+    """The unprivileged user the agent runs as (granted verify and deploy by AGENT_CONFIG)."""
+    return test_users["member"]
+
+
+def _world_readable(path: Path) -> bool:
+    """Whether other users can read ``path`` (and reach it)."""
+    parts = [path, *path.parents]
+    return bool(path.stat().st_mode & 0o004) and all(p.stat().st_mode & 0o001 for p in parts)
+
+
+def agent_cwd() -> Path:
+    """Where the agent runs: the checkout if its user can read it, else ``/``.
+
+    From the checkout ``python -m schedcp_agent`` runs the code under test; a
+    checkout in a 0700 directory falls back to the installed package.
+    """
+    return ROOT if _world_readable(ROOT) else Path("/")
+
+
+def user_dir(uid: int, prefix: str = "schedcp-agent-") -> Path:
+    """A fresh directory owned by ``uid`` (for transcripts, a command's files)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chown(path, uid, -1)
+    return path
+
+
+def run_agent(address: str, args: list[str], uid: int, env: dict[str, str] | None = None,
               timeout: float = 150.0) -> tuple[int, dict[str, Any] | None, str]:
     """Run ``schedcp-agent optimize --json`` as ``uid``; (exit status, report, stderr)."""
     argv = [sys.executable, "-m", "schedcp_agent", "optimize", "--bus", address, "--json",
             "--observe-seconds", "3", *args]
-    full_env = {**os.environ, **(env or {})}
-    if uid == 0:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                             env=full_env)
-    else:
-        out = run_as(uid, argv, env=full_env)
+    out = run_as(uid, argv, env={**os.environ, **(env or {})}, cwd=agent_cwd(),
+                 timeout=timeout)
     report = None
     if out.stdout.strip().startswith("{"):
         report = json.loads(out.stdout)
@@ -80,6 +119,7 @@ class Procs:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="schedcp-agent-test-"))
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.extra_dirs: list[Path] = []
 
     @property
     def regex(self) -> str:
@@ -104,6 +144,8 @@ class Procs:
             except ProcessLookupError:
                 pass
             proc.wait()
+        for path in [self.dir, *self.extra_dirs]:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

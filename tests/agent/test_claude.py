@@ -2,8 +2,8 @@
 
 The fake (tests/agent/fake_messages.py) is scripted to call D-Bus tools, to
 send malformed tool arguments and to overrun the budget; the agent runs as
-the real CLI against a real schedcpd, with ANTHROPIC_BASE_URL pointing at
-the fake.  A repository hit must not reach the fake at all.
+the real CLI (as the unprivileged test user) against a real schedcpd, with
+ANTHROPIC_BASE_URL pointing at the fake.  A repository hit must not reach the fake at all.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from schedcp_agent.tools import claude_tools
-from tests.agent.conftest import KnobWatcher, Procs, run_agent
+from tests.agent.conftest import KnobWatcher, Procs, run_agent, user_dir
 from tests.agent.fake_messages import FakeMessagesAPI, last_tool_results, message, tool_use
 from tests.conftest import calls_as
 
@@ -36,6 +36,13 @@ def _env(fake: FakeMessagesAPI) -> dict[str, str]:
     return {"ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "sk-test-fake"}
 
 
+def transcripts(procs: Procs, uid: int) -> Path:
+    """A transcript directory the agent's user owns (removed with the test's processes)."""
+    path = user_dir(uid, "schedcp-agent-transcripts-")
+    procs.extra_dirs.append(path)
+    return path
+
+
 @pytest.fixture
 def spinners(procs: Procs) -> list[int]:
     pids = [procs.worker("spin").pid for _ in range(2)]
@@ -45,7 +52,7 @@ def spinners(procs: Procs) -> list[int]:
 
 def test_tool_calls_malformed_arguments_and_accounting(agent_daemon, procs: Procs,
                                                        spinners: list[int],
-                                                       tmp_path: Path) -> None:
+                                                       agent_uid: int) -> None:
     usages = [
         {"input_tokens": 1200, "output_tokens": 60, "cache_creation_input_tokens": 900},
         {"input_tokens": 300, "output_tokens": 70, "cache_read_input_tokens": 900},
@@ -83,7 +90,8 @@ def test_tool_calls_malformed_arguments_and_accounting(agent_daemon, procs: Proc
         _rc, report, err = run_agent(agent_daemon.address, [
             "--backend", "claude", "--goal", "fairness", "--match", procs.regex,
             "--revert-at-end", "--max-iterations", "1", "--budget-usd", "1",
-            "--transcript-dir", str(tmp_path)], env=_env(fake))
+            "--transcript-dir", str(transcripts(procs, agent_uid))], agent_uid,
+            env=_env(fake))
     assert report is not None, err
     assert len(fake.requests) == 5, err
     first = fake.requests[0]
@@ -118,7 +126,7 @@ def test_tool_calls_malformed_arguments_and_accounting(agent_daemon, procs: Proc
 
 def test_budget_overrun_stops_cleanly_with_a_report(agent_daemon, procs: Procs,
                                                     spinners: list[int],
-                                                    tmp_path: Path) -> None:
+                                                    agent_uid: int) -> None:
     before = calls_as(0, agent_daemon.address, [["ListDeployments", "", []]])[0]["ok"]
     usage = {"input_tokens": 5000, "output_tokens": 1000}
 
@@ -128,7 +136,8 @@ def test_budget_overrun_stops_cleanly_with_a_report(agent_daemon, procs: Procs,
     with FakeMessagesAPI([expensive, expensive]) as fake:
         rc, report, err = run_agent(agent_daemon.address, [
             "--backend", "claude", "--goal", "fairness", "--match", procs.regex,
-            "--budget-usd", "0.01", "--transcript-dir", str(tmp_path)], env=_env(fake))
+            "--budget-usd", "0.01", "--transcript-dir", str(transcripts(procs, agent_uid))],
+            agent_uid, env=_env(fake))
     assert report is not None, err
     assert rc == 1 and "Traceback" not in err
     assert len(fake.requests) == 1
@@ -143,18 +152,18 @@ def test_budget_overrun_stops_cleanly_with_a_report(agent_daemon, procs: Procs,
 
 
 def test_repository_hit_needs_no_model_call(agent_daemon, procs: Procs,
-                                            spinners: list[int], tmp_path: Path) -> None:
+                                            spinners: list[int], agent_uid: int) -> None:
     _rc, first, err = run_agent(agent_daemon.address, [
         "--goal", "throughput", "--match", procs.regex, "--revert-at-end",
-        "--max-iterations", "1"])
+        "--max-iterations", "1"], agent_uid)
     assert first is not None, err
     # A deployment that reached "active" is what makes the version proven.
     assert first["attempts"][0]["execution"]["state"] == "active", first["attempts"][0]
     with FakeMessagesAPI([]) as fake:
         _rc, report, err = run_agent(agent_daemon.address, [
             "--backend", "claude", "--goal", "throughput", "--match", procs.regex,
-            "--revert-at-end", "--max-iterations", "1", "--transcript-dir", str(tmp_path)],
-            env=_env(fake))
+            "--revert-at-end", "--max-iterations", "1", "--transcript-dir",
+            str(transcripts(procs, agent_uid))], agent_uid, env=_env(fake))
     assert report is not None, err
     assert fake.requests == []
     att = report["attempts"][0]
@@ -163,3 +172,64 @@ def test_repository_hit_needs_no_model_call(agent_daemon, procs: Procs,
     assert att["execution"]["deployment"].startswith("dep-")
     assert report["cost"]["model_calls"] == 0 and report["cost"]["usd"] == 0.0
     assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in spinners)
+
+
+def test_refused_candidate_is_fed_back_and_the_next_one_is_fixed(agent_daemon, procs: Procs,
+                                                                 spinners: list[int],
+                                                                 agent_uid: int) -> None:
+    """Two candidates in one session: execution reads the verifier's findings.
+
+    The first names a group that does not exist (no fix): refused, and the
+    outcome goes back to the model (in-context learning).  The second puts
+    a group another depends on at SCHED_IDLE: execution fixes it (idle ->
+    batch), verifies the fix and deploys it.
+    """
+    usage = {"input_tokens": 100, "output_tokens": 20}
+    a, b = sorted(spinners)
+
+    def doc(name: str, first: str, second: str) -> str:
+        return (f'[policy]\nname = "{name}"\ndescription = "iteration test"\n'
+                f'[[group]]\nname = "db"\nmatch = {{ pid = [{a}] }}\ntask = {first}\n'
+                f'[[group]]\nname = "web"\nmatch = {{ pid = [{b}] }}\n'
+                f'depends_on = [{second}]\ntask = {{ policy = "batch" }}\n')
+
+    dangling = doc("model-dangling", '{ policy = "batch" }', '"nosuch"')
+    starving = doc("model-starving", '{ policy = "idle" }', '"db"')
+    seen: dict[str, Any] = {}
+
+    def submit(text: str) -> Any:
+        return lambda req: tool_use("SubmitPolicy", {"document": text}, usage)
+
+    def answer(key: str) -> Any:
+        def step(req: dict[str, Any]) -> dict[str, Any]:
+            seen[key] = json.loads(last_tool_results(req)[0]["content"])
+            return message([{"type": "text", "text": f"POLICY: {seen[key]}\nRUNG: compose"}],
+                           "end_turn", usage)
+        return step
+
+    def second(req: dict[str, Any]) -> dict[str, Any]:
+        seen["feedback"] = req["messages"][-1]["content"]
+        return submit(starving)(req)
+
+    with FakeMessagesAPI([submit(dangling), answer("first"), second, answer("second")]) as fake, \
+            KnobWatcher(lambda: spinners) as watch:
+        _rc, report, err = run_agent(agent_daemon.address, [
+            "--backend", "claude", "--goal", "fairness", "--match", procs.regex,
+            "--revert-at-end", "--max-iterations", "2", "--budget-usd", "1",
+            "--transcript-dir", str(transcripts(procs, agent_uid))], agent_uid,
+            env=_env(fake))
+    assert report is not None, err
+    assert len(fake.requests) == 4, (err, report["status"])
+    first, second_att = report["attempts"]
+    assert first["execution"]["verified"] is False
+    assert "unknown-dependency" in first["execution"]["error"]
+    assert first["execution"]["deployment"] == ""
+    # The model was told what happened to its first candidate.
+    assert "refused" in seen["feedback"] and "unknown-dependency" in seen["feedback"]
+    ex = second_att["execution"]
+    assert any("SCHED_IDLE -> SCHED_BATCH" in f for f in ex["fixes"]), ex
+    assert ex["verified"] is True and ex["deployment"].startswith("dep-")
+    assert ex["policy_id"] != seen["second"]  # the fixed version, not the model's
+    assert watch.saw(a, policy=os.SCHED_BATCH) and not watch.saw(a, policy=os.SCHED_IDLE)
+    assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in spinners)
+    assert report["cost"]["model_calls"] == 4 and report["cost"]["tokens"] == 480

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 import tomllib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +17,10 @@ from schedcp_agent.claude import scope_problem
 from schedcp_agent.execute import fix_document
 from schedcp_agent.learn import judge
 from schedcp_agent.observe import WorkloadProfile, classify_perf
+from schedcp_agent.report import render
+from schedcp_agent.targets import Scope, read_proc, resolve
 from schedcp_agent.tools import TOOLS, check_arguments, claude_tools, tool
+from schedcp_agent.transcript import Transcript, default_dir
 from schedcpd.api import collect
 from schedcpd.manager import Manager
 from tests.harness import ROOT
@@ -60,9 +67,15 @@ def test_numbers_are_range_checked() -> None:
         check_arguments(tool("RunPerfStat"), {"pid": True, "cgroup": "", "seconds": 1})
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "policies").glob("*.toml")))
-def test_retarget_round_trips_every_builtin(name: str) -> None:
-    base = tomllib.loads((ROOT / "policies" / f"{name}.toml").read_text())
+POLICY_FILES = sorted((ROOT / "policies").rglob("*.toml"))
+GROUPLESS = [p for p in POLICY_FILES if "group" not in tomllib.loads(p.read_text())]
+
+
+@pytest.mark.parametrize("path", [p for p in POLICY_FILES if p not in GROUPLESS],
+                         ids=lambda p: p.stem)
+def test_retarget_round_trips_every_builtin(path: Path) -> None:
+    name = path.stem
+    base = tomllib.loads(path.read_text())
     bindings = {g["name"]: [100 + i] for i, g in enumerate(base["group"])}
     doc = document.retarget(base, bindings, base_name=name, profile_key="latency.x",
                             profile_text="a test", goal="latency")
@@ -72,6 +85,33 @@ def test_retarget_round_trips_every_builtin(name: str) -> None:
                                                    for i in range(len(base["group"]))]
     assert "profile:latency.x" in doc["policy"]["tags"]
     assert doc["policy"]["name"].startswith(f"agent-{name}"[:20])
+
+
+def test_shipped_policies_include_a_groupless_one() -> None:
+    # What the next test examines exists: a T2 policy without [[group]]s.
+    assert any(p.stem == "scx-vtime" for p in GROUPLESS), POLICY_FILES
+
+
+@pytest.mark.parametrize("path", GROUPLESS, ids=lambda p: p.stem)
+def test_policies_without_groups_are_skipped_not_retargeted(path: Path) -> None:
+    text = path.read_text()
+    base = tomllib.loads(text)
+    assert not document.has_groups(base)
+    doc = document.retarget(base, {"batch": [100]}, base_name=path.stem,
+                            profile_key="throughput.cpu-batch", profile_text="a test",
+                            goal="throughput")
+    assert doc["group"] == []  # nothing to bind: the planners skip it (plan.configure)
+    assert tomllib.loads(document.dump(doc))["policy"] == doc["policy"]
+    # A model that submits it is told why, as a tool error: it acts on the whole host.
+    assert "no [[group]]" in str(scope_problem(text, {100}))
+
+
+def test_the_report_states_tokens_and_dollars() -> None:
+    text = render({"status": "goal met", "attempts": [], "cost": {
+        "tokens": 1234, "input_tokens": 1000, "output_tokens": 234, "usd": 0.0123,
+        "model_calls": 2, "seconds": 3.5}})
+    assert "cost:     1234 tokens (in 1000, out 234" in text
+    assert "$0.0123, 2 model calls" in text
 
 
 def test_fix_document_moves_a_depended_on_group_off_idle() -> None:
@@ -135,3 +175,44 @@ def test_judge_needs_a_separated_regression_to_call_it_worse() -> None:
     worse = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.5, 0.6, 0.7]))
     assert not worse.goal_met and "got worse" in worse.reason
     assert not judge(prof, "reverted", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03])).goal_met
+
+
+def test_transcripts_go_to_the_units_state_directory(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    t = Transcript(None)
+    assert t.path is not None and t.path.parent == tmp_path / "state" / "transcripts"
+    t.write("request", model="m")
+    assert oct(t.path.stat().st_mode & 0o777) == "0o600"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert default_dir() == tmp_path / "xdg" / "schedcp-agent" / "transcripts"
+
+
+def test_token_and_time_budgets_stop_too() -> None:
+    usage = SimpleNamespace(input_tokens=600, output_tokens=500)
+    b = Budget(max_tokens=1000)
+    b.add("claude-haiku-4-5", usage)
+    with pytest.raises(BudgetSpent, match="token budget spent: 1100 of 1000"):
+        b.check()
+    assert Budget(max_tokens=5000).output_allowance("claude-haiku-4-5", 4096) == 4096
+    with pytest.raises(BudgetSpent, match="time budget spent"):
+        Budget(max_seconds=0.0).check()
+
+
+def test_cgroup_and_pid_scopes_resolve_to_the_processes_in_them() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while read_proc(child.pid) is None or read_proc(child.pid).comm != "sleep":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc = read_proc(child.pid)
+        assert proc is not None
+        by_cgroup = resolve(Scope(cgroup=proc.cgroups[0]))
+        assert child.pid in by_cgroup and os.getpid() not in by_cgroup  # never the agent
+        assert list(resolve(Scope(pids=[child.pid]))) == [child.pid]
+        assert child.pid in resolve(Scope(match=r"^sleep 30$"))
+    finally:
+        child.kill()
+        child.wait()
