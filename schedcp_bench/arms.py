@@ -79,16 +79,23 @@ async def builtin_policies(client: SchedcpClient) -> dict[str, dict[str, Any]]:
     return out
 
 
-def bind(doc: dict[str, Any], roles: dict[str, list[int]], name: str) -> tuple[
+def bind(doc: dict[str, Any], roles: dict[str, list[int]], name: str,
+         role_match: dict[str, dict[str, Any]] | None = None) -> tuple[
         dict[str, Any] | None, list[str]]:
-    """``doc`` with each group selecting the pids of the role of its name.
+    """``doc`` with each group selecting the processes of the role of its name.
 
+    A role in ``role_match`` (processes born and gone within a unit) is
+    selected by that match table, any other by the pids in ``roles``.
     Returns (bound document, []) or (None, the groups without processes).
     """
     out = copy.deepcopy(doc)
     unbound = []
     for g in out.get("group", []):
-        pids = sorted(set(roles.get(g.get("name", ""), [])))
+        group = g.get("name", "")
+        if role_match and group in role_match:
+            g["match"] = dict(role_match[group])
+            continue
+        pids = sorted(set(roles.get(group, [])))
         if not pids:
             unbound.append(str(g.get("name")))
         g["match"] = {"pid": pids}
@@ -229,15 +236,18 @@ class PolicyArm(Arm):
         if found is None:
             raise ArmError(f"no built-in policy named {self.policy!r}")
         full = await ctx.client.call("GetPolicy", found["id"])
-        bound, unbound = bind(tomllib.loads(full["document"]), ctx.session.roles,
-                              ctx.workload.name)
+        session = ctx.session
+        bound, unbound = bind(tomllib.loads(full["document"]), session.roles,
+                              ctx.workload.name, session.role_match)
         if bound is None:
+            roles = sorted({*session.roles, *session.role_match})
             return (f"the workload has no processes for group(s) {', '.join(unbound)} "
-                    f"(roles: {', '.join(sorted(ctx.session.roles)) or 'none'})")
+                    f"(roles: {', '.join(roles) or 'none'})")
         self.policy_id = str(await ctx.client.call("SubmitPolicy", document.dump(bound)))
         self.info = {"policy": self.policy, "source_id": found["id"],
                      "policy_id": self.policy_id,
-                     "groups": {g["name"]: g["match"]["pid"] for g in bound["group"]}}
+                     "groups": {g["name"]: g["match"].get("pid", g["match"])
+                                for g in bound["group"]}}
         return None
 
     async def activate(self, ctx: ArmContext) -> dict[str, Any]:

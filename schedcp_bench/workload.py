@@ -14,7 +14,9 @@ their own process groups), so a policy bound to those pids, or the
 ``session.match`` regex over command lines, covers the whole workload,
 including the jobs it forks later.  ``session.roles`` names which pids play
 which role for the built-in policies' groups (``latency``, ``batch``,
-``build``, ``long``, ``short``, ``foreground``, ``noisy``).
+``build``, ``long``, ``short``, ``foreground``, ``noisy``); a role played
+by processes that live within one unit (a long-tail set's jobs) is named in
+``session.role_match`` with a ``[group.match]`` table instead.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class Session:
     log: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     roles: dict[str, list[int]] = field(default_factory=dict)
+    # Roles played by processes born and gone within a unit: a match table each.
+    role_match: dict[str, dict[str, Any]] = field(default_factory=dict)
     match: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -100,8 +101,13 @@ class LongTail(BenchWorkload):
                            "--tag", str(session.dir), "--seed", str(seed))
         driver = self.spawn_driver(session, argv, f"{__name__}:parse")
         # long/short are jobs of a set, born and gone within a second: policies find
-        # them by --job-class on their command lines; the driver is their ancestor.
+        # them by their command lines (this session's tag only); the driver is
+        # their ancestor.
         session.roles = {"batch": [driver.pid]}
+        tag = re.escape(str(session.dir))
+        session.role_match = {
+            cls: {"cmdline": f"--job-class {cls} --cpu-ms \\S+ --tag {tag}$"}
+            for cls in ("long", "short")}
         return session
 
     def measure(self, session: Session, t0: float, t1: float) -> dict[str, float | None]:

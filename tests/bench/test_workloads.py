@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from schedcp_agent.targets import Proc, process_table
+from schedcp_bench.arms import bind
 from schedcp_bench.workload import Session, Workload, now
 from schedcp_bench.workloads import WORKLOADS
 from schedcp_bench.workloads.common import NATIVE_DIR
@@ -107,6 +108,18 @@ def test_workload_measures_targets_and_stops(started: tuple[Workload, Session]) 
     tree = descendants([p.pid for p in session.procs], table)
     for pids in session.roles.values():
         assert pids and set(pids) <= set(tree)
+    # roles of processes that live within a unit: their match finds some, all in the session
+    for role, match in session.role_match.items():
+        assert role in GROUPS and set(match) == {"cmdline"}, (role, match)
+        role_rx = re.compile(match["cmdline"])
+        hits: list[Proc] = []
+        deadline = now() + PATIENCE
+        while not hits and now() < deadline:
+            snapshot = process_table()
+            hits = [p for p in snapshot.values() if role_rx.search(p.cmdline)]
+            session_tree = descendants([p.pid for p in session.procs], snapshot)
+            assert {p.pid for p in hits} <= set(session_tree), (role, hits)
+        assert hits, f"{workload.name}: no process played role {role!r}"
     # the match regex finds every process of the session and nothing else
     rx = re.compile(session.match)
     assert session.match
@@ -124,6 +137,18 @@ def test_workload_measures_targets_and_stops(started: tuple[Workload, Session]) 
         time.sleep(0.1)
         left = [p for p in process_table().values() if rx.search(p.cmdline)]
     assert not left, [p.cmdline for p in left]
+
+
+def test_bind_selects_roles_by_pid_or_by_match() -> None:
+    doc = {"policy": {"name": "p", "description": "d", "tags": ["x"]},
+           "parameters": {"a": {"field": "group[0].cgroup.shares", "min": 2, "max": 9}},
+           "group": [{"name": "long", "match": {"cmdline": "old"}, "cgroup": {"shares": 8}},
+                     {"name": "batch", "match": {"comm": "old"}, "task": {"nice": 5}}]}
+    bound, unbound = bind(doc, {"batch": [7, 3, 7]}, "w", {"long": {"cmdline": "--job long$"}})
+    assert unbound == [] and bound is not None
+    assert [g["match"] for g in bound["group"]] == [{"cmdline": "--job long$"}, {"pid": [3, 7]}]
+    assert bound["policy"]["name"] == "bench-w-p" and "parameters" not in bound
+    assert bind(doc, {"batch": [3]}, "w") == (None, ["long"])
 
 
 def test_registry_is_complete() -> None:
