@@ -16,10 +16,12 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from plugins.scheduler import tasks
 from schedcpd.analysis.perfstat import PerfStat
 from schedcpd.analysis.taskstats import TaskStatsReader
 from schedcpd.probes import ProbeManager
@@ -34,6 +36,15 @@ def _nice(pid: int) -> None:
 def _fifo(pid: int) -> None:
     os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(1))
     os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+
+
+def _slice(pid: int) -> None:
+    """sched_setattr through the scheduler plugin's own code (policy, nice and slice).
+
+    The task's attributes are written back unchanged (runtime 0: no custom
+    slice); the kernel checks the permission before looking at the values.
+    """
+    tasks.set_attr(pid, replace(tasks.get_attr(pid), runtime=0))
 
 
 def _affinity(pid: int) -> None:
@@ -102,6 +113,7 @@ def main() -> None:
     ops: dict[str, Callable[[], object]] = {
         "nice": lambda: _nice(pid),
         "sched_fifo": lambda: _fifo(pid),
+        "sched_setattr": lambda: _slice(pid),
         "affinity": lambda: _affinity(pid),
         "timer_slack": lambda: _rewrite(Path(f"/proc/{pid}/timerslack_ns")),
         "autogroup": lambda: _autogroup(pid),

@@ -26,11 +26,11 @@ if not Path("/sys/kernel/btf/vmlinux").exists():
     pytest.skip("the kernel has no BTF: the BPF probes cannot load", allow_module_level=True)
 
 CAPPROBE = Path(__file__).with_name("capprobe.py")
-OPERATIONS = ("nice", "sched_fifo", "affinity", "timer_slack", "autogroup", "sysctl", "cgroup",
-              "proc_io", "taskstats", "perf_stat", "bpf_probe")
+OPERATIONS = ("nice", "sched_fifo", "sched_setattr", "affinity", "timer_slack", "autogroup",
+              "sysctl", "cgroup", "proc_io", "taskstats", "perf_stat", "bpf_probe")
 # What fails without each capability (measured on Linux 6.18, cgroup v1).
 NEEDED_FOR = {
-    "sys_nice": {"nice", "sched_fifo", "affinity", "timer_slack"},
+    "sys_nice": {"nice", "sched_fifo", "sched_setattr", "affinity", "timer_slack"},
     "dac_override": {"autogroup", "cgroup", "proc_io"},
     "sys_ptrace": {"proc_io"},
     "bpf": {"bpf_probe"},

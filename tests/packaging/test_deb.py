@@ -8,6 +8,9 @@ so the test starts /usr/bin/schedcpd the way the unit would (its capability
 bounding set, no_new_privs).  Every test purges the package in ``finally``
 and checks the machine is left as it was: files, state, accounts.
 
+The micro-VM cache /var/cache/schedcp, which purge removes, may already hold
+tests/microvm's downloads: the tests move it aside and put it back.
+
 Accounts: tests/conftest.py's ``test_users`` fixture may have made group
 ``schedcp`` before these tests run.  The package records the accounts it
 created and purge removes only those, so each test compares the accounts
@@ -19,18 +22,21 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import pwd
 import re
+import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from schedcpd import __version__
-from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
+from schedcpd.const import ACTION_OBSERVE, ACTIONS, BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from tests.conftest import run_as
 from tests.harness import ROOT, PrivateBus
 from tests.packaging.conftest import SYSTEMD_DIR, unit_capabilities
@@ -48,7 +54,14 @@ POLKITD = Path("/usr/lib/polkit-1/polkitd")
 NOBODY = 65534
 ACCOUNTS = ("group:schedcp", "passwd:schedcp-agent", "group:schedcp-agent")
 UNIT = SYSTEMD_DIR / "schedcpd.service"
-SEARCHED = ("/etc", "/var/lib", "/run", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share", "/lib")
+SEARCHED = ("/etc", "/var/lib", "/var/cache", "/run", "/usr/bin", "/usr/sbin", "/usr/lib",
+            "/usr/share", "/lib")
+SCX = Path("/usr/lib/schedcp/scx")
+ALL_ACTION = "org.schedcp.all"
+MUTATING = [a for a in ACTIONS if a != ACTION_OBSERVE]
+POLKIT_RULE = Path("/etc/polkit-1/rules.d") / f"49-schedcp-test-{os.getpid()}.rules"
+CACHE = Path("/var/cache/schedcp")
+PEER, PROPS = "org.freedesktop.DBus.Peer", "org.freedesktop.DBus.Properties"
 
 
 def _run(argv: list[str], timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -113,16 +126,20 @@ def test_lintian_is_clean(deb: Path) -> None:
 
 
 def check_installed_files() -> None:
-    for exe in ("schedcpd", "schedcpctl"):
+    for exe in ("schedcpd", "schedcpctl", "schedcp-agent"):
         link = Path("/usr/bin") / exe
         assert link.is_symlink() and link.resolve() == VENV / "bin" / exe
         assert (VENV / "bin" / exe).read_text().splitlines()[0] == f"#!{VENV}/bin/python"
+    # schedcp-bench is not shipped (docs/packaging.md): no half-working command.
+    assert not (VENV / "bin" / "schedcp-bench").exists()
+    assert not Path("/usr/bin/schedcp-bench").exists()
     # The bundled venv alone: no environment, no pip, nothing from the build tree.
     out = _run(["/usr/bin/schedcpd", "--version"], env={})
     assert out.returncode == 0 and out.stdout.strip() == f"schedcpd {__version__}", out
     out = _run([str(VENV / "bin" / "python"), "-c",
-                "import importlib.util, sys; import dbus_fast.message, "
-                "cryptography.hazmat.bindings._rust, pyroute2, schedcpd.daemon; "
+                "import importlib.util, sys; import dbus_fast.message, anthropic, "
+                "cryptography.hazmat.bindings._rust, pyroute2, schedcpd.daemon, "
+                "schedcp_agent.cli; "
                 "print(importlib.util.find_spec('pip'), sys.prefix)"], env={})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["None", str(VENV)]
@@ -153,6 +170,17 @@ def check_installed_files() -> None:
         sorted(p.name for p in (ROOT / "policies").glob("*.toml"))
     assert sorted(p.name for p in Path("/usr/lib/schedcp/bpf").iterdir()) == \
         ["cswitch.bpf.o", "offcpu.bpf.o", "runqlat.bpf.o"]
+    # The sched_ext sources the micro-VM builds (and T2 policies name), and
+    # the installed code finds them there, from no checkout.
+    sources = sorted(str(p.relative_to(ROOT / "bpf" / "scx"))
+                     for p in (ROOT / "bpf" / "scx").rglob("*") if p.is_file())
+    assert sorted(str(p.relative_to(SCX)) for p in SCX.rglob("*") if p.is_file()) == sources
+    for name in sources:
+        assert (SCX / name).read_bytes() == (ROOT / "bpf" / "scx" / name).read_bytes(), name
+    out = _run([str(VENV / "bin" / "python"), "-c",
+                "from plugins.scheduler.microvm import paths; print(paths.scx_source_dir())"],
+               env={}, cwd="/")
+    assert out.returncode == 0 and out.stdout.strip() == str(SCX), out
     assert Path("/etc/schedcp/policies.d").is_dir()
     assert STATE.is_dir() and STATE.stat().st_mode & 0o777 == 0o700
 
@@ -228,11 +256,104 @@ def check_polkit_actions(address: str) -> None:
     assert re.search(r"org\.freedesktop\.policykit\.imply -> org\.schedcp\.observe "
                      r"org\.schedcp\.submit org\.schedcp\.verify org\.schedcp\.deploy "
                      r"org\.schedcp\.admin", out.stdout), out.stdout
-    check = "exec pkcheck --action-id {} --process $$"
-    assert run_as(NOBODY, ["sh", "-c", check.format("org.schedcp.observe")],
-                  env=env).returncode == 0
-    denied = run_as(NOBODY, ["sh", "-c", check.format("org.schedcp.admin")], env=env)
-    assert denied.returncode != 0 and "requires authentication" in denied.stderr
+
+    assert pkcheck(address, NOBODY, ACTION_OBSERVE).returncode == 0
+    for action in [*MUTATING, ALL_ACTION]:
+        denied = pkcheck(address, NOBODY, action)
+        assert denied.returncode != 0 and "requires authentication" in denied.stderr, action
+
+    # "implies" works: a rule granting nobody org.schedcp.all alone authorizes
+    # every other action.
+    with grant_all(address, "nobody", NOBODY):
+        for action in MUTATING:
+            assert pkcheck(address, NOBODY, action).returncode == 0, action
+
+
+def pkcheck(address: str, uid: int, action: str) -> subprocess.CompletedProcess[str]:
+    """pkcheck for a process of ``uid``, against the polkitd on ``address``."""
+    return run_as(uid, ["sh", "-c", f"exec pkcheck --action-id {action} --process $$"],
+                  env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": address})
+
+
+@contextmanager
+def grant_all(address: str, user: str, uid: int) -> Iterator[None]:
+    """A polkit rule giving ``user`` org.schedcp.all (the one the policy file suggests)."""
+    POLKIT_RULE.write_text(
+        "polkit.addRule(function(action, subject) {\n"
+        f'    if (action.id == "{ALL_ACTION}" && subject.user == "{user}")\n'
+        "        return polkit.Result.YES;\n"
+        "});\n")
+    try:
+        # polkitd reloads rules.d by itself.
+        _poll(lambda: pkcheck(address, uid, "org.schedcp.admin").returncode == 0,
+              "the rule granting all")
+        yield
+    finally:
+        POLKIT_RULE.unlink(missing_ok=True)
+    _poll(lambda: pkcheck(address, uid, "org.schedcp.admin").returncode != 0, "the rule's removal")
+
+
+def _poll(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert time.monotonic() < deadline, f"polkitd did not pick up {what}"
+        time.sleep(0.5)
+
+
+def check_bus_policy(address: str) -> None:
+    """The installed bus policy: anyone may call the standard interfaces, only root owns."""
+    for uid in (0, NOBODY):
+        bus = ["busctl", f"--address={address}"]
+        out = run_as(uid, [*bus, "introspect", BUS_NAME, OBJECT_PATH])
+        assert out.returncode == 0 and MANAGER_INTERFACE in out.stdout, out.stderr
+        out = run_as(uid, [*bus, "call", BUS_NAME, OBJECT_PATH, PEER, "Ping"])
+        assert out.returncode == 0, out.stderr
+        out = run_as(uid, [*bus, "--json=short", "call", BUS_NAME, OBJECT_PATH, PROPS, "GetAll",
+                           "s", MANAGER_INTERFACE])
+        assert out.returncode == 0 and '"Version"' in out.stdout, out.stderr
+    # An interface the policy does not list is refused by the bus itself.
+    send = ["dbus-send", f"--bus={address}", "--print-reply"]
+    out = run_as(NOBODY, [*send, f"--dest={BUS_NAME}", OBJECT_PATH, "org.example.Nope.GetStatus"])
+    assert "org.freedesktop.DBus.Error.AccessDenied" in out.stderr, out
+    # Owning the name: refused to nobody by the policy; root may (schedcpd holds it: EXISTS).
+    request = [*send, "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
+               "org.freedesktop.DBus.RequestName", f"string:{BUS_NAME}", "uint32:4"]
+    out = run_as(NOBODY, request)
+    assert out.returncode != 0 and "org.freedesktop.DBus.Error.AccessDenied" in out.stderr, out
+    out = run_as(0, request)
+    assert out.returncode == 0 and out.stdout.split()[-2:] == ["uint32", "3"], out
+
+
+def check_installed_agent(address: str, mdwe: bool) -> None:
+    """The installed agent as its own user, with no capabilities, as the unit runs it."""
+    agent = pwd.getpwnam("schedcp-agent")
+    # The unit's ExecStart with an empty $SCHEDCP_AGENT_ARGS: exit 2, which the
+    # unit's RestartPreventExitStatus= keeps from restarting in a loop.
+    out = run_as(agent.pw_uid, ["/usr/bin/schedcp-agent", "watch", "--bus", address])
+    assert out.returncode == 2 and "give the targets" in out.stderr, out
+    target = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               "sleep", "300"])
+
+    def watch() -> subprocess.CompletedProcess[str]:
+        return _run(["setpriv", "--reuid=schedcp-agent", "--regid=schedcp-agent",
+                     "--init-groups", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs",
+                     "/usr/bin/schedcp-agent", "watch", "--bus", address,
+                     "--pid", str(target.pid), "--duration", "3", "--poll", "1", "--json",
+                     # No trigger can fire (whatever the load of this machine): watch only.
+                     "--psi-threshold", "101", "--heavy-cpu", "1000"],
+                    env={"PATH": "/usr/bin:/bin"}, cwd="/",
+                    preexec_fn=_deny_write_execute if mdwe else None, timeout=120)
+
+    try:
+        out = watch()  # observing needs no grant (org.schedcp.observe: yes)
+    finally:
+        target.kill()
+        target.wait()
+    # It resolved another user's process and read the daemon's summary for it.
+    assert out.returncode == 0, out
+    assert f"watching pid {target.pid} and descendants" in out.stderr, out.stderr
+    assert "summary failed" not in out.stderr, out.stderr
+    assert json.loads(out.stdout) == {"actions": []}
 
 
 PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
@@ -281,6 +402,8 @@ def run_installed_daemon(bus: PrivateBus, tmp_path: Path) -> None:
         assert root["state_dir"] == str(STATE)
         nobody = status_of(busctl(bus.address, NOBODY, "GetStatus"))
         assert nobody["caller"]["uid"] == NOBODY
+        check_bus_policy(bus.address)
+        check_installed_agent(bus.address, mdwe)
 
         denied = busctl(bus.address, NOBODY, "Reload")
         assert denied.returncode != 0 and "not authorized" in denied.stderr
@@ -304,15 +427,41 @@ def run_installed_daemon(bus: PrivateBus, tmp_path: Path) -> None:
 # -- the tests ------------------------------------------------------------------
 
 
-def test_install_run_purge(deb: Path, polkit_bus: PrivateBus, tmp_path: Path) -> None:
+@pytest.fixture
+def cache_aside() -> Iterator[None]:
+    """Move a micro-VM cache this machine already has (tests/microvm) out of purge's way."""
+    aside = CACHE.parent / f".schedcp-test-aside-{os.getpid()}"
+    moved = CACHE.exists()
+    if moved:
+        CACHE.rename(aside)
+    try:
+        yield
+    finally:
+        if moved:
+            if CACHE.exists():  # something made a new one meanwhile: keep that
+                shutil.rmtree(aside)
+            else:
+                aside.rename(CACHE)
+
+
+def test_install_run_purge(deb: Path, polkit_bus: PrivateBus, tmp_path: Path,
+                           cache_aside: None) -> None:
     before_accounts, before_paths = accounts(), schedcp_paths()
     try:
         install(deb)
         made = sorted(a for a, existed in before_accounts.items() if not existed)
         assert sorted(RECORD.read_text().split()) == made
         check_installed_files()
+        # An administrator turns the agent on; purge must take that link away too.
+        out = _run(["systemctl", "enable", "schedcp-agent.service"])
+        assert out.returncode == 0, out.stderr
         check_polkit_actions(polkit_bus.address)
         run_installed_daemon(polkit_bus, tmp_path)
+        # The micro-VM cache (CacheDirectory=), made where the installed code puts it.
+        out = _run([str(VENV / "bin" / "python"), "-c",
+                    "from plugins.scheduler.microvm import paths; print(paths.cache_dir())"],
+                   env={}, cwd="/")
+        assert out.returncode == 0 and out.stdout.strip() == str(CACHE / "microvm"), out
         purge()
         assert package_state() == ""
         assert accounts() == before_accounts
@@ -321,7 +470,7 @@ def test_install_run_purge(deb: Path, polkit_bus: PrivateBus, tmp_path: Path) ->
         purge()
 
 
-def test_purge_keeps_accounts_it_did_not_create(deb: Path) -> None:
+def test_purge_keeps_accounts_it_did_not_create(deb: Path, cache_aside: None) -> None:
     """Group schedcp made before the package (by an admin, or by tests/conftest.py) stays."""
     made_group = not accounts()["group:schedcp"]
     if made_group:

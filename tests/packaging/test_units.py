@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from schedcp_agent.cli import EXIT_DENIED, EXIT_USAGE
 from schedcpd.const import ACTION_OBSERVE, ACTIONS, BUS_NAME
+from schedcpd.daemon import EXIT_CONFIG, EXIT_NAME_TAKEN
 from tests.harness import ROOT
 from tests.packaging.conftest import SYSTEMD_DIR, UNITS, ini, unit_values
 
@@ -64,6 +66,8 @@ def test_schedcpd_unit_choices() -> None:
     assert unit_values(unit, "Type") == ["notify"]
     assert unit_values(unit, "BusName") == [BUS_NAME]
     assert unit_values(unit, "ExecReload") == ["/bin/kill -HUP $MAINPID"]
+    # Bad configuration, or the bus name taken by another schedcpd: not restarted.
+    assert unit_values(unit, "RestartPreventExitStatus") == [f"{EXIT_CONFIG} {EXIT_NAME_TAKEN}"]
     # Writes /proc/sys/kernel/sched_* and /sys/fs/cgroup; sets SCHED_FIFO/RR.
     for key in ("ProtectKernelTunables", "ProtectControlGroups", "RestrictRealtime"):
         assert unit_values(unit, key) == ["no"], key
@@ -71,9 +75,26 @@ def test_schedcpd_unit_choices() -> None:
     assert "CAP_SYS_ADMIN" not in " ".join(unit_values(unit, "CapabilityBoundingSet"))
     syscalls = " ".join(unit_values(unit, "SystemCallFilter")).split()
     assert {"bpf", "perf_event_open", "@system-service"} <= set(syscalls)
+    for key, value in (("Restart", "on-failure"), ("WatchdogSec", "30s"), ("ProtectHome", "yes"),
+                       ("PrivateTmp", "yes"), ("NoNewPrivileges", "yes"),
+                       ("StateDirectory", "schedcp"), ("RuntimeDirectory", "schedcp"),
+                       ("CacheDirectory", "schedcp")):
+        assert unit_values(unit, key) == [value], key
     agent = SYSTEMD_DIR / "schedcp-agent.service"
     assert unit_values(agent, "CapabilityBoundingSet") == [""]
     assert unit_values(agent, "User") == ["schedcp-agent"]
+    assert "schedcpd.service" in unit_values(agent, "After")[0].split()
+
+
+def test_agent_unit_can_see_and_reach_its_scope() -> None:
+    """The agent reads other users' /proc/<pid> and takes its scope from agent.env."""
+    agent = SYSTEMD_DIR / "schedcp-agent.service"
+    # "invisible"/"noaccess"/"ptraceable" would hide every process it may be asked to tune.
+    assert unit_values(agent, "ProtectProc") == ["default"]
+    assert unit_values(agent, "ExecStart")[0].endswith(" $SCHEDCP_AGENT_ARGS")
+    assert unit_values(agent, "EnvironmentFile") == ["-/etc/schedcp/agent.env"]
+    # No scope (exit 2) or refused by schedcpd (4): restarting cannot help.
+    assert unit_values(agent, "RestartPreventExitStatus") == [f"{EXIT_USAGE} {EXIT_DENIED}"]
 
 
 def test_seccomp_sets_allow_what_the_daemon_calls() -> None:
