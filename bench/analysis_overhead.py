@@ -12,6 +12,13 @@ daemon would, on an asyncio loop) and reports, as JSON:
 Usage: python bench/analysis_overhead.py [--seconds 60] [--rate 1] [--extra-procs 0]
 --extra-procs N starts N sleeping processes first, to see how cost scales
 with the process count.  Run as root so TaskStats is on (as in the daemon).
+
+With --daemon it measures the whole daemon instead: schedcpd (every part
+started, sampling at --rate Hz, metrics exporter on) and, side by side in the
+same run on the same private bus, the floor any Python D-Bus service has here
+(bench/floor_service.py, a bare dbus-fast service).  Both are idle apart from
+the sampler; reported per process: CPU % of one core over --seconds (from
+/proc/<pid>/stat, all threads) and VmRSS / VmHWM.
 """
 
 from __future__ import annotations
@@ -23,7 +30,13 @@ import os
 import resource
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))  # the checkout's code, not an installed copy
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _status_kb(field: str) -> int:
@@ -87,12 +100,66 @@ async def run(seconds: float, rate: float) -> dict[str, object]:
     }
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of every thread of ``pid``, in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _proc_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_daemon(seconds: float, rate: float, warmup: float) -> dict[str, object]:
+    """schedcpd and the bare dbus-fast floor service, measured over the same seconds."""
+    from schedcp_bench.services import PrivateBus, SchedcpdProcess
+
+    config = f"[metrics]\nport = 0\n[analysis]\nrate_hz = {rate}\n"
+    with PrivateBus() as bus, SchedcpdProcess(bus.address, config) as daemon:
+        floor = subprocess.Popen([sys.executable, str(_ROOT / "bench" / "floor_service.py"),
+                                  bus.address], stdout=subprocess.PIPE, text=True)
+        try:
+            assert floor.stdout is not None and floor.stdout.readline().strip() == "ready"
+            assert daemon.proc is not None
+            pids = {"schedcpd": daemon.proc.pid, "floor_dbus_fast": floor.pid}
+            time.sleep(warmup)  # start-up (imports, policy load, first samples) excluded
+            load0 = os.getloadavg()[0]
+            cpu0 = {k: _proc_cpu_s(p) for k, p in pids.items()}
+            t0 = time.monotonic()
+            time.sleep(seconds)
+            cpu1 = {k: _proc_cpu_s(p) for k, p in pids.items()}
+            wall = time.monotonic() - t0
+            out: dict[str, object] = {
+                k: {"cpu_pct_of_one_core": round(100 * (cpu1[k] - cpu0[k]) / wall, 3),
+                    "rss_mb": round(_proc_kb(p, "VmRSS") / 1024, 1),
+                    "hwm_mb": round(_proc_kb(p, "VmHWM") / 1024, 1)}
+                for k, p in pids.items()
+            }
+            out.update(seconds=round(wall, 1), rate_hz=rate,
+                       loadavg_1m=[round(load0, 1), round(os.getloadavg()[0], 1)],
+                       processes=sum(1 for n in os.listdir("/proc") if n.isdigit()))
+            return out
+        finally:
+            floor.terminate()
+            floor.wait(10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--rate", type=float, default=1.0)
     ap.add_argument("--extra-procs", type=int, default=0)
+    ap.add_argument("--daemon", action="store_true",
+                    help="measure the whole schedcpd beside a bare dbus-fast service")
+    ap.add_argument("--warmup", type=float, default=10.0, help="--daemon: seconds before measuring")
     args = ap.parse_args()
+    if args.daemon:
+        print(json.dumps(run_daemon(args.seconds, args.rate, args.warmup), indent=1))
+        return
     extra = [subprocess.Popen(["sleep", str(args.seconds + 30)]) for _ in range(args.extra_procs)]
     try:
         result = asyncio.run(run(args.seconds, args.rate))

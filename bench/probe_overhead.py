@@ -6,7 +6,7 @@ the probe (ABBA order, so slow drift of a shared machine hits both sides
 alike), and reports the median times and their ratio.  The probe is attached
 before and detached after each "with" run; perf times only its own work.
 
-    sudo /opt/schedcp-venv/bin/python bench/probe_overhead.py --pairs 10
+    sudo /opt/schedcp/venv/bin/python bench/probe_overhead.py --pairs 10
 
 Goal (issue 4): the run-queue latency probe slows the benchmark by <= 5 %.
 """
@@ -23,6 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+# The checkout's code and its bpf/build objects, not an installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from schedcpd.probes import PROBES, ProbeSession, default_bpf_dir
 from schedcpd.probes.catalogue import OBJECT_PREFIX

@@ -8,7 +8,7 @@ CAP_NET_ADMIN, so a non-root daemon reports it as unavailable.
 The queries are made on a raw generic-netlink socket with ``struct``: pyroute2's
 TaskStats (0.9) took 150-750 us per query here against ~6 us for this, and
 the sampler asks for dozens of processes a second within a 0.5 % CPU budget.
-tests/analysis/test_taskstats.py checks the field offsets against pyroute2's
+tests/analysis/test_analysis_procfs.py checks the field offsets against pyroute2's
 decoder.  The object is not thread safe: the sampler calls it from its single
 worker thread.
 """

@@ -50,6 +50,12 @@ class Argv:
         return ["sh", "-c", "while :; do :; done"]
 
     @staticmethod
+    def dd(path: Path, blocks: int = 65536) -> list[str]:
+        """dd writing 4 KiB blocks synchronously (O_DIRECT|O_DSYNC), up to 256 MiB."""
+        return ["dd", "if=/dev/zero", f"of={path}", "bs=4k", f"count={blocks}",
+                "oflag=direct,dsync", "status=none"]
+
+    @staticmethod
     def make(directory: Path, targets: int = 20000) -> list[str]:
         """make -j2 over a Makefile whose every target forks a short shell."""
         path = directory / "Makefile"

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 async def test_four_workloads_are_classified(spawn, argv, tmp_path) -> None:
     procs = {
         "cpu-bound": spawn(*argv.hog()),
-        "io-bound": spawn(*argv.workload("io", str(tmp_path / "io.dat"))),
+        "io-bound": spawn(*argv.dd(tmp_path / "dd.dat")),
         "interactive": spawn(*argv.workload("waker")),
         "churn": spawn(*argv.make(tmp_path), cwd=tmp_path),
     }

@@ -224,3 +224,14 @@ def test_cli_status_audit_and_exit_codes(start_daemon, test_users: dict[str, int
     nobus = subprocess.run([ctl[0], "--bus", "unix:path=/nonexistent/bus", "status"],
                            capture_output=True, text=True, cwd=ROOT)
     assert nobus.returncode == 3 and "cannot connect" in nobus.stderr
+
+
+def test_daemon_keeps_numpy_out_of_its_process(daemon: SchedcpdProcess) -> None:
+    """sqlite-utils would import numpy (+12 MB RSS) when the venv has it; the daemon never does."""
+    try:
+        import numpy  # noqa: F401  # the checkout's venv has it (bench plots)
+    except ImportError:
+        pytest.skip("numpy is not installed: nothing to keep out")
+    calls_as(0, daemon.address, [["GetSummary", "s", ["brief"]]])  # repository, analysis used
+    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+    assert "/numpy" not in maps and "/pandas" not in maps

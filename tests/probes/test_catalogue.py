@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from schedcpd.probes import PROBES
 from schedcpd.probes.bpfobject import BpfObject
-from schedcpd.probes.catalogue import _OC_PROC, _histogram, _quantiles, _unpack_rows
+from schedcpd.probes.catalogue import _OC_PROC, CONFIG, _histogram, _quantiles, _unpack_rows
 from schedcpd.probes.libbpf import LibbpfError
 
 
@@ -42,3 +43,21 @@ def test_layout_mismatches_are_refused_not_misread(bpf_dir: Path) -> None:
             _unpack_rows(obj.map("schedcp_rqprocs"), _OC_PROC)
         with pytest.raises(LibbpfError):
             obj.map("no_such_map")
+
+
+def test_objects_build_from_scratch_against_a_generated_vmlinux_h(
+        bpf_dir: Path, tmp_path: Path) -> None:
+    # A clean build: bpftool dumps vmlinux.h from this kernel's BTF, clang
+    # compiles every catalogue probe against it, and each object loads.
+    out = tmp_path / "build"
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(["make", "-s", "-C", str(root / "bpf"), f"OUT={out}"], check=True)
+    header = (out / "vmlinux.h").read_text()
+    assert "struct task_struct {" in header
+    assert sorted(p.name for p in out.glob("*.bpf.o")) == sorted(
+        spec.object_file for spec in PROBES.values())
+    for spec in PROBES.values():
+        with BpfObject(out / spec.object_file, spec.object_name) as obj:
+            obj.load(CONFIG.pack(0, 1))
+            assert all(name.startswith("schedcp_") for name in obj.program_names)
+            assert obj.program_names
