@@ -105,3 +105,23 @@ def cpu_cgroup() -> Iterator[Callable[[str], str]]:
                 except OSError:
                     pass  # exited meanwhile
             d.rmdir()
+
+
+def as_nobody(work: Callable[[], bytes]) -> bytes:
+    """What ``work`` returns when run in a forked child that dropped to ``nobody``."""
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: no pytest machinery from here on
+        try:
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.write(wr, work())
+        finally:
+            os._exit(0)
+    os.close(wr)
+    chunks = []
+    while chunk := os.read(rd, 65536):
+        chunks.append(chunk)
+    os.close(rd)
+    os.waitpid(pid, 0)
+    return b"".join(chunks)

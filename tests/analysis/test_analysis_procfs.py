@@ -7,6 +7,7 @@ import time
 
 from schedcpd.analysis import procfs
 from schedcpd.analysis.taskstats import TaskStatsReader
+from tests.analysis.conftest import as_nobody
 
 
 def test_parse_pid_stat_handles_odd_comm() -> None:
@@ -99,18 +100,9 @@ def test_taskstats_gone_process_is_none() -> None:
 
 def test_taskstats_says_unavailable_when_not_root() -> None:
     # A forked child drops to nobody; the kernel itself refuses the query.
-    rd, wr = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: no pytest machinery from here on
-        try:
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            r = TaskStatsReader()
-            os.write(wr, f"{r.open()} {r.note}".encode())
-        finally:
-            os._exit(0)
-    os.close(wr)
-    out = os.read(rd, 4096).decode()
-    os.close(rd)
-    os.waitpid(pid, 0)
+    def query() -> bytes:
+        r = TaskStatsReader()
+        return f"{r.open()} {r.note}".encode()
+
+    out = as_nobody(query).decode()
     assert out == "False taskstats: unavailable (not root)"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 
 from schedcpd.analysis import WorkloadAnalyzer
 from schedcpd.analysis.sampler import Sampler
+from tests.analysis.conftest import as_nobody
 
 
 def test_defaults_are_1_hz_over_a_minute_with_five_minutes_kept() -> None:
@@ -48,22 +48,7 @@ async def _brief_after(seconds: float) -> dict:
 
 def test_summary_says_taskstats_needs_root_when_not_root() -> None:
     # A forked child drops to nobody and builds a summary from real samples.
-    rd, wr = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: no pytest machinery from here on
-        try:
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            os.write(wr, json.dumps(asyncio.run(_brief_after(0.5))).encode())
-        finally:
-            os._exit(0)
-    os.close(wr)
-    chunks = []
-    while chunk := os.read(rd, 65536):
-        chunks.append(chunk)
-    os.close(rd)
-    os.waitpid(pid, 0)
-    brief = json.loads(b"".join(chunks))
+    brief = json.loads(as_nobody(lambda: json.dumps(asyncio.run(_brief_after(0.5))).encode()))
     assert brief["n"] >= 1
     assert "taskstats: unavailable (not root)" in brief["notes"]
     # schedstat still gives the figures
