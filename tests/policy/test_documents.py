@@ -108,9 +108,9 @@ _DOCUMENTS = st.fixed_dictionaries(
         "guard": st.one_of(st.lists(_table(t1.GUARD_KEYS), max_size=2), _ANY),
     },
 )
-# scx.scheduler stays a string here: see test_t2_scheduler_of_another_type.
 _SCX = st.fixed_dictionaries({}, optional={
-    "scheduler": st.one_of(st.sampled_from(["vtime", "latency", "nope"]), st.text(max_size=8)),
+    "scheduler": st.one_of(st.sampled_from(["vtime", "latency", "nope"]), st.text(max_size=8),
+                           _ANY),
     "source": _ANY, "params": _ANY, "other": _ANY})
 # Now and then an [scx] table (T2) or a top-level key the schema does not know.
 DOCUMENTS = st.tuples(_DOCUMENTS, _mostly(st.just({}), st.one_of(
