@@ -92,7 +92,7 @@ def test_verifier_rejection_log_is_in_the_kernel_stage(vm: MicroVM) -> None:
     doc = t2_doc((SOURCES / "tests" / "rejected.bpf.c").read_text())
     assert scx_policy.static_check(doc) == []
     [finding] = scx_policy.kernel_check(doc, vm=vm)
-    assert finding["code"] == "bpf-verifier-rejected"
+    assert finding["code"] == "bpf-verifier-rejected", finding
     assert "program rej_enqueue" in finding["message"]
     assert "unbounded memory access" in finding["message"]
     assert "BEGIN PROG LOAD LOG" in finding["log"]

@@ -65,7 +65,10 @@ class GuestResult:
             return "the guest did not boot (qemu exited with status " \
                 f"{self.exit_status}); console: {' | '.join(self.console_tail[-5:])}"
         if not self.completed:
-            return "the guest stopped before finishing its job"
+            seen = ", ".join(sorted(self.events)) or "none"
+            return (f"the guest stopped before finishing its job (qemu status "
+                    f"{self.exit_status}, reports from: {seen}); console: "
+                    f"{' | '.join(self.console_tail[-5:])}")
         return ""
 
 

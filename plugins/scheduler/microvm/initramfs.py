@@ -40,6 +40,10 @@ fi
 dmesg | sed 's/^/@@DMESG /'
 echo "{MARK}:init {{\\"event\\":\\"end\\"}}"
 sync
+# The console is a 16550 UART: what was written may still sit in its queue,
+# and poweroff -f drops it -- the likely cause of a rare "stopped before
+# finishing its job" on a loaded host.
+sleep 1
 poweroff -f
 """
 
