@@ -77,6 +77,9 @@ class Verifier:
         self._active = active_policies or _no_active
         self.dynamic_seconds = dynamic_seconds
         self._running: set[str] = set()
+        # One dynamic test at a time: two sandboxes (or micro-VMs) on one host
+        # would each measure the other's load and blame it on their policy.
+        self._dynamic = asyncio.Lock()
 
     async def verify(self, policy_id: str, uid: int,
                      active: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
@@ -158,17 +161,20 @@ class Verifier:
                 stages.append(_stage("kernel", start, findings))
 
         if all(s["passed"] for s in stages):
-            start = time.monotonic()
-            try:
-                findings = await asyncio.to_thread(
-                    self._plugins.call_first, "schedcp_dynamic_check", subsystem=subsystem,
-                    policy=doc, seconds=self.dynamic_seconds)
-            except NotSupported as err:
-                findings = [_finding("unsupported", str(err))]
+            queued = time.monotonic()
+            async with self._dynamic:
+                start = time.monotonic()
+                try:
+                    findings = await asyncio.to_thread(
+                        self._plugins.call_first, "schedcp_dynamic_check", subsystem=subsystem,
+                        policy=doc, seconds=self.dynamic_seconds)
+                except NotSupported as err:
+                    findings = [_finding("unsupported", str(err))]
             if findings is None:
                 findings = [_finding("no-dynamic-check",
                                      f"subsystem {subsystem!r} offers no dynamic test")]
-            stages.append(_stage("dynamic", start, findings))
+            stages.append({**_stage("dynamic", start, findings),
+                           "waited_seconds": round(start - queued, 4)})
 
         for name in STAGES[len(stages):]:
             stages.append({"stage": name, "passed": False, "skipped": "an earlier stage failed",

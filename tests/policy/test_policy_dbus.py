@@ -223,6 +223,25 @@ def test_verification_does_not_block_the_bus(daemon) -> None:
     assert "ok" in result[0], result
 
 
+def test_dynamic_tests_run_one_at_a_time(daemon) -> None:
+    """Two verifications at once: the second sandbox waits for the first one."""
+    pids = [call(daemon.address, 0, "SubmitPolicy", "s",
+                 GOOD.replace("dbus-test-protect", f"queue-test-{i}"))["ok"] for i in range(2)]
+    results: list[dict] = []
+    workers = [threading.Thread(target=lambda p=p: results.append(
+        call(daemon.address, 0, "VerifyPolicy", "s", p))) for p in pids]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(180)
+    dynamic = [json.loads(r["ok"][1])["stages"][3] for r in results]
+    assert all(d["stage"] == "dynamic" and d["passed"] for d in dynamic), dynamic
+    first, second = sorted(dynamic, key=lambda d: d["waited_seconds"])
+    # The later one waited about as long as the earlier one ran (the static
+    # stages before it take milliseconds, so they started together).
+    assert second["waited_seconds"] >= 0.8 * first["seconds"], dynamic
+
+
 def test_conflict_with_a_live_deployment_and_changed_policy(start_daemon) -> None:
     proc = start_daemon(FAST)
     target = subprocess.Popen(["sleep", "300"])
