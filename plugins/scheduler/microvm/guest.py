@@ -118,10 +118,13 @@ def _command(accel: str, vmlinuz: Path, initrd: Path, cpus: int, memory_mb: int,
     qemu = shutil.which(QEMU)
     if qemu is None:
         raise RuntimeError(f"{QEMU} not found (apt-get install qemu-system-x86)")
+    # thread=single: with multi-threaded TCG the guest sometimes died of an
+    # "Oops: int3" while sched_ext flipped static keys (live code patching
+    # across vCPUs); docs/sched_ext.md has the figures.
     # split-wx: TCG's code buffer mapped twice (RW and RX), never W+X, so
     # the guest also runs under schedcpd.service's MemoryDenyWriteExecute=yes.
     machine = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
-        ["-accel", "tcg,thread=multi,split-wx=on", "-cpu", "max"]
+        ["-accel", "tcg,thread=single,split-wx=on", "-cpu", "max"]
     return [qemu, *machine, "-m", str(memory_mb), "-smp", str(cpus), "-nographic",
             "-no-reboot", "-nic", "none", "-kernel", str(vmlinuz), "-initrd", str(initrd),
             "-append", f"{APPEND} {append}".strip()]
