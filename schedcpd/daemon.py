@@ -52,6 +52,23 @@ from schedcpd.verifier import Verifier
 from schedcpd.watch import PathWatcher
 
 _LOGGER = logging.getLogger("schedcpd")
+# Crash-test hooks: the deployer's and the scheduler actuator's kill points.
+_FAULT_ENV = ("SCHEDCP_FAULT_AT", "SCHEDCP_FAULT")
+
+
+def _gate_fault_injection(enabled: bool) -> None:
+    """Drop the fault-injection variables unless ``[debug] fault_injection`` allows them.
+
+    Every kill point (deployer, actuator, T2 loader) reads the environment of
+    this process: removed here, none can fire in a production configuration.
+    """
+    if enabled:
+        _LOGGER.warning("fault injection is enabled ([debug] fault_injection): test use only")
+        return
+    for name in _FAULT_ENV:
+        if name in os.environ:
+            _LOGGER.warning("%s=%s ignored: [debug] fault_injection is off", name,
+                            os.environ.pop(name))
 
 EXIT_CONFIG = 2
 EXIT_BUS = 3
@@ -71,6 +88,7 @@ class Daemon:
 
     def __init__(self, cfg: config.Config, bus_spec: str, state_dir: Path) -> None:
         self.config = cfg
+        _gate_fault_injection(cfg["debug"]["fault_injection"])
         self.bus_spec = bus_spec
         self.state_dir = state_dir
         self.notifier = Notifier()

@@ -11,7 +11,7 @@ import pytest
 
 from schedcpd.deployer import FAULT_STEPS
 from tests.conftest import calls_as
-from tests.deploy.conftest import FAST, call, policy_text, verified_token
+from tests.deploy.conftest import FAST, call, policy_text, verified_token, wait_state
 
 
 @pytest.mark.parametrize("step", FAULT_STEPS)
@@ -50,3 +50,19 @@ def test_crash_at_every_step_restores(step: str, start_daemon, workload,
     assert json.loads(call(second.address, "GetPolicy", "s", policy_id))["name"] == name
     audit = json.loads(call(second.address, "GetAudit", "us", 50, "SubmitPolicy"))
     assert audit, "the audit trail survived"
+
+
+def test_fault_injection_is_off_in_the_default_configuration(start_daemon, workload) -> None:
+    proc = start_daemon(FAST, env={"SCHEDCP_FAULT_AT": "after_record",
+                                   "SCHEDCP_FAULT": "after_write"})
+    hogs = [h.pid for h in workload.hogs]
+    _, token = verified_token(proc.address, policy_text(
+        "crash-off", [("batch", hogs, '{ policy = "idle", nice = 7 }')]))
+    dep = call(proc.address, "Deploy", "s", token)
+    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    assert proc.proc.poll() is None, proc.log_text()  # not killed
+    assert info["state"] == "active", info["events"]
+    log = proc.log_text()
+    assert "SCHEDCP_FAULT_AT=after_record ignored: [debug] fault_injection is off" in log
+    assert "SCHEDCP_FAULT=after_write ignored" in log
+    call(proc.address, "Rollback", "s", dep)
