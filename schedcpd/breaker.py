@@ -168,7 +168,7 @@ class GuardSampler:
                         d_runs += s.runs - prev.runs
                         d_vol += s.voluntary - prev.voluntary
                         d_invol += s.involuntary - prev.involuntary
-            if self._last_time:
+            if self._last_time and threads:  # a group with no live process has no sample
                 dt = max(now - self._last_time, 1e-6)
                 if d_runs:
                     wait_us: float | None = d_wait / d_runs / 1000

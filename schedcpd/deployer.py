@@ -297,7 +297,8 @@ class Deployer:
                 await self._repo.set_state(policy["id"], "proven")
             self._fault("after_active")
             # Keep watching while active: a regression later still trips.
-            await self._probation(dep_id, subsystem, policy, sampler, baseline, breaker, None)
+            await self._probation(dep_id, subsystem, policy, sampler, baseline, breaker, None,
+                                  fixed=_pid_only(doc))
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -319,8 +320,12 @@ class Deployer:
 
     async def _probation(self, dep_id: str, subsystem: str, policy: dict[str, Any],
                          sampler: GuardSampler, baseline: list[dict[str, GroupSample]],
-                         breaker: Breaker, seconds: float | None) -> bool:
+                         breaker: Breaker, seconds: float | None, fixed: bool = True) -> bool:
         """Watch for ``seconds`` (forever for None); True if the breaker tripped.
+
+        The watched processes follow the subsystem's answer (``targets`` of
+        ``schedcp_health``).  ``fixed``: the policy selects processes by pid
+        only, so once they have all exited an active deployment ends.
 
         Guard metrics are sampled at ``rate_hz``; the subsystem's own health
         (``schedcp_health``: e.g. a sched_ext loader that died, an ejected
@@ -341,27 +346,33 @@ class Deployer:
             trip = breaker.evaluate(baseline, window)
             if trip is None and time.monotonic() >= next_health:
                 next_health = time.monotonic() + self.settings.health_seconds
-                trip = await asyncio.to_thread(self._health, subsystem, dep_id)
+                trip, current = await asyncio.to_thread(self._health, subsystem, dep_id)
+                if current is not None:  # processes that matched later, not the exited
+                    sampler.groups = {g: list(current.get(g, [])) for g in breaker.roles}
             if trip is None and sampler.groups and not sampler.alive():
-                if seconds is None:
+                if seconds is None and fixed:
                     await self._set_state(dep_id, "reverted", "every target process exited")
                     await asyncio.to_thread(self._restore, subsystem, dep_id)
                     return True
-                continue
+                continue  # a selector may match processes that start later
             if trip is not None:
                 await self._trip(dep_id, subsystem, policy, trip)
                 return True
         return False
 
-    def _health(self, subsystem: str, dep_id: str) -> Trip | None:
-        """A trip when the subsystem reports what the deployment applied as broken."""
+    def _health(self, subsystem: str,
+                dep_id: str) -> tuple[Trip | None, dict[str, list[int]] | None]:
+        """(a trip when the subsystem reports the deployment broken, its targets now)."""
         health = self._plugins.call_first("schedcp_health", subsystem=subsystem,
                                           scope={"owner": dep_id})
-        if not health or health.get("healthy", True):
-            return None
+        if not health:
+            return None, None
+        if health.get("healthy", True):
+            targets = health.get("targets")
+            return None, targets if isinstance(targets, dict) else None
         return Trip(str(health.get("guard", "health")), subsystem,
                     float(health.get("baseline", 1.0)), float(health.get("observed", 0.0)),
-                    str(health.get("detail", "the subsystem reports the deployment broken")))
+                    str(health.get("detail", "the subsystem reports the deployment broken"))), None
 
     async def _trip(self, dep_id: str, subsystem: str, policy: dict[str, Any],
                     trip: Trip) -> None:
@@ -441,3 +452,10 @@ class Deployer:
         if self.settings.fault_injection and os.environ.get("SCHEDCP_FAULT_AT") == step:
             _LOGGER.warning("fault injection: SIGKILL at %s", step)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pid_only(doc: dict[str, Any]) -> bool:
+    """Whether every group of ``doc`` selects its processes by pid alone."""
+    groups = [g for g in doc.get("group", []) if isinstance(g, dict)]
+    return bool(groups) and all(
+        isinstance(g.get("match"), dict) and set(g["match"]) == {"pid"} for g in groups)

@@ -124,7 +124,10 @@ def schedcp_health(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | No
     deployment is active.  Return ``{"healthy": True}``, or ``{"healthy":
     False, "guard": str, "baseline": float, "observed": float, "detail":
     str}`` (e.g. a scheduler loader that died): the circuit breaker trips on
-    it.  ``None`` when ``subsystem`` is not this plugin's.
+    it.  ``None`` when ``subsystem`` is not this plugin's.  A healthy answer
+    may carry ``"targets": {group: [pid, ...]}``, the processes the
+    deployment covers now (selectors match processes that start later): the
+    breaker then watches those instead of the ones resolved at deploy time.
     """
 
 

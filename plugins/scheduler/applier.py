@@ -344,6 +344,18 @@ class Applier:
             return None
         return next((g for g in reg.policy.groups if g.name == name), None)
 
+    def targets(self, owner: str) -> dict[str, list[int]] | None:
+        """The processes ``owner``'s policy covers now, per group (None: not applied).
+
+        Selector groups gain the matching processes that start later, and
+        every group loses the ones that exit.
+        """
+        with self.lock:
+            reg = self.registrations.get(owner)
+            if reg is None:
+                return None
+            return {group: sorted(pids) for group, pids in reg.targets.items()}
+
     def on_exit(self, tid: int) -> None:
         """A task exited: forget it and mark its journal entries skipped."""
         with self.lock:

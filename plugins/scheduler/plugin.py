@@ -224,11 +224,18 @@ class SchedulerPlugin:
 
     @hookimpl
     def schedcp_health(self, subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | None:
-        """Whether ``scope["owner"]``'s sched_ext scheduler still runs (T1: always healthy)."""
+        """Whether ``scope["owner"]``'s sched_ext scheduler still runs (T1: always healthy).
+
+        For a T1 policy also the processes it covers now (``targets``).
+        """
         if subsystem != SUBSYSTEM:
             return None
-        health = self._require_scx().health(str(scope.get("owner")))
-        return health if health is not None else {"healthy": True}
+        owner = str(scope.get("owner"))
+        health = self._require_scx().health(owner)
+        if health is not None:
+            return health
+        targets = self._require().targets(owner)
+        return {"healthy": True} if targets is None else {"healthy": True, "targets": targets}
 
     @hookimpl
     def schedcp_state(self, subsystem: str) -> dict[str, Any] | None:

@@ -6,14 +6,17 @@ import asyncio
 import json
 import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from dbus_fast import Message, MessageType
 
 from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
 from tests.conftest import calls_as
-from tests.deploy.conftest import FAST, call, policy_text, verified_token, wait_state
+from tests.deploy.conftest import FAST, WORKER, call, policy_text, verified_token, wait_state
 
 
 def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None:
@@ -237,3 +240,58 @@ def test_backoff_doubles_on_each_trip_of_the_same_version(start_daemon, workload
     time.sleep(4.5)
     trip(tokens[1])
     assert 4 < backing_off(tokens[2]) <= 8
+
+
+def _spinner(tag: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(WORKER), str(tag / "r-%d"), "spin"])
+
+
+def test_selector_deployment_outlives_its_first_processes(start_daemon, tmp_path: Path) -> None:
+    """A command-line selector covers processes that start later: their exit ends nothing."""
+    proc = start_daemon(FAST)
+    first = _spinner(tmp_path)
+    later: subprocess.Popen[bytes] | None = None
+    try:
+        text = ('[policy]\nname = "deploy-selector"\ndescription = "jobs by command line"\n'
+                f'[[group]]\nname = "jobs"\nmatch = {{ cmdline = "{re.escape(str(tmp_path))}" }}\n'
+                'task = { nice = 5 }\n')
+        _, token = verified_token(proc.address, text.replace("\\", "\\\\"))
+        dep = call(proc.address, "Deploy", "s", token)
+        assert wait_state(proc.address, dep, {"active", "reverted", "failed"})["state"] == \
+            "active"
+        assert os.getpriority(os.PRIO_PROCESS, first.pid) == 5
+        first.kill()
+        first.wait()
+        time.sleep(1.5)  # the deployment's only process is gone
+        later = _spinner(tmp_path)
+        deadline = time.monotonic() + 10
+        while os.getpriority(os.PRIO_PROCESS, later.pid) != 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert os.getpriority(os.PRIO_PROCESS, later.pid) == 5  # matched when it started
+        time.sleep(1.5)  # the breaker now watches it
+        info = json.loads(call(proc.address, "GetDeployment", "s", dep))
+        assert info["state"] == "active", info["events"]
+        call(proc.address, "Rollback", "s", dep)
+        assert os.getpriority(os.PRIO_PROCESS, later.pid) == 0
+    finally:
+        for p in (first, later):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_pid_deployment_ends_when_its_processes_exit(start_daemon, tmp_path: Path) -> None:
+    proc = start_daemon(FAST)
+    target = _spinner(tmp_path)
+    try:
+        _, token = verified_token(proc.address, policy_text(
+            "deploy-pids", [("jobs", [target.pid], "{ nice = 5 }")]))
+        dep = call(proc.address, "Deploy", "s", token)
+        assert wait_state(proc.address, dep, {"active", "reverted", "failed"})["state"] == \
+            "active"
+    finally:
+        target.kill()
+        target.wait()
+    info = wait_state(proc.address, dep, {"reverted", "failed"}, timeout=15)
+    assert info["reason"] == "every target process exited", info["events"]
+    assert info["trip"] in ("", None, {}), info["trip"]  # not a breaker trip: no backoff
