@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -430,12 +431,32 @@ class Deployer:
                         self.rollback(dep_id, f"the holder {sender} disconnected"))
 
     async def recover(self) -> int:
-        """At start: deployments live when the daemon died were restored by the journal."""
+        """At start: deployments live when the daemon died were restored by the journal.
+
+        A restart mid-deployment is a breaker trip (guard ``daemon_restart``):
+        the policy may be what brought the daemon down, so it gets the
+        antipattern and the back-off of any other trip.  Nothing was
+        measured, so the recorded regression is empty (NULL).
+        """
         live = await self.deployments(live_only=True)
         for dep in live:
+            detail = (f"the daemon restarted while deployment {dep['id']} was {dep['state']}; "
+                      "every journaled value was restored at start-up")
+            record = {"guard": "daemon_restart", "group": dep["subsystem"], "baseline": None,
+                      "observed": None, "ratio": None, "detail": detail,
+                      "decision_to_restore_s": None, "decided_at": time.time()}
+            self.trips.append({"deployment": dep["id"], **record})
             await self._set_state(dep["id"], "reverted",
                                   "the daemon restarted mid-deployment; every journaled "
-                                  "value was restored at start-up")
+                                  "value was restored at start-up", trip=json.dumps(record))
+            try:
+                await self._repo.record_antipattern(dep["policy_id"], f"deployment {dep['id']}",
+                                                    "daemon_restart", math.nan, detail)
+                await self._repo.record_outcome(dep["policy_id"], dep["id"], "reverted",
+                                                record, detail)
+            except Exception:  # a policy row that is gone must not stop the start-up
+                _LOGGER.exception("could not record the restart on policy %s",
+                                  dep["policy_id"])
         return len(live)
 
     async def close(self) -> None:

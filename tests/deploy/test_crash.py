@@ -11,15 +11,50 @@ import pytest
 
 from schedcpd.deployer import FAULT_STEPS
 from tests.conftest import calls_as
-from tests.deploy.conftest import FAST, call, policy_text, verified_token, wait_state
+from tests.deploy.conftest import (
+    FAST,
+    call,
+    forced_token,
+    policy_text,
+    verified_token,
+    wait_state,
+)
+
+# The deployment's state transitions recorded before each kill point.
+EVENTS_BEFORE = {
+    "after_record": ["pending"],
+    "after_baseline": ["pending"],
+    "after_canary_apply": ["pending", "canary"],
+    "after_widen_apply": ["pending", "canary", "canary"],
+    "after_active": ["pending", "canary", "canary", "active"],
+    "after_trip_decision": ["pending", "canary"],  # a prefix: it may trip when widened
+}
+# Kill points inside the scheduler plugin's writes (SCHEDCP_FAULT, the
+# actuator): between a journal commit and its kernel write, and between the
+# write and marking it applied.  The policy writes policy and nice of one
+# single-threaded hog in the canary (writes 1-2) and of the other when widened
+# (writes 3-4).
+WRITE_STEPS = {
+    "canary_after_journal_commit": ("after_journal_commit", ["pending"]),
+    "canary_after_write": ("after_write", ["pending"]),
+    "widen_after_write": ("after_write:3", ["pending", "canary"]),
+}
 
 
-@pytest.mark.parametrize("step", FAULT_STEPS)
+@pytest.mark.parametrize("step", FAULT_STEPS + tuple(WRITE_STEPS))
 def test_crash_at_every_step_restores(step: str, start_daemon, workload,
                                       tmp_path: Path) -> None:
     state = tmp_path / "state"
     config = FAST + "[debug]\nfault_injection = true\n"
-    first = start_daemon(config, state_dir=state, env={"SCHEDCP_FAULT_AT": step})
+    if step in WRITE_STEPS:
+        point, before = WRITE_STEPS[step]
+        env = {"SCHEDCP_FAULT": point}
+        log_line = f"fault injection: SIGKILL at {point.split(':')[0]}"
+    else:
+        before = EVENTS_BEFORE[step]
+        env = {"SCHEDCP_FAULT_AT": step}
+        log_line = f"fault injection: SIGKILL at {step}"
+    first = start_daemon(config, state_dir=state, env=env)
     hogs = [h.pid for h in workload.hogs]
     if step == "after_trip_decision":
         # Only a tripping deployment reaches this step: starve the probe.
@@ -29,10 +64,17 @@ def test_crash_at_every_step_restores(step: str, start_daemon, workload,
         groups = [("batch", hogs, '{ policy = "idle", nice = 7 }')]
         targets = hogs
     name = f"crash-{step.replace('_', '-')}"
-    policy_id, token = verified_token(first.address, policy_text(name, groups))
+    text = policy_text(name, groups)
+    if step in WRITE_STEPS:
+        # The verifier's dynamic test writes knobs too (in its sandbox): a
+        # write kill point would fire there, so the token is forced (test only).
+        policy_id = call(first.address, "SubmitPolicy", "s", text)
+        token = forced_token(state, first.address, policy_id)
+    else:
+        policy_id, token = verified_token(first.address, text)
     outcome = calls_as(0, first.address, [["Deploy", "s", [token]]])[0]
     assert first.proc.wait(60) == -signal.SIGKILL, first.log_text()
-    assert f"fault injection: SIGKILL at {step}" in first.log_text()
+    assert log_line in first.log_text()
 
     second = start_daemon(FAST, address=first.address, state_dir=state)
     deployments = json.loads(call(second.address, "ListDeployments"))
@@ -46,10 +88,23 @@ def test_crash_at_every_step_restores(step: str, start_daemon, workload,
     for pid in targets:
         assert os.sched_getscheduler(pid) == os.SCHED_OTHER, (step, pid)
         assert os.getpriority(os.PRIO_PROCESS, pid) == 0, (step, pid)
-    # Nothing recorded before the crash was lost.
+    # Nothing recorded before the crash was lost: the policy, the audit trail,
+    # and each transition the deployment made before the kill.
     assert json.loads(call(second.address, "GetPolicy", "s", policy_id))["name"] == name
     audit = json.loads(call(second.address, "GetAudit", "us", 50, "SubmitPolicy"))
     assert audit, "the audit trail survived"
+    states = [e["state"] for e in dep["events"]]
+    assert states[:len(before)] == before and states[-1] == "reverted", (step, states)
+    if step != "after_trip_decision":
+        assert len(states) == len(before) + 1, (step, states)
+    # A restart mid-deployment is a trip: antipattern on the policy, back-off.
+    assert dep["trip"]["guard"] == "daemon_restart", dep["trip"]
+    history = json.loads(call(second.address, "GetPolicyHistory", "s", policy_id))
+    assert [a["metric"] for a in history["antipatterns"]] == ["daemon_restart"], history
+    again = calls_as(0, second.address, [["Deploy", "s", [
+        forced_token(state, second.address, policy_id)]]])[0]
+    assert again.get("error") == "org.schedcp.Control1.Error.Conflict", again
+    assert "backing off" in again["message"]
 
 
 def test_fault_injection_is_off_in_the_default_configuration(start_daemon, workload) -> None:
