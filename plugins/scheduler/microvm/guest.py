@@ -10,7 +10,12 @@ qemu runs with a hard time limit: a guest that does not report ``boot``
 within ``boot_timeout`` or does not finish within ``timeout`` is killed and
 the result says so.  KVM is used where it works (tried first when
 /dev/kvm is usable; a failure is remembered per host kernel), TCG
-otherwise.
+otherwise.  KVM counts as failed when qemu exits before the guest boots
+(here: "failed to set MSR"), when qemu reports a KVM internal error (it
+then pauses the guest instead of exiting, so the console is watched for
+it), or when the guest does not boot under KVM within ``KVM_BOOT_TIMEOUT``
+but then boots under TCG: a guest that fails both ways is the guest's
+fault, and the memo is not written.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ _LOGGER = logging.getLogger(__name__)
 QEMU = "qemu-system-x86_64"
 APPEND = "console=ttyS0 loglevel=1 panic=-1 edd=off"
 _TAIL = 80
+# A guest that works under KVM reports "boot" within a few seconds; one that
+# has not after this long is retried under TCG.
+KVM_BOOT_TIMEOUT = 30.0
+# What qemu prints when KVM cannot run the guest and it pauses the VM
+# (e.g. the PVM /dev/kvm of these hosts with a Debian guest kernel).
+_KVM_FAULTS = ("KVM internal error", "emulation failure")
 
 
 @dataclass
@@ -39,6 +50,7 @@ class GuestResult:
 
     accel: str = ""
     booted: bool = False
+    kvm_fault: str = ""
     completed: bool = False
     timed_out: str = ""
     exit_status: int | None = None
@@ -77,6 +89,9 @@ def _parse(result: GuestResult, raw: str) -> None:
     at = text.find("@@")
     if at < 0:
         result.console_tail = [*result.console_tail[-_TAIL:], text]
+        if result.accel == "kvm" and not result.kvm_fault and any(
+                fault in text for fault in _KVM_FAULTS):
+            result.kvm_fault = text.strip()
         return
     body = text[at:]
     head, _, rest = body.partition(" ")
@@ -147,7 +162,9 @@ def _boot(cmd: list[str], accel: str, timeout: float, boot_timeout: float) -> Gu
     try:
         while proc.poll() is None:
             elapsed = time.monotonic() - start
-            if not result.booted and elapsed > boot_timeout:
+            if result.kvm_fault:
+                result.timed_out = f"qemu could not run the guest under KVM: {result.kvm_fault}"
+            elif not result.booted and elapsed > boot_timeout:
                 result.timed_out = f"the guest did not boot within {boot_timeout:.0f} s: killed"
             elif elapsed > timeout:
                 result.timed_out = f"the guest did not finish within {timeout:.0f} s: killed"
@@ -170,17 +187,25 @@ def run(cache: Path, vmlinuz: Path, initrd: Path, *, timeout: float = 120.0,
         append: str = "") -> GuestResult:
     """Boot the guest once; return its reports (never raises for a guest failure)."""
     result = GuestResult()
+    kvm_failed: GuestResult | None = None
     for accel in accelerators(cache):
+        limit = min(boot_timeout, KVM_BOOT_TIMEOUT) if accel == "kvm" else boot_timeout
         result = _boot(_command(accel, vmlinuz, initrd, cpus, memory_mb, append), accel,
-                       timeout, boot_timeout)
-        # qemu itself failing under KVM (here: "failed to set MSR") is not the
-        # guest's fault: remember it and use TCG.  A timeout is reported as is.
-        if accel == "kvm" and not result.booted and not result.timed_out:
-            _LOGGER.warning("KVM could not run the guest (%s); using TCG from now on",
-                            " | ".join(result.console_tail[-2:]))
-            _kvm_memo(cache).write_text(" ".join(result.console_tail[-3:]))
+                       timeout, limit)
+        if accel == "kvm" and not result.booted:
+            kvm_failed = result
             continue
         break
+    if kvm_failed is not None:
+        why = kvm_failed.kvm_fault or kvm_failed.timed_out or " | ".join(
+            kvm_failed.console_tail[-2:])
+        # Remember only what is KVM's fault: qemu itself failing or reporting a
+        # KVM error, or a guest that boots under TCG but did not under KVM.
+        if kvm_failed.kvm_fault or not kvm_failed.timed_out or result.booted:
+            _LOGGER.warning("KVM could not run the guest (%s); using TCG from now on", why)
+            _kvm_memo(cache).write_text(why + "\n" + " ".join(kvm_failed.console_tail[-3:]))
+        else:
+            _LOGGER.warning("the guest booted neither under KVM (%s) nor under TCG", why)
     _LOGGER.info("guest (%s) ran %.1f s: %s", result.accel, result.seconds,
                  result.problem() or "completed")
     return result
