@@ -73,6 +73,9 @@ def test_schedcpd_unit_choices() -> None:
         assert unit_values(unit, key) == ["no"], key
     assert unit_values(unit, "ProtectSystem") == ["strict"]
     assert "CAP_SYS_ADMIN" not in " ".join(unit_values(unit, "CapabilityBoundingSet"))
+    # Daemons that rewrite the same knobs or hold the one sched_ext slot.
+    conflicts = set(" ".join(unit_values(unit, "Conflicts")).split())
+    assert {"ananicy-cpp.service", "system76-scheduler.service", "scx_loader.service"} <= conflicts
     syscalls = " ".join(unit_values(unit, "SystemCallFilter")).split()
     assert {"bpf", "perf_event_open", "@system-service"} <= set(syscalls)
     for key, value in (("Restart", "on-failure"), ("WatchdogSec", "30s"), ("ProtectHome", "yes"),
