@@ -1,0 +1,32 @@
+"""The analysis and probe caps in schedcpd.toml are real caps: finite, positive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schedcpd import config
+from schedcpd.errors import ConfigError
+
+CAPS = [("analysis", "window_seconds"), ("analysis", "perf_max_seconds"),
+        ("probes", "max_seconds")]
+
+
+@pytest.mark.parametrize(("section", "key"), CAPS)
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1"])
+def test_a_cap_must_be_finite_and_positive(tmp_path: Path, section: str, key: str,
+                                           value: str) -> None:
+    path = tmp_path / "schedcpd.toml"
+    path.write_text(f"[{section}]\n{key} = {value}\n")
+    # A bad value is a configuration error naming file and key (exit 2), not a
+    # traceback when the engine refuses it at start, nor an unbounded run.
+    with pytest.raises(ConfigError, match=rf"{path}: {section}\.{key} = "):
+        config.load(path)
+
+
+@pytest.mark.parametrize(("section", "key"), CAPS)
+def test_a_finite_cap_is_kept(tmp_path: Path, section: str, key: str) -> None:
+    path = tmp_path / "schedcpd.toml"
+    path.write_text(f"[{section}]\n{key} = 600.5\n")
+    assert config.load(path)[section][key] == 600.5
