@@ -240,6 +240,12 @@ def cpu_cgroup(pid: int) -> str:
     return ""
 
 
+def cgroup_exists(path: str) -> bool:
+    """Whether the v1 cpu cgroup ``path`` exists."""
+    return any((Path(m) / path.lstrip("/")).is_dir()
+               for m in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"))
+
+
 def cgroup_shares(path: str) -> int | None:
     """cpu.shares of a v1 cpu cgroup path (None if unreadable)."""
     for mount in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):

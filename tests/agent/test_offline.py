@@ -26,6 +26,7 @@ from tests.agent.conftest import (
     KnobWatcher,
     Procs,
     agent_cwd,
+    cgroup_exists,
     cgroup_shares,
     cpu_cgroup,
     descendants,
@@ -33,7 +34,7 @@ from tests.agent.conftest import (
     run_agent,
     user_dir,
 )
-from tests.conftest import run_as
+from tests.conftest import calls_as, run_as
 
 
 def _restored(pids: list[int]) -> None:
@@ -177,9 +178,11 @@ def test_long_tail_pool_gets_long_job_first(agent_daemon, procs: Procs, agent_ui
            report["attempts"][0]["findings"])
     assert watch.saw(long_pid, cgroup_part=".long"), why
     assert 8192 in shares_seen[long_pid]
-    # Restored: back in the cgroup it came from.
+    # Restored: back in the cgroup it came from, and the policy's cgroups are gone.
     assert cpu_cgroup(long_pid) == origin
     assert cpu_cgroup(driver.pid) == origin
+    made = {c for seen in watch.seen.values() for _, _, c in seen if c != origin}
+    assert made and not any(cgroup_exists(c) for c in made), made
 
 
 def test_make_churn_command_gets_parallel_build(agent_daemon, procs: Procs,
@@ -221,6 +224,11 @@ def test_make_churn_command_gets_parallel_build(agent_daemon, procs: Procs,
              if any(p == os.SCHED_BATCH for p, _, _ in seen)]
     assert root and root[0] in batch, watch.seen.get(root[0] if root else 0)
     assert len(batch) > 1
+    # Restored: the build has exited; --revert-at-end (or the learner) ended the deployment.
+    dep = report["attempts"][0]["execution"]["deployment"]
+    assert report["kept_deployment"] is None
+    info = calls_as(0, agent_daemon.address, [["GetDeployment", "s", [dep]]])[0]
+    assert json.loads(info["ok"])["state"] == "reverted", info
 
 
 def test_unauthorized_user_gets_a_clear_message(agent_daemon, procs: Procs,

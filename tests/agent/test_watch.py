@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from schedcp_agent import document
 from schedcp_agent.agent import Options
 from schedcp_agent.client import SchedcpClient
 from schedcp_agent.targets import Scope
@@ -107,3 +108,42 @@ def test_each_trigger_kind_is_seen(agent_daemon, procs: Procs) -> None:
     assert reverted == ["deployment dep-00000000000a reverted: circuit breaker: run-queue "
                         "wait per run"], reverted
     assert all(os.path.exists(f"/proc/{p}") for p in spinners)
+
+
+def test_a_deployment_the_daemon_reverted_is_a_trigger(agent_daemon, procs: Procs) -> None:
+    """A real DeploymentChanged: the holder of a deployment disconnects, schedcpd reverts it.
+
+    The watcher sees it through its own subscription (not a handler call made
+    here); the reason is the daemon's, not a requested rollback.
+    """
+    spinners = sorted(procs.worker("spin").pid for _ in range(2))
+    opts = Options(scope=Scope(match=procs.regex), bus=agent_daemon.address)
+    text = document.dump({"policy": {"name": "watch-revert", "description": "watch test"},
+                          "group": [{"name": "batch", "match": {"pid": spinners},
+                                     "task": {"policy": "batch"}}]})
+
+    async def run() -> tuple[str, list[str]]:
+        w = Watcher(opts, WatchSettings(heavy_cpu=1000, psi_threshold=1000), lambda _: None)
+        async with SchedcpClient(agent_daemon.address) as conn:
+            await conn.watch_deployments(w._on_signal)
+            holder = await SchedcpClient(agent_daemon.address).connect()
+            policy_id = await holder.call("SubmitPolicy", text)
+            for _ in range(3):  # the sandbox test runs on a shared host: retry as the agent does
+                token, report = await holder.call("VerifyPolicy", policy_id)
+                if token:
+                    break
+            assert token, report
+            dep = await holder.call("Deploy", token)
+            await holder.call("HoldDeployment", dep)
+            holder.close()  # the holder is gone: the daemon rolls the deployment back
+            deadline = time.monotonic() + 60
+            while True:
+                found = await w._triggers(conn)
+                if found or time.monotonic() > deadline:
+                    return dep, found
+                await asyncio.sleep(0.2)
+
+    dep, found = asyncio.run(run())
+    assert len(found) == 1 and found[0].startswith(f"deployment {dep} reverted: "), found
+    assert "disconnected" in found[0], found
+    assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in spinners)
