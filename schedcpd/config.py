@@ -207,6 +207,10 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(x, x.__name__) for x in types)
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def _validate(raw: dict[str, Any], path: Path | None) -> Config:
     where = str(path) if path else "<defaults>"
     values: dict[str, dict[str, Any]] = {}
@@ -241,7 +245,7 @@ def _check(where: str, dotted: str, key: Key, value: Any) -> Any:
     wrong_bool = isinstance(value, bool) and key.types is not bool
     if wrong_bool or not isinstance(value, key.types):
         raise ConfigError(
-            f"{where}: {dotted} = {value!r} must be a {_type_name(key.types)}"
+            f"{where}: {dotted} = {value!r} must be {_a(_type_name(key.types))}"
         )
     if key.item_type is not None and isinstance(value, list):
         for item in value:

@@ -161,13 +161,12 @@ class Daemon:
                               self._dropins_changed)
         dropins.start()
         try:
+            if self.config["metrics"]["enabled"]:
+                self._serve_metrics()
             reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
             if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
                 raise StartupError(f"{BUS_NAME} is already owned (another schedcpd?)",
                                    EXIT_NAME_TAKEN)
-            if self.config["metrics"]["enabled"]:
-                self.metrics.serve(self.config["metrics"]["address"],
-                                   self.config["metrics"]["port"])
             loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
             loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
             loop.add_signal_handler(signal.SIGHUP, self._reload_logged, "SIGHUP")
@@ -187,6 +186,17 @@ class Daemon:
         return self._exit_code
 
     _exit_code = 0
+
+    def _serve_metrics(self) -> None:
+        """Start the exporter before the name is owned: a port in use is a config error."""
+        address, port = self.config["metrics"]["address"], self.config["metrics"]["port"]
+        try:
+            self.metrics.serve(address, port)
+        except OSError as err:
+            raise StartupError(
+                f"{self.config.path or '<defaults>'}: metrics.address = {address!r}, "
+                f"metrics.port = {port}: cannot serve metrics there ({err.strerror or err}); "
+                f"choose another port or set metrics.enabled = false", EXIT_CONFIG) from err
 
     async def _watch_bus(self) -> None:
         await self.bus.wait_for_disconnect()

@@ -44,9 +44,9 @@ def test_unknown_keys_warn_not_fail(tmp_path: Path, caplog: pytest.LogCaptureFix
     ("text", "fragment"),
     [
         ("[metrics]\nport = 70000\n", "metrics.port = 70000 must be a TCP port"),
-        ("[metrics]\nport = '80'\n", "metrics.port = '80' must be a integer"),
+        ("[metrics]\nport = '80'\n", "metrics.port = '80' must be an integer"),
         ("[metrics]\nenabled = 1\n", "metrics.enabled = 1 must be a boolean"),
-        ("[bus]\nmax_inflight_total = true\n", "bus.max_inflight_total = True must be a integer"),
+        ("[bus]\nmax_inflight_total = true\n", "bus.max_inflight_total = True must be an integer"),
         ("[bus]\nmax_inflight_total = 0\n", "bus.max_inflight_total = 0 must be > 0"),
         ("[metrics]\naddress = 'localhost:1'\n", "must be an IP address"),
         ("[authorization]\ngroup_actions = ['org.schedcp.root']\n", "unknown actions"),

@@ -113,7 +113,7 @@ def test_bad_config_at_start_exits_2_naming_key_and_file(fresh_bus: PrivateBus) 
     proc2 = SchedcpdProcess(fresh_bus.address, "[metrics]\nport = 'x'\n")
     proc2.start(wait=False)
     assert proc2.proc.wait(20) == 2
-    assert f"{proc2.config}: metrics.port = 'x' must be a integer" in proc2.log_text()
+    assert f"{proc2.config}: metrics.port = 'x' must be an integer" in proc2.log_text()
 
 
 def test_second_daemon_exits_4_when_name_taken(start_daemon) -> None:
@@ -178,6 +178,24 @@ def test_metrics_exporter(start_daemon) -> None:
     from schedcpd import __version__
     assert f'schedcp_build_info{{python="{platform.python_version()}",' \
            f'version="{__version__}"}} 1.0' in text
+
+
+def test_metrics_port_in_use_exits_2_naming_key_and_file(fresh_bus: PrivateBus) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        proc = SchedcpdProcess(fresh_bus.address, f"[metrics]\nport = {port}\n")
+        proc.start(wait=False)
+        assert proc.proc.wait(30) == 2
+    finally:
+        taken.close()
+    log = proc.log_text()
+    assert f"{proc.config}: metrics.address = '127.0.0.1', metrics.port = {port}" in log
+    assert "Traceback" not in log
+    assert not proc.owns_name()
+    proc.__exit__(None, None, None)
 
 
 def test_metrics_can_be_turned_off(start_daemon) -> None:
