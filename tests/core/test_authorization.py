@@ -139,6 +139,31 @@ def test_denied_and_allowed_mutations_are_audited(start_daemon,
     assert {r["method"] for r in everything} == {"Reload"}
 
 
+def test_every_mutating_method_is_audited(start_daemon, test_users: dict[str, int]) -> None:
+    # Each mutating method refused for nobody, and the harmless ones (no such
+    # token or deployment) tried by root: every call leaves a row naming the
+    # caller, the method and the outcome.
+    methods, _props, _signals = collect(Manager)
+    mutating = sorted(m.name for m in methods if m.mutating)
+    assert {"Reload", "SubmitPolicy", "Deploy", "Rollback"} <= set(mutating)
+    proc = start_daemon()
+    nobody = test_users["nobody"]
+    assert all(r.get("error") == DENIED
+               for r in calls_as(nobody, proc.address, [CALLS[m] for m in mutating]))
+    as_root = sorted(set(mutating) & FAKE_OBJECT)
+    tried = calls_as(0, proc.address, [CALLS[m] for m in as_root])
+    records = json.loads(calls_as(0, proc.address, [["GetAudit", "us", [1000, ""], MGR]])
+                         [0]["ok"])
+    rows = {(r["method"], r["uid"]): r for r in records}
+    for name in mutating:
+        row = rows.get((name, nobody))
+        assert row and row["result"] == DENIED and row["pid"] > 0, (name, row)
+    for name, outcome in zip(as_root, tried, strict=True):
+        row = rows.get((name, 0))
+        assert row and row["result"] == outcome.get("error", "ok"), (name, row, outcome)
+    assert len(records) == len(mutating) + len(as_root)
+
+
 def test_polkit_decides_privileged_actions(fresh_bus: PrivateBus, start_daemon,
                                            test_users: dict[str, int]) -> None:
     with PolkitMock(fresh_bus.address) as polkit:
