@@ -10,7 +10,10 @@ import textwrap
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from schedcpd import agent_hookspecs, hookspecs
+from schedcpd.errors import NotSupported
 from schedcpd.hookspecs import PluginContext
 from schedcpd.plugins import PluginHost
 from tests.conftest import calls_as
@@ -49,6 +52,15 @@ def test_failing_plugins_are_disabled_and_reported() -> None:
     assert not record.enabled and "describe exploded" in (record.error or "")
     assert [n for n, _ in failures] == ["broken_import", "raises_in_hook"]
     assert not h.pm.has_plugin("raises_in_hook")
+
+
+def test_a_named_error_from_a_hook_is_an_answer_not_a_fault() -> None:
+    failures: list[tuple[str, str]] = []
+    h = host("good", failures=failures)
+    with pytest.raises(NotSupported, match="no knob to observe"):
+        h.call_first("schedcp_observe", subsystem="good")
+    assert h.records["good"].enabled and not failures
+    assert set(h.subsystems()) == {"good"}
 
 
 def test_agent_hooks_cannot_bind_to_daemon_hooks() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from schedcpd.errors import NotSupported
 from schedcpd.hookspecs import PluginContext, hookimpl
 
 STARTED: list[PluginContext] = []
@@ -23,3 +24,10 @@ def schedcp_describe() -> dict[str, Any]:
 @hookimpl
 def schedcp_state(subsystem: str) -> dict[str, Any] | None:
     return {"managed": []} if subsystem == "good" else None
+
+
+@hookimpl
+def schedcp_observe(subsystem: str) -> dict[str, Any] | None:
+    if subsystem != "good":
+        return None
+    raise NotSupported("this kernel has no knob to observe")  # a deliberate answer
