@@ -74,8 +74,14 @@ def test_plan_changes_nothing(start_daemon, workload) -> None:
     _, token = verified_token(proc.address, policy_text(
         "deploy-plan", [("batch", [hog], '{ policy = "batch", nice = 5 }')]))
     plan = json.loads(call(proc.address, "PlanDeployment", "s", token))
-    changes = plan["plan"]["changes"]
-    assert {c["knob"] for c in changes} >= {"policy", "nice"} or changes, plan
+    # Exactly what would be written, with the live value before and the new one.
+    changes = {c["knob"]: c for c in plan["plan"]["changes"]
+               if c["target"].startswith(f"task:{hog}:")}
+    assert set(changes) >= {"policy", "nice"}, plan
+    assert all(c["status"] == "dry-run" for c in changes.values()), plan
+    assert (changes["nice"]["before"], changes["nice"]["after"]) == (0, 5), plan
+    assert "batch" in str(changes["policy"]["after"]).lower(), plan
+    assert "batch" not in str(changes["policy"]["before"]).lower(), plan
     assert os.sched_getscheduler(hog) == os.SCHED_OTHER and os.getpriority(
         os.PRIO_PROCESS, hog) == 0
     # The plan did not use the token up.
