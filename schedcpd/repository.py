@@ -83,6 +83,9 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise InvalidArgument(f"{source}: not valid TOML: {err}") from err
+    except RecursionError as err:  # tomllib recurses into nested arrays and inline tables
+        raise InvalidArgument(f"{source}: not valid TOML: arrays or inline tables nested "
+                              "too deeply to parse") from err
 
 
 def _metadata(doc: dict[str, Any], source: str) -> dict[str, Any]:
@@ -127,6 +130,16 @@ def _describe(finding: dict[str, Any], source: str) -> str:
     # A field named by an odd key (empty, spaces, non-ASCII) is quoted as a whole.
     field = raw if _FIELD_PATH.fullmatch(raw) else json.dumps(raw, ensure_ascii=False)
     return f"{source}: {field}: {reason}"
+
+
+def _file_holds(source: str, text: str) -> bool:
+    """Whether ``source`` is a policy file that still has exactly ``text``."""
+    if not source.startswith("/"):  # a submission ("uid N"): it stays its caller's
+        return True
+    try:
+        return Path(source).read_text() == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _fts_query(query: str) -> str | None:
@@ -191,15 +204,23 @@ class Repository:
 
         def insert(db: Database) -> bool:
             with db.conn:
-                if db.execute("SELECT 1 FROM policies WHERE id = ?", [policy_id]).fetchone():
+                if replaces:
+                    # The same file (or built-in) now says something else.
+                    db.execute("UPDATE policies SET state = 'retired', updated = ? "
+                               "WHERE source = ? AND state != 'retired' AND id != ?",
+                               [now, source, policy_id])
+                known = db.execute("SELECT source FROM policies WHERE id = ?",
+                                   [policy_id]).fetchone()
+                if known:
+                    if replaces and known[0] != source and not _file_holds(known[0], text):
+                        # Renamed, or the file that held this text no longer does: this
+                        # file holds it now (else removing the old one would retire it).
+                        db.execute("UPDATE policies SET source = ?, provenance = ? "
+                                   "WHERE id = ?", [source, provenance, policy_id])
                     db.execute("UPDATE policies SET state = 'candidate', updated = ? "
                                "WHERE id = ? AND state = 'retired' AND source = ?",
                                [now, policy_id, source])
                     return False
-                if replaces:
-                    # The same file (or built-in) now says something else.
-                    db.execute("UPDATE policies SET state = 'retired', updated = ? "
-                               "WHERE source = ? AND state != 'retired'", [now, source])
                 db.table("policies").insert(row)
                 return True
 

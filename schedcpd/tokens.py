@@ -231,6 +231,8 @@ def decode(token: str) -> tuple[dict[str, Any], bytes, bytes]:
         claims = json.loads(payload)
     except (binascii.Error, ValueError, UnicodeDecodeError) as err:
         raise InvalidToken(f"token is not valid base64url/JSON: {err}") from err
+    except RecursionError as err:  # e.g. 6000 nested arrays: json.loads recurses
+        raise InvalidToken("token payload is nested too deeply to be a claims object") from err
     if not isinstance(claims, dict):
         raise InvalidToken("token payload is not a JSON object")
     for name, kind in _CLAIMS.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import subprocess
@@ -202,6 +203,16 @@ def test_token_inspect_flags_a_bad_signature(daemon) -> None:
     assert out.returncode == 0 and out.stdout.startswith("signature INVALID")
     assert f"policy_digest: {pid}" in out.stdout and "expires in" in out.stdout
     assert ctl(daemon.address, "token", "inspect", "schedcp1.e30.e30").returncode == 5
+
+
+def test_deeply_nested_input_is_refused_by_name(daemon) -> None:
+    """Nesting the parsers recurse through: a named rejection, not an internal error."""
+    deep = call(daemon.address, 0, "SubmitPolicy", "s", "a = " + "[" * 3000 + "]" * 3000)
+    assert deep["error"] == "org.schedcp.Control1.Error.InvalidArgument", deep
+    assert "uid 0: not valid TOML" in deep["message"] and "nested too deeply" in deep["message"]
+    payload = base64.urlsafe_b64encode(b"[" * 6000).rstrip(b"=").decode()
+    token = call(daemon.address, 0, "Deploy", "s", f"schedcp1.{payload}.AAAA")
+    assert token["error"] == "org.schedcp.Control1.Error.InvalidToken", token
 
 
 def test_verification_does_not_block_the_bus(daemon) -> None:

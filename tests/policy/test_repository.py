@@ -99,6 +99,10 @@ def test_submit_get_and_states(repo: Repository) -> None:
         (SMALL.replace('policy = "batch"', "nice = 40"), "group[0].task.nice"),
         (SMALL.replace("[policy]", '[policy]\nsubsystem = "gpu"'), "policy.subsystem"),
         ("x" * 70000, "larger than"),
+        # tomllib recurses per level: deep nesting must be a rejection, not a RecursionError.
+        ("a = " + "[" * 3000 + "]" * 3000, "nested too deeply"),
+        (SMALL.replace('{ policy = "batch" }', "{ a = " * 600 + "1" + " }" * 600),
+         "nested too deeply"),
     ],
 )
 def test_rejections_name_the_field(repo: Repository, text: str, fragment: str) -> None:
@@ -128,6 +132,38 @@ def test_dropins_add_update_retire_and_report_bad_files(repo: Repository,
     assert run(repo.get(second))["state"] == "retired"
     assert errors == {}
     assert run(repo.search("encoder")) == []
+    # A file the TOML parser cannot even recurse through stops nothing either.
+    (dropin / "deep.toml").write_text("a = " + "[" * 3000 + "]" * 3000)
+    (dropin / "b.toml").write_text(SMALL)
+    [third] = run(load_directory(repo, dropin, "user", errors))
+    assert list(errors) == [str(dropin / "deep.toml")]
+    assert "nested too deeply" in errors[str(dropin / "deep.toml")]
+    assert run(repo.get(third))["state"] == "candidate"
+
+
+def test_dropins_renamed_or_reverted_leave_what_the_files_hold(repo: Repository,
+                                                                tmp_path: Path) -> None:
+    dropin = tmp_path / "policies.d"
+    dropin.mkdir()
+
+    def live() -> dict[str, str]:
+        run(load_directory(repo, dropin, "user", {}))
+        return {p["id"]: Path(p["source"]).name for p in run(repo.search(""))}
+
+    v1, v2, other = SMALL, SMALL.replace("x264", "x265"), SMALL.replace("x264", "x266")
+    (dropin / "a.toml").write_text(v1)
+    [first] = live()
+    (dropin / "a.toml").write_text(v2)
+    [second] = live()
+    (dropin / "a.toml").write_text(v1)  # reverted: v1 is live again, v2 is not
+    assert live() == {first: "a.toml"}
+    (dropin / "a.toml").rename(dropin / "b.toml")  # renamed: still live, from b.toml
+    assert live() == {first: "b.toml"}
+    (dropin / "c.toml").write_text(other)
+    [third] = set(live()) - {first}
+    (dropin / "b.toml").rename(dropin / "c.toml")  # moved over c.toml: c's old text is gone
+    assert live() == {first: "c.toml"}
+    assert {run(repo.get(i))["state"] for i in (second, third)} == {"retired"}
 
 
 def test_history_and_antipatterns(repo: Repository) -> None:
@@ -184,7 +220,8 @@ def test_random_documents_never_crash_and_name_a_field(text: str) -> None:
         except InvalidArgument as err:
             # Not TOML: the parser's position; TOML: the field (tests/policy/test_documents.py).
             if "not valid TOML" in str(err):
-                assert re.search(r"\(at line \d+, column \d+\)|at end of document", str(err))
+                assert re.search(r"\(at line \d+, column \d+\)|at end of document"
+                                 r"|nested too deeply", str(err))
             else:
                 assert_names_fields(str(err), "uid 0")
         finally:

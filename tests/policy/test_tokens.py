@@ -191,6 +191,15 @@ def test_decode_never_crashes(text: str) -> None:
         assert str(err)
 
 
+@pytest.mark.parametrize("nested", ["[" * 6000, '{"a":' * 1200])
+def test_deeply_nested_payload_is_invalid_not_a_crash(nested: str) -> None:
+    # Fits in 8 KiB, but json.loads recurses once per level (RecursionError).
+    token = f"schedcp1.{_b64(nested.encode())}.AAAA"
+    assert len(token) <= tokens.MAX_TOKEN_BYTES
+    with pytest.raises(tokens.InvalidToken, match="nested too deeply"):
+        tokens.decode(token)
+
+
 _CLAIM_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
                           st.text(max_size=20), st.lists(st.integers(), max_size=3),
                           st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
