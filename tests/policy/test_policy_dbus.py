@@ -196,7 +196,7 @@ def test_token_inspect_flags_a_bad_signature(daemon) -> None:
     pid = call(daemon.address, 0, "SubmitPolicy", "s",
                GOOD.replace("dbus-test-protect", "inspect-test"))["ok"]
     token, _ = call(daemon.address, 0, "VerifyPolicy", "s", pid)["ok"]
-    assert token
+    assert token, _
     head, payload, sig = token.split(".")
     forged = f"{head}.{payload}.{sig[:-6]}AAAAAA"
     out = ctl(daemon.address, "token", "inspect", "-", stdin=forged)
@@ -213,6 +213,22 @@ def test_deeply_nested_input_is_refused_by_name(daemon) -> None:
     payload = base64.urlsafe_b64encode(b"[" * 6000).rstrip(b"=").decode()
     token = call(daemon.address, 0, "Deploy", "s", f"schedcp1.{payload}.AAAA")
     assert token["error"] == "org.schedcp.Control1.Error.InvalidToken", token
+
+
+def test_daemon_makes_exports_and_rotates_its_key(start_daemon) -> None:
+    proc = start_daemon("[metrics]\nenabled = false\n")
+    keydir = proc.state_dir / "keys"
+    [private] = keydir.glob("*.key")  # made on the first start
+    assert keydir.stat().st_mode & 0o077 == 0
+    assert private.stat().st_mode & 0o777 == 0o600 and private.stat().st_uid == 0
+    [exported] = json.loads(call(proc.address, 0, "GetVerifierKeys")["ok"])
+    assert exported["kid"] == private.stem and exported["retired"] is None
+    assert (keydir / f"{private.stem}.pub").stat().st_mode & 0o777 == 0o644
+    new = call(proc.address, 0, "RotateVerifierKey")["ok"]
+    old, current = json.loads(call(proc.address, 0, "GetVerifierKeys")["ok"])
+    assert (old["kid"], current["kid"]) == (private.stem, new)
+    assert old["retired"] is not None and current["retired"] is None
+    assert (keydir / f"{new}.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_verification_does_not_block_the_bus(daemon) -> None:
