@@ -27,12 +27,10 @@ Check = Callable[[Any], str | None]
 
 
 def _positive(value: Any) -> str | None:
+    # An infinite limit, cap, window or lifetime is none at all (TOML has inf).
+    if not math.isfinite(value):
+        return "must be a finite number > 0"
     return None if value > 0 else "must be > 0"
-
-
-def _finite_positive(value: Any) -> str | None:
-    # An infinite cap is no cap (and the analysis engine refuses one at start).
-    return None if math.isfinite(value) and value > 0 else "must be a finite number > 0"
 
 
 def _port(value: Any) -> str | None:
@@ -109,14 +107,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "analysis": {
         "rate_hz": Key((int, float), 1.0, _rate),
-        "window_seconds": Key((int, float), 60.0, _finite_positive),
+        "window_seconds": Key((int, float), 60.0, _positive),
         "top_n": Key(int, 8, _positive),
-        "perf_max_seconds": Key((int, float), 30.0, _finite_positive),
+        "perf_max_seconds": Key((int, float), 30.0, _positive),
     },
     "probes": {
         "bpf_dir": Key(str, "auto"),
         "max_concurrent": Key(int, 4, _positive),
-        "max_seconds": Key((int, float), 60.0, _finite_positive),
+        "max_seconds": Key((int, float), 60.0, _positive),
         "per_caller_per_minute": Key(int, 6, _positive),
     },
     "repository": {

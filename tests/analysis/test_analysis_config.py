@@ -1,4 +1,8 @@
-"""The analysis and probe caps in schedcpd.toml are real caps: finite, positive."""
+"""Caps, limits and windows in schedcpd.toml are real: finite, positive.
+
+The analysis and probe caps first; then every other number the config
+accepts as a float (TOML has ``inf`` and ``nan``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from schedcpd.errors import ConfigError
 
 CAPS = [("analysis", "window_seconds"), ("analysis", "perf_max_seconds"),
         ("probes", "max_seconds")]
+FLOATS = [(section, key) for section, keys in config.SCHEMA.items()
+          for key, spec in keys.items()
+          if isinstance(spec.types, tuple) and float in spec.types]
 
 
 @pytest.mark.parametrize(("section", "key"), CAPS)
@@ -30,3 +37,17 @@ def test_a_finite_cap_is_kept(tmp_path: Path, section: str, key: str) -> None:
     path = tmp_path / "schedcpd.toml"
     path.write_text(f"[{section}]\n{key} = 600.5\n")
     assert config.load(path)[section][key] == 600.5
+
+
+@pytest.mark.parametrize(("section", "key"), FLOATS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_no_number_in_the_config_may_be_infinite(tmp_path: Path, section: str, key: str,
+                                                value: str) -> None:
+    path = tmp_path / "schedcpd.toml"
+    path.write_text(f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError, match=rf"{path}: {section}\.{key} = "):
+        config.load(path)
+
+
+def test_every_float_key_is_covered() -> None:
+    assert len(FLOATS) >= 12 and set(CAPS) <= set(FLOATS), FLOATS
