@@ -34,6 +34,25 @@ class InvalidArgument(SchedcpError):
     name = "InvalidArgument"
 
 
+class UnknownProperty(InvalidArgument):
+    """Properties.Get of a property (or interface) the object does not have.
+
+    Answered with the standard ``org.freedesktop.DBus.Error.UnknownProperty``
+    / ``UnknownInterface`` that gdbus, busctl and sd-bus clients expect.
+    """
+
+    name = "UnknownProperty"
+
+    def __init__(self, message: str = "", *, interface: bool = False) -> None:
+        super().__init__(message)
+        self._standard = "UnknownInterface" if interface else "UnknownProperty"
+
+    @property
+    def dbus_name(self) -> str:
+        """The freedesktop error name, not the schedcp one."""
+        return f"org.freedesktop.DBus.Error.{self._standard}"
+
+
 class NotFound(SchedcpError):
     """The named object (policy, deployment, probe ...) does not exist."""
 

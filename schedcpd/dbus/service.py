@@ -327,8 +327,11 @@ class ManagerService:
 
     def _get_property(self, caller: Caller, args: list[Any]) -> Any:
         iface, name = args
-        if iface != MANAGER_INTERFACE or name not in self._props:
-            raise errors.InvalidArgument(f"no property {iface}.{name}")
+        if iface != MANAGER_INTERFACE:
+            raise errors.UnknownProperty(f"{OBJECT_PATH} has no interface {iface!r}",
+                                         interface=True)
+        if name not in self._props:
+            raise errors.UnknownProperty(f"{MANAGER_INTERFACE} has no property {name!r}")
         prop = self._props[name]
         if not self._authorizer.decide_locally(caller, prop.action):
             raise errors.AccessDenied(f"reading {name} needs {prop.action}")

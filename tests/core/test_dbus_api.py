@@ -70,7 +70,11 @@ async def test_properties(daemon: SchedcpdProcess) -> None:
     assert reply.error_name == "org.freedesktop.DBus.Error.PropertyReadOnly"
     reply = await call(daemon.address, "Get", "ss", [MANAGER_INTERFACE, "Nope"],
                        interface="org.freedesktop.DBus.Properties")
-    assert reply.error_name == "org.schedcp.Control1.Error.InvalidArgument"
+    assert reply.error_name == "org.freedesktop.DBus.Error.UnknownProperty"
+    assert "Nope" in reply.body[0]
+    reply = await call(daemon.address, "Get", "ss", ["org.example.Nope", "Version"],
+                       interface="org.freedesktop.DBus.Properties")
+    assert reply.error_name == "org.freedesktop.DBus.Error.UnknownInterface"
 
 
 async def test_shipped_interface_xml_matches_live_introspection(daemon: SchedcpdProcess) -> None:
