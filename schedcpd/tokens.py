@@ -147,14 +147,37 @@ class KeyStore:
             self._export(key)
 
     def _load(self) -> None:
+        """Load the keys the index names; a damaged one is skipped, never fatal.
+
+        The daemon must start even then (its start-up restores the kernel
+        state a crash left behind): tokens signed by a lost key are refused
+        as ``UnknownKey``, and a lost signing key is replaced by a new one.
+        """
         if not self._index.exists():
             return
-        for kid, meta in json.loads(self._index.read_text()).items():
-            pem = (self.dir / f"{kid}.key").read_bytes()
-            private = serialization.load_pem_private_key(pem, password=None)
-            assert isinstance(private, Ed25519PrivateKey)
-            self._keys[kid] = _Key(kid, private, private.public_key(), meta["created"],
-                                   meta.get("retired"))
+        try:
+            index = json.loads(self._index.read_text())
+            if not isinstance(index, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            aside = self._index.with_name(f"keys.json.damaged-{int(time.time())}")
+            os.replace(self._index, aside)
+            _LOGGER.error("token key index %s is unreadable (%s): moved to %s; tokens "
+                          "issued before are refused from now on", self._index, err, aside)
+            return
+        for kid, meta in index.items():
+            path = self.dir / f"{kid}.key"
+            try:
+                private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+                if not isinstance(private, Ed25519PrivateKey):
+                    raise ValueError("not an Ed25519 private key")
+                self._keys[kid] = _Key(kid, private, private.public_key(),
+                                       float(meta["created"]), meta.get("retired"))
+            except (OSError, ValueError, TypeError, KeyError) as err:
+                _LOGGER.error("token signing key %s (%s) cannot be loaded: %s; tokens it "
+                              "signed are refused (UnknownKey)", kid, path, err)
+        if len(self._keys) < len(index):
+            self._save_index()
 
     def _save_index(self) -> None:
         data = {k.kid: {"created": k.created, "retired": k.retired} for k in self._keys.values()}

@@ -179,6 +179,38 @@ def test_keys_are_root_only_and_public_keys_exported(authority: TokenAuthority,
     assert KeyStore(keydir).current().kid == exported["kid"]  # type: ignore[union-attr]
 
 
+def test_a_lost_signing_key_is_replaced_not_fatal(tmp_path: Path, caplog) -> None:
+    store = StateStore(tmp_path / "db.sqlite", MIGRATIONS)
+    try:
+        keydir = tmp_path / "keys"
+        auth = TokenAuthority(KeyStore(keydir), store)
+        old_token = issue(auth)
+        auth.keys.rotate()
+        kept = issue(auth)
+        lost = claims_of(kept)["kid"]
+        (keydir / f"{lost}.key").unlink()  # the current signing key is gone
+        again = TokenAuthority(KeyStore(keydir), store)
+        assert f"token signing key {lost}" in caplog.text
+        current = again.keys.current()
+        assert current is not None and current.kid not in (lost, claims_of(old_token)["kid"])
+        with pytest.raises(tokens.UnknownKey):
+            again.check(kept)
+        assert again.check(old_token)["kid"] == claims_of(old_token)["kid"]  # still in grace
+        assert lost not in json.loads((keydir / "keys.json").read_text())
+    finally:
+        store.close()
+
+
+def test_a_damaged_key_index_is_moved_aside(tmp_path: Path, caplog) -> None:
+    keydir = tmp_path / "keys"
+    first = KeyStore(keydir).current()
+    (keydir / "keys.json").write_text("{ not json")
+    second = KeyStore(keydir).current()
+    assert first is not None and second is not None and second.kid != first.kid
+    assert [p.name.startswith("keys.json.damaged-") for p in keydir.glob("keys.json.*")] == [True]
+    assert "is unreadable" in caplog.text
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=300), st.builds(
     lambda a, b, c: f"{a}.{b}.{c}", st.sampled_from(["schedcp1", "x"]),
