@@ -75,6 +75,16 @@ def migrate_repository(db: Database) -> None:
     db.table("antipatterns").create_index(["policy_id"])
 
 
+def migrate_retired_by(db: Database) -> None:
+    """``policies.retired_by``: "file" (its policy file changed or went) or "admin".
+
+    A version retired because its file changed comes back when the file holds
+    it again; one an admin retired stays retired until an admin says otherwise.
+    """
+    db.table("policies").add_column("retired_by", str, not_null_default="")
+    db.execute("UPDATE policies SET retired_by = 'file' WHERE state = 'retired'")
+
+
 def parse_document(text: str, source: str) -> dict[str, Any]:
     """Parse TOML text; raise InvalidArgument naming the source and the position."""
     if len(text.encode()) > MAX_DOCUMENT_BYTES:
@@ -206,8 +216,8 @@ class Repository:
             with db.conn:
                 if replaces:
                     # The same file (or built-in) now says something else.
-                    db.execute("UPDATE policies SET state = 'retired', updated = ? "
-                               "WHERE source = ? AND state != 'retired' AND id != ?",
+                    db.execute("UPDATE policies SET state = 'retired', retired_by = 'file', "
+                               "updated = ? WHERE source = ? AND state != 'retired' AND id != ?",
                                [now, source, policy_id])
                 known = db.execute("SELECT source FROM policies WHERE id = ?",
                                    [policy_id]).fetchone()
@@ -217,9 +227,9 @@ class Repository:
                         # file holds it now (else removing the old one would retire it).
                         db.execute("UPDATE policies SET source = ?, provenance = ? "
                                    "WHERE id = ?", [source, provenance, policy_id])
-                    db.execute("UPDATE policies SET state = 'candidate', updated = ? "
-                               "WHERE id = ? AND state = 'retired' AND source = ?",
-                               [now, policy_id, source])
+                    db.execute("UPDATE policies SET state = 'candidate', retired_by = '', "
+                               "updated = ? WHERE id = ? AND state = 'retired' AND source = ? "
+                               "AND retired_by != 'admin'", [now, policy_id, source])
                     return False
                 db.table("policies").insert(row)
                 return True
@@ -233,8 +243,8 @@ class Repository:
         """Retire every live version that came from ``source``; return how many."""
         def retire(db: Database) -> int:
             with db.conn:
-                return db.execute("UPDATE policies SET state = 'retired', updated = ? "
-                                  "WHERE source = ? AND state != 'retired'",
+                return db.execute("UPDATE policies SET state = 'retired', retired_by = 'file', "
+                                  "updated = ? WHERE source = ? AND state != 'retired'",
                                   [time.time(), source]).rowcount
 
         count = await self._store.run(retire)
@@ -302,8 +312,9 @@ class Repository:
 
         def update(db: Database) -> None:
             with db.conn:
-                db.execute("UPDATE policies SET state = ?, updated = ? WHERE id = ?",
-                           [state, time.time(), policy["id"]])
+                db.execute("UPDATE policies SET state = ?, retired_by = ?, updated = ? "
+                           "WHERE id = ?", [state, "admin" if state == "retired" else "",
+                                            time.time(), policy["id"]])
 
         await self._store.run(update)
         _LOGGER.info("policy %s (%s): %s -> %s", policy["name"], policy["id"][:12],

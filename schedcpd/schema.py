@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from schedcpd.audit import migrate_audit
 from schedcpd.deployer import migrate_deployments
-from schedcpd.repository import migrate_repository
+from schedcpd.repository import migrate_repository, migrate_retired_by
 from schedcpd.state import Migration
 from schedcpd.tokens import migrate_issued_tokens, migrate_nonces
 
@@ -18,4 +18,5 @@ MIGRATIONS: list[Migration] = [
     migrate_repository,  # 3
     migrate_deployments,  # 4
     migrate_issued_tokens,  # 5
+    migrate_retired_by,  # 6
 ]

@@ -166,6 +166,28 @@ def test_dropins_renamed_or_reverted_leave_what_the_files_hold(repo: Repository,
     assert {run(repo.get(i))["state"] for i in (second, third)} == {"retired"}
 
 
+def test_an_admin_retirement_survives_reloads_of_its_file(repo: Repository,
+                                                          tmp_path: Path) -> None:
+    dropin = tmp_path / "policies.d"
+    dropin.mkdir()
+    (dropin / "a.toml").write_text(SMALL)
+    [pid] = run(load_directory(repo, dropin, "user", {}))
+    run(repo.set_state(pid, "retired"))  # the admin withdraws it
+    for _ in range(2):  # a reload, an unrelated edit elsewhere in the directory
+        run(load_directory(repo, dropin, "user", {}))
+        (dropin / "b.toml").write_text(SMALL.replace("x264", "x265"))
+    assert run(repo.get(pid))["state"] == "retired"
+    assert pid not in {p["id"] for p in run(repo.search(""))}
+    # The admin may bring it back; then the file's own changes rule again.
+    run(repo.set_state(pid, "candidate"))
+    (dropin / "a.toml").write_text(SMALL.replace("x264", "x267"))
+    run(load_directory(repo, dropin, "user", {}))
+    assert run(repo.get(pid))["state"] == "retired"
+    (dropin / "a.toml").write_text(SMALL)
+    run(load_directory(repo, dropin, "user", {}))
+    assert run(repo.get(pid))["state"] == "candidate"
+
+
 def test_history_and_antipatterns(repo: Repository) -> None:
     pid = run(repo.add(SMALL, "user", "uid 0"))
     run(repo.record_outcome(pid, "dep-1", "active", {"wake_p99_ratio": 0.02}))
