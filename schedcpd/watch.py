@@ -4,12 +4,18 @@ Used for the configuration file and the policy drop-in directory.  The
 directory is watched rather than single files because editors and package
 managers replace a file (write a temporary, rename it over) instead of
 writing it in place.  Bursts of events are coalesced into one callback.
+
+A directory that does not exist yet (no /etc/schedcp/policies.d on a fresh
+install) is waited for: its nearest existing ancestor is watched until it
+appears, then the directory itself, and the callback runs once for the
+files already in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +50,7 @@ class PathWatcher:
         self._on_change = on_change
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._pending: asyncio.TimerHandle | None = None
+        self._waiting_on: Path | None = None
 
     @classmethod
     def for_file(cls, path: Path | None, loop: asyncio.AbstractEventLoop,
@@ -52,16 +59,38 @@ class PathWatcher:
         return cls(path.parent if path else None, lambda p: p == str(path), loop, on_change)
 
     def start(self) -> bool:
-        """Start watching; False (and nothing watched) when the directory is missing."""
-        if self._dir is None or not self._dir.is_dir():
+        """Start watching; False while the directory is missing (it is waited for)."""
+        if self._dir is None:
             return False
+        if self._dir.is_dir():
+            self._observe(self._dir, _Handler(self._matches, self._from_thread))
+            _LOGGER.info("watching %s for changes", self._dir)
+            return True
+        ancestor = next((a for a in self._dir.parents if a.is_dir()), None)
+        if ancestor is None:
+            return False
+        self._observe(ancestor, _Handler(lambda _p: True, self._ancestor_changed))
+        if ancestor != self._waiting_on:  # once per ancestor, not per event in /etc
+            _LOGGER.info("%s does not exist; watching %s until it appears", self._dir, ancestor)
+            self._waiting_on = ancestor
+        return False
+
+    def _observe(self, directory: Path, handler: FileSystemEventHandler) -> None:
         observer = Observer()
-        observer.schedule(_Handler(self._matches, self._from_thread), str(self._dir))
+        observer.schedule(handler, str(directory))
         observer.daemon = True
         observer.start()
         self._observer = observer
-        _LOGGER.info("watching %s for changes", self._dir)
-        return True
+
+    def _ancestor_changed(self) -> None:
+        self._loop.call_soon_threadsafe(self._retry)
+
+    def _retry(self) -> None:
+        if self._observer is None:  # stopped meanwhile
+            return
+        self._stop_observer()
+        if self.start():  # it appeared: load what it already holds
+            self._debounce()
 
     def _from_thread(self) -> None:
         self._loop.call_soon_threadsafe(self._debounce)
@@ -79,7 +108,11 @@ class PathWatcher:
         """Stop watching."""
         if self._pending is not None:
             self._pending.cancel()
+        self._stop_observer()
+
+    def _stop_observer(self) -> None:
         if self._observer is not None:
             self._observer.stop()
-            self._observer.join(timeout=5)
+            if self._observer.is_alive() and threading.current_thread() is not self._observer:
+                self._observer.join(timeout=5)
             self._observer = None

@@ -111,6 +111,28 @@ def test_dropin_directory_is_live(start_daemon, tmp_path: Path) -> None:
     wait_until(lambda: "dbus-test-protect" not in names())
 
 
+def test_a_dropin_directory_made_after_start_is_loaded_and_watched(start_daemon,
+                                                                   tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    dropin = etc / "schedcp" / "policies.d"  # neither it nor its parent exists yet
+    proc = start_daemon(f'[metrics]\nenabled = false\n[repository]\ndropin_dir = "{dropin}"\n')
+
+    def names() -> set[str]:
+        listed = json.loads(call(proc.address, 0, "ListPolicies", "s", "")["ok"])
+        return {p["name"] for p in listed}
+
+    dropin.parent.mkdir()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "mine.toml").write_text(GOOD)
+    staging.rename(dropin)  # appears with a file already in it (as a package unpacks)
+    wait_until(lambda: "dbus-test-protect" in names())
+    (dropin / "mine.toml").unlink()  # and from then on it is watched
+    wait_until(lambda: "dbus-test-protect" not in names())
+    assert f"watching {dropin} for changes" in proc.log_text()
+
+
 def test_submit_verify_and_inspect_token(daemon, test_users: dict[str, int]) -> None:
     member = test_users["member"]
     pid = call(daemon.address, member, "SubmitPolicy", "s", GOOD)["ok"]
