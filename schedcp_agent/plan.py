@@ -148,9 +148,12 @@ async def repository_hit(repo: RepositoryView, profile: WorkloadProfile) -> Cand
         if p.get("state") != "proven":
             continue
         hist = await repo.history(p["id"])
-        outcomes = hist.get("outcomes", [])
-        if hist.get("antipatterns") or not outcomes or outcomes[-1].get("outcome") != "active":
+        # A rollback (asked for, or a holder leaving) says nothing about the
+        # policy; the last judged outcome must be "active".
+        judged = [o for o in hist.get("outcomes", []) if o.get("outcome") != "rolled-back"]
+        if hist.get("antipatterns") or not judged or judged[-1].get("outcome") != "active":
             continue
+        active = sum(o.get("outcome") == "active" for o in judged)
         full = await repo.get(p["id"])
         base = next((t[5:] for t in p.get("tags", []) if t.startswith("base:")), p["name"])
         doc = tomllib.loads(full["document"])
@@ -164,7 +167,7 @@ async def repository_hit(repo: RepositoryView, profile: WorkloadProfile) -> Cand
             continue
         return Candidate(base, "reuse", document.dump(bound),
                          f"repository hit: {p['name']} ({p['id'][:12]}) was proven on the "
-                         f"same profile ({profile.key}) with {len(outcomes)} active "
+                         f"same profile ({profile.key}) with {active} active "
                          f"deployment(s) and no antipattern; re-bound to today's targets",
                          source_id=p["id"])
     return None

@@ -270,6 +270,31 @@ class Breaker:
         return None
 
 
+def guard_figures(roles: dict[str, str], baseline: list[dict[str, GroupSample]],
+                  window: list[dict[str, GroupSample]]) -> dict[str, Any]:
+    """Per group: its guard role and the guard metrics before and during probation.
+
+    Medians (and the p90 of run-queue wait per run) over the baseline and
+    over the probation window: the measured outcome of a deployment that
+    went active, kept in the policy's history.
+    """
+
+    def figures(samples: list[GroupSample]) -> dict[str, Any]:
+        waits = [x.wait_per_run_us for x in samples if x.wait_per_run_us is not None]
+        return {"samples": len(samples),
+                "wait_per_run_us_median": round(statistics.median(waits), 1) if waits else None,
+                "wait_per_run_us_p90": round(_p(waits, 0.9), 1) if waits else None,
+                "cpu_share_median": round(statistics.median(x.cpu_share for x in samples), 4)
+                if samples else None}
+
+    out: dict[str, Any] = {}
+    for group, role in roles.items():
+        out[group] = {"role": role,
+                      "baseline": figures([x[group] for x in baseline if group in x]),
+                      "probation": figures([x[group] for x in window if group in x])}
+    return out
+
+
 def policy_guards(doc: dict[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
     """The policy's own ``[[guard]]`` tables: group -> role, group -> ratio."""
     roles: dict[str, str] = {}

@@ -42,6 +42,7 @@ from schedcpd.breaker import (
     GuardSampler,
     Trip,
     classify,
+    guard_figures,
     policy_guards,
     role_of,
 )
@@ -289,11 +290,14 @@ class Deployer:
             self._fault("after_widen_apply")
             breaker = Breaker({g: roles[g] for g in targets if targets[g]},
                               self.breaker_settings, limits)
+            seen: list[dict[str, GroupSample]] = []
             if await self._probation(dep_id, subsystem, policy, sampler, baseline, breaker,
-                                     self.settings.full_seconds):
+                                     self.settings.full_seconds, seen=seen):
                 return
             await self._set_state(dep_id, "active", "probation passed on the full scope")
-            await self._repo.record_outcome(policy["id"], dep_id, "active", {})
+            await self._repo.record_outcome(policy["id"], dep_id, "active",
+                                            guard_figures(breaker.roles, baseline, seen),
+                                            "probation passed on the full scope")
             if policy["state"] in ("candidate", "verified"):
                 await self._repo.set_state(policy["id"], "proven")
             self._fault("after_active")
@@ -321,8 +325,11 @@ class Deployer:
 
     async def _probation(self, dep_id: str, subsystem: str, policy: dict[str, Any],
                          sampler: GuardSampler, baseline: list[dict[str, GroupSample]],
-                         breaker: Breaker, seconds: float | None, fixed: bool = True) -> bool:
+                         breaker: Breaker, seconds: float | None, fixed: bool = True,
+                         seen: list[dict[str, GroupSample]] | None = None) -> bool:
         """Watch for ``seconds`` (forever for None); True if the breaker tripped.
+
+        ``seen``, when given, receives every sample taken (a bounded probation).
 
         The watched processes follow the subsystem's answer (``targets`` of
         ``schedcp_health``).  ``fixed``: the policy selects processes by pid
@@ -344,6 +351,8 @@ class Deployer:
             await asyncio.sleep(period)
             window.append(sampler.sample())
             window = window[-keep:]
+            if seen is not None:
+                seen.append(window[-1])
             trip = breaker.evaluate(baseline, window)
             if trip is None and time.monotonic() >= next_health:
                 next_health = time.monotonic() + self.settings.health_seconds
@@ -404,6 +413,9 @@ class Deployer:
         report = await asyncio.to_thread(self._restore, dep["subsystem"], dep_id)
         self._holds.pop(dep_id, None)
         await self._set_state(dep_id, "reverted", reason)
+        # Not the policy's fault: history shows it, the reuse rules skip it.
+        await self._repo.record_outcome(dep["policy_id"], dep_id, "rolled-back",
+                                        {"from_state": dep["state"]}, reason)
         return {"id": dep_id, "state": "reverted", "restore": report}
 
     def hold(self, dep_id: str, sender: str) -> None:

@@ -41,6 +41,15 @@ def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None
     assert result["state"] == "reverted"
     assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in hogs)
     assert json.loads(call(proc.address, "GetPolicy", "s", policy_id))["state"] == "proven"
+    # History: the measured active outcome, then the rollback with its reason.
+    outcomes = json.loads(call(proc.address, "GetPolicyHistory", "s", policy_id))["outcomes"]
+    assert [o["outcome"] for o in outcomes] == ["active", "rolled-back"], outcomes
+    batch = outcomes[0]["metrics"]["batch"]
+    assert batch["role"] in {"throughput", "donor", "latency"}, batch
+    for window in ("baseline", "probation"):
+        assert batch[window]["samples"] >= 8, batch
+        assert batch[window]["cpu_share_median"] > 0.2, batch  # a spinning hog
+    assert outcomes[1]["note"] == "rollback by uid 0" and outcomes[1]["deployment_id"] == dep
 
 
 def call_error(address: str, member: str, signature: str, *body: object) -> str:
