@@ -163,18 +163,20 @@ class Verifier:
         if all(s["passed"] for s in stages):
             queued = time.monotonic()
             async with self._dynamic:
-                start = time.monotonic()
+                start, started_at = time.monotonic(), time.time()
                 try:
                     findings = await asyncio.to_thread(
                         self._plugins.call_first, "schedcp_dynamic_check", subsystem=subsystem,
                         policy=doc, seconds=self.dynamic_seconds)
                 except NotSupported as err:
                     findings = [_finding("unsupported", str(err))]
+                ended_at = time.time()  # before the next test may start
             if findings is None:
                 findings = [_finding("no-dynamic-check",
                                      f"subsystem {subsystem!r} offers no dynamic test")]
             stages.append({**_stage("dynamic", start, findings),
-                           "waited_seconds": round(start - queued, 4)})
+                           "waited_seconds": round(start - queued, 4),
+                           "started_at": started_at, "ended_at": ended_at})
 
         for name in STAGES[len(stages):]:
             stages.append({"stage": name, "passed": False, "skipped": "an earlier stage failed",
