@@ -118,24 +118,31 @@ def judge(profile: WorkloadProfile, state: str, feedback: dict[str, Any] | None)
         metric, better = f"CPU (cores) of the {goal} targets", "higher"
         before, after, bs, as_ = _pid_figure(feedback or {}, pids, "cpu", "sum")
     improved: bool | None = None
-    worse = False
+    worse = beyond_tolerance = False
     if before is not None and after is not None:
         # Worse means beyond the tolerance AND beyond the spread: on a shared host
         # medians move by noise; only separated windows count as a regression.
         if better == "lower":
             improved = after < before
-            worse = after > before * (1 + TOLERANCE) + 1e-4 and (
-                bs is None or as_ is None or as_[0] > bs[1])
+            beyond_tolerance = after > before * (1 + TOLERANCE) + 1e-4
+            worse = beyond_tolerance and (bs is None or as_ is None or as_[0] > bs[1])
         else:
             improved = after > before
-            worse = after < before * (1 - TOLERANCE) - 1e-4 and (
-                bs is None or as_ is None or as_[1] < bs[0])
+            beyond_tolerance = after < before * (1 - TOLERANCE) - 1e-4
+            worse = beyond_tolerance and (bs is None or as_ is None or as_[1] < bs[0])
     if state != "active":
         return Verdict(metric, before, after, better, improved, False,
                        f"deployment ended {state}")
     if worse:
         return Verdict(metric, before, after, better, improved, False,
                        f"{metric} got worse: {before:.4g} -> {after:.4g}")
-    why = "no measurement" if improved is None else (
-        f"{metric}: {before:.4g} -> {after:.4g}" + ("" if improved else " (within tolerance)"))
+    if improved is None:
+        why = "no measurement"
+    else:
+        why = f"{metric}: {before:.4g} -> {after:.4g}"
+        if beyond_tolerance:  # worse by more than TOLERANCE, but the windows overlap
+            why += (f" (worse by more than {TOLERANCE:.0%}, but inside the before window's "
+                    "spread: not counted as a regression)")
+        elif not improved:
+            why += f" (within the {TOLERANCE:.0%} tolerance)"
     return Verdict(metric, before, after, better, improved, True, why)

@@ -172,6 +172,11 @@ def test_judge_needs_a_separated_regression_to_call_it_worse() -> None:
     assert judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03])).goal_met
     noisy = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.15, 0.25, 0.35]))
     assert noisy.goal_met and noisy.improved is False
+    # The reason says which: beyond the tolerance but inside the spread...
+    assert "inside the before window's spread" in noisy.reason, noisy.reason
+    # ...or within the tolerance.
+    slight = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.1, 0.205, 0.3]))
+    assert slight.goal_met and "within the 10% tolerance" in slight.reason, slight.reason
     worse = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.5, 0.6, 0.7]))
     assert not worse.goal_met and "got worse" in worse.reason
     assert not judge(prof, "reverted", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03])).goal_met
