@@ -70,15 +70,20 @@ def wait_until_unloaded(timeout: float = 10.0) -> list[str]:
     return left
 
 
-def wait_until_loaded(timeout: float = 10.0) -> list[str]:
-    """Wait until at least one of our programs is loaded."""
+def wait_until_loaded(timeout: float = 10.0, expected: set[str] | None = None) -> list[str]:
+    """Wait until our programs are loaded: any of them, or all of ``expected``.
+
+    An object's programs are loaded one after another, so a listing taken
+    while it loads may hold only some of them.
+    """
     deadline = time.monotonic() + timeout
+    progs: list[str] = []
     while time.monotonic() < deadline:
         progs = [n for n in loaded_schedcp_objects() if n.startswith("prog:")]
-        if progs:
+        if progs and (expected is None or expected <= set(progs)):
             return progs
         time.sleep(0.05)
-    return []
+    return progs if expected is not None else []
 
 
 HOG = "while :; do :; done"
