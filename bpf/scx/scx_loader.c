@@ -44,92 +44,13 @@
 
 #define SYSFS "/sys/kernel/sched_ext"
 #define LOG_MAX (256 * 1024)
+/* An error line carries the whole libbpf/verifier log. */
+#define JSONL_LINE_MAX (LOG_MAX + 8192)
+#include "scx_jsonl.h"
 
-static const char *prefix = "";
 static char *logbuf;
 static size_t loglen;
 static volatile sig_atomic_t stop_requested;
-
-/* -- JSON output ---------------------------------------------------------- */
-
-static char line[LOG_MAX + 8192];
-static size_t pos;
-
-static void put(const char *s, size_t n)
-{
-	if (pos + n >= sizeof(line) - 4)
-		n = sizeof(line) - 4 - pos;
-	memcpy(line + pos, s, n);
-	pos += n;
-}
-
-static void put_str(const char *s)
-{
-	char esc[8];
-
-	put("\"", 1);
-	for (; s && *s; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == '"' || c == '\\') {
-			esc[0] = '\\';
-			esc[1] = (char)c;
-			put(esc, 2);
-		} else if (c == '\n') {
-			put("\\n", 2);
-		} else if (c == '\t') {
-			put("\\t", 2);
-		} else if (c < 0x20 || c == 0x7f) {
-			snprintf(esc, sizeof(esc), "\\u%04x", c);
-			put(esc, 6);
-		} else {
-			put((const char *)&c, 1);
-		}
-	}
-	put("\"", 1);
-}
-
-static void begin(const char *event)
-{
-	pos = 0;
-	put("{\"event\":", 9);
-	put_str(event);
-}
-
-static void key(const char *k)
-{
-	put(",", 1);
-	put_str(k);
-	put(":", 1);
-}
-
-static void kstr(const char *k, const char *v)
-{
-	key(k);
-	put_str(v);
-}
-
-static void kint(const char *k, long long v)
-{
-	char buf[32];
-
-	key(k);
-	put(buf, (size_t)snprintf(buf, sizeof(buf), "%lld", v));
-}
-
-static void kbool(const char *k, bool v)
-{
-	key(k);
-	put(v ? "true" : "false", v ? 4 : 5);
-}
-
-static void end(void)
-{
-	line[pos++] = '}';
-	line[pos] = 0;
-	printf("%s%s%s\n", prefix, *prefix ? " " : "", line);
-	fflush(stdout);
-}
 
 static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap)
 {

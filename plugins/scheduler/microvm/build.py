@@ -87,8 +87,8 @@ def sources(src: Path) -> dict[str, Path]:
 def build_all(cache: Path, src: Path, kernel: GuestKernel, tools: Toolchain) -> Artifacts:
     """Build (or reuse) every object and binary for ``kernel``."""
     scheds = sources(src)
-    inputs = [*scheds.values(), src / "scx_common.h", src / "scx_loader.c",
-              src / "scx_workload.c"]
+    inputs = [*scheds.values(), src / "scx_common.h", src / "scx_jsonl.h",
+              src / "scx_loader.c", src / "scx_workload.c"]
     if MSGLAT.is_file():
         inputs.append(MSGLAT)
     key = _digest(inputs, f"{kernel.version}|{tools.identity()}|{' '.join(BPF_FLAGS)}")
