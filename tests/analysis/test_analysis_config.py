@@ -20,16 +20,23 @@ FLOATS = [(section, key) for section, keys in config.SCHEMA.items()
           if isinstance(spec.types, tuple) and float in spec.types]
 
 
+def assert_refused(tmp_path: Path, section: str, key: str, value: str) -> None:
+    """``[section] key = value`` is a configuration error naming file and key.
+
+    (Exit 2 at start, not a traceback when the engine refuses it, nor an
+    unbounded run.)
+    """
+    path = tmp_path / "schedcpd.toml"
+    path.write_text(f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError, match=rf"{path}: {section}\.{key} = "):
+        config.load(path)
+
+
 @pytest.mark.parametrize(("section", "key"), CAPS)
 @pytest.mark.parametrize("value", ["inf", "nan", "0", "-1"])
 def test_a_cap_must_be_finite_and_positive(tmp_path: Path, section: str, key: str,
                                            value: str) -> None:
-    path = tmp_path / "schedcpd.toml"
-    path.write_text(f"[{section}]\n{key} = {value}\n")
-    # A bad value is a configuration error naming file and key (exit 2), not a
-    # traceback when the engine refuses it at start, nor an unbounded run.
-    with pytest.raises(ConfigError, match=rf"{path}: {section}\.{key} = "):
-        config.load(path)
+    assert_refused(tmp_path, section, key, value)
 
 
 @pytest.mark.parametrize(("section", "key"), CAPS)
@@ -43,10 +50,7 @@ def test_a_finite_cap_is_kept(tmp_path: Path, section: str, key: str) -> None:
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
 def test_no_number_in_the_config_may_be_infinite(tmp_path: Path, section: str, key: str,
                                                 value: str) -> None:
-    path = tmp_path / "schedcpd.toml"
-    path.write_text(f"[{section}]\n{key} = {value}\n")
-    with pytest.raises(ConfigError, match=rf"{path}: {section}\.{key} = "):
-        config.load(path)
+    assert_refused(tmp_path, section, key, value)
 
 
 def test_every_float_key_is_covered() -> None:
