@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,7 +65,7 @@ class PathWatcher:
             self._observe(self._dir, _Handler(self._matches, self._from_thread))
             _LOGGER.info("watching %s for changes", self._dir)
             return True
-        ancestor = next((a for a in self._dir.parents if a.is_dir()), None)
+        ancestor = self._nearest_ancestor()
         if ancestor is None:
             return False
         self._observe(ancestor, _Handler(lambda _p: True, self._ancestor_changed))
@@ -74,6 +73,10 @@ class PathWatcher:
             _LOGGER.info("%s does not exist; watching %s until it appears", self._dir, ancestor)
             self._waiting_on = ancestor
         return False
+
+    def _nearest_ancestor(self) -> Path | None:
+        assert self._dir is not None
+        return next((a for a in self._dir.parents if a.is_dir()), None)
 
     def _observe(self, directory: Path, handler: FileSystemEventHandler) -> None:
         observer = Observer()
@@ -88,6 +91,9 @@ class PathWatcher:
     def _retry(self) -> None:
         if self._observer is None:  # stopped meanwhile
             return
+        assert self._dir is not None
+        if not self._dir.is_dir() and self._nearest_ancestor() == self._waiting_on:
+            return  # an unrelated change in the watched ancestor (/etc is busy)
         self._stop_observer()
         if self.start():  # it appeared: load what it already holds
             self._debounce()
@@ -113,6 +119,5 @@ class PathWatcher:
     def _stop_observer(self) -> None:
         if self._observer is not None:
             self._observer.stop()
-            if self._observer.is_alive() and threading.current_thread() is not self._observer:
-                self._observer.join(timeout=5)
+            self._observer.join(timeout=5)
             self._observer = None
