@@ -15,6 +15,9 @@ puts ``prior`` back only when the live value is still what we wrote (or
 already is ``prior``).  Restore walks rows newest first, so a value written
 twice returns to the value it had before the first write.
 
+Values the kernel set by itself (a forked child inherits its parent's) are
+saved with ``record_inherited``: already ``applied``, since no write follows.
+
 States: ``pending`` (saved, write may have happened), ``applied``,
 ``restored``, ``skipped`` (target gone, e.g. the task exited),
 ``overridden`` (someone else changed the value; we stopped managing it).
@@ -166,44 +169,70 @@ class Journal:
         The row is committed with ``synchronous=FULL`` before this returns, so
         the caller may write the kernel value afterwards.
         """
-        now = time.time()
         with self._tx() as conn:
+            return self._insert(conn, owner, [(kind, key, prior, new)], PENDING, subsystem,
+                                note)[0]
+
+    def record_inherited(
+        self,
+        owner: str,
+        rows: list[tuple[str, str, Any, Any]],
+        *,
+        subsystem: str = "",
+        note: str = "",
+    ) -> list[int]:
+        """Save values the kernel already set, as ``applied``, in one transaction.
+
+        ``rows`` are ``(kind, key, prior, new)``.  For a child forked from a
+        task we manage: the kernel copied our values into it at fork, so
+        there is no write to come and no window before it to protect; one
+        commit stands for what ``record`` + ``mark_applied`` do per row.
+        """
+        with self._tx() as conn:
+            return self._insert(conn, owner, rows, APPLIED, subsystem, note)
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection,
+        owner: str,
+        rows: list[tuple[str, str, Any, Any]],
+        state: str,
+        subsystem: str,
+        note: str,
+    ) -> list[int]:
+        now = time.time()
+        ids = []
+        for kind, key, prior, new in rows:
             cur = conn.execute(
                 f"INSERT INTO {_TABLE} (time, subsystem, owner, kind, key, prior, new,"
                 " state, note, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    now,
-                    subsystem,
-                    owner,
-                    kind,
-                    key,
-                    json.dumps(prior),
-                    json.dumps(new),
-                    PENDING,
-                    note,
-                    now,
-                ),
+                (now, subsystem, owner, kind, key, json.dumps(prior), json.dumps(new), state,
+                 note, now),
             )
-            entry_id = cur.lastrowid
-        assert entry_id is not None
-        return int(entry_id)
+            assert cur.lastrowid is not None
+            ids.append(int(cur.lastrowid))
+        return ids
 
-    def _set_state(self, entry_id: int, state: str, note: str | None) -> None:
+    def _set_state(
+        self, entry_ids: list[int], state: str, note: str | None, new: Any = _KEEP
+    ) -> None:
         if state not in STATES:
             raise ValueError(f"unknown journal state {state!r}")
+        sets = ["state = ?", "updated = ?"]
+        values: list[Any] = [state, time.time()]
+        if note is not None:
+            sets.append("note = ?")
+            values.append(note)
+        if new is not _KEEP:
+            sets.append("new = ?")
+            values.append(json.dumps(new))
         with self._tx() as conn:
-            if note is None:
+            for entry_id in entry_ids:
                 cur = conn.execute(
-                    f"UPDATE {_TABLE} SET state = ?, updated = ? WHERE id = ?",
-                    (state, time.time(), entry_id),
+                    f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE id = ?", (*values, entry_id)
                 )
-            else:
-                cur = conn.execute(
-                    f"UPDATE {_TABLE} SET state = ?, note = ?, updated = ? WHERE id = ?",
-                    (state, note, time.time(), entry_id),
-                )
-            if cur.rowcount != 1:
-                raise KeyError(f"no journal entry {entry_id}")
+                if cur.rowcount != 1:
+                    raise KeyError(f"no journal entry {entry_id}")
 
     def mark_applied(self, entry_id: int, new: Any = _KEEP) -> None:
         """Record that the write of ``entry_id`` happened.
@@ -211,23 +240,22 @@ class Journal:
         ``new`` replaces the recorded new value when the write learned more
         than was known before it (a started process's pid and start time).
         """
-        if new is not _KEEP:
-            with self._tx() as conn:
-                conn.execute(f"UPDATE {_TABLE} SET new = ? WHERE id = ?",
-                             (json.dumps(new), entry_id))
-        self._set_state(entry_id, APPLIED, None)
+        self._set_state([entry_id], APPLIED, None, new)
 
     def mark_restored(self, entry_id: int, note: str = "") -> None:
         """Record that the prior value of ``entry_id`` is back (or never left)."""
-        self._set_state(entry_id, RESTORED, note)
+        self._set_state([entry_id], RESTORED, note)
 
-    def mark_skipped(self, entry_id: int, note: str) -> None:
-        """Record that ``entry_id`` cannot be restored (target gone); ``note`` says why."""
-        self._set_state(entry_id, SKIPPED, note)
+    def mark_skipped(self, entry_id: int | list[int], note: str) -> None:
+        """Record that ``entry_id`` (one, or a list in one commit) cannot be restored.
+
+        The target is gone; ``note`` says why.
+        """
+        self._set_state(entry_id if isinstance(entry_id, list) else [entry_id], SKIPPED, note)
 
     def mark_overridden(self, entry_id: int, note: str) -> None:
         """Record that someone else changed the value; we no longer manage it."""
-        self._set_state(entry_id, OVERRIDDEN, note)
+        self._set_state([entry_id], OVERRIDDEN, note)
 
     def get(self, entry_id: int) -> JournalEntry:
         """Return one entry by id (``KeyError`` if absent)."""
@@ -261,11 +289,20 @@ class Journal:
             args.append(subsystem)
         return self._select(where, args, newest_first=True)
 
-    def open_for_key_prefix(self, prefix: str, subsystem: str | None = None) -> list[JournalEntry]:
-        """Open entries whose key starts with ``prefix``, newest first."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where = "key LIKE ? ESCAPE '\\' AND state IN (?, ?)"
-        args: list[Any] = [escaped + "%", *OPEN_STATES]
+    def for_key_prefix(
+        self, prefix: str, states: tuple[str, ...] = OPEN_STATES, subsystem: str | None = None
+    ) -> list[JournalEntry]:
+        """Entries whose key starts with ``prefix`` in ``states`` (default: open), newest first.
+
+        A range on ``key`` (not ``LIKE``, which cannot use the index): the
+        watcher asks this for every fork and exit of a managed tree.
+        """
+        if not prefix:
+            raise ValueError("for_key_prefix needs a non-empty prefix")
+        # "+state": keeps SQLite on the key index; the state index would
+        # walk every open entry (thousands while a build tree is managed).
+        where = f"key >= ? AND key < ? AND +state IN ({', '.join('?' for _ in states)})"
+        args: list[Any] = [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), *states]
         if subsystem is not None:
             where += " AND subsystem = ?"
             args.append(subsystem)

@@ -30,7 +30,7 @@ from typing import Any
 from plugins.scheduler import cgroups, sysctl, tasks
 from plugins.scheduler.cgroups import Hierarchy
 from plugins.scheduler.tasks import TaskGone
-from schedcpd.journal import OVERRIDDEN, Journal, JournalEntry
+from schedcpd.journal import APPLIED, OVERRIDDEN, PENDING, Journal, JournalEntry
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ KIND_SYSCTL = "sysctl"
 KIND_DEBUGFS = "debugfs"
 
 _UNSET: Any = object()
+# States in which a key's history decides how it may be written.
+HISTORY_STATES = (PENDING, APPLIED, OVERRIDDEN)
 
 
 class Gone(Exception):
@@ -260,6 +262,52 @@ class Actuator:
             self.journal.mark_applied(entry_id)
             return Change(key, knob, live, new, "changed")
 
+    def inherit(self, items: list[tuple[str, str, str, Any, Any]]) -> list[Change]:
+        """Journal values forked children inherited from tasks we manage; one commit.
+
+        ``items`` are ``(owner, kind, key, new, prior)``, ``prior`` being the
+        parent's journaled prior.  The kernel copied our values into the
+        child at fork, so nothing is written: an item whose live value is
+        still ``new`` is saved as applied.  One that differs was changed
+        after the fork (by the task itself, e.g. ``nice``/``chrt`` in a
+        build, or by someone else): it is not ours any more and is left
+        alone (``overridden``).  A key that already has a history was
+        handled before and is left as it is (``unchanged``).
+        """
+        changes: list[Change] = []
+        rows: dict[str, list[tuple[str, str, Any, Any]]] = {}
+        with self.lock:
+            known: dict[str, bool] = {}
+            for owner, kind, key, new, prior in items:
+                knob = key.rsplit(":", 1)[-1]
+                task = key.rsplit(":", 1)[0] + ":"
+                if task not in known:
+                    known[task] = bool(self.journal.for_key_prefix(
+                        task, states=HISTORY_STATES, subsystem=SUBSYSTEM))
+                if known[task]:
+                    changes.append(Change(key, knob, None, new, "unchanged", "journaled before"))
+                    continue
+                try:
+                    live = self.read(kind, key)
+                except Gone as exc:
+                    changes.append(Change(key, knob, None, new, "gone", str(exc)))
+                    continue
+                except OSError as exc:
+                    changes.append(Change(key, knob, None, new, "error", str(exc)))
+                    continue
+                if not self.same(kind, live, new):
+                    changes.append(Change(key, knob, live, new, "overridden",
+                                          "changed since the fork; left alone"))
+                    continue
+                rows.setdefault(owner, []).append((kind, key, prior, new))
+                changes.append(Change(key, knob, live, new, "changed", "inherited at fork"))
+            for owner, owned in rows.items():
+                self.journal.record_inherited(owner, owned, subsystem=SUBSYSTEM,
+                                              note="inherited at fork")
+            if rows:
+                _fault("after_journal_commit")
+        return changes
+
     def _overridden(self, history: list[JournalEntry], live: Any) -> None:
         newest = history[0]
         note = f"live value {live!r} is not ours ({newest.new!r}); left alone"
@@ -355,13 +403,15 @@ class Actuator:
                     )
         return found
 
-    def forget_task(self, tid: int) -> int:
-        """Mark open entries of an exited task skipped; return how many."""
-        count = 0
+    def forget_tasks(self, tids: list[int]) -> int:
+        """Mark open entries of exited tasks skipped, in one commit; return how many."""
         with self.lock:
-            for entry in self.journal.open_for_key_prefix(f"task:{tid}:", subsystem=SUBSYSTEM):
-                start = int(entry.key.split(":")[2])
-                if not tasks.is_alive(tid, start):
-                    self.journal.mark_skipped(entry.id, "task exited")
-                    count += 1
-        return count
+            gone: list[int] = []
+            for tid in tids:
+                entries = self.journal.for_key_prefix(f"task:{tid}:", subsystem=SUBSYSTEM)
+                if entries:
+                    live_start = tasks.start_time(tid)
+                    gone.extend(e.id for e in entries if int(e.key.split(":")[2]) != live_start)
+            if gone:
+                self.journal.mark_skipped(gone, "task exited")
+        return len(gone)

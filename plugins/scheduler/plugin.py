@@ -30,7 +30,7 @@ from plugins.scheduler.actuator import SUBSYSTEM, Actuator
 from plugins.scheduler.applier import Applier
 from plugins.scheduler.scx_deploy import ScxHost
 from plugins.scheduler.watcher import TaskWatcher
-from schedcpd.errors import NotSupported
+from schedcpd.errors import InvalidArgument, NotSupported
 from schedcpd.hookspecs import PluginContext, hookimpl
 from schedcpd.journal import OVERRIDDEN, Journal
 
@@ -41,7 +41,17 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "netlink": True,
     "scan_interval": 0.25,
     "override_check_interval": 2.0,
+    "inherit_delay": 0.1,
 }
+
+
+def _inherit_delay(value: Any) -> float:
+    """``[plugins.scheduler] inherit_delay``: a number of seconds in [0, 10]."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 10:
+        raise InvalidArgument(
+            f"[plugins.scheduler] inherit_delay = {value!r}: must be seconds in [0, 10]"
+        )
+    return float(value)
 
 
 class SchedulerPlugin:
@@ -73,7 +83,8 @@ class SchedulerPlugin:
         self.caps = capabilities.detect()
         hierarchies = cgroups.detect_hierarchies()
         actuator = Actuator(journal, hierarchies)
-        self.applier = Applier(actuator, hierarchies, str(self.config["cgroup_parent"]))
+        self.applier = Applier(actuator, hierarchies, str(self.config["cgroup_parent"]),
+                               _inherit_delay(self.config["inherit_delay"]))
         self.scx = ScxHost(journal, self.config, Path(context.state_dir))
         self._stop.clear()
         missing = sorted(name for name, cap in self.caps.items() if not cap["available"])
@@ -97,6 +108,7 @@ class SchedulerPlugin:
                 self.applier.on_exit,
                 prefer_netlink=bool(self.config["netlink"]),
                 scan_interval=float(self.config["scan_interval"]),
+                on_tick=self.applier.tick,
             )
             self.watcher.start()
         if self._checker is None:
@@ -312,7 +324,9 @@ class SchedulerPlugin:
     def _watcher_state(self) -> dict[str, Any]:
         if self.watcher is None:
             return {"mode": "stopped", "reason": "no policy applied"}
-        return {"mode": self.watcher.mode, "reason": self.watcher.reason}
+        waiting = len(self.applier.children) if self.applier is not None else 0
+        return {"mode": self.watcher.mode, "reason": self.watcher.reason,
+                "children_waiting": waiting}
 
 
 plugin = SchedulerPlugin()

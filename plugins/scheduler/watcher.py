@@ -13,7 +13,9 @@ a network namespace without it) the watcher falls back to scanning /proc
 every ``scan_interval`` seconds (default 0.25 s: at most four scans a
 second, each a few ms for a few hundred tasks; measured here: median 260 ms,
 max 700 ms).  Both report through the
-same callbacks, in a daemon thread.
+same callbacks, in a daemon thread, and call ``on_tick`` between events
+(at least every 0.2 s, or when it said work falls due: the applier
+journals forked children and closes exited ones there, in batches).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ _PROC_EVENT_EXIT = 0x80000000
 # on_new(tid, tgid, parent_tid, event): event is "fork", "exec" or "comm".
 NewCallback = Callable[[int, int, int | None, str], None]
 ExitCallback = Callable[[int], None]
+# on_tick() between events: work that waits; returns seconds until it is due (None: none).
+TickCallback = Callable[[], float | None]
+# Longest wait for events, so stop() and ticks are never late by more.
+_IDLE_WAIT = 0.2
 
 
 class TaskWatcher:
@@ -61,9 +67,11 @@ class TaskWatcher:
         *,
         prefer_netlink: bool = True,
         scan_interval: float = 0.25,
+        on_tick: TickCallback | None = None,
     ) -> None:
         self.on_new = on_new
         self.on_exit = on_exit
+        self.on_tick = on_tick
         self.scan_interval = scan_interval
         self.prefer_netlink = prefer_netlink
         self.mode = "stopped"
@@ -119,6 +127,17 @@ class TaskWatcher:
         except Exception:  # a bad task must not kill the watcher
             _LOGGER.exception("task watcher callback failed")
 
+    def _tick(self) -> float:
+        """Run ``on_tick``; the seconds to wait for events before the next tick."""
+        if self.on_tick is None:
+            return _IDLE_WAIT
+        try:
+            due = self.on_tick()
+        except Exception:  # keep watching; the log has the cause
+            _LOGGER.exception("task watcher tick failed")
+            return _IDLE_WAIT
+        return _IDLE_WAIT if due is None else min(_IDLE_WAIT, due)
+
     def _open_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_CONNECTOR)
         try:
@@ -152,9 +171,11 @@ class TaskWatcher:
             sock.close()
 
     def _netlink_loop(self, sock: socket.socket) -> None:
+        wait = _IDLE_WAIT
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([sock], [], [], 0.2)
+                ready, _, _ = select.select([sock], [], [], wait)
+                wait = self._tick()
                 if not ready:
                     continue
                 data = sock.recv(65536)
@@ -201,6 +222,7 @@ class TaskWatcher:
             for tid in set(self._seen) - set(now):
                 self._dispatch(partial(self.on_exit, tid))
             self._seen = now
+            self._tick()
 
 
 def _all_tasks() -> list[tuple[int, int]]:

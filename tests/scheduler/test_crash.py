@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.scheduler import cgroups
+from plugins.scheduler import cgroups, tasks
 from schedcpd.journal import Journal
 from tests.scheduler.helpers import Spawner, make_plugin, policy_doc, restore, snapshot
 
@@ -94,3 +94,71 @@ def test_kill_9_then_startup_restore(
         plugin.schedcp_shutdown()
     finally:
         journal.close()
+
+
+def _policy_nice(pid: int) -> tuple[str, int]:
+    return tasks.read_knob(pid, "policy"), tasks.read_knob(pid, "nice")
+
+
+FORKER = """
+import subprocess, sys
+children = []
+print("ready", flush=True)
+for line in sys.stdin:
+    children.append(subprocess.Popen(["sleep", "300"]))
+    print(children[-1].pid, flush=True)
+"""
+
+
+def test_kill_9_after_a_forked_child_is_journaled(
+    spawn: Spawner, tmp_path: Path, cgroup_parent: str
+) -> None:
+    """The applier dies right after committing a child's inherited values: restore undoes them."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    spawn.procs.append(parent)
+    assert parent.stdin is not None and parent.stdout is not None
+    assert parent.stdout.readline().strip() == b"ready"
+    before = snapshot(parent.pid)
+    doc = policy_doc(
+        [{"name": "g", "match": {"pid": [parent.pid]}, "task": {"policy": "batch", "nice": 4}}]
+    )
+    env = dict(os.environ)
+    # Commits 1 and 2 are the parent's nice and policy; 3 is the child's inherited pair.
+    env["SCHEDCP_FAULT"] = "after_journal_commit:3"
+    db = tmp_path / "journal.db"
+    applier = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(db), str(tmp_path), cgroup_parent, json.dumps(doc)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    child = None
+    try:
+        assert applier.stdout is not None
+        assert applier.stdout.readline().strip() == b"applied"
+        parent.stdin.write(b"go\n")
+        parent.stdin.flush()
+        child = int(parent.stdout.readline())
+        assert applier.wait(timeout=60) == -signal.SIGKILL
+        assert _policy_nice(child) == ("batch", 4)
+        journal = Journal(db)
+        try:
+            rows = journal.for_key_prefix(f"task:{child}:")
+            assert sorted(e.state for e in rows) == ["applied", "applied"]
+            plugin = make_plugin(journal, tmp_path, cgroup_parent)
+            report = restore(plugin, {})
+            assert set(report["summary"]) <= {"restored"}
+            assert _policy_nice(child) == ("other", 0)
+            assert snapshot(parent.pid) == before
+            assert journal.pending_restore() == []
+            plugin.schedcp_shutdown()
+        finally:
+            journal.close()
+    finally:
+        if applier.poll() is None:
+            applier.kill()
+            applier.wait()
+        if child is not None:
+            subprocess.run(["kill", "-9", str(child)], check=False)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from plugins.scheduler import tasks
+from plugins.scheduler.actuator import KIND_TASK, task_key
 from plugins.scheduler.plugin import SchedulerPlugin
+from schedcpd.errors import InvalidArgument
 from schedcpd.journal import Journal
 from tests.scheduler.helpers import (
     Spawner,
@@ -93,6 +95,12 @@ def test_descendants_inherit_and_restore_exactly(
             time.sleep(0.01)
         else:
             pytest.fail("forked child was not journaled")
+        # Saved as applied in one go (nothing to write), with the parent's priors.
+        rows = journal.for_key_prefix(f"task:{child}:")
+        assert {(e.key.rsplit(":", 1)[1], e.prior, e.new, e.state, e.note) for e in rows} == {
+            ("policy", "other", "batch", "applied", "inherited at fork"),
+            ("nice", 0, 4, "applied", "inherited at fork"),
+        }
         restore(plugin, {"owner": "dep-f"})
         assert tasks.read_knob(child, "policy") == "other"
         assert tasks.read_knob(child, "nice") == 0
@@ -137,3 +145,124 @@ def test_untargeted_descendants_get_original_values(
         assert not any(f"task:{child}:" in e.key for e in journal.entries(owner="dep-nd"))
     finally:
         subprocess.run(["kill", "-9", str(child)], check=False)
+
+
+def test_child_that_changed_an_inherited_value_is_left_alone(
+    plugin: SchedulerPlugin, spawn: Spawner, journal: Journal
+) -> None:
+    """A child no longer holding what it inherited changed it itself (nice, chrt): not ours."""
+    assert plugin.applier is not None
+    actuator = plugin.applier.actuator
+    child = spawn.sleeper()
+    start = tasks.start_time(child.pid)
+    assert start is not None
+    tasks.write_knob(child.pid, "nice", 2)  # the policy's value would be 4
+    tasks.write_knob(child.pid, "policy", "batch")  # what the policy sets: inherited
+    nice, pol = task_key(child.pid, start, "nice"), task_key(child.pid, start, "policy")
+    changes = actuator.inherit(
+        [("dep-i", KIND_TASK, nice, 4, 0), ("dep-i", KIND_TASK, pol, "batch", "other")]
+    )
+    assert [(c.knob, c.status) for c in changes] == [("nice", "overridden"), ("policy", "changed")]
+    assert tasks.read_knob(child.pid, "nice") == 2
+    assert journal.for_key(nice) == []
+    (entry,) = journal.for_key(pol)
+    assert (entry.prior, entry.new, entry.state) == ("other", "batch", "applied")
+    # Handled once: a second report of the same child journals nothing more.
+    again = actuator.inherit([("dep-i", KIND_TASK, pol, "batch", "other")])
+    assert [c.status for c in again] == ["unchanged"]
+    actuator.restore("dep-i")
+    assert (tasks.read_knob(child.pid, "policy"), tasks.read_knob(child.pid, "nice")) == (
+        "other",
+        2,
+    )
+
+
+LOOP = """
+import subprocess, sys
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(50):
+    subprocess.run(["true"])
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_children_that_exit_within_the_delay_are_never_journaled(
+    spawn: Spawner, journal: Journal, tmp_path: Path, cgroup_parent: str
+) -> None:
+    plugin = make_plugin(journal, tmp_path, cgroup_parent, inherit_delay=0.5)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", LOOP], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    spawn.procs.append(parent)
+    assert parent.stdin is not None and parent.stdout is not None
+    try:
+        assert parent.stdout.readline().strip() == b"ready"
+        doc = policy_doc(
+            [{"name": "g", "match": {"pid": [parent.pid]}, "task": {"policy": "batch"}}]
+        )
+        apply(plugin, doc, {"owner": "dep-short"})
+        parent.stdin.write(b"go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == b"done"
+        assert plugin.applier is not None
+        deadline = time.monotonic() + 10
+        while plugin.applier.children and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not plugin.applier.children
+        # Followed (a child that exited before its fork event was read is not counted) ...
+        assert state(plugin)["policies"][0]["new_tasks_handled"] >= 10
+        # ... but only the parent's own write is in the journal.
+        keys = {e.key for e in journal.entries(owner="dep-short")}
+        assert keys == {e.key for e in journal.for_key_prefix(f"task:{parent.pid}:")}
+        assert len(keys) == 1
+    finally:
+        restore(plugin, {})
+        plugin.schedcp_shutdown()
+
+
+def test_restore_covers_children_still_waiting(
+    spawn: Spawner, journal: Journal, tmp_path: Path, cgroup_parent: str
+) -> None:
+    plugin = make_plugin(journal, tmp_path, cgroup_parent, inherit_delay=10)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    spawn.procs.append(parent)
+    assert parent.stdin is not None and parent.stdout is not None
+    child = None
+    try:
+        assert parent.stdout.readline().strip() == b"ready"
+        doc = policy_doc(
+            [{"name": "g", "match": {"pid": [parent.pid]}, "task": {"policy": "batch"}}]
+        )
+        apply(plugin, doc, {"owner": "dep-wait"})
+        parent.stdin.write(b"go\n")
+        parent.stdin.flush()
+        child = int(parent.stdout.readline())
+        assert plugin.applier is not None
+        deadline = time.monotonic() + 5
+        while child not in plugin.applier.children and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert child in plugin.applier.children  # followed, not journaled yet
+        assert journal.for_key_prefix(f"task:{child}:") == []
+        assert state(plugin)["watcher"]["children_waiting"] == 1
+        assert tasks.read_knob(child, "policy") == "batch"
+        report = restore(plugin, {"owner": "dep-wait"})
+        assert report["summary"] == {"restored": 2}  # the parent and the waiting child
+        assert tasks.read_knob(child, "policy") == "other"
+        assert not plugin.applier.children
+    finally:
+        if child is not None:
+            subprocess.run(["kill", "-9", str(child)], check=False)
+        restore(plugin, {})
+        plugin.schedcp_shutdown()
+
+
+@pytest.mark.parametrize("value", [-1, 11, float("nan"), "0.1", True])
+def test_inherit_delay_must_be_seconds(
+    journal: Journal, tmp_path: Path, cgroup_parent: str, value: object
+) -> None:
+    with pytest.raises(InvalidArgument, match="inherit_delay"):
+        make_plugin(journal, tmp_path, cgroup_parent, inherit_delay=value)
