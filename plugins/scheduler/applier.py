@@ -384,9 +384,15 @@ class Applier:
         waits).  The watcher thread calls this between events.
         """
         with self.lock:
+            if not self.children and not self.exited:
+                return None
             now = time.monotonic() if now is None else now
-            due = [tid for tid, c in self.children.items()
-                   if c.due <= now or (owner is not None and c.owner == owner)]
+            due: list[int] = []
+            for tid, child in self.children.items():  # in due order
+                if child.due <= now or (owner is not None and child.owner == owner):
+                    due.append(tid)
+                elif owner is None:
+                    break
             inherit: list[tuple[str, str, str, Any, Any]] = []
             changes: list[Change] = []
             for tid in due:

@@ -166,12 +166,15 @@ def _slice_arg(current: Attr) -> int:
 
 def start_time(tid: int) -> int | None:
     """Start time of ``tid`` in clock ticks, or ``None`` if it does not exist."""
+    # Plain open(), not pathlib: the watcher asks this for every fork of a
+    # managed tree, and pathlib's path building was most of the cost.
     try:
-        raw = (PROC / str(tid) / "stat").read_text()
+        with open(f"{PROC}/{tid}/stat", "rb") as stat:
+            raw = stat.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # comm may contain spaces and parentheses; fields resume after the last ')'.
-    fields = raw[raw.rindex(")") + 2 :].split()
+    fields = raw[raw.rindex(b")") + 2 :].split()
     return int(fields[19])
 
 
