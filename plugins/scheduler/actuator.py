@@ -47,6 +47,8 @@ KIND_DEBUGFS = "debugfs"
 _UNSET: Any = object()
 # States in which a key's history decides how it may be written.
 HISTORY_STATES = (PENDING, APPLIED, OVERRIDDEN)
+# (owner, kind, key, new, prior) of a value a forked child inherited.
+Inherited = tuple[str, str, str, Any, Any]
 
 
 class Gone(Exception):
@@ -262,7 +264,7 @@ class Actuator:
             self.journal.mark_applied(entry_id)
             return Change(key, knob, live, new, "changed")
 
-    def inherit(self, items: list[tuple[str, str, str, Any, Any]]) -> list[Change]:
+    def inherit(self, items: list[Inherited]) -> list[Change]:
         """Journal values forked children inherited from tasks we manage; one commit.
 
         ``items`` are ``(owner, kind, key, new, prior)``, ``prior`` being the

@@ -35,6 +35,7 @@ from plugins.scheduler.actuator import (
     Actuator,
     Change,
     Gone,
+    Inherited,
     task_key,
 )
 from plugins.scheduler.cgroups import Hierarchy
@@ -257,31 +258,31 @@ class Applier:
         changes: list[Change],
         dry_run: bool,
         child: Child | None = None,
-        inherit: list[tuple[str, str, str, Any, Any]] | None = None,
-    ) -> None:
+    ) -> list[Inherited]:
         """Apply ``group``'s task values to ``tid``.
 
-        For a forked ``child`` of a managed task the knobs it inherited are
-        added to ``inherit`` (journaled by the caller, all in one commit:
-        :meth:`Actuator.inherit`) with the parent's priors.
+        For a forked ``child`` of a managed task, return the knobs it
+        inherited, with the parent's priors: the caller journals them (all
+        children's in one commit, :meth:`Actuator.inherit`).
         """
         start = tasks.start_time(tid) if child is None else child.start
         if start is None:
-            return
+            return []
         inherited = child.priors if child is not None else {}
+        inherit: list[Inherited] = []
         rel = self.group_path(reg.owner, group)
         for controller in self._controllers(group):
             hierarchy = self.hierarchies[controller]
             knob = f"cgroup.{controller}"
             key = task_key(tid, start, knob)
-            if knob in inherited and inherit is not None:
+            if knob in inherited:
                 inherit.append((reg.owner, KIND_MEMBERSHIP, key, {"path": rel}, inherited[knob]))
                 continue
             try:
                 current = cgroups.task_cgroup(tid, hierarchy)
                 affinity = sorted(tasks.read_knob(tid, "affinity"))
             except (tasks.TaskGone, OSError):
-                return
+                return []
             if current == rel:
                 continue  # already there (re-apply)
             prior = {"path": current, "affinity": affinity if controller == "cpuset" else None}
@@ -295,12 +296,13 @@ class Applier:
                 continue
             key = task_key(tid, start, knob)
             value = group.task[knob]
-            if knob in inherited and inherit is not None:
+            if knob in inherited:
                 inherit.append((reg.owner, KIND_TASK, key, value, inherited[knob]))
             else:
                 changes.append(self.actuator.set(reg.owner, KIND_TASK, key, value, dry_run=dry_run))
         if not dry_run:
             self.managed[tid] = (reg.owner, group.name)
+        return inherit
 
     # -- watcher callbacks ------------------------------------------------
 
@@ -339,10 +341,14 @@ class Applier:
     def _apply_new(self, reg: Registration, group: policy.Group, tid: int, tgid: int) -> None:
         changes: list[Change] = []
         self._apply_task(reg, group, tid, tgid, changes, False)
+        self._count_new(reg, group, tid, tgid)
+        self._warn(changes)
+
+    @staticmethod
+    def _count_new(reg: Registration, group: policy.Group, tid: int, tgid: int) -> None:
         if tid == tgid:
             reg.targets.setdefault(group.name, set()).add(tgid)
         reg.new_tasks += 1
-        self._warn(changes)
 
     @staticmethod
     def _warn(changes: list[Change]) -> None:
@@ -372,9 +378,7 @@ class Applier:
                                    self._priors(reg.owner, parent),
                                    time.monotonic() + self.inherit_delay)
         self.managed[tid] = (reg.owner, group.name)
-        if tid == tgid:
-            reg.targets.setdefault(group.name, set()).add(tgid)
-        reg.new_tasks += 1
+        self._count_new(reg, group, tid, tgid)
 
     def tick(self, owner: str | None = None, *, now: float | None = None) -> float | None:
         """Journal children whose delay passed; close entries of exited tasks.
@@ -393,7 +397,7 @@ class Applier:
                     due.append(tid)
                 elif owner is None:
                     break
-            inherit: list[tuple[str, str, str, Any, Any]] = []
+            inherit: list[Inherited] = []
             changes: list[Change] = []
             for tid in due:
                 child = self.children.pop(tid)
@@ -401,7 +405,7 @@ class Applier:
                 group = self._group(reg, child.group)
                 if reg is None or group is None or not tasks.is_alive(tid, child.start):
                     continue
-                self._apply_task(reg, group, tid, child.tgid, changes, False, child, inherit)
+                inherit += self._apply_task(reg, group, tid, child.tgid, changes, False, child)
             if inherit:
                 changes.extend(self.actuator.inherit(inherit))
             if self.exited:

@@ -175,26 +175,25 @@ class TaskWatcher:
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([sock], [], [], wait)
-                wait = self._tick()
-                if not ready:
-                    continue
-                data = sock.recv(65536)
+                if ready:
+                    self._handle(sock.recv(65536))
             except OSError as exc:
                 # ENOBUFS: the kernel dropped events; a full scan catches up.
                 _LOGGER.warning("proc connector: %s; rescanning /proc", exc)
                 self._catch_up()
-                continue
-            for event in _parse(data):
-                what, args = event
-                if what == _PROC_EVENT_FORK:
-                    parent, _, tid, tgid = args[:4]
-                    self._dispatch(partial(self.on_new, tid, tgid, parent, "fork"))
-                elif what in (_PROC_EVENT_EXEC, _PROC_EVENT_COMM):
-                    tid, tgid = args[:2]
-                    kind = "exec" if what == _PROC_EVENT_EXEC else "comm"
-                    self._dispatch(partial(self.on_new, tid, tgid, None, kind))
-                elif what == _PROC_EVENT_EXIT:
-                    self._dispatch(partial(self.on_exit, args[0]))
+            wait = self._tick()  # after the events: a child forked just now counts
+
+    def _handle(self, data: bytes) -> None:
+        for what, args in _parse(data):
+            if what == _PROC_EVENT_FORK:
+                parent, _, tid, tgid = args[:4]
+                self._dispatch(partial(self.on_new, tid, tgid, parent, "fork"))
+            elif what in (_PROC_EVENT_EXEC, _PROC_EVENT_COMM):
+                tid, tgid = args[:2]
+                kind = "exec" if what == _PROC_EVENT_EXEC else "comm"
+                self._dispatch(partial(self.on_new, tid, tgid, None, kind))
+            elif what == _PROC_EVENT_EXIT:
+                self._dispatch(partial(self.on_exit, args[0]))
 
     def _catch_up(self) -> None:
         for tid, tgid in _all_tasks():
