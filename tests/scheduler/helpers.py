@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +39,7 @@ class Spawner:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.pids: list[int] = []  # grandchildren (a Forker's), killed at the end
 
     def sleeper(self, comm: str | None = None) -> subprocess.Popen[bytes]:
         """A sleeping process, optionally under a unique comm (a copy of sleep)."""
@@ -73,11 +77,66 @@ class Spawner:
         assert proc.stdout.readline().strip() == b"ready"
         return proc
 
+    def forker(self) -> Forker:
+        """A process that forks children when told (they are killed at the end too)."""
+        proc = subprocess.Popen(
+            [sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.procs.append(proc)
+        forker = Forker(proc, self.pids)
+        assert forker.say("") == b"ready"
+        return forker
+
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+FORKER = """
+import subprocess, sys
+children = []
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "churn":
+        for _ in range(50):
+            subprocess.run(["true"])
+        print("done", flush=True)
+        continue
+    children.append(subprocess.Popen(["sleep", "300"]))
+    print(children[-1].pid, flush=True)
+"""
+
+
+class Forker:
+    """A Python process that forks on request: ``fork`` one long child, ``churn`` 50 short ones."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], children: list[int]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.children = children
+
+    def say(self, line: str) -> bytes:
+        """Send ``line`` (nothing for the start-up greeting) and read the answer."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if line:
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def fork(self) -> int:
+        """Fork a ``sleep 300`` child; its pid."""
+        child = int(self.say("fork"))
+        self.children.append(child)
+        return child
+
+    def churn(self) -> None:
+        """Fork and wait for 50 ``true`` children in a row."""
+        assert self.say("churn") == b"done"
 
 
 def wait_exec(pid: int, comm: str, timeout: float = 5.0) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,22 @@ plugin.schedcp_apply("scheduler", json.loads(sys.argv[4]), {"owner": "dep-crash"
 print("applied", flush=True)
 time.sleep(300)
 """
+
+
+def _start_applier(
+    db: Path, state_dir: Path, cgroup_parent: str, doc: dict[str, Any], fault: str | None
+) -> subprocess.Popen[bytes]:
+    """A process applying ``doc`` (then sleeping) that SIGKILLs itself at ``fault``."""
+    env = dict(os.environ)
+    env.pop("SCHEDCP_FAULT", None)
+    if fault:
+        env["SCHEDCP_FAULT"] = fault
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(db), str(state_dir), cgroup_parent, json.dumps(doc)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+    )
 
 
 @pytest.mark.parametrize(
@@ -55,17 +72,8 @@ def test_kill_9_then_startup_restore(
             }
         ]
     )
-    env = dict(os.environ)
-    env.pop("SCHEDCP_FAULT", None)
-    if fault:
-        env["SCHEDCP_FAULT"] = fault
     db = tmp_path / "journal.db"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(db), str(tmp_path), cgroup_parent, json.dumps(doc)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-    )
+    child = _start_applier(db, tmp_path, cgroup_parent, doc, fault)
     try:
         if fault is None:
             assert child.stdout is not None
@@ -100,47 +108,22 @@ def _policy_nice(pid: int) -> tuple[str, int]:
     return tasks.read_knob(pid, "policy"), tasks.read_knob(pid, "nice")
 
 
-FORKER = """
-import subprocess, sys
-children = []
-print("ready", flush=True)
-for line in sys.stdin:
-    children.append(subprocess.Popen(["sleep", "300"]))
-    print(children[-1].pid, flush=True)
-"""
-
-
 def test_kill_9_after_a_forked_child_is_journaled(
     spawn: Spawner, tmp_path: Path, cgroup_parent: str
 ) -> None:
     """The applier dies right after committing a child's inherited values: restore undoes them."""
-    parent = subprocess.Popen(
-        [sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    spawn.procs.append(parent)
-    assert parent.stdin is not None and parent.stdout is not None
-    assert parent.stdout.readline().strip() == b"ready"
+    parent = spawn.forker()
     before = snapshot(parent.pid)
     doc = policy_doc(
         [{"name": "g", "match": {"pid": [parent.pid]}, "task": {"policy": "batch", "nice": 4}}]
     )
-    env = dict(os.environ)
-    # Commits 1 and 2 are the parent's nice and policy; 3 is the child's inherited pair.
-    env["SCHEDCP_FAULT"] = "after_journal_commit:3"
     db = tmp_path / "journal.db"
-    applier = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(db), str(tmp_path), cgroup_parent, json.dumps(doc)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-    )
-    child = None
+    # Commits 1 and 2 are the parent's nice and policy; 3 is the child's inherited pair.
+    applier = _start_applier(db, tmp_path, cgroup_parent, doc, "after_journal_commit:3")
     try:
         assert applier.stdout is not None
         assert applier.stdout.readline().strip() == b"applied"
-        parent.stdin.write(b"go\n")
-        parent.stdin.flush()
-        child = int(parent.stdout.readline())
+        child = parent.fork()
         assert applier.wait(timeout=60) == -signal.SIGKILL
         assert _policy_nice(child) == ("batch", 4)
         journal = Journal(db)
@@ -160,5 +143,3 @@ def test_kill_9_after_a_forked_child_is_journaled(
         if applier.poll() is None:
             applier.kill()
             applier.wait()
-        if child is not None:
-            subprocess.run(["kill", "-9", str(child)], check=False)

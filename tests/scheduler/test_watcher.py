@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from plugins.scheduler.plugin import SchedulerPlugin
 from schedcpd.errors import InvalidArgument
 from schedcpd.journal import Journal
 from tests.scheduler.helpers import (
+    Forker,
     Spawner,
     apply,
     make_plugin,
@@ -59,65 +60,40 @@ def test_new_matching_task_gets_policy(
         plugin.schedcp_shutdown()
 
 
-FORKER = """
-import subprocess, sys
-children = []
-print("ready", flush=True)
-for line in sys.stdin:
-    children.append(subprocess.Popen(["sleep", "300"]))
-    print(children[-1].pid, flush=True)
-"""
-
-
 def test_descendants_inherit_and_restore_exactly(
     plugin: SchedulerPlugin, spawn: Spawner, journal: Journal
 ) -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    spawn.procs.append(parent)
-    assert parent.stdin is not None and parent.stdout is not None
-    assert parent.stdout.readline().strip() == b"ready"
+    parent = spawn.forker()
     doc = policy_doc(
         [{"name": "g", "match": {"pid": [parent.pid]}, "task": {"policy": "batch", "nice": 4}}]
     )
     apply(plugin, doc, {"owner": "dep-f"}, False)
-    parent.stdin.write(b"go\n")
-    parent.stdin.flush()
-    child = int(parent.stdout.readline())
-    try:
-        # The kernel makes the child inherit; the watcher journals it.
-        assert tasks.read_knob(child, "policy") == "batch"
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            if any(f"task:{child}:" in e.key for e in journal.pending_restore(owner="dep-f")):
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("forked child was not journaled")
-        # Saved as applied in one go (nothing to write), with the parent's priors.
-        rows = journal.for_key_prefix(f"task:{child}:")
-        assert {(e.key.rsplit(":", 1)[1], e.prior, e.new, e.state, e.note) for e in rows} == {
-            ("policy", "other", "batch", "applied", "inherited at fork"),
-            ("nice", 0, 4, "applied", "inherited at fork"),
-        }
-        restore(plugin, {"owner": "dep-f"})
-        assert tasks.read_knob(child, "policy") == "other"
-        assert tasks.read_knob(child, "nice") == 0
-        assert tasks.read_knob(parent.pid, "policy") == "other"
-    finally:
-        subprocess.run(["kill", "-9", str(child)], check=False)
+    child = parent.fork()
+    # The kernel makes the child inherit; the watcher journals it.
+    assert tasks.read_knob(child, "policy") == "batch"
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        if any(f"task:{child}:" in e.key for e in journal.pending_restore(owner="dep-f")):
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("forked child was not journaled")
+    # Saved as applied in one go (nothing to write), with the parent's priors.
+    rows = journal.for_key_prefix(f"task:{child}:")
+    assert {(e.key.rsplit(":", 1)[1], e.prior, e.new, e.state, e.note) for e in rows} == {
+        ("policy", "other", "batch", "applied", "inherited at fork"),
+        ("nice", 0, 4, "applied", "inherited at fork"),
+    }
+    restore(plugin, {"owner": "dep-f"})
+    assert tasks.read_knob(child, "policy") == "other"
+    assert tasks.read_knob(child, "nice") == 0
+    assert tasks.read_knob(parent.pid, "policy") == "other"
 
 
 def test_untargeted_descendants_get_original_values(
     plugin: SchedulerPlugin, spawn: Spawner, journal: Journal
 ) -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    spawn.procs.append(parent)
-    assert parent.stdin is not None and parent.stdout is not None
-    assert parent.stdout.readline().strip() == b"ready"
+    parent = spawn.forker()
     doc = policy_doc(
         [
             {
@@ -129,22 +105,17 @@ def test_untargeted_descendants_get_original_values(
         ]
     )
     apply(plugin, doc, {"owner": "dep-nd"})
-    parent.stdin.write(b"go\n")
-    parent.stdin.flush()
-    child = int(parent.stdout.readline())
-    try:
-        deadline = time.monotonic() + 10
-        # The undo writes one knob after the other: wait for all of them.
-        while time.monotonic() < deadline and (
-            tasks.read_knob(child, "policy"), tasks.read_knob(child, "nice")
-        ) != ("other", 0):
-            time.sleep(0.01)
-        assert tasks.read_knob(child, "policy") == "other"
-        assert tasks.read_knob(child, "nice") == 0
-        assert tasks.read_knob(parent.pid, "policy") == "idle"
-        assert not any(f"task:{child}:" in e.key for e in journal.entries(owner="dep-nd"))
-    finally:
-        subprocess.run(["kill", "-9", str(child)], check=False)
+    child = parent.fork()
+    deadline = time.monotonic() + 10
+    # The undo writes one knob after the other: wait for all of them.
+    while time.monotonic() < deadline and (
+        tasks.read_knob(child, "policy"), tasks.read_knob(child, "nice")
+    ) != ("other", 0):
+        time.sleep(0.01)
+    assert tasks.read_knob(child, "policy") == "other"
+    assert tasks.read_knob(child, "nice") == 0
+    assert tasks.read_knob(parent.pid, "policy") == "idle"
+    assert not any(f"task:{child}:" in e.key for e in journal.entries(owner="dep-nd"))
 
 
 def test_child_that_changed_an_inherited_value_is_left_alone(
@@ -177,35 +148,29 @@ def test_child_that_changed_an_inherited_value_is_left_alone(
     )
 
 
-LOOP = """
-import subprocess, sys
-print("ready", flush=True)
-sys.stdin.readline()
-for _ in range(50):
-    subprocess.run(["true"])
-print("done", flush=True)
-sys.stdin.readline()
-"""
+@contextlib.contextmanager
+def _following(
+    journal: Journal, tmp_path: Path, cgroup_parent: str, delay: float, parent: Forker, owner: str
+) -> Iterator[SchedulerPlugin]:
+    """A plugin with ``inherit_delay = delay`` applying SCHED_BATCH to ``parent`` and its tree."""
+    plugin = make_plugin(journal, tmp_path, cgroup_parent, inherit_delay=delay)
+    try:
+        doc = policy_doc(
+            [{"name": "g", "match": {"pid": [parent.pid]}, "task": {"policy": "batch"}}]
+        )
+        apply(plugin, doc, {"owner": owner})
+        yield plugin
+    finally:
+        restore(plugin, {})
+        plugin.schedcp_shutdown()
 
 
 def test_children_that_exit_within_the_delay_are_never_journaled(
     spawn: Spawner, journal: Journal, tmp_path: Path, cgroup_parent: str
 ) -> None:
-    plugin = make_plugin(journal, tmp_path, cgroup_parent, inherit_delay=0.5)
-    parent = subprocess.Popen(
-        [sys.executable, "-c", LOOP], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    spawn.procs.append(parent)
-    assert parent.stdin is not None and parent.stdout is not None
-    try:
-        assert parent.stdout.readline().strip() == b"ready"
-        doc = policy_doc(
-            [{"name": "g", "match": {"pid": [parent.pid]}, "task": {"policy": "batch"}}]
-        )
-        apply(plugin, doc, {"owner": "dep-short"})
-        parent.stdin.write(b"go\n")
-        parent.stdin.flush()
-        assert parent.stdout.readline().strip() == b"done"
+    parent = spawn.forker()
+    with _following(journal, tmp_path, cgroup_parent, 0.5, parent, "dep-short") as plugin:
+        parent.churn()
         assert plugin.applier is not None
         deadline = time.monotonic() + 10
         while plugin.applier.children and time.monotonic() < deadline:
@@ -217,30 +182,14 @@ def test_children_that_exit_within_the_delay_are_never_journaled(
         keys = {e.key for e in journal.entries(owner="dep-short")}
         assert keys == {e.key for e in journal.for_key_prefix(f"task:{parent.pid}:")}
         assert len(keys) == 1
-    finally:
-        restore(plugin, {})
-        plugin.schedcp_shutdown()
 
 
 def test_restore_covers_children_still_waiting(
     spawn: Spawner, journal: Journal, tmp_path: Path, cgroup_parent: str
 ) -> None:
-    plugin = make_plugin(journal, tmp_path, cgroup_parent, inherit_delay=10)
-    parent = subprocess.Popen(
-        [sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    spawn.procs.append(parent)
-    assert parent.stdin is not None and parent.stdout is not None
-    child = None
-    try:
-        assert parent.stdout.readline().strip() == b"ready"
-        doc = policy_doc(
-            [{"name": "g", "match": {"pid": [parent.pid]}, "task": {"policy": "batch"}}]
-        )
-        apply(plugin, doc, {"owner": "dep-wait"})
-        parent.stdin.write(b"go\n")
-        parent.stdin.flush()
-        child = int(parent.stdout.readline())
+    parent = spawn.forker()
+    with _following(journal, tmp_path, cgroup_parent, 10, parent, "dep-wait") as plugin:
+        child = parent.fork()
         assert plugin.applier is not None
         deadline = time.monotonic() + 5
         while child not in plugin.applier.children and time.monotonic() < deadline:
@@ -253,11 +202,6 @@ def test_restore_covers_children_still_waiting(
         assert report["summary"] == {"restored": 2}  # the parent and the waiting child
         assert tasks.read_knob(child, "policy") == "other"
         assert not plugin.applier.children
-    finally:
-        if child is not None:
-            subprocess.run(["kill", "-9", str(child)], check=False)
-        restore(plugin, {})
-        plugin.schedcp_shutdown()
 
 
 @pytest.mark.parametrize("value", [-1, 11, float("nan"), "0.1", True])
