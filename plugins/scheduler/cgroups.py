@@ -1,15 +1,21 @@
-"""Per-cgroup knobs: the plugin's own cgroups under a ``schedcp`` parent.
+"""Per-cgroup knobs: the plugin's own ``schedcp.<owner>.<group>`` cgroups.
 
 The plugin never changes cgroups it did not create.  For a policy group
-that sets cgroup knobs it creates ``<mount>/<parent>/<owner>.<group>`` in the
+that sets cgroup knobs it creates ``<mount>/schedcp.<owner>.<group>`` (or,
+with a configured parent, ``<mount>/<parent>/schedcp.<owner>.<group>``) in the
 hierarchy that holds the controller (cgroup v1 ``cpu`` / ``cpuset``, or the
 v2 unified tree when the controller is enabled there), writes the knobs
 there and moves only the target tasks in (per thread on v1 through
 ``tasks``; per process on v2 through ``cgroup.procs``).
 
 Policy-level knob names are version-neutral; :data:`KNOB_FILES` maps them to
-files.  ``shares`` maps to v2 ``cpu.weight`` with systemd's conversion;
-``quota_us``/``period_us`` map to v2 ``cpu.max``.
+files.  By default the groups sit at the top of the hierarchy, beside the
+root's other cgroups (and, on v1, its tasks and autogroups): a group's
+``shares`` and ``idle`` then count against the rest of the machine.  Under a
+shared parent they would only count against the other policy groups, since
+the parent itself competes at the default weight.  ``shares`` maps to v2
+``cpu.weight`` with systemd's conversion; ``quota_us``/``period_us`` map to
+v2 ``cpu.max``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from plugins.scheduler.tasks import TaskGone
+from plugins.scheduler.tasks import TaskGone, has_exited
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -107,9 +113,16 @@ def safe_name(text: str) -> str:
     return name[:100]
 
 
+GROUP_PREFIX = "schedcp."
+
+
 def group_relative(parent: str, owner: str, group: str) -> str:
-    """Relative path of the plugin's cgroup for ``owner``'s policy group."""
-    return f"/{safe_name(parent)}/{safe_name(owner)}.{safe_name(group)}"
+    """Relative path of the plugin's cgroup for ``owner``'s policy group.
+
+    ``parent`` empty (the default) puts it at the top of the hierarchy.
+    """
+    name = f"{GROUP_PREFIX}{safe_name(owner)}.{safe_name(group)}"
+    return f"/{safe_name(parent)}/{name}" if parent else f"/{name}"
 
 
 def task_cgroup(tid: int, hierarchy: Hierarchy) -> str:
@@ -120,9 +133,11 @@ def task_cgroup(tid: int, hierarchy: Hierarchy) -> str:
         raise TaskGone(f"task {tid} exited") from exc
     for line in text.splitlines():
         _, controllers, path = line.split(":", 2)
-        if hierarchy.version == 2 and controllers == "":
-            return path
-        if hierarchy.version == 1 and hierarchy.controller in controllers.split(","):
+        if (hierarchy.version == 2 and controllers == "") or (
+            hierarchy.version == 1 and hierarchy.controller in controllers.split(",")
+        ):
+            if path == "/" and has_exited(tid):
+                raise TaskGone(f"task {tid} exited")  # a zombie reads as the root
             return path
     raise OSError(f"task {tid} has no {hierarchy.controller} cgroup")
 

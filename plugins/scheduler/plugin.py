@@ -4,10 +4,11 @@ What it changes, for the operator: per task the scheduling policy
 (SCHED_OTHER/BATCH/IDLE; FIFO/RR only when a policy allows it with a
 priority cap), nice, the EEVDF slice, CPU affinity, timer slack and
 autogroup nice; per cgroup ``cpu.shares``/``cpu.idle``/quota and ``cpuset``
-in cgroups it creates under ``schedcp/`` (it moves only the tasks a policy
-targets); and allow-listed ``kernel.sched_*`` sysctls.  Every value is saved
-in the journal before it is written and is put back exactly on restore, on
-daemon stop and at start-up after a crash.  A value someone else changes
+in cgroups it creates, ``schedcp.<owner>.<group>`` at the top of the
+hierarchy (it moves only the tasks a policy targets); and allow-listed
+``kernel.sched_*`` sysctls.  Every value is saved in the journal before it
+is written and is put back exactly on restore, on daemon stop and at
+start-up after a crash.  A value someone else changes
 after us is left alone and reported as overridden.  A T2 policy runs its
 BPF scheduler through a supervised, journaled loader
 (:mod:`plugins.scheduler.scx_deploy`).
@@ -37,7 +38,7 @@ from schedcpd.journal import OVERRIDDEN, Journal
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_CONFIG: dict[str, Any] = {
-    "cgroup_parent": "schedcp",
+    "cgroup_parent": "",
     "netlink": True,
     "scan_interval": 0.25,
     "override_check_interval": 2.0,
@@ -52,6 +53,16 @@ def _inherit_delay(value: Any) -> float:
             f"[plugins.scheduler] inherit_delay = {value!r}: must be seconds in [0, 10]"
         )
     return float(value)
+
+
+def _cgroup_parent(value: Any) -> str:
+    """``[plugins.scheduler] cgroup_parent``: "" (top level) or one directory name."""
+    if not isinstance(value, str) or (value and cgroups.safe_name(value) != value):
+        raise InvalidArgument(
+            f"[plugins.scheduler] cgroup_parent = {value!r}: must be \"\" (the top of the "
+            "hierarchy) or one directory name of letters, digits, '_', '.', '-'"
+        )
+    return value
 
 
 class SchedulerPlugin:
@@ -83,7 +94,7 @@ class SchedulerPlugin:
         self.caps = capabilities.detect()
         hierarchies = cgroups.detect_hierarchies()
         actuator = Actuator(journal, hierarchies)
-        self.applier = Applier(actuator, hierarchies, str(self.config["cgroup_parent"]),
+        self.applier = Applier(actuator, hierarchies, _cgroup_parent(self.config["cgroup_parent"]),
                                _inherit_delay(self.config["inherit_delay"]))
         self.scx = ScxHost(journal, self.config, Path(context.state_dir))
         self._stop.clear()

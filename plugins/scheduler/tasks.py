@@ -164,8 +164,8 @@ def _slice_arg(current: Attr) -> int:
     return 0 if current.runtime == default_slice_ns() else current.runtime
 
 
-def start_time(tid: int) -> int | None:
-    """Start time of ``tid`` in clock ticks, or ``None`` if it does not exist."""
+def _stat_fields(tid: int) -> list[bytes] | None:
+    """Fields of ``/proc/<tid>/stat`` after the comm (state first), or ``None``."""
     # Plain open(), not pathlib: the watcher asks this for every fork of a
     # managed tree, and pathlib's path building was most of the cost.
     try:
@@ -174,8 +174,26 @@ def start_time(tid: int) -> int | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     # comm may contain spaces and parentheses; fields resume after the last ')'.
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return int(fields[19])
+    return raw[raw.rindex(b")") + 2 :].split()
+
+
+def start_time(tid: int) -> int | None:
+    """Start time of ``tid`` in clock ticks, or ``None`` if it does not exist."""
+    fields = _stat_fields(tid)
+    return None if fields is None else int(fields[19])
+
+
+PF_EXITING = 0x4  # include/linux/sched.h
+
+
+def has_exited(tid: int) -> bool:
+    """True when ``tid`` is gone, exiting or a zombie (exited, not yet reaped).
+
+    An exiting task's ``/proc/<tid>/cgroup`` reads as the root cgroup (v1):
+    without this check a managed task that is exiting looks moved out.
+    """
+    fields = _stat_fields(tid)
+    return fields is None or fields[0] in (b"Z", b"X") or bool(int(fields[6]) & PF_EXITING)
 
 
 def is_alive(tid: int, start: int) -> bool:

@@ -1,7 +1,9 @@
 """Fixtures for the scheduler plugin tests: real processes, real cgroups, own journal.
 
 Every test works on processes it starts and on cgroups under a parent named
-for this test run (``schedcp-test-<pid>``), never on the daemon's ``schedcp``.
+for this test run (``schedcp-test-<pid>``), or, for the default top-level
+layout, on ``schedcp.<owner>.*`` groups of an owner named for the test
+(``top_owner``), never on the daemon's own groups.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ def cgroup_parent() -> Iterator[str]:
             for child in sorted(path.iterdir()):
                 if child.is_dir():
                     _empty_and_remove(hierarchy, child)
+            _empty_and_remove(hierarchy, path)
+
+
+@pytest.fixture
+def top_owner() -> Iterator[str]:
+    """An owner whose groups sit at the top of the hierarchy (cgroup_parent ""), removed after."""
+    owner = f"dep-top-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    yield owner
+    for hierarchy in cgroups.detect_hierarchies().values():
+        for path in hierarchy.mount.glob(f"{cgroups.GROUP_PREFIX}{owner}.*"):
             _empty_and_remove(hierarchy, path)
 
 

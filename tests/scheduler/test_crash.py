@@ -97,7 +97,7 @@ def test_kill_9_then_startup_restore(
         assert set(report["summary"]) <= {"restored"}
         assert snapshot(target.pid) == before
         assert journal.pending_restore() == []
-        rel = f"/{cgroup_parent}/dep-crash.g"
+        rel = cgroups.group_relative(cgroup_parent, "dep-crash", "g")
         assert not cgroups.detect_hierarchies()["cpu"].path(rel).exists()
         plugin.schedcp_shutdown()
     finally:
