@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,7 @@ class Actuator:
                 "key": entry.key,
                 "kind": entry.kind,
                 "prior": entry.prior,
+                "new": entry.new,
                 "outcome": outcome,
                 "note": note,
             }
@@ -362,17 +364,26 @@ class Actuator:
             return "skipped", f"read back {back!r} after writing {entry.prior!r}"
         return "restored", ""
 
-    def restore(self, owner: str | None = None) -> dict[str, Any]:
-        """Restore every open entry (of ``owner``, or all), newest first."""
+    def restore(
+        self,
+        owner: str | None = None,
+        between: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    ) -> dict[str, Any]:
+        """Restore every open entry (of ``owner``, or all), newest first.
+
+        Task entries go first, then ``between`` is called with their results
+        (its records are reported as ``descendants``), then the rest: the
+        cgroup directories are removed once every task has left them.
+        """
         with self.lock:
-            results = [
-                self.restore_entry(entry)
-                for entry in self.journal.pending_restore(owner=owner, subsystem=SUBSYSTEM)
-            ]
+            pending = self.journal.pending_restore(owner=owner, subsystem=SUBSYSTEM)
+            results = [self.restore_entry(e) for e in pending if e.key.startswith("task:")]
+            extra = between(results) if between is not None else []
+            results += [self.restore_entry(e) for e in pending if not e.key.startswith("task:")]
         summary: dict[str, int] = {}
         for result in results:
             summary[result["outcome"]] = summary.get(result["outcome"], 0) + 1
-        return {"entries": results, "summary": summary}
+        return {"entries": results, "summary": summary, "descendants": extra}
 
     def check_overrides(self) -> list[dict[str, Any]]:
         """Find applied values someone else changed; mark them overridden.

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from plugins.scheduler import cgroups, policy, targets, tasks
+from plugins.scheduler import cgroups, descendants, policy, targets, tasks
 from plugins.scheduler.actuator import (
     KIND_DEBUGFS,
     KIND_DIR,
@@ -479,7 +479,8 @@ class Applier:
             for tid, (who, _) in list(self.managed.items()):
                 if owner is None or who == owner:
                     del self.managed[tid]
-            report = self.actuator.restore(owner)
+            report = self.actuator.restore(
+                owner, between=lambda results: descendants.sweep(self.actuator, results))
         report["owner"] = owner
         report["subsystem"] = SUBSYSTEM
         return report

@@ -209,6 +209,15 @@ def threads(pid: int) -> list[int]:
         return []
 
 
+def children(tid: int) -> list[int]:
+    """Processes forked by thread ``tid`` (``/proc/<tid>/task/<tid>/children``; empty if gone)."""
+    try:
+        with open(f"{PROC}/{tid}/task/{tid}/children", "rb") as f:
+            return [int(x) for x in f.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
 def tgid_of(tid: int) -> int | None:
     """The process (thread group) id of ``tid``."""
     try:

@@ -14,7 +14,15 @@ import pytest
 
 from plugins.scheduler import cgroups, tasks
 from schedcpd.journal import Journal
-from tests.scheduler.helpers import Spawner, make_plugin, policy_doc, restore, snapshot
+from plugins.scheduler.plugin import SchedulerPlugin
+from tests.scheduler.helpers import (
+    Spawner,
+    apply,
+    make_plugin,
+    policy_doc,
+    restore,
+    snapshot,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,3 +151,64 @@ def test_kill_9_after_a_forked_child_is_journaled(
         if applier.poll() is None:
             applier.kill()
             applier.wait()
+
+
+def test_children_forked_while_the_daemon_was_down_are_given_back(
+    spawn: Spawner, tmp_path: Path, cgroup_parent: str
+) -> None:
+    """Forks of a managed task that no journal saw (here: forked after a SIGKILL; in a
+    running daemon: forked during the restore) inherited our values and our cgroup.
+    The start-up restore gives them their ancestor's priors and removes the group."""
+    parent = spawn.forker()
+    before = snapshot(parent.pid)
+    doc = policy_doc([{"name": "g", "match": {"pid": [parent.pid]}, "descendants": True,
+                       "task": {"policy": "batch", "nice": 4}, "cgroup": {"shares": 64}}])
+    db = tmp_path / "journal.db"
+    applier = _start_applier(db, tmp_path, cgroup_parent, doc, None)
+    try:
+        assert applier.stdout is not None
+        assert applier.stdout.readline().strip() == b"applied"
+        applier.send_signal(signal.SIGKILL)
+        assert applier.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if applier.poll() is None:
+            applier.kill()
+            applier.wait()
+    child = parent.fork()  # nobody is watching
+    rel = cgroups.group_relative(cgroup_parent, "dep-crash", "g")
+    hierarchy = cgroups.detect_hierarchies()["cpu"]
+    assert _policy_nice(child) == ("batch", 4)
+    assert cgroups.task_cgroup(child, hierarchy) == rel
+    journal = Journal(db)
+    try:
+        plugin = make_plugin(journal, tmp_path, cgroup_parent)
+        report = restore(plugin, {})
+        assert set(report["summary"]) <= {"restored"}
+        assert [d["tid"] for d in report["descendants"]] == [child]
+        assert snapshot(parent.pid) == before
+        assert _policy_nice(child) == ("other", 0)
+        assert snapshot(child)[str(child)]["cgroup"] == before[str(parent.pid)]["cgroup"]
+        assert not hierarchy.path(rel).exists()
+        assert journal.pending_restore() == []
+        plugin.schedcp_shutdown()
+    finally:
+        journal.close()
+
+
+def test_a_descendant_that_changed_a_value_keeps_it(
+    plugin: SchedulerPlugin, spawn: Spawner
+) -> None:
+    """The sweep only gives back values the descendant still holds as we set them."""
+    parent = spawn.forker()
+    doc = policy_doc([{"name": "g", "match": {"pid": [parent.pid]}, "descendants": True,
+                       "task": {"policy": "batch", "nice": 4}}])
+    apply(plugin, doc, {"owner": "dep-own"}, False)
+    assert plugin.watcher is not None
+    plugin.watcher.stop()  # so the fork below goes unseen, as during a restore
+    plugin.watcher = None
+    child = parent.fork()
+    tasks.write_knob(child, "nice", 7)  # the child's own choice
+    report = restore(plugin, {"owner": "dep-own"})
+    assert report["descendants"] == [{"tid": child, "ancestor": parent.pid, "knobs": ["policy"]}]
+    assert _policy_nice(child) == ("other", 7)
+    assert _policy_nice(parent.pid) == ("other", 0)
