@@ -11,7 +11,12 @@ task.  Arms, alternated (ABBA) so drift of a shared machine hits all alike:
 - ``unmanaged``: no policy;
 - ``follow``: a policy that changes nothing (``nice = 0``), so only the
   following costs;
-- ``parallel-build``: the built-in policy's values (SCHED_BATCH, 6 ms slice).
+- ``parallel-build``: the built-in policy's group (policies/parallel-build.toml:
+  SCHED_BATCH, 6 ms slice, a cgroup with ``shares = 4096``), its cgroup at
+  the top of the hierarchy as the plugin places it by default;
+- ``parallel-build-nested``: the same, its cgroup under a shared parent
+  directory (``cgroup_parent``), the layout before 2026-12-03: the group's
+  shares then only count against other policy groups.
 
 Reported per arm: the median wall time of one build, its ratio to
 ``unmanaged`` and the engine's CPU time per build (this process's CPU;
@@ -37,11 +42,13 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 # The checkout's code, not an installed copy.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from plugins.scheduler import cgroups
 from plugins.scheduler.actuator import Actuator
@@ -50,10 +57,14 @@ from plugins.scheduler.watcher import TaskWatcher
 from schedcp_bench.workloads.make_build import generate
 from schedcpd.journal import Journal
 
-ARMS: dict[str, dict[str, Any] | None] = {
+BUILT_IN = tomllib.loads((REPO / "policies" / "parallel-build.toml").read_text())["group"][0]
+BUILD = {k: BUILT_IN[k] for k in ("task", "cgroup") if k in BUILT_IN}
+# arm -> (the group's knobs, cgroup parent); None: no policy.
+ARMS: dict[str, tuple[dict[str, Any], str] | None] = {
     "unmanaged": None,
-    "follow": {"nice": 0},
-    "parallel-build": {"policy": "batch", "slice_us": 6000},
+    "follow": ({"task": {"nice": 0}}, ""),
+    "parallel-build": (BUILD, ""),
+    "parallel-build-nested": (BUILD, "schedcp-bench-fork"),
 }
 OWNER = "bench-fork"
 
@@ -66,11 +77,12 @@ def _cpu() -> float:
 class Engine:
     """The scheduler plugin's parts, wired as the plugin wires them."""
 
-    def __init__(self, state: Path, inherit_delay: float) -> None:
+    def __init__(self, state: Path, inherit_delay: float, cgroup_parent: str) -> None:
         self.journal = Journal(state / f"journal-{time.monotonic_ns()}.db")
-        hierarchies = cgroups.detect_hierarchies()
-        self.applier = Applier(Actuator(self.journal, hierarchies), hierarchies,
-                               "schedcp-bench-fork", inherit_delay)
+        self.hierarchies = cgroups.detect_hierarchies()
+        self.parent = cgroup_parent
+        self.applier = Applier(Actuator(self.journal, self.hierarchies), self.hierarchies,
+                               cgroup_parent, inherit_delay)
         self.watcher = TaskWatcher(self.applier.on_new, self.applier.on_exit,
                                    on_tick=self.applier.tick)
         self._stop = threading.Event()
@@ -80,13 +92,15 @@ class Engine:
         while not self._stop.wait(2.0):
             self.applier.actuator.check_overrides()
 
-    def start(self, pid: int, task: dict[str, Any]) -> None:
+    def start(self, pid: int, knobs: dict[str, Any]) -> None:
         self.watcher.start()
         self._checker.start()
         doc = {"policy": {"name": "bench-fork", "description": "fork overhead benchmark"},
                "group": [{"name": "build", "match": {"pid": [pid]}, "descendants": True,
-                          "task": task}]}
-        self.applier.apply(doc, {"owner": OWNER, "pids": [pid]}, False)
+                          **knobs}]}
+        result = self.applier.apply(doc, {"owner": OWNER, "pids": [pid]}, False)
+        if result["problems"]:
+            raise RuntimeError(f"applying the arm's policy: {result['problems']}")
 
     def stop(self) -> dict[str, int]:
         self._stop.set()
@@ -98,7 +112,15 @@ class Engine:
         bad = {k: v for k, v in report["summary"].items() if k not in ("restored", "skipped")}
         if bad:
             raise RuntimeError(f"restore left values behind: {report['summary']}")
-        return {"journal_rows": len(rows), **report["summary"]}
+        left = [str(p) for h in self.hierarchies.values()
+                for p in h.path("/" + self.parent).glob(f"{cgroups.GROUP_PREFIX}{OWNER}.*")]
+        if left:
+            raise RuntimeError(f"restore left cgroups behind: {left}")
+        if self.parent:  # the plugin leaves a configured parent in place
+            for hierarchy in self.hierarchies.values():
+                cgroups.remove_group(hierarchy, "/" + self.parent)
+        return {"journal_rows": len(rows), "descendants": len(report["descendants"]),
+                **report["summary"]}
 
 
 def one_run(arm: str, proj: Path, builds: int, jobs: int, state: Path,
@@ -109,12 +131,13 @@ def one_run(arm: str, proj: Path, builds: int, jobs: int, state: Path,
     shell = subprocess.Popen(["bash", "-c", script], stdin=subprocess.PIPE,
                              env=dict(os.environ, TMPDIR=str(proj / "tmp")))
     assert shell.stdin is not None
-    task = ARMS[arm]
+    spec = ARMS[arm]
     engine = None
     try:
-        if task is not None:
-            engine = Engine(state, inherit_delay)
-            engine.start(shell.pid, task)
+        if spec is not None:
+            knobs, parent = spec
+            engine = Engine(state, inherit_delay, parent)
+            engine.start(shell.pid, knobs)
         cpu0, t0 = _cpu(), time.perf_counter()
         shell.stdin.write(b"\n")
         shell.stdin.flush()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,22 @@ def test_missing_file_and_missing_command(tmp_path: Path) -> None:
     path.write_text(VALID.replace('driver = ["python3"', 'driver = ["no-such-cmd-xyz"'))
     (wl,) = heldout.load(path)
     assert wl.unavailable() == "missing no-such-cmd-xyz"
+
+
+def test_shipped_shared_box_file_loads_and_its_unit_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/heldout/shared-box.toml (the make -j beside load proof) parses and one
+    unit of its driver builds the project and prints the metric its regex reads."""
+    repo = Path(__file__).resolve().parents[2]
+    (wl,) = heldout.load(repo / "bench" / "heldout" / "shared-box.toml")
+    assert wl.name == "make-beside-spinners" and wl.goal == "makespan"
+    assert wl.spec.roles == {"build": "driver", "batch": "neighbours"}
+    assert len(wl.spec.neighbours) == 2
+    argv = wl._subst(wl.spec.driver, tmp_path, 1)
+    run = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120, check=True)
+    assert (tmp_path / "proj" / "app").is_file()
+    monkeypatch.setenv(heldout.METRICS_ENV,
+                       json.dumps({m.metric.name: m.regex for m in wl.spec.metrics}))
+    assert heldout.parse_output(run.stdout, run.stderr)["makespan_s"] > 0
