@@ -52,7 +52,7 @@ RULES: dict[tuple[str, str], list[Rule]] = {
     ("cpu-batch", "throughput"): [
         ("batch-throughput", "CPU-bound batch: SCHED_BATCH and a 12 ms slice cut context "
          "switches and cache refills; nice 5 keeps the rest of the host responsive", {}),
-        ("parallel-build", "SCHED_BATCH with a 6 ms slice", {}),
+        ("parallel-build", "SCHED_BATCH with a 6 ms slice and a 4x CPU weight", {}),
     ],
     ("cpu-batch", "makespan"): [
         ("batch-throughput", "CPU-bound batch: fewer switches finish the set sooner", {}),

@@ -81,7 +81,6 @@ def sweep(actuator: Actuator, results: list[dict[str, Any]]) -> list[dict[str, A
     """
     roots = _restored_roots(results)
     queue: deque[tuple[int, int, Values]] = deque()
-    seen = set(roots)
     for tid, values in roots.items():
         tgid = tasks.tgid_of(tid)
         siblings = tasks.threads(tgid) if tgid is not None else []
@@ -89,10 +88,13 @@ def sweep(actuator: Actuator, results: list[dict[str, Any]]) -> list[dict[str, A
         queue.extend((t, tid, values) for t in siblings if t not in roots)
         queue.append((tid, tid, values))
     done: list[dict[str, Any]] = []
-    while queue and len(seen) < LIMIT:
+    visited: set[int] = set()
+    while queue and len(visited) < LIMIT:
         tid, ancestor, values = queue.popleft()
+        if tid in visited:
+            continue  # a thread reached from two roots of its process
+        visited.add(tid)
         if tid not in roots:
-            seen.add(tid)
             start = tasks.start_time(tid)
             if start is None or _journaled(actuator, tid, start):
                 continue
@@ -101,7 +103,7 @@ def sweep(actuator: Actuator, results: list[dict[str, Any]]) -> list[dict[str, A
                 done.append({"tid": tid, "ancestor": ancestor, "knobs": knobs})
         # Its children (forked before it got the priors back) inherited ours.
         for child in tasks.children(tid):
-            queue.extend((t, ancestor, values) for t in tasks.threads(child) if t not in seen)
+            queue.extend((t, ancestor, values) for t in tasks.threads(child) if t not in visited)
     if done:
         _LOGGER.info("restore: %d task(s) forked from restored tasks without journal entries "
                      "(during the restore, or while we were down) given their ancestors' "
