@@ -81,11 +81,13 @@ def sweep(actuator: Actuator, results: list[dict[str, Any]]) -> list[dict[str, A
     """
     roots = _restored_roots(results)
     queue: deque[tuple[int, int, Values]] = deque()
+    processes: dict[int, list[int]] = {}
     for tid, values in roots.items():
         tgid = tasks.tgid_of(tid)
-        siblings = tasks.threads(tgid) if tgid is not None else []
+        if tgid is not None and tgid not in processes:
+            processes[tgid] = tasks.threads(tgid)
         # New threads of a restored process inherited from the thread that made them.
-        queue.extend((t, tid, values) for t in siblings if t not in roots)
+        queue.extend((t, tid, values) for t in processes.get(tgid or 0, []) if t not in roots)
         queue.append((tid, tid, values))
     done: list[dict[str, Any]] = []
     visited: set[int] = set()
@@ -109,4 +111,3 @@ def sweep(actuator: Actuator, results: list[dict[str, Any]]) -> list[dict[str, A
                      "(during the restore, or while we were down) given their ancestors' "
                      "values back: %s", len(done), [d["tid"] for d in done[:20]])
     return done
-
