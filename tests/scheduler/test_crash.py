@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from plugins.scheduler import cgroups, tasks
-from schedcpd.journal import Journal
 from plugins.scheduler.plugin import SchedulerPlugin
+from schedcpd.journal import Journal
 from tests.scheduler.helpers import (
     Spawner,
     apply,
@@ -39,20 +41,35 @@ time.sleep(300)
 """
 
 
-def _start_applier(
+@contextlib.contextmanager
+def _applier(
     db: Path, state_dir: Path, cgroup_parent: str, doc: dict[str, Any], fault: str | None
-) -> subprocess.Popen[bytes]:
-    """A process applying ``doc`` (then sleeping) that SIGKILLs itself at ``fault``."""
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A process applying ``doc`` (then sleeping) that SIGKILLs itself at ``fault``.
+
+    Killed on the way out if it still runs.
+    """
     env = dict(os.environ)
     env.pop("SCHEDCP_FAULT", None)
     if fault:
         env["SCHEDCP_FAULT"] = fault
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(db), str(state_dir), cgroup_parent, json.dumps(doc)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_applied(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"applied"
 
 
 @pytest.mark.parametrize(
@@ -81,18 +98,12 @@ def test_kill_9_then_startup_restore(
         ]
     )
     db = tmp_path / "journal.db"
-    child = _start_applier(db, tmp_path, cgroup_parent, doc, fault)
-    try:
+    with _applier(db, tmp_path, cgroup_parent, doc, fault) as child:
         if fault is None:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == b"applied"
+            _wait_applied(child)
             assert snapshot(target.pid) != before
             child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     journal = Journal(db)
     try:
         open_entries = journal.pending_restore()
@@ -127,30 +138,24 @@ def test_kill_9_after_a_forked_child_is_journaled(
     )
     db = tmp_path / "journal.db"
     # Commits 1 and 2 are the parent's nice and policy; 3 is the child's inherited pair.
-    applier = _start_applier(db, tmp_path, cgroup_parent, doc, "after_journal_commit:3")
-    try:
-        assert applier.stdout is not None
-        assert applier.stdout.readline().strip() == b"applied"
+    with _applier(db, tmp_path, cgroup_parent, doc, "after_journal_commit:3") as applier:
+        _wait_applied(applier)
         child = parent.fork()
         assert applier.wait(timeout=60) == -signal.SIGKILL
-        assert _policy_nice(child) == ("batch", 4)
-        journal = Journal(db)
-        try:
-            rows = journal.for_key_prefix(f"task:{child}:")
-            assert sorted(e.state for e in rows) == ["applied", "applied"]
-            plugin = make_plugin(journal, tmp_path, cgroup_parent)
-            report = restore(plugin, {})
-            assert set(report["summary"]) <= {"restored"}
-            assert _policy_nice(child) == ("other", 0)
-            assert snapshot(parent.pid) == before
-            assert journal.pending_restore() == []
-            plugin.schedcp_shutdown()
-        finally:
-            journal.close()
+    assert _policy_nice(child) == ("batch", 4)
+    journal = Journal(db)
+    try:
+        rows = journal.for_key_prefix(f"task:{child}:")
+        assert sorted(e.state for e in rows) == ["applied", "applied"]
+        plugin = make_plugin(journal, tmp_path, cgroup_parent)
+        report = restore(plugin, {})
+        assert set(report["summary"]) <= {"restored"}
+        assert _policy_nice(child) == ("other", 0)
+        assert snapshot(parent.pid) == before
+        assert journal.pending_restore() == []
+        plugin.schedcp_shutdown()
     finally:
-        if applier.poll() is None:
-            applier.kill()
-            applier.wait()
+        journal.close()
 
 
 def test_children_forked_while_the_daemon_was_down_are_given_back(
@@ -164,16 +169,10 @@ def test_children_forked_while_the_daemon_was_down_are_given_back(
     doc = policy_doc([{"name": "g", "match": {"pid": [parent.pid]}, "descendants": True,
                        "task": {"policy": "batch", "nice": 4}, "cgroup": {"shares": 64}}])
     db = tmp_path / "journal.db"
-    applier = _start_applier(db, tmp_path, cgroup_parent, doc, None)
-    try:
-        assert applier.stdout is not None
-        assert applier.stdout.readline().strip() == b"applied"
+    with _applier(db, tmp_path, cgroup_parent, doc, None) as applier:
+        _wait_applied(applier)
         applier.send_signal(signal.SIGKILL)
         assert applier.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if applier.poll() is None:
-            applier.kill()
-            applier.wait()
     child = parent.fork()  # nobody is watching
     rel = cgroups.group_relative(cgroup_parent, "dep-crash", "g")
     hierarchy = cgroups.detect_hierarchies()["cpu"]
