@@ -112,8 +112,8 @@ class Engine:
         bad = {k: v for k, v in report["summary"].items() if k not in ("restored", "skipped")}
         if bad:
             raise RuntimeError(f"restore left values behind: {report['summary']}")
-        left = [str(p) for h in self.hierarchies.values()
-                for p in h.path("/" + self.parent).glob(f"{cgroups.GROUP_PREFIX}{OWNER}.*")]
+        group = cgroups.group_relative(self.parent, OWNER, "build")
+        left = [str(h.path(group)) for h in self.hierarchies.values() if h.path(group).exists()]
         if left:
             raise RuntimeError(f"restore left cgroups behind: {left}")
         if self.parent:  # the plugin leaves a configured parent in place
