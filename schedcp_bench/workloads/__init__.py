@@ -7,6 +7,7 @@ then the scheduler microbenchmarks, then throughput and makespan workloads.
 from __future__ import annotations
 
 from schedcp_bench.workload import Workload
+from schedcp_bench.workloads.cache_batch import CacheBatch
 from schedcp_bench.workloads.hackbench import Hackbench
 from schedcp_bench.workloads.longtail import LongTail
 from schedcp_bench.workloads.make_build import MakeBuild
@@ -33,6 +34,7 @@ WORKLOADS: dict[str, type[Workload]] = {
         PerfMessaging,
         PerfPipe,
         SysbenchCpu,
+        CacheBatch,
         LongTail,
         MakeBuild,
     )

@@ -39,6 +39,7 @@ NATIVE_BINARIES = {
     "t1hog": "t1_hog",
     "msglat": "msglat",
     "spinjob": "spinjob",
+    "cachejob": "cachejob",
 }
 Figures = dict[str, float | None]
 

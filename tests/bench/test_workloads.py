@@ -23,6 +23,7 @@ from schedcp_agent.targets import Proc, process_table
 from schedcp_bench.arms import bind
 from schedcp_bench.workload import Session, Workload, now
 from schedcp_bench.workloads import WORKLOADS
+from schedcp_bench.workloads.cache_batch import batch_figures
 from schedcp_bench.workloads.common import NATIVE_DIR
 
 GROUPS = {"latency", "batch", "build", "long", "short", "foreground", "noisy"}
@@ -153,7 +154,7 @@ def test_bind_selects_roles_by_pid_or_by_match() -> None:
 
 def test_registry_is_complete() -> None:
     """Every workload module is registered under its own name, in a stable order."""
-    assert len(WORKLOADS) == 12
+    assert len(WORKLOADS) == 13
     for name, cls in WORKLOADS.items():
         assert cls.name == name and cls.description and cls.metrics
 
@@ -170,3 +171,14 @@ def test_msglat_builds_static(tmp_path: Path) -> None:
     assert 0 < figures["wake_p50_us"] <= figures["wake_p99_us"] <= figures["wake_p999_us"]
     bad = subprocess.run([str(binary), "-m", "0"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "message threads" in bad.stderr
+
+
+def test_cache_batch_adds_the_rates_of_jobs_that_ran_side_by_side() -> None:
+    """Each job's rate covers only its own records; the jobs' rates add up."""
+    recs = [{"start": 0.0, "end": 0.5, "pid": 1, "loads": 10e6, "cpu_s": 0.25},
+            {"start": 0.5, "end": 1.0, "pid": 1, "loads": 30e6, "cpu_s": 0.25},
+            {"start": 0.2, "end": 0.7, "pid": 2, "loads": 5e6, "cpu_s": 0.5}]
+    figures = batch_figures(recs)
+    assert figures["mloads_per_s"] == pytest.approx(40 + 10)
+    assert figures["cpus_used"] == pytest.approx(0.5 + 1.0) and figures["jobs"] == 2
+    assert batch_figures([]) == {"mloads_per_s": None, "cpus_used": None, "jobs": 0}
