@@ -21,6 +21,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from schedcp_bench.workloads.cache_batch import JOBS_PER_CPU, WORKING_SET_KB
+from schedcp_bench.workloads.common import build_native, ncpu
 from tests.agent.conftest import (
     WORKLOADS,
     KnobWatcher,
@@ -113,11 +117,21 @@ def test_latency_probe_beside_hogs_gets_latency_protection(agent_daemon, procs: 
     assert "tokens" in out.stdout and report["cost"]["usd"] == 0.0
 
 
+@pytest.fixture(scope="module")
+def cachejob(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The benchmark's cache-batch job (schedcp_bench/native/cachejob.c), compiled."""
+    return build_native(tmp_path_factory.mktemp("native"), "cachejob")
+
+
 def test_cpu_batch_gets_batch_throughput_and_is_restored(agent_daemon, procs: Procs,
-                                                         agent_uid: int) -> None:
-    spinners = [procs.worker("spin") for _ in range(2)]
+                                                         agent_uid: int, cachejob: Path) -> None:
+    # The benchmark's cache-batch workload: two cache-bound jobs per CPU,
+    # where the benchmark shows the pick raising throughput (docs/agent.md).
+    log = procs.dir / "jobs.jsonl"
+    jobs = [procs.start([str(cachejob), str(WORKING_SET_KB), str(log), "500"])
+                for _ in range(JOBS_PER_CPU * ncpu())]
     time.sleep(1.0)
-    with KnobWatcher(lambda: [s.pid for s in spinners]) as watch:
+    with KnobWatcher(lambda: [j.pid for j in jobs]) as watch:
         rc, report, err = run_agent(agent_daemon.address, [
             "--goal", "throughput", "--match", procs.regex, "--revert-at-end",
             "--max-iterations", "1"], agent_uid)
@@ -127,15 +141,15 @@ def test_cpu_batch_gets_batch_throughput_and_is_restored(agent_daemon, procs: Pr
     _deep_profiling_only_where_needed(report["saw"])
     assert report["attempts"][0]["candidate"]["base"] == "batch-throughput"
     assert report["attempts"][0]["execution"]["state"] in ("active", "reverted")
-    # On a loaded host a spinner can be starved below the cpu-bound line
-    # while the agent watches (seen in CI: 0.92 and ~0.07 cores): the agent
-    # then rightly leaves it alone.  Every spinner it did classify must get
-    # the policy, and only spinners may be in the role.
+    # On a loaded host a job can be starved below the cpu-bound line while
+    # the agent watches (seen in CI with spinners: 0.92 and ~0.07 cores): the
+    # agent then rightly leaves it alone.  Every job it did classify must get
+    # the policy, and only the jobs may be in the role.
     batch = report["saw"]["roles"]["batch"]
-    assert batch and set(batch) <= {s.pid for s in spinners}, report["saw"]["evidence"]
+    assert batch and set(batch) <= {j.pid for j in jobs}, report["saw"]["evidence"]
     for pid in batch:
         assert watch.saw(pid, policy=os.SCHED_BATCH, nice=5), watch.seen
-    _restored([s.pid for s in spinners])
+    _restored([j.pid for j in jobs])
     assert rc in (0, 1) and report["reverted_at_end"]
 
 
