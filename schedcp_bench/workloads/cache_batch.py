@@ -6,10 +6,11 @@ every 0.5 s.  Nothing else runs: every cycle goes to the batch, and what a
 scheduler decides is how often a CPU switches between jobs, each switch
 costing the incoming job a refill of its cache lines and TLB entries.
 
-The working set is chosen where the switch cost shows on this host's CPUs
-(1 MiB L2 per core); docs/benchmark-workloads.md gives the sweep: no
-difference below 1 MiB or at 4 MiB and more, where the jobs run from L2 or
-from memory whatever the scheduler does.
+2 MiB is in the middle of the range where the switch cost shows on this
+host's CPUs (1 MiB L2 per core); docs/benchmark-workloads.md gives the
+sweep: SCHED_BATCH with a 12 ms slice gains 1.1-2.3x from 1 to 4 MiB and
+nothing at 512 KiB or 8 MiB, where the jobs run from the caches or from
+memory whatever the scheduler does.
 """
 
 from __future__ import annotations
