@@ -23,12 +23,13 @@ from tests.conftest import calls_as
 
 # claude-sonnet-4-5 is charged at the claude-sonnet-4 entry: $/M tokens.
 PRICE = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}
+HAIKU_PRICE = {"input": 1.0, "output": 5.0, "cache_write": 1.25, "cache_read": 0.1}
 
 
-def _usd(usages: list[dict[str, int]]) -> float:
-    return sum(u.get("input_tokens", 0) * PRICE["input"] + u.get("output_tokens", 0) *
-               PRICE["output"] + u.get("cache_creation_input_tokens", 0) * PRICE["cache_write"]
-               + u.get("cache_read_input_tokens", 0) * PRICE["cache_read"]
+def _usd(usages: list[dict[str, int]], price: dict[str, float] = PRICE) -> float:
+    return sum(u.get("input_tokens", 0) * price["input"] + u.get("output_tokens", 0) *
+               price["output"] + u.get("cache_creation_input_tokens", 0) * price["cache_write"]
+               + u.get("cache_read_input_tokens", 0) * price["cache_read"]
                for u in usages) / 1e6
 
 
@@ -133,16 +134,20 @@ def test_budget_overrun_stops_cleanly_with_a_report(agent_daemon, procs: Procs,
     def expensive(req: dict[str, Any]) -> dict[str, Any]:
         return tool_use("GetSummary", {"detail": "brief"}, usage)
 
+    # --base-url and --model win over the environment: ANTHROPIC_BASE_URL
+    # points at a closed port, so only the flag can reach the fake.
     with FakeMessagesAPI([expensive, expensive]) as fake:
         rc, report, err = run_agent(agent_daemon.address, [
             "--backend", "claude", "--goal", "fairness", "--match", procs.regex,
-            "--budget-usd", "0.01", "--transcript-dir", str(transcripts(procs, agent_uid))],
-            agent_uid, env=_env(fake))
+            "--base-url", fake.url, "--model", "claude-haiku-4-test",
+            "--budget-usd", "0.005", "--transcript-dir", str(transcripts(procs, agent_uid))],
+            agent_uid, env={**_env(fake), "ANTHROPIC_BASE_URL": "http://127.0.0.1:9"})
     assert report is not None, err
     assert rc == 1 and "Traceback" not in err
     assert len(fake.requests) == 1
+    assert fake.requests[0]["model"] == "claude-haiku-4-test"
     assert report["status"].startswith("stopped: dollar budget spent"), report["status"]
-    assert report["cost"]["usd"] == pytest.approx(_usd([usage]))
+    assert report["cost"]["usd"] == pytest.approx(_usd([usage], HAIKU_PRICE))
     assert report["cost"]["tokens"] == 6000
     assert report["attempts"] == []
     after = calls_as(0, agent_daemon.address, [["ListDeployments", "", []]])[0]["ok"]
