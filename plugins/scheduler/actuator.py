@@ -48,6 +48,8 @@ KIND_DEBUGFS = "debugfs"
 _UNSET: Any = object()
 # States in which a key's history decides how it may be written.
 HISTORY_STATES = (PENDING, APPLIED, OVERRIDDEN)
+#: the note of entries a forked child inherited (journaled, never written)
+INHERITED_NOTE = "inherited at fork"
 # (owner, kind, key, new, prior) of a value a forked child inherited.
 Inherited = tuple[str, str, str, Any, Any]
 
@@ -303,10 +305,10 @@ class Actuator:
                                           "changed since the fork; left alone"))
                     continue
                 rows.setdefault(owner, []).append((kind, key, prior, new))
-                changes.append(Change(key, knob, live, new, "changed", "inherited at fork"))
+                changes.append(Change(key, knob, live, new, "changed", INHERITED_NOTE))
             for owner, owned in rows.items():
                 self.journal.record_inherited(owner, owned, subsystem=SUBSYSTEM,
-                                              note="inherited at fork")
+                                              note=INHERITED_NOTE)
             if rows:
                 _fault("after_journal_commit")
         return changes
@@ -338,6 +340,8 @@ class Actuator:
                 "kind": entry.kind,
                 "prior": entry.prior,
                 "new": entry.new,
+                "time": entry.time,
+                "inherited": entry.note == INHERITED_NOTE,
                 "outcome": outcome,
                 "note": note,
             }

@@ -16,12 +16,22 @@ of its own, writes back the ancestor's prior for every knob that still
 holds exactly the value we had set.  A descendant that changed a value
 itself keeps its own; one in our cgroup goes back where its ancestor came
 from, so the directory can be removed.
+
+Only tasks born after we changed their ancestor can have inherited our
+values.  A thread or child that already existed then was seen by the
+applier: it has entries of its own, or it needed none because it already
+held the policy's value (a probe thread that set its own timer slack to
+1 ns).  Such a task is left alone, and so is everything below it: what it
+holds is its own.  An ancestor whose entries were themselves inherited at
+fork had our values from birth, so everything below it is swept.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from plugins.scheduler import tasks
@@ -33,21 +43,43 @@ _LOGGER = logging.getLogger(__name__)
 # knob -> (journal kind, our value, the prior) of one restored task
 Values = dict[str, tuple[str, Any, Any]]
 
+
+@dataclass
+class Root:
+    """A task whose entries were just restored: what we had set, and since when."""
+
+    values: Values = field(default_factory=dict)
+    #: wall time we first changed it; None when it inherited our values at its fork
+    since: float | None = math.inf
+
 ANY_STATE = (PENDING, APPLIED, OVERRIDDEN, RESTORED, SKIPPED)
 LIMIT = 10_000  # tasks visited at most, against a tree that forks faster than we walk
+# A task born this long before its ancestor's first entry existed when we applied
+# (start times come in 10 ms ticks; nearer than this, it is swept as before).
+EXISTED_MARGIN = 0.05
 
 
-def _restored_roots(results: list[dict[str, Any]]) -> dict[int, Values]:
+def _restored_roots(results: list[dict[str, Any]]) -> dict[int, Root]:
     """Live tasks whose entries were just restored, with what we had set on them."""
-    roots: dict[int, Values] = {}
+    roots: dict[int, Root] = {}
     for r in results:
         if r["outcome"] != "restored" or not r["key"].startswith("task:"):
             continue
         _, tid, start, knob = r["key"].split(":")
         if knob == "autogroup_nice" or not tasks.is_alive(int(tid), int(start)):
             continue  # autogroup nice is the session's: restored through the root itself
-        roots.setdefault(int(tid), {})[knob] = (r["kind"], r["new"], r["prior"])
+        root = roots.setdefault(int(tid), Root())
+        root.values[knob] = (r["kind"], r["new"], r["prior"])
+        if r.get("inherited") or root.since is None:
+            root.since = None
+        else:
+            root.since = min(root.since, r.get("time", math.inf))
     return roots
+
+
+def _existed_before(start: int, since: float | None) -> bool:
+    """Whether a task that started at ``start`` (ticks) was there at ``since`` (wall)."""
+    return since is not None and tasks.started_at(start) < since - EXISTED_MARGIN
 
 
 def _journaled(actuator: Actuator, tid: int, start: int) -> bool:
@@ -80,32 +112,33 @@ def sweep(actuator: Actuator, results: list[dict[str, Any]]) -> list[dict[str, A
     record per task given something back: ``{"tid", "ancestor", "knobs"}``.
     """
     roots = _restored_roots(results)
-    queue: deque[tuple[int, int, Values]] = deque()
+    queue: deque[tuple[int, int, Root]] = deque()
     processes: dict[int, list[int]] = {}
-    for tid, values in roots.items():
+    for tid, root in roots.items():
         tgid = tasks.tgid_of(tid)
         if tgid is not None and tgid not in processes:
             processes[tgid] = tasks.threads(tgid)
         # New threads of a restored process inherited from the thread that made them.
-        queue.extend((t, tid, values) for t in processes.get(tgid or 0, []) if t not in roots)
-        queue.append((tid, tid, values))
+        queue.extend((t, tid, root) for t in processes.get(tgid or 0, []) if t not in roots)
+        queue.append((tid, tid, root))
     done: list[dict[str, Any]] = []
     visited: set[int] = set()
     while queue and len(visited) < LIMIT:
-        tid, ancestor, values = queue.popleft()
+        tid, ancestor, root = queue.popleft()
         if tid in visited:
             continue  # a thread reached from two roots of its process
         visited.add(tid)
         if tid not in roots:
             start = tasks.start_time(tid)
-            if start is None or _journaled(actuator, tid, start):
+            if (start is None or _existed_before(start, root.since)
+                    or _journaled(actuator, tid, start)):
                 continue
-            knobs = _give_back(actuator, tid, start, values)
+            knobs = _give_back(actuator, tid, start, root.values)
             if knobs:
                 done.append({"tid": tid, "ancestor": ancestor, "knobs": knobs})
         # Its children (forked before it got the priors back) inherited ours.
         for child in tasks.children(tid):
-            queue.extend((t, ancestor, values) for t in tasks.threads(child) if t not in visited)
+            queue.extend((t, ancestor, root) for t in tasks.threads(child) if t not in visited)
     if done:
         _LOGGER.info("restore: %d task(s) forked from restored tasks without journal entries "
                      "(during the restore, or while we were down) given their ancestors' "

@@ -26,6 +26,7 @@ import errno
 import functools
 import logging
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,20 @@ def start_time(tid: int) -> int | None:
     """Start time of ``tid`` in clock ticks, or ``None`` if it does not exist."""
     fields = _stat_fields(tid)
     return None if fields is None else int(fields[19])
+
+
+def started_at(start: int) -> float:
+    """Wall-clock time (``time.time()`` seconds) of a task start in clock ticks.
+
+    ``/proc/<tid>/stat`` counts ticks of boot time; the journal keeps wall
+    time.  Ticks truncate, so the result is up to one tick early.
+    """
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - start / _clock_ticks())
+
+
+@functools.cache
+def _clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
 
 
 PF_EXITING = 0x4  # include/linux/sched.h

@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from plugins.scheduler import cgroups, tasks
+from plugins.scheduler import cgroups, descendants, tasks
 from plugins.scheduler.plugin import SchedulerPlugin
 from schedcpd.journal import Journal
 from tests.scheduler.helpers import (
@@ -211,3 +212,25 @@ def test_a_descendant_that_changed_a_value_keeps_it(
     assert report["descendants"] == [{"tid": child, "ancestor": parent.pid, "knobs": ["policy"]}]
     assert _policy_nice(child) == ("other", 7)
     assert _policy_nice(parent.pid) == ("other", 0)
+
+
+def test_threads_that_already_held_the_value_keep_it(
+    plugin: SchedulerPlugin, spawn: Spawner
+) -> None:
+    """A thread that held the policy's value before the policy needed no entry; the
+    restore sweep must not take it for one that inherited ours (t1_probe's worker
+    threads set a 1 ns timer slack themselves and were left at 50 us by a rollback)."""
+    proc = spawn.threaded(2)
+    workers = [t for t in tasks.threads(proc.pid) if t != proc.pid]
+    for tid in workers:
+        tasks.write_knob(tid, "timer_slack_ns", 1)  # as the threads' own prctl would
+    before = snapshot(proc.pid)
+    assert before[str(proc.pid)]["timer_slack_ns"] != 1
+    time.sleep(2 * descendants.EXISTED_MARGIN)  # the threads clearly predate the policy
+    doc = policy_doc([{"name": "g", "match": {"pid": [proc.pid]},
+                       "task": {"timer_slack_ns": 1}}])
+    apply(plugin, doc, {"owner": "dep-slack"}, False)
+    assert all(tasks.read_knob(t, "timer_slack_ns") == 1 for t in tasks.threads(proc.pid))
+    report = restore(plugin, {"owner": "dep-slack"})
+    assert report["descendants"] == []
+    assert snapshot(proc.pid) == before
