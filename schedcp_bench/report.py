@@ -124,6 +124,12 @@ def _workload(wl: dict[str, Any], baseline: str) -> list[str]:
         if errors:
             lines.append(f"- {c}: {len(errors)} of {len(wins)} windows not measured: "
                          f"{errors[0]}")
+        unrestored = [w["not_restored"] for w in wins if w.get("not_restored")]
+        if unrestored:
+            checked = sum(1 for w in wins if "not_restored" in w)
+            lines.append(f"- {c}: **not restored** after {len(unrestored)} of {checked} "
+                         f"rollbacks (later windows ran on changed tasks): "
+                         + "; ".join(unrestored[0][:3]))
         if e.get("kind") == "agent" and e.get("info"):
             lines.append(_agent_line(e["info"]))
     noisy = {c: (fmt(e.get("foreign_cpus_median")),

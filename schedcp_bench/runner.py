@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from schedcp_agent.client import DaemonError, SchedcpClient
+from schedcp_bench import restore_check
 from schedcp_bench import score as scoring
 from schedcp_bench.arms import (
     AgentArm,
@@ -103,6 +104,7 @@ class WorkloadRun:
         self.run_dir = run_dir
         self.progress = progress
         self.created: set[str] = set()
+        self.before: dict[int, restore_check.Thread] = {}
         self.result: dict[str, Any] = {
             "name": workload.name, "description": workload.description,
             "track": workload.track, "goal": workload.goal, "quick": workload.quick,
@@ -135,6 +137,8 @@ class WorkloadRun:
             self.result["match"] = session.match
             await asyncio.sleep(self.wl.warmup)
             self._check_alive(session)
+            self.before = await asyncio.to_thread(
+                restore_check.snapshot, [p.pid for p in session.procs])
             arms = await self._setup_arms(session)
             await self._repetitions(session, arms)
         except Exception as exc:  # one workload's failure is its result, not the run's end
@@ -253,6 +257,9 @@ class WorkloadRun:
         finally:
             if arm.deployment and not keep:
                 record["rollback"] = await arm.deactivate(ctx)
+                if record["rollback"] is not None:  # rolled back now, or ended before
+                    record["not_restored"] = await asyncio.to_thread(
+                        restore_check.differences, self.before)
             elif arm.deployment:
                 record["rollback"] = {"deployment": arm.deployment, "kept_for_next_window": True}
         return record

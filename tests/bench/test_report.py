@@ -72,9 +72,15 @@ def test_abba_order() -> None:
 
 
 def test_write_renders_markdown_json_and_pngs(tmp_path: Path) -> None:
-    results = report.write(synthetic(), tmp_path)
+    data = synthetic()
+    wins = data["workloads"][0]["arms"]["agent"]["windows"]
+    wins[0]["not_restored"], wins[1]["not_restored"] = [], ["t1_probe 7: nice was 0, now 5"]
+    results = report.write(data, tmp_path)
     md = (tmp_path / "results.md").read_text()
     assert "| p99_us (us) | lower | 1000 [900-1100] n=3 | 10 [9-12] n=3 | 100 |" in md
+    assert ("- agent: **not restored** after 1 of 2 rollbacks (later windows ran on changed "
+            "tasks): t1_probe 7: nice was 0, now 5") in md
+    assert "default: **not restored**" not in md
     assert "latency-protect" in md and "configure" in md       # the agent's choice
     assert "redis: missing redis-server" in md
     assert "| agent |" in md                                   # the score table
