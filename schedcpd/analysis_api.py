@@ -49,7 +49,7 @@ class AnalysisAPI:
         return to_json(await self._analyzer().summary_async(detail or "brief"))
 
     @method(ACTION_SUBMIT, in_args=(("pid", "i"), ("cgroup", "s"), ("seconds", "d")),
-            out_args=(("result", "s"),))
+            out_args=(("result", "s"),), audited=True)
     async def RunPerfStat(self, caller: Caller, pid: int, cgroup: str, seconds: float) -> str:
         """``perf stat`` for a pid (0: none), a cgroup ("" none) or the system, time-boxed."""
         return to_json(await self._analyzer().perf_stat(pid or None, cgroup or None, seconds))
@@ -60,7 +60,7 @@ class AnalysisAPI:
         return to_json(self._probes().catalogue())
 
     @method(ACTION_SUBMIT, in_args=(("name", "s"), ("seconds", "d"), ("pid", "i")),
-            out_args=(("result", "s"),))
+            out_args=(("result", "s"),), audited=True)
     async def RunProbe(self, caller: Caller, name: str, seconds: float, pid: int) -> str:
         """Attach a catalogue probe for ``seconds`` (capped), optionally for one pid (0: all)."""
         # Rate-limited per uid (a client could reconnect for a new unique name);

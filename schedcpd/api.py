@@ -59,6 +59,9 @@ class MethodSpec:
     doc: str
     attr: str
     is_async: bool
+    #: written to the audit trail: every mutating method, and the ones that
+    #: reach into the kernel for a caller without changing state (profilers)
+    audited: bool = False
 
     @property
     def in_signature(self) -> str:
@@ -123,12 +126,15 @@ def method(
     in_args: Args = (),
     out_args: Args = (),
     mutating: bool = False,
+    audited: bool = False,
     name: str | None = None,
 ) -> Callable[[F], F]:
     """Declare an API method guarded by ``action``.
 
-    ``mutating`` methods are written to the audit trail.  An unknown or
-    empty ``action`` raises :class:`UnauthorizedMethod` at declaration.
+    ``mutating`` methods, and ``audited`` ones (perf stat, BPF probes: they
+    attach to the kernel for the caller but change nothing), are written to
+    the audit trail.  An unknown or empty ``action`` raises
+    :class:`UnauthorizedMethod` at declaration.
     """
     _require_action(action, name or "method")
 
@@ -142,6 +148,7 @@ def method(
             doc=inspect.cleandoc(fn.__doc__ or ""),
             attr=fn.__name__,
             is_async=inspect.iscoroutinefunction(fn),
+            audited=mutating or audited,
         )
         return fn
 

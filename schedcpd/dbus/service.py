@@ -205,7 +205,7 @@ class ManagerService:
                 f"too many calls in flight ({self._inflight_total} overall, "
                 f"{mine} from {sender}); retry later"), start)
         caller = self._resolver.cached(sender)
-        if (caller is not None and not spec.is_async and not spec.mutating
+        if (caller is not None and not spec.is_async and not spec.audited
                 and self._authorizer.decide_locally(caller, spec.action)):
             try:
                 result = run(caller, msg.body)
@@ -245,9 +245,9 @@ class ManagerService:
             outcome = reply.error_name or "error"
         finally:
             self._release(sender)
-        if spec.mutating and self._audit is not None and caller is not None:
+        if spec.audited and self._audit is not None and caller is not None:
             await self._audit_call(caller, spec, msg.body, outcome)
-        if caller is None and spec.mutating:
+        if caller is None and spec.audited:
             _LOGGER.warning("%s from %s refused before identity was known: %s",
                             spec.name, sender, outcome)
         self._bus.send(reply)

@@ -140,12 +140,15 @@ def test_denied_and_allowed_mutations_are_audited(start_daemon,
 
 
 def test_every_mutating_method_is_audited(start_daemon, test_users: dict[str, int]) -> None:
-    # Each mutating method refused for nobody, and the harmless ones (no such
-    # token or deployment) tried by root: every call leaves a row naming the
-    # caller, the method and the outcome.
+    # Each audited method refused for nobody, and the harmless ones (no such
+    # token, deployment or probe; perf stat of pid 1 for 0.2 s) tried by
+    # root: every call leaves a row naming the caller, the method and the
+    # outcome.  Audited: every mutating method, and the profilers.
     methods, _props, _signals = collect(Manager)
-    mutating = sorted(m.name for m in methods if m.mutating)
-    assert {"Reload", "SubmitPolicy", "Deploy", "Rollback"} <= set(mutating)
+    mutating = sorted(m.name for m in methods if m.audited)
+    assert {m.name for m in methods if m.mutating} <= set(mutating)
+    assert {"Reload", "SubmitPolicy", "Deploy", "Rollback", "RunProbe",
+            "RunPerfStat"} <= set(mutating)
     proc = start_daemon()
     nobody = test_users["nobody"]
     assert all(r.get("error") == DENIED
