@@ -43,20 +43,27 @@ _LOGGER = logging.getLogger(__name__)
 # knob -> (journal kind, our value, the prior) of one restored task
 Values = dict[str, tuple[str, Any, Any]]
 
+ANY_STATE = (PENDING, APPLIED, OVERRIDDEN, RESTORED, SKIPPED)
+LIMIT = 10_000  # tasks visited at most, against a tree that forks faster than we walk
+# A task born this long before its ancestor's first entry existed when we applied
+# (start times come in 10 ms ticks; nearer than this, it is swept as before).
+EXISTED_MARGIN = 0.05
+
 
 @dataclass
 class Root:
     """A task whose entries were just restored: what we had set, and since when."""
 
     values: Values = field(default_factory=dict)
-    #: wall time we first changed it; None when it inherited our values at its fork
-    since: float | None = math.inf
+    #: wall time of its oldest restored entry
+    since: float = math.inf
+    #: it inherited our values at its fork (had them from birth)
+    inherited: bool = False
 
-ANY_STATE = (PENDING, APPLIED, OVERRIDDEN, RESTORED, SKIPPED)
-LIMIT = 10_000  # tasks visited at most, against a tree that forks faster than we walk
-# A task born this long before its ancestor's first entry existed when we applied
-# (start times come in 10 ms ticks; nearer than this, it is swept as before).
-EXISTED_MARGIN = 0.05
+    def existed_before(self, start: int) -> bool:
+        """Whether a task that started at ``start`` (ticks) was there when we changed it."""
+        return (not self.inherited
+                and tasks.started_at(start) < self.since - EXISTED_MARGIN)
 
 
 def _restored_roots(results: list[dict[str, Any]]) -> dict[int, Root]:
@@ -70,16 +77,9 @@ def _restored_roots(results: list[dict[str, Any]]) -> dict[int, Root]:
             continue  # autogroup nice is the session's: restored through the root itself
         root = roots.setdefault(int(tid), Root())
         root.values[knob] = (r["kind"], r["new"], r["prior"])
-        if r.get("inherited") or root.since is None:
-            root.since = None
-        else:
-            root.since = min(root.since, r.get("time", math.inf))
+        root.since = min(root.since, r["time"])
+        root.inherited = root.inherited or r["inherited"]
     return roots
-
-
-def _existed_before(start: int, since: float | None) -> bool:
-    """Whether a task that started at ``start`` (ticks) was there at ``since`` (wall)."""
-    return since is not None and tasks.started_at(start) < since - EXISTED_MARGIN
 
 
 def _journaled(actuator: Actuator, tid: int, start: int) -> bool:
@@ -130,7 +130,7 @@ def sweep(actuator: Actuator, results: list[dict[str, Any]]) -> list[dict[str, A
         visited.add(tid)
         if tid not in roots:
             start = tasks.start_time(tid)
-            if (start is None or _existed_before(start, root.since)
+            if (start is None or root.existed_before(start)
                     or _journaled(actuator, tid, start)):
                 continue
             knobs = _give_back(actuator, tid, start, root.values)
