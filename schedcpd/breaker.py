@@ -106,7 +106,10 @@ def _read(path: str) -> bytes:
     # rate_hz, and pathlib's read_text cost three times as much per file.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return os.read(fd, 4096)
+        chunks = [os.read(fd, 4096)]
+        while len(chunks[-1]) == 4096:  # status outgrows a page on big hosts
+            chunks.append(os.read(fd, 4096))
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
