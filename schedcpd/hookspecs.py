@@ -163,6 +163,10 @@ def schedcp_dynamic_check(
     Verifier stage 4.  Start the workload itself (only processes and cgroups
     it creates), apply the policy to them alone, check every task makes
     progress and the guards hold, restore, and return findings (empty when
-    all is well).  Runs on a worker thread; may block.  ``None`` when
-    ``subsystem`` is not this plugin's.
+    all is well).  ``seconds`` is the time the shortest decision may take;
+    a statistical test may measure longer, within a bound it documents,
+    and returns an error finding with code ``inconclusive`` when it cannot
+    decide (the stage's verdict is then "inconclusive").  Findings may
+    carry an ``evidence`` dict.  Runs on a worker thread; may block.
+    ``None`` when ``subsystem`` is not this plugin's.
     """

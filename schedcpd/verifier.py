@@ -1,9 +1,12 @@
 """The Execution Verifier: the gate between an idea and the kernel.
 
 A stored policy version goes through four stages; each yields a structured
-result ``{"stage", "passed", "skipped", "findings", "seconds"}`` where a
-finding is ``{"code", "severity", "field", "message"}`` (never a grep of
-some tool's stderr):
+result ``{"stage", "passed", "verdict", "skipped", "findings", "seconds"}``
+where a finding is ``{"code", "severity", "field", "message"}``, plus
+``evidence`` where it has figures (never a grep of some tool's stderr).
+``verdict`` is ``passed``, ``failed``, ``skipped`` or ``inconclusive``: a
+stage that measured but could not tell (its ``inconclusive`` finding says
+why) fails closed, and says so rather than pretending to a verdict:
 
 1. ``schema`` — the subsystem's schema: allow-listed knobs, types, ranges,
    no free-form commands or paths outside allowed roots
@@ -55,9 +58,17 @@ def _finding(code: str, message: str, field: str = "", severity: str = "error") 
 def _stage(name: str, start: float, findings: list[dict[str, Any]] | None,
            skipped: str = "") -> dict[str, Any]:
     findings = findings or []
+    passed = not any(f.get("severity", "error") == "error" for f in findings)
+    if skipped:
+        verdict = "skipped"
+    elif any(f.get("code") == "inconclusive" for f in findings):
+        verdict = "inconclusive"
+    else:
+        verdict = "passed" if passed else "failed"
     return {
         "stage": name,
-        "passed": not any(f.get("severity", "error") == "error" for f in findings),
+        "passed": passed,
+        "verdict": verdict,
         "skipped": skipped,
         "findings": findings,
         "seconds": round(time.monotonic() - start, 4),
@@ -179,8 +190,9 @@ class Verifier:
                            "started_at": started_at, "ended_at": ended_at})
 
         for name in STAGES[len(stages):]:
-            stages.append({"stage": name, "passed": False, "skipped": "an earlier stage failed",
-                           "findings": [], "seconds": 0.0})
+            stages.append({"stage": name, "passed": False, "verdict": "skipped",
+                           "skipped": "an earlier stage failed", "findings": [],
+                           "seconds": 0.0})
         return {
             "policy_id": policy["id"],
             "name": policy["name"],

@@ -25,7 +25,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from plugins.scheduler import capabilities, cgroups, sched_ext, scx_policy, sysctl, verification
+from plugins.scheduler import (
+    capabilities,
+    cgroups,
+    dynamic,
+    sched_ext,
+    scx_policy,
+    sysctl,
+    verification,
+)
 from plugins.scheduler import policy as policy_mod
 from plugins.scheduler.actuator import SUBSYSTEM, Actuator
 from plugins.scheduler.applier import Applier
@@ -325,7 +333,7 @@ class SchedulerPlugin:
             if seconds <= 0:
                 return scx_policy.kernel_check(policy)
             return scx_policy.dynamic_check(policy, seconds)
-        return verification.dynamic_check(
+        return dynamic.dynamic_check(
             policy,
             seconds,
             apply=lambda doc, owner: self.schedcp_apply(SUBSYSTEM, doc, {"owner": owner}, False),
