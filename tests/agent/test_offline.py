@@ -105,10 +105,11 @@ def test_latency_probe_beside_hogs_gets_latency_protection(agent_daemon, procs: 
     assert first["candidate"]["base"] in ("latency-protect", "latency-protect-cgroup")
     ex = first["execution"]
     if not ex["deployment"]:
-        # Only the verifier's sandbox test may refuse it, and only on this
-        # loaded host (its workers starved: no-progress); anything else fails.
-        assert ex["fixes"] and {f["code"] for f in first["findings"]} <= {
-            "no-progress", "regression"}, (ex, first["findings"])
+        # A good policy is never refused: only a dynamic stage that could not
+        # tell on this loaded host (inconclusive, after the agent verified
+        # again) may leave it undeployed; a regression verdict would be false.
+        errors = {f["code"] for f in first["findings"] if f["severity"] == "error"}
+        assert ex["fixes"] and errors == {"inconclusive"}, (ex, first["findings"])
     elif first["candidate"]["base"] == "latency-protect":
         # The hogs were really moved out of the probe's way, then put back.
         assert all(watch.saw(h.pid, policy=os.SCHED_IDLE) for h in hogs), watch.seen
