@@ -70,12 +70,17 @@ def test_dynamic_stage_catches_a_starved_dependency(verifier, monkeypatch) -> No
     _RecordedSandbox.made.clear()
     findings = _check(ver, STARVED, 1.0)
     errors = [f for f in findings if f["severity"] == "error"]
-    assert {f["code"] for f in errors} == {"regression"}, findings
-    [why] = [f for f in errors if "response_p99_us" in f["message"]]
-    assert why["field"] == "group[0]" and "group 'client'" in why["message"]
-    evidence = why["evidence"]
-    assert evidence["verdict"] == "regressed" and evidence["regressed_pairs"] >= 4
-    assert evidence["policy_median"] > 3 * evidence["baseline_median"] + 1000
+    # The client is blamed (its responses or its progress; on a loaded host it
+    # may stall outright: no-progress too), never the throttled server itself.
+    assert {f["code"] for f in errors} <= {"regression", "no-progress"}, findings
+    assert {f["field"] for f in errors} == {"group[0]"}, findings
+    regressions = [f for f in errors if f["code"] == "regression"]
+    assert regressions and all("group 'client'" in f["message"] for f in regressions)
+    for why in regressions:
+        evidence = why["evidence"]
+        assert evidence["verdict"] == "regressed"
+        assert evidence["regressed_pairs"] - evidence["clean_pairs"] >= 4
+        assert evidence["llr"] >= evidence["bounds"][1]
     assert _measurement(findings)["verdict"] == "failed"
     [box] = _RecordedSandbox.made
     _assert_nothing_left(ver, box)
