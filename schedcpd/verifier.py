@@ -33,7 +33,7 @@ from typing import Any
 
 from schedcpd.errors import Conflict, NotSupported
 from schedcpd.plugins import PluginHost
-from schedcpd.repository import Repository, parse_document
+from schedcpd.repository import Repository, parse_document, policy_scope
 from schedcpd.tokens import TokenAuthority, digest_of
 
 _LOGGER = logging.getLogger(__name__)
@@ -188,7 +188,6 @@ class Verifier:
             "track": policy["track"],
             "passed": all(s["passed"] for s in stages),
             "stages": stages,
-            "scope": {"groups": [g.get("name") for g in doc.get("group", [])
-                                 if isinstance(g, dict)]},
+            "scope": policy_scope(doc),
             "time": time.time(),
         }
