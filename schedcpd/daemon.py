@@ -142,6 +142,7 @@ class Daemon:
         polkit = PolkitClient(self.bus, resolver)
         await polkit.start()
         self.authorizer = Authorizer(self.config["authorization"], polkit)
+        self.manager.authorizer = self.authorizer
         self.service = ManagerService(
             self.bus, self.manager, resolver, self.authorizer, self.metrics, audit,
             self.config["bus"],

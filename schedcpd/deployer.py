@@ -152,6 +152,17 @@ class Deployer:
         dep["overridden"] = [o for o in state.get("overrides", []) if o.get("owner") == dep_id]
         return dep
 
+    async def owner(self, dep_id: str) -> int:
+        """The uid that deployed ``dep_id``; :class:`NotFound` for no such deployment."""
+        def query(db: Database) -> int | None:
+            row = db.execute("SELECT uid FROM deployments WHERE id = ?", [dep_id]).fetchone()
+            return None if row is None else int(row[0])
+
+        uid = await self._store.run(query)
+        if uid is None:
+            raise NotFound(f"no deployment {dep_id}")
+        return uid
+
     async def deployments(self, live_only: bool = False) -> list[dict[str, Any]]:
         """Deployments, newest first (only those not reverted/failed with ``live_only``)."""
         def query(db: Database) -> list[dict[str, Any]]:
