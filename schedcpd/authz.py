@@ -97,6 +97,14 @@ class Authorizer:
         if not decision:
             raise AccessDenied(f"uid {caller.uid} is not authorized for {action} ({how})")
 
+    async def allows(self, caller: Caller, action: str) -> bool:
+        """Whether ``caller`` holds ``action`` (asking polkit when it decides)."""
+        try:
+            await self.authorize(caller, action)
+        except AccessDenied:
+            return False
+        return True
+
     def _in_group(self, caller: Caller) -> bool:
         try:
             gid = grp.getgrnam(self.group).gr_gid

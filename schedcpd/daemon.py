@@ -44,6 +44,7 @@ from schedcpd.metrics import Metrics
 from schedcpd.notify import Notifier
 from schedcpd.plugins import PluginHost
 from schedcpd.probes import ProbeManager
+from schedcpd.reports import ReportStore
 from schedcpd.repository import Repository, load_directory
 from schedcpd.schema import MIGRATIONS
 from schedcpd.state import StateStore
@@ -142,6 +143,7 @@ class Daemon:
         polkit = PolkitClient(self.bus, resolver)
         await polkit.start()
         self.authorizer = Authorizer(self.config["authorization"], polkit)
+        self.manager.authorizer = self.authorizer
         self.service = ManagerService(
             self.bus, self.manager, resolver, self.authorizer, self.metrics, audit,
             self.config["bus"],
@@ -253,7 +255,8 @@ class Daemon:
         self.manager.repository = repo
         self.manager.tokens = tokens
         self.manager.verifier = Verifier(self.plugins, repo, tokens,
-                                         dynamic_seconds=verifier_settings["dynamic_seconds"])
+                                         dynamic_seconds=verifier_settings["dynamic_seconds"],
+                                         reports=ReportStore(self.store))
         try:
             self.manager.agent_uids = frozenset({pwd.getpwnam(settings["agent_user"]).pw_uid})
         except KeyError:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 
 from schedcpd.api import Caller, api_property, method, to_json
-from schedcpd.const import ACTION_DEPLOY, ACTION_OBSERVE
+from schedcpd.authz import Authorizer
+from schedcpd.const import ACTION_ADMIN, ACTION_DEPLOY, ACTION_OBSERVE
 from schedcpd.deployer import Deployer
-from schedcpd.errors import InvalidArgument, NotSupported
+from schedcpd.errors import InvalidArgument, NotOwner, NotSupported
 
 
 def _check_id(dep_id: str) -> str:
@@ -21,14 +22,31 @@ def _check_id(dep_id: str) -> str:
 
 
 class DeployAPI:
-    """Deployment methods; the host sets ``deployer``."""
+    """Deployment methods; the host sets ``deployer`` and ``authorizer``."""
 
     deployer: Deployer | None = None
+    authorizer: Authorizer | None = None
+    """Decides who is an admin (may act on others' deployments); None: only root."""
 
     def _deployer(self) -> Deployer:
         if self.deployer is None:
             raise NotSupported("deployment is not available in this daemon")
         return self.deployer
+
+    async def _check_owner(self, caller: Caller, dep_id: str, what: str) -> str:
+        """Return ``dep_id`` if ``caller`` owns it or is an admin; raise NotOwner if not.
+
+        The deploy action lets a caller deploy; acting on a deployment also
+        needs it to be the caller's own (the uid that called Deploy), unless
+        the caller is root or holds the admin action.
+        """
+        owner = await self._deployer().owner(_check_id(dep_id))
+        if caller.uid in (0, owner):
+            return dep_id
+        if self.authorizer is not None and await self.authorizer.allows(caller, ACTION_ADMIN):
+            return dep_id
+        raise NotOwner(f"deployment {dep_id} belongs to uid {owner}: uid {caller.uid} may not "
+                       f"{what} it (only its owner or an admin, {ACTION_ADMIN})")
 
     @api_property(ACTION_OBSERVE, "as")
     def ActivePolicies(self) -> list[str]:
@@ -51,9 +69,9 @@ class DeployAPI:
     @method(ACTION_DEPLOY, in_args=(("deployment_id", "s"),), out_args=(("result", "s"),),
             mutating=True)
     async def Rollback(self, caller: Caller, deployment_id: str) -> str:
-        """Restore what the deployment changed and end it."""
-        return to_json(await self._deployer().rollback(
-            _check_id(deployment_id), f"rollback by uid {caller.uid}"))
+        """Restore what the deployment changed and end it (its owner or an admin)."""
+        dep_id = await self._check_owner(caller, deployment_id, "roll back")
+        return to_json(await self._deployer().rollback(dep_id, f"rollback by uid {caller.uid}"))
 
     @method(ACTION_OBSERVE, in_args=(("deployment_id", "s"),), out_args=(("deployment", "s"),))
     async def GetDeployment(self, caller: Caller, deployment_id: str) -> str:
@@ -66,11 +84,13 @@ class DeployAPI:
         return to_json(await self._deployer().deployments())
 
     @method(ACTION_DEPLOY, in_args=(("deployment_id", "s"),), mutating=True)
-    def HoldDeployment(self, caller: Caller, deployment_id: str) -> None:
+    async def HoldDeployment(self, caller: Caller, deployment_id: str) -> None:
         """Tie a running deployment to this connection: it is rolled back when it closes."""
-        self._deployer().hold(_check_id(deployment_id), caller.sender)
+        dep_id = await self._check_owner(caller, deployment_id, "hold")
+        self._deployer().hold(dep_id, caller.sender)
 
     @method(ACTION_DEPLOY, in_args=(("deployment_id", "s"),), mutating=True)
-    def ReleaseHold(self, caller: Caller, deployment_id: str) -> None:
+    async def ReleaseHold(self, caller: Caller, deployment_id: str) -> None:
         """Release this connection's hold: the deployment stays when the client leaves."""
-        self._deployer().release(_check_id(deployment_id), caller.sender)
+        dep_id = await self._check_owner(caller, deployment_id, "release")
+        self._deployer().release(dep_id, caller.sender)

@@ -48,9 +48,9 @@ from schedcpd.breaker import (
 )
 from schedcpd.errors import Conflict, InvalidArgument, NotFound
 from schedcpd.plugins import PluginHost
-from schedcpd.repository import Repository, parse_document
+from schedcpd.repository import Repository, parse_document, policy_scope
 from schedcpd.state import StateStore
-from schedcpd.tokens import TokenAuthority, WrongCaller, digest_of
+from schedcpd.tokens import TokenAuthority, digest_of
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -152,6 +152,17 @@ class Deployer:
         dep["overridden"] = [o for o in state.get("overrides", []) if o.get("owner") == dep_id]
         return dep
 
+    async def owner(self, dep_id: str) -> int:
+        """The uid that deployed ``dep_id``; :class:`NotFound` for no such deployment."""
+        def query(db: Database) -> int | None:
+            row = db.execute("SELECT uid FROM deployments WHERE id = ?", [dep_id]).fetchone()
+            return None if row is None else int(row[0])
+
+        uid = await self._store.run(query)
+        if uid is None:
+            raise NotFound(f"no deployment {dep_id}")
+        return uid
+
     async def deployments(self, live_only: bool = False) -> list[dict[str, Any]]:
         """Deployments, newest first (only those not reverted/failed with ``live_only``)."""
         def query(db: Database) -> list[dict[str, Any]]:
@@ -165,20 +176,22 @@ class Deployer:
 
     async def _redeem(self, token: str, uid: int, consume: bool) -> tuple[dict[str, Any],
                                                                         dict[str, Any]]:
+        """Check ``token`` against the policy as stored now; consume it when deploying."""
         claims = self._tokens.check(token)
+        subsystem, scope = "", None
         try:
             policy = await self._repo.get(claims["policy_id"])
             stored = digest_of(policy["document"])
+            subsystem = policy["subsystem"]
+            scope = policy_scope(parse_document(policy["document"], policy["id"][:12]))
         except NotFound:
             policy, stored = {}, None
         if consume:
-            claims = await self._tokens.redeem(token, uid=uid, stored_digest=stored)
-        elif uid != 0 and uid != claims["uid"]:
-            raise WrongCaller(f"token was issued to uid {claims['uid']}, not {uid}")
-        elif stored != claims["policy_digest"]:
-            from schedcpd.tokens import PolicyChanged
-
-            raise PolicyChanged(f"policy {claims['policy_id']} changed since it was verified")
+            claims = await self._tokens.redeem(token, uid=uid, stored_digest=stored,
+                                               subsystem=subsystem, scope=scope)
+        else:
+            claims = self._tokens.validate(token, uid=uid, stored_digest=stored,
+                                           subsystem=subsystem, scope=scope)
         return claims, policy
 
     async def plan(self, token: str, uid: int) -> dict[str, Any]:

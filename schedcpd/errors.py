@@ -28,6 +28,16 @@ class AccessDenied(SchedcpError):
     name = "AccessDenied"
 
 
+class NotOwner(AccessDenied):
+    """The caller may call the method, but not on this object: it belongs to another uid.
+
+    A deployment is rolled back, held or released only by the uid that
+    deployed it, or by an admin (``org.schedcp.admin``, or root).
+    """
+
+    name = "NotOwner"
+
+
 class InvalidArgument(SchedcpError):
     """An argument failed validation; the message names it."""
 

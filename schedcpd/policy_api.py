@@ -90,6 +90,13 @@ class PolicyAPI:
                         "deployment_id": dep["id"]})
         return out
 
+    @method(ACTION_OBSERVE, in_args=(("digest", "s"),), out_args=(("report", "s"),))
+    async def GetVerificationReport(self, caller: Caller, digest: str) -> str:
+        """The report a token's ``report_digest`` names: exactly the text that was digested."""
+        if self.verifier is None or self.verifier.reports is None:
+            raise NotSupported("verification reports are not kept in this daemon")
+        return await self.verifier.reports.get(digest)
+
     @method(ACTION_OBSERVE, out_args=(("keys", "s"),))
     def GetVerifierKeys(self, caller: Caller) -> str:
         """The verifier's Ed25519 public keys (base64, raw), current and retiring."""

@@ -98,6 +98,16 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
                               "too deeply to parse") from err
 
 
+def policy_scope(doc: dict[str, Any]) -> dict[str, Any]:
+    """The scope a policy document acts on: its groups' names, in order.
+
+    The verifier signs it into the token (claim ``scope``) and ``Deploy``
+    refuses a token whose scope is not this, derived again from the stored
+    document being deployed.
+    """
+    return {"groups": [g.get("name") for g in doc.get("group", []) if isinstance(g, dict)]}
+
+
 def _metadata(doc: dict[str, Any], source: str) -> dict[str, Any]:
     meta = doc.get("policy")
     if not isinstance(meta, dict):

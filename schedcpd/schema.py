@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from schedcpd.audit import migrate_audit
 from schedcpd.deployer import migrate_deployments
+from schedcpd.reports import migrate_reports
 from schedcpd.repository import migrate_repository, migrate_retired_by
 from schedcpd.state import Migration
 from schedcpd.tokens import migrate_issued_tokens, migrate_nonces
@@ -19,4 +20,5 @@ MIGRATIONS: list[Migration] = [
     migrate_deployments,  # 4
     migrate_issued_tokens,  # 5
     migrate_retired_by,  # 6
+    migrate_reports,  # 7
 ]

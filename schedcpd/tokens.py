@@ -27,26 +27,21 @@ import base64
 import binascii
 import hashlib
 import json
-import logging
-import os
 import secrets
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlite_utils import Database
 
 from schedcpd import errors
+from schedcpd.keys import DEFAULT_LIFETIME, KeyStore, key_id
 from schedcpd.state import StateStore
 
-_LOGGER = logging.getLogger(__name__)
+__all__ = ["DEFAULT_LIFETIME", "PREFIX", "KeyStore", "TokenAuthority", "decode", "digest_of",
+           "key_id"]
 
 PREFIX = "schedcp1"
-DEFAULT_LIFETIME = 15 * 60.0
 MAX_TOKEN_BYTES = 8192
 _CLAIMS: dict[str, type | tuple[type, ...]] = {
     "kid": str, "policy_id": str, "policy_digest": str, "subsystem": str, "scope": dict,
@@ -102,6 +97,18 @@ class WrongCaller(errors.SchedcpError):
     name = "WrongCaller"
 
 
+class ScopeMismatch(errors.SchedcpError):
+    """The token's subsystem or scope is not those of the policy being deployed.
+
+    The verifier signs the scope it checked (the policy's groups); a token
+    signed with this daemon's key but naming another scope (a key leaked to
+    a tool, a bug in an issuer) would deploy what nobody verified at that
+    scope, so it is refused.
+    """
+
+    name = "ScopeMismatch"
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -113,129 +120,6 @@ def _unb64(text: str) -> bytes:
 def digest_of(data: str | bytes) -> str:
     """SHA-256 hex digest (of a policy document or a report)."""
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
-
-
-def key_id(public: Ed25519PublicKey) -> str:
-    """A key's id: the first 16 hex digits of the SHA-256 of its raw public bytes."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-@dataclass
-class _Key:
-    kid: str
-    private: Ed25519PrivateKey | None
-    public: Ed25519PublicKey
-    created: float
-    retired: float | None
-
-
-class KeyStore:
-    """Ed25519 keys in ``<dir>``: ``<kid>.key`` (private, 0600) and ``keys.json``."""
-
-    def __init__(self, directory: Path, lifetime: float = DEFAULT_LIFETIME) -> None:
-        self.dir = directory
-        self.lifetime = lifetime
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
-        self._index = self.dir / "keys.json"
-        self._keys: dict[str, _Key] = {}
-        self._load()
-        if self.current() is None:
-            self.rotate()
-        for key in self._keys.values():
-            self._export(key)
-
-    def _load(self) -> None:
-        """Load the keys the index names; a damaged one is skipped, never fatal.
-
-        The daemon must start even then (its start-up restores the kernel
-        state a crash left behind): tokens signed by a lost key are refused
-        as ``UnknownKey``, and a lost signing key is replaced by a new one.
-        """
-        if not self._index.exists():
-            return
-        try:
-            index = json.loads(self._index.read_text())
-            if not isinstance(index, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as err:
-            aside = self._index.with_name(f"keys.json.damaged-{int(time.time())}")
-            os.replace(self._index, aside)
-            _LOGGER.error("token key index %s is unreadable (%s): moved to %s; tokens "
-                          "issued before are refused from now on", self._index, err, aside)
-            return
-        for kid, meta in index.items():
-            path = self.dir / f"{kid}.key"
-            try:
-                private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-                if not isinstance(private, Ed25519PrivateKey):
-                    raise ValueError("not an Ed25519 private key")
-                self._keys[kid] = _Key(kid, private, private.public_key(),
-                                       float(meta["created"]), meta.get("retired"))
-            except (OSError, ValueError, TypeError, KeyError) as err:
-                _LOGGER.error("token signing key %s (%s) cannot be loaded: %s; tokens it "
-                              "signed are refused (UnknownKey)", kid, path, err)
-        if len(self._keys) < len(index):
-            self._save_index()
-
-    def _save_index(self) -> None:
-        data = {k.kid: {"created": k.created, "retired": k.retired} for k in self._keys.values()}
-        tmp = self._index.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self._index)
-
-    def _export(self, key: _Key) -> None:
-        """Write ``<kid>.pub`` (PEM, world-readable) for hosts that only check tokens."""
-        path = self.dir / f"{key.kid}.pub"
-        if not path.exists():
-            path.write_bytes(key.public.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-            os.chmod(path, 0o644)
-
-    def current(self) -> _Key | None:
-        """The signing key: the newest key not retired."""
-        live = [k for k in self._keys.values() if k.retired is None]
-        return max(live, key=lambda k: k.created) if live else None
-
-    def rotate(self) -> str:
-        """Make a new signing key; the old one verifies its tokens until they expire."""
-        now = time.time()
-        for key in self._keys.values():
-            if key.retired is None:
-                key.retired = now
-        private = Ed25519PrivateKey.generate()
-        kid = key_id(private.public_key())
-        path = self.dir / f"{kid}.key"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(private.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-        self._keys[kid] = _Key(kid, private, private.public_key(), now, None)
-        self._save_index()
-        self._export(self._keys[kid])
-        _LOGGER.info("new token signing key %s", kid)
-        return kid
-
-    def verifying_key(self, kid: str, now: float) -> Ed25519PublicKey | None:
-        """The public key ``kid`` if it may still verify tokens at ``now``."""
-        key = self._keys.get(kid)
-        if key is None:
-            return None
-        if key.retired is not None and now > key.retired + self.lifetime:
-            return None
-        return key.public
-
-    def public_keys(self) -> list[dict[str, Any]]:
-        """Every key's id, raw public key (base64) and dates, for export."""
-        return [
-            {"kid": k.kid, "created": k.created, "retired": k.retired,
-             "public_key": base64.b64encode(k.public.public_bytes(
-                 serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()}
-            for k in sorted(self._keys.values(), key=lambda k: k.created)
-        ]
 
 
 def decode(token: str) -> tuple[dict[str, Any], bytes, bytes]:
@@ -275,18 +159,31 @@ class TokenAuthority:
     async def issue(self, *, policy_id: str, policy_digest: str, subsystem: str,
                     scope: dict[str, Any], report_digest: str, uid: int,
                     lifetime: float | None = None, now: float | None = None) -> str:
-        """Sign a token for one deployment of a verified policy by ``uid``; record it."""
+        """Sign a token for one deployment of a verified policy by ``uid``; record it.
+
+        ``lifetime`` may shorten the token's life, never lengthen it past the
+        key store's: a retired key is pruned one ``keys.lifetime`` after its
+        retirement, and must outlive every token it signed.
+        """
         key = self.keys.current()
         assert key is not None and key.private is not None
-        issued = time.time() if now is None else now
-        claims = {
+        if lifetime is not None and not 0 < lifetime <= self.keys.lifetime:
+            raise errors.InvalidArgument(
+                f"a token lifetime must be in (0, {self.keys.lifetime:g}] s, got {lifetime:g}")
+        issued = self.keys.clock() if now is None else now
+        exp = issued + (lifetime or self.keys.lifetime)
+        claims: dict[str, Any] = {
             "kid": key.kid, "policy_id": policy_id, "policy_digest": policy_digest,
             "subsystem": subsystem, "scope": scope, "report_digest": report_digest,
-            "iat": issued, "exp": issued + (lifetime or self.keys.lifetime),
+            "iat": issued, "exp": exp,
             "nonce": secrets.token_hex(16), "uid": uid,
         }
         payload = json.dumps(claims, sort_keys=True)
         signed = f"{PREFIX}.{_b64(payload.encode())}"
+        # Sign and note it before any await: a rotation in between would
+        # destroy the private half, and prune a public half thought unused.
+        token = f"{signed}.{_b64(key.private.sign(signed.encode()))}"
+        self.keys.note_signed(key.kid, exp)
         grace = self.keys.lifetime
 
         def record(db: Database) -> None:
@@ -296,7 +193,7 @@ class TokenAuthority:
                            [claims["nonce"], payload, claims["exp"]])
 
         await self._store.run(record)
-        return f"{signed}.{_b64(key.private.sign(signed.encode()))}"
+        return token
 
     def _signature_error(self, claims: dict[str, Any]) -> errors.SchedcpError:
         """Tampered (an issued token with edited claims) or forged (anything else)."""
@@ -319,7 +216,7 @@ class TokenAuthority:
     def check(self, token: str, now: float | None = None) -> dict[str, Any]:
         """Verify form, signature and expiry (not the nonce); return the claims."""
         claims, signed, signature = decode(token)
-        now = time.time() if now is None else now
+        now = self.keys.clock() if now is None else now
         public = self.keys.verifying_key(claims["kid"], now)
         if public is None:
             raise UnknownKey(f"token was signed by key {claims['kid']}, which this daemon "
@@ -332,19 +229,41 @@ class TokenAuthority:
             raise TokenExpired(f"token expired {now - claims['exp']:.0f} s ago")
         return claims
 
-    async def redeem(self, token: str, *, uid: int, stored_digest: str | None,
-                     now: float | None = None) -> dict[str, Any]:
-        """Accept ``token`` for deployment by ``uid`` once; return its claims.
+    def validate(self, token: str, *, uid: int, stored_digest: str | None,
+                 subsystem: str, scope: dict[str, Any] | None,
+                 now: float | None = None) -> dict[str, Any]:
+        """Every check of :meth:`redeem` but the nonce; return the claims.
 
         ``stored_digest`` is the digest of the policy as stored now (None
-        when it is gone).  Checks, in order: form, signature, expiry, caller,
-        policy digest, and finally consumes the nonce (a second use fails).
+        when it is gone); ``subsystem`` and ``scope`` are those of the policy
+        being deployed, as the verifier derives them from its document.
+        Checks, in order: form, signature, expiry, caller, policy digest,
+        subsystem and scope.
         """
         claims = self.check(token, now)
         if uid != 0 and uid != claims["uid"]:
             raise WrongCaller(f"token was issued to uid {claims['uid']}, not {uid}")
         if stored_digest != claims["policy_digest"]:
             raise PolicyChanged(f"policy {claims['policy_id']} changed since it was verified")
+        if claims["subsystem"] != subsystem:
+            raise ScopeMismatch(f"token is for subsystem {claims['subsystem']!r}, but policy "
+                                f"{claims['policy_id'][:12]} belongs to {subsystem!r}")
+        if claims["scope"] != scope:
+            raise ScopeMismatch(
+                f"token scope {json.dumps(claims['scope'], sort_keys=True)} is not the scope "
+                f"of policy {claims['policy_id'][:12]} as verified "
+                f"({json.dumps(scope, sort_keys=True)})")
+        return claims
+
+    async def redeem(self, token: str, *, uid: int, stored_digest: str | None,
+                     subsystem: str, scope: dict[str, Any] | None,
+                     now: float | None = None) -> dict[str, Any]:
+        """Accept ``token`` for deployment by ``uid`` once; return its claims.
+
+        :meth:`validate`, then the nonce is consumed (a second use fails).
+        """
+        claims = self.validate(token, uid=uid, stored_digest=stored_digest,
+                               subsystem=subsystem, scope=scope, now=now)
         nonce, exp = claims["nonce"], claims["exp"]
 
         def consume(db: Database) -> bool:

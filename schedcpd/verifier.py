@@ -36,7 +36,8 @@ from typing import Any
 
 from schedcpd.errors import Conflict, NotSupported
 from schedcpd.plugins import PluginHost
-from schedcpd.repository import Repository, parse_document
+from schedcpd.reports import ReportStore
+from schedcpd.repository import Repository, parse_document, policy_scope
 from schedcpd.tokens import TokenAuthority, digest_of
 
 _LOGGER = logging.getLogger(__name__)
@@ -80,8 +81,11 @@ class Verifier:
 
     def __init__(self, plugins: PluginHost, repository: Repository, tokens: TokenAuthority,
                  active_policies: ActivePolicies | None = None,
-                 dynamic_seconds: float = DEFAULT_DYNAMIC_SECONDS) -> None:
+                 dynamic_seconds: float = DEFAULT_DYNAMIC_SECONDS,
+                 reports: ReportStore | None = None) -> None:
         self._plugins = plugins
+        self.reports = reports
+        """Where reports of passed verifications are kept (by the digest a token signs)."""
         self._repo = repository
         self._tokens = tokens
         # Policies deployed now ({"policy_id", "name", "document"}), for conflicts.
@@ -114,7 +118,10 @@ class Verifier:
             self._running.discard(policy["id"])
         token = ""
         if report["passed"]:
-            report_digest = digest_of(json.dumps(report, sort_keys=True))
+            text = json.dumps(report, sort_keys=True)
+            report_digest = digest_of(text)
+            if self.reports is not None:  # kept before a token can name it
+                await self.reports.keep(text, policy["id"], uid)
             token = await self._tokens.issue(
                 policy_id=policy["id"], policy_digest=digest_of(policy["document"]),
                 subsystem=policy["subsystem"], scope=report["scope"],
@@ -200,7 +207,6 @@ class Verifier:
             "track": policy["track"],
             "passed": all(s["passed"] for s in stages),
             "stages": stages,
-            "scope": {"groups": [g.get("name") for g in doc.get("group", [])
-                                 if isinstance(g, dict)]},
+            "scope": policy_scope(doc),
             "time": time.time(),
         }

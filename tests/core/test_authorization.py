@@ -42,6 +42,7 @@ CALLS.update({
     "GetPolicy": ["GetPolicy", "s", [BUILTIN], MGR],
     "GetPolicyHistory": ["GetPolicyHistory", "s", [BUILTIN], MGR],
     "GetVerifierKeys": ["GetVerifierKeys", "", [], MGR],
+    "GetVerificationReport": ["GetVerificationReport", "s", ["0" * 64], MGR],
     "SubmitPolicy": ["SubmitPolicy", "s", [SUBMITTED], MGR],
     "SetPolicyState": ["SetPolicyState", "ss", [BUILTIN, "verified"], MGR],
     "VerifyPolicy": ["VerifyPolicy", "s", [BUILTIN], MGR],
@@ -61,12 +62,12 @@ CALLS.update({
 })
 OBSERVE = ("GetStatus", "Properties.Get", "Properties.GetAll", "ListPolicies", "GetPolicy",
            "GetPolicyHistory", "GetVerifierKeys", "GetSummary", "ListProbes", "ListDeployments",
-           "GetDeployment", "GetFeedback")
+           "GetDeployment", "GetFeedback", "GetVerificationReport")
 # Called with arguments that name no real object: an allowed caller gets a
 # named error other than AccessDenied (NotFound, InvalidToken, ...).
 # Profiling is also judged only on refusal: its results have tests of their own.
 FAKE_OBJECT = {"Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold",
-               "GetDeployment",
+               "GetDeployment", "GetVerificationReport",
                "GetFeedback", "RunProbe", "RunPerfStat"}
 DEPLOY = ("Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold")
 ADMIN = ("GetAudit", "Reload", "SetPolicyState", "RotateVerifierKey", "VerifyPolicy")

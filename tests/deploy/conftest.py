@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from schedcpd.repository import parse_document, policy_scope
 from schedcpd.tokens import PREFIX, KeyStore, digest_of
 from tests.conftest import calls_as
 from tests.harness import ROOT
@@ -106,20 +107,26 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def forced_token(state_dir: Path, address: str, policy_id: str) -> str:
+def forced_token(state_dir: Path, address: str, policy_id: str, uid: int = 0,
+                 scope: dict[str, Any] | None = None) -> str:
     """A token signed with the daemon's key for a policy that was NOT verified.
 
     Test-only "forced deployment" path (the issue's fault-injection tests):
     it needs the daemon's private key from its state directory, which only
-    root on the daemon's host can read.
+    root on the daemon's host can read.  ``scope`` defaults to the policy's
+    own (what the verifier would sign); another one tests that Deploy
+    refuses it.
     """
     policy = json.loads(call(address, "GetPolicy", "s", policy_id))
     key = KeyStore(state_dir / "keys").current()
     assert key is not None and key.private is not None
+    if scope is None:
+        scope = policy_scope(parse_document(policy["document"], policy_id))
     now = time.time()
     claims = {"kid": key.kid, "policy_id": policy["id"],
-              "policy_digest": digest_of(policy["document"]), "subsystem": "scheduler",
-              "scope": {}, "report_digest": "forced-deployment-test-only", "iat": now,
-              "exp": now + 600, "nonce": secrets.token_hex(16), "uid": 0}
+              "policy_digest": digest_of(policy["document"]),
+              "subsystem": policy["subsystem"], "scope": scope,
+              "report_digest": "forced-deployment-test-only", "iat": now,
+              "exp": now + 600, "nonce": secrets.token_hex(16), "uid": uid}
     signed = f"{PREFIX}.{_b64(json.dumps(claims, sort_keys=True).encode())}"
     return f"{signed}.{_b64(key.private.sign(signed.encode()))}"

@@ -38,8 +38,11 @@ def issue(auth: TokenAuthority, **kw: object) -> str:
 
 
 def redeem(auth: TokenAuthority, token: str, uid: int = 1000, digest: str | None = DIGEST,
-           now: float | None = None) -> dict:
-    return asyncio.run(auth.redeem(token, uid=uid, stored_digest=digest, now=now))
+           now: float | None = None, subsystem: str = "scheduler",
+           scope: dict | None = None) -> dict:
+    return asyncio.run(auth.redeem(token, uid=uid, stored_digest=digest, now=now,
+                                   subsystem=subsystem,
+                                   scope={"groups": ["batch"]} if scope is None else scope))
 
 
 def claims_of(token: str) -> dict:
@@ -136,10 +139,25 @@ def test_changed_policy_and_other_uid(authority: TokenAuthority) -> None:
         redeem(authority, issue(authority), uid=1001)
 
 
+def test_a_token_for_another_scope_is_refused_and_not_consumed(
+        authority: TokenAuthority) -> None:
+    # Signed with the real key (no tampering): only the scope differs from
+    # the policy's, as an issuer with a bug or a leaked key would make it.
+    narrow = issue(authority, scope={"groups": ["batch", "web"]})
+    with pytest.raises(tokens.ScopeMismatch, match=r'"batch", "web".*as verified'):
+        redeem(authority, narrow)
+    with pytest.raises(tokens.ScopeMismatch, match=r"subsystem 'scheduler'.*'io'"):
+        redeem(authority, issue(authority), subsystem="io")
+    with pytest.raises(tokens.ScopeMismatch):
+        redeem(authority, issue(authority, scope={}))
+    # Refused before the nonce: the same token for the right scope still redeems.
+    redeem(authority, narrow, scope={"groups": ["batch", "web"]})
+
+
 def test_errors_have_distinct_dbus_names() -> None:
     kinds = (tokens.InvalidToken, tokens.BadSignature, tokens.TokenTampered, tokens.UnknownKey,
              tokens.TokenExpired, tokens.TokenReplayed, tokens.PolicyChanged,
-             tokens.WrongCaller)
+             tokens.WrongCaller, tokens.ScopeMismatch)
     names = {c("x").dbus_name for c in kinds}
     assert len(names) == len(kinds)
     assert all(n.startswith("org.schedcp.Control1.Error.") for n in names)

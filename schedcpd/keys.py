@@ -1,0 +1,272 @@
+"""The verifier's Ed25519 signing keys: one current key, retired public halves, rotation.
+
+Files in ``<dir>`` (0700, root):
+
+- ``<kid>.key`` — the *current* private key (PEM, 0600).  Exactly one exists
+  while the store is consistent: at rotation the retired key's private file
+  is deleted and its in-memory private half dropped, so a retired key can
+  never sign again.
+- ``<kid>.pub`` — each key's public half (PEM, 0644), for hosts that only
+  check tokens.  A retired key's public half is kept while tokens it signed
+  may still be redeemed: until the latest expiry of a token it signed
+  (``signed_until``), which is at most one token lifetime after its
+  retirement (no token outlives ``lifetime``).  Then it is pruned, from
+  disk and memory, at the next rotation or start, and its tokens are
+  refused as ``UnknownKey``.  A key retired before it signed anything is
+  pruned at once: rotating without issuing tokens holds one key.
+- ``keys.json`` — the index: ``{kid: {"created", "retired", "signed_until"}}``.
+  An index written before ``signed_until`` was kept counts such a key's
+  tokens as valid for one lifetime after its retirement.
+
+Rotation is crash-safe in this order: write the new private key, save the
+index naming it current and the old key retired, then destroy the old
+private file.  A store loaded with retired private files left over (a crash
+in between, or a store written before retired keys were destroyed) has them
+deleted at load, and expired public halves pruned.
+
+The clock is a parameter so tests can rotate hundreds of times through
+simulated hours without sleeping.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_LIFETIME = 15 * 60.0
+
+Clock = Callable[[], float]
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A key's id: the first 16 hex digits of the SHA-256 of its raw public bytes."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass
+class Key:
+    """One key: ``private`` is None once it is retired (its private half destroyed)."""
+
+    kid: str
+    private: Ed25519PrivateKey | None
+    public: Ed25519PublicKey
+    created: float
+    retired: float | None
+    signed_until: float | None = 0.0
+    """The latest expiry of a token it signed (0: none); None: not recorded (older index)."""
+
+    def trusted_until(self, lifetime: float) -> float:
+        """Until when tokens of this key may be redeemed (infinity while it is current)."""
+        if self.retired is None:
+            return float("inf")
+        if self.signed_until is None:
+            return self.retired + lifetime
+        return min(self.signed_until, self.retired + lifetime)
+
+
+class KeyStore:
+    """Ed25519 keys in ``<dir>``; see the module docstring for the files."""
+
+    def __init__(self, directory: Path, lifetime: float = DEFAULT_LIFETIME,
+                 clock: Clock = time.time) -> None:
+        self.dir = directory
+        self.lifetime = lifetime
+        """The longest a token may live; a retired key verifies this long after retiring."""
+        self.clock = clock
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
+        self._index = self.dir / "keys.json"
+        self._keys: dict[str, Key] = {}
+        self._load()
+        if self.current() is None:
+            self.rotate()
+        for key in self._keys.values():
+            self._export(key)
+
+    # -- files ----------------------------------------------------------
+
+    def _private_path(self, kid: str) -> Path:
+        return self.dir / f"{kid}.key"
+
+    def _public_path(self, kid: str) -> Path:
+        return self.dir / f"{kid}.pub"
+
+    def _load(self) -> None:
+        """Load the keys the index names; a damaged one is skipped, never fatal.
+
+        The daemon must start even then (its start-up restores the kernel
+        state a crash left behind): tokens signed by a lost key are refused
+        as ``UnknownKey``, and a lost signing key is replaced by a new one.
+        """
+        if not self._index.exists():
+            return
+        try:
+            index = json.loads(self._index.read_text())
+            if not isinstance(index, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            aside = self._index.with_name(f"keys.json.damaged-{int(self.clock())}")
+            os.replace(self._index, aside)
+            _LOGGER.error("token key index %s is unreadable (%s): moved to %s; tokens "
+                          "issued before are refused from now on", self._index, err, aside)
+            return
+        for kid, meta in index.items():
+            try:
+                retired, until = meta.get("retired"), meta.get("signed_until")
+                key = self._read_key(kid, float(meta["created"]),
+                                     None if retired is None else float(retired))
+                key.signed_until = None if until is None else float(until)
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+                _LOGGER.error("token signing key %s (in %s) cannot be loaded: %s; tokens it "
+                              "signed are refused (UnknownKey)", kid, self.dir, err)
+                continue
+            self._keys[kid] = key
+        changed = len(self._keys) < len(index)
+        changed |= self._prune(self.clock())
+        if changed:
+            self._save_index()
+        self._destroy_retired_private()
+
+    def _read_key(self, kid: str, created: float, retired: float | None) -> Key:
+        """A current key from its private file; a retired one from its public file."""
+        if retired is None:
+            private = serialization.load_pem_private_key(
+                self._private_path(kid).read_bytes(), password=None)
+            if not isinstance(private, Ed25519PrivateKey):
+                raise ValueError("not an Ed25519 private key")
+            public = private.public_key()
+        else:
+            private = None
+            path = self._public_path(kid)
+            if not path.exists() and self._private_path(kid).exists():
+                # A store from before retired keys were destroyed: derive the
+                # public half once; the private file is deleted after the load.
+                old = serialization.load_pem_private_key(
+                    self._private_path(kid).read_bytes(), password=None)
+                if not isinstance(old, Ed25519PrivateKey):
+                    raise ValueError("not an Ed25519 private key")
+                loaded: Any = old.public_key()
+            else:
+                loaded = serialization.load_pem_public_key(path.read_bytes())
+            if not isinstance(loaded, Ed25519PublicKey):
+                raise ValueError("not an Ed25519 public key")
+            public = loaded
+        if key_id(public) != kid:
+            raise ValueError("the key file holds another key than its name says")
+        return Key(kid, private, public, created, retired)
+
+    def _save_index(self) -> None:
+        data = {k.kid: {"created": k.created, "retired": k.retired,
+                        "signed_until": k.signed_until} for k in self._keys.values()}
+        tmp = self._index.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self._index)
+
+    def _export(self, key: Key) -> None:
+        """Write ``<kid>.pub`` (PEM, world-readable) for hosts that only check tokens."""
+        path = self._public_path(key.kid)
+        if not path.exists():
+            tmp = path.with_suffix(".pub.tmp")
+            tmp.write_bytes(key.public.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+
+    def _destroy_retired_private(self) -> None:
+        """Delete the private half of every retired key, on disk and in memory."""
+        for key in self._keys.values():
+            if key.retired is None:
+                continue
+            key.private = None
+            path = self._private_path(key.kid)
+            if path.exists():
+                path.unlink()
+                _LOGGER.info("destroyed the private half of retired token key %s", key.kid)
+
+    def _prune(self, now: float) -> bool:
+        """Forget retired keys whose every token has expired; True if any went."""
+        gone = [k for k in self._keys.values() if now > k.trusted_until(self.lifetime)]
+        for key in gone:
+            del self._keys[key.kid]
+            self._public_path(key.kid).unlink(missing_ok=True)
+            self._private_path(key.kid).unlink(missing_ok=True)
+            _LOGGER.info("pruned token key %s (retired %.0f s ago; every token it signed "
+                         "has expired)", key.kid, now - (key.retired or now))
+        return bool(gone)
+
+    # -- use ------------------------------------------------------------
+
+    def current(self) -> Key | None:
+        """The signing key: the newest key not retired."""
+        live = [k for k in self._keys.values() if k.retired is None]
+        return max(live, key=lambda k: k.created) if live else None
+
+    def rotate(self) -> str:
+        """Make a new signing key; destroy the old one's private half.
+
+        The old public half verifies its tokens until they expire.
+        """
+        now = self.clock()
+        private = Ed25519PrivateKey.generate()
+        kid = key_id(private.public_key())
+        fd = os.open(self._private_path(kid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(private.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+        new = Key(kid, private, private.public_key(), now, None)
+        self._export(new)
+        for key in self._keys.values():
+            if key.retired is None:
+                key.retired = now
+                self._export(key)  # its public half must be on disk before the private goes
+        self._keys[kid] = new
+        self._prune(now)
+        self._save_index()
+        self._destroy_retired_private()
+        _LOGGER.info("new token signing key %s", kid)
+        return kid
+
+    def verifying_key(self, kid: str, now: float) -> Ed25519PublicKey | None:
+        """The public key ``kid`` if it may still verify tokens at ``now``."""
+        key = self._keys.get(kid)
+        if key is None:
+            return None
+        if now > key.trusted_until(self.lifetime):
+            return None
+        return key.public
+
+    def note_signed(self, kid: str, exp: float) -> None:
+        """Record that ``kid`` signed a token valid until ``exp`` (keeps its public half)."""
+        key = self._keys[kid]
+        if key.signed_until is None or exp > key.signed_until:
+            key.signed_until = exp
+            self._save_index()
+
+    def held(self) -> list[str]:
+        """The ids of every key held in memory (current and retired), oldest first."""
+        return [k.kid for k in sorted(self._keys.values(), key=lambda k: k.created)]
+
+    def public_keys(self) -> list[dict[str, Any]]:
+        """Every key's id, raw public key (base64) and dates, for export."""
+        return [
+            {"kid": k.kid, "created": k.created, "retired": k.retired,
+             "public_key": base64.b64encode(k.public.public_bytes(
+                 serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()}
+            for k in sorted(self._keys.values(), key=lambda k: k.created)
+        ]
