@@ -6,7 +6,7 @@ database records how many have been applied (``PRAGMA user_version``).
 
 from __future__ import annotations
 
-from schedcpd.audit import migrate_audit
+from schedcpd.audit import migrate_audit, migrate_audit_refused
 from schedcpd.deployer import migrate_deployments
 from schedcpd.repository import migrate_repository, migrate_retired_by
 from schedcpd.state import Migration
@@ -19,4 +19,5 @@ MIGRATIONS: list[Migration] = [
     migrate_deployments,  # 4
     migrate_issued_tokens,  # 5
     migrate_retired_by,  # 6
+    migrate_audit_refused,  # 7
 ]
