@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+import tomli_w
+
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT))  # the checkout's code, not an installed copy
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -118,7 +120,7 @@ def run_daemon(seconds: float, rate: float, warmup: float) -> dict[str, object]:
     """schedcpd and the bare dbus-fast floor service, measured over the same seconds."""
     from schedcp_bench.services import PrivateBus, SchedcpdProcess
 
-    config = f"[metrics]\nport = 0\n[analysis]\nrate_hz = {rate}\n"
+    config = tomli_w.dumps({"metrics": {"port": 0}, "analysis": {"rate_hz": rate}})
     with PrivateBus() as bus, SchedcpdProcess(bus.address, config) as daemon:
         floor = subprocess.Popen([sys.executable, str(_ROOT / "bench" / "floor_service.py"),
                                   bus.address], stdout=subprocess.PIPE, text=True)

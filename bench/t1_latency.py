@@ -38,6 +38,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -77,11 +79,6 @@ backoff_seconds = 1
 """
 
 
-def _inline(table: dict[str, Any]) -> str:
-    """A flat TOML inline table (the knob tables of a policy group)."""
-    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in table.items()) + " }"
-
-
 class DaemonApplier:
     """Applies the built-in latency-protect policy through schedcpd's D-Bus API.
 
@@ -116,12 +113,11 @@ class DaemonApplier:
     def token_for(self, probe_pid: int, hog_pid: int, rep: int) -> str:
         """latency-protect with its selectors bound to this run's pids, verified."""
         meta = self.policy["policy"]
-        lines = [f'[policy]\nname = "{meta["name"]}-bench"\n'
-                 f"description = {json.dumps(meta['description'])}\n"]
-        for group, pid in zip(self.policy["group"], (probe_pid, hog_pid), strict=True):
-            lines.append(f'[[group]]\nname = "{group["name"]}"\nmatch = {{ pid = [{pid}] }}\n'
-                         f"task = {_inline(group['task'])}\n")
-        policy_id = self.call("SubmitPolicy", "s", "\n".join(lines))
+        groups = [{"name": group["name"], "match": {"pid": [pid]}, "task": group["task"]}
+                  for group, pid in zip(self.policy["group"], (probe_pid, hog_pid), strict=True)]
+        doc = {"policy": {"name": f"{meta['name']}-bench", "description": meta["description"]},
+               "group": groups}
+        policy_id = self.call("SubmitPolicy", "s", tomli_w.dumps(doc))
         token, report = self.call("VerifyPolicy", "s", policy_id)
         if not token:
             raise RuntimeError(f"verification failed: {report}")

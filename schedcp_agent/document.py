@@ -4,8 +4,7 @@ The agent never invents knobs: it takes a repository policy's document
 (parsed from GetPolicy) and binds its groups to the processes the profile
 found, by group name (``latency``, ``batch``, ``build``, ``long``, ``short``,
 ``foreground``): ``match = { pid = [...] }``.  The result is written back as
-TOML with :func:`dump` (a small writer for the subset policies use: strings,
-numbers, booleans, lists, inline tables, tables and arrays of tables).
+TOML with :func:`dump` (tomli-w).
 """
 
 from __future__ import annotations
@@ -16,68 +15,33 @@ import json
 import re
 from typing import Any
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+import tomli_w
+
 _FIELD = re.compile(r"^([a-z_]+)(?:\[(\d+)\])?$")
 
 
-def _key(k: str) -> str:
-    return k if _BARE_KEY.match(k) else json.dumps(k)
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # TOML basic strings use JSON's escapes for these
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def _table(path: str, table: dict[str, Any], out: list[str], header: str) -> None:
-    scalars = {k: v for k, v in table.items() if not _is_table(v) and not _is_table_array(v)}
-    if scalars or len(scalars) == len(table):  # a table of tables needs no header of its own
-        out.append(header)
-        out.extend(f"{_key(k)} = {_value(v)}" for k, v in scalars.items())
-        out.append("")
-    for k, v in table.items():
-        sub = f"{path}.{_key(k)}" if path else _key(k)
-        if _is_table(v):
-            _table(sub, v, out, f"[{sub}]")
-        elif _is_table_array(v):
-            for item in v:
-                _table(sub, item, out, f"[[{sub}]]")
-
-
-def _is_table(v: Any) -> bool:
-    return isinstance(v, dict)
-
-
-def _is_table_array(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-
 def dump(doc: dict[str, Any]) -> str:
-    """TOML text of ``doc``; groups keep ``match``/``task``/``cgroup`` as inline tables."""
-    out: list[str] = []
-    for k, v in doc.items():
-        if k == "group" and isinstance(v, list):
-            for g in v:
-                out.append("[[group]]")
-                out.extend(f"{_key(gk)} = {_value(gv)}" for gk, gv in g.items())
-                out.append("")
-        elif _is_table(v):
-            _table(_key(k), v, out, f"[{_key(k)}]")
-        elif _is_table_array(v):
-            for item in v:
-                _table(_key(k), item, out, f"[[{_key(k)}]]")
-        else:
-            out.insert(0, f"{_key(k)} = {_value(v)}")
-    return "\n".join(out).rstrip() + "\n"
+    """TOML text of ``doc`` that :mod:`tomllib` reads back as ``doc``.
+
+    Written by tomli-w (any string, including characters outside the BMP,
+    quotes, backslashes and control characters, is escaped correctly); strings
+    with line breaks are written as multi-line strings so that an operator
+    reads a description as prose, unless some string holds a carriage return:
+    TOML reads a CRLF inside a multi-line string back as LF, so such a
+    document is written with one-line strings (``\\r\\n`` escaped) to stay
+    exact.  Raises TypeError for a value TOML cannot hold (None, an object).
+    """
+    return tomli_w.dumps(doc, multiline_strings=not _has_carriage_return(doc))
+
+
+def _has_carriage_return(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\r" in value
+    if isinstance(value, dict):
+        return any(_has_carriage_return(k) or _has_carriage_return(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_carriage_return(v) for v in value)
+    return False
 
 
 def get_field(doc: dict[str, Any], path: str) -> Any:

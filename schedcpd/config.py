@@ -88,6 +88,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_inflight_total": Key(int, 512, _positive),
         "call_timeout_seconds": Key((int, float), 120.0, _positive),
         "max_argument_bytes": Key(int, 1 << 20, _positive),
+        "refused_audit_rows_per_minute": Key(int, 60, _positive),
+        "refused_audit_rows_kept": Key(int, 10000, _positive),
     },
     "authorization": {
         "polkit": Key(str, "auto", _one_of("auto", "never")),

@@ -1,15 +1,22 @@
 """Tier-1 summaries at three levels of detail, built from the sampler's ring.
 
 ``brief`` is guaranteed to serialise (``json.dumps`` with default
-separators) to at most :data:`BRIEF_LIMIT` bytes: it drops top-process
-entries from the end until it fits.  ``normal`` and ``full`` keep every key
-of the lower level and add more, so an agent's parser never has to change
-when it asks for more detail.  Key meanings are in docs/analysis.md.
+separators) to at most :data:`BRIEF_LIMIT` bytes, whatever the samples hold:
+it drops top-process entries from the end, then notes, until it fits; if
+it still does not (only hostile figures get there: a number hundreds of
+digits long, dozens of PSI resources), it blanks the largest remaining
+values to ``null`` and names them in ``cut``.  The bound holds because every
+key is then ``null``, an empty list or a fixed name.  A figure that is not
+finite (NaN, infinity) is ``null`` at every level: JSON has no such numbers.
+``normal`` and ``full`` keep every key of the lower level and add more, so
+an agent's parser never has to change when it asks for more detail.  Key
+meanings are in docs/analysis.md.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from typing import Any
 
@@ -21,15 +28,30 @@ BRIEF_LIMIT = 1024
 BRIEF_TOP_MAX = 5
 DETAILS = ("brief", "normal", "full")
 _CG_MAX = 40
+_COMM_MAX = 16  # the kernel's comm is at most 15 bytes; longer is not from the kernel
 _PER_CORE_MAX = 16
 
 
-def _r(value: float, digits: int = 2) -> float:
-    return round(value, digits)
+def _r(value: float, digits: int = 2) -> float | None:
+    """``value`` rounded, or None if it is not finite (JSON has no NaN or infinity)."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def _int(value: float) -> int | None:
+    return round(value) if math.isfinite(value) else None
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else 0.0
+    if not values:
+        return 0.0
+    try:
+        return statistics.fmean(values)
+    except OverflowError:  # figures near the float limit; _r makes the infinity null
+        return sum(values) / len(values)
 
 
 def _cg(path: str | None, limit: int = _CG_MAX) -> str | None:
@@ -39,15 +61,16 @@ def _cg(path: str | None, limit: int = _CG_MAX) -> str | None:
     return "…" + path[-(limit - 1):]
 
 
-def _cores(samples: list[Sample]) -> list[float] | dict[str, float | int]:
+def _cores(samples: list[Sample]) -> list[float | None] | dict[str, float | int | None]:
     """Mean utilisation per core; on big hosts a compact distribution instead."""
     ncores = max(len(s.cpu_util) for s in samples)
     per = [_r(_mean([s.cpu_util[i] for s in samples if i < len(s.cpu_util)]))
            for i in range(ncores)]
     if ncores <= _PER_CORE_MAX:
         return per
-    return {"n": ncores, "min": min(per), "max": max(per),
-            "busy": sum(1 for u in per if u >= 0.9), "idle": sum(1 for u in per if u < 0.1)}
+    known = [u for u in per if u is not None]
+    return {"n": ncores, "min": min(known, default=None), "max": max(known, default=None),
+            "busy": sum(1 for u in known if u >= 0.9), "idle": sum(1 for u in known if u < 0.1)}
 
 
 def _root(w: ProcWindow, windows: dict[int, ProcWindow]) -> str:
@@ -67,8 +90,8 @@ def _proc_entry(w: ProcWindow, cls: str, windows: dict[int, ProcWindow],
     if w.cgroup is None:
         w.cgroup = procfs.read_pid_cgroup(w.pid)  # sampler reads it for the busiest only
     e: dict[str, Any] = {
-        "pid": w.pid, "comm": w.comm, "cls": cls, "cpu": _r(w.total_cpu),
-        "thr": w.threads, "root": _root(w, windows),
+        "pid": w.pid, "comm": _cut(w.comm, _COMM_MAX), "cls": cls, "cpu": _r(w.total_cpu),
+        "thr": w.threads, "root": _cut(_root(w, windows), _COMM_MAX + 21),
         "cg": _cg(w.cgroup, _CG_MAX if detail == "brief" else 200),
     }
     if detail == "brief":
@@ -115,7 +138,10 @@ def build(samples: list[Sample], detail: str, top_n: int, notes: list[str],
           rate_hz: float, errors: int = 0) -> dict[str, Any]:
     """The summary of ``samples`` (oldest first) at ``detail``; see the module docstring."""
     if not samples:
-        return {"v": 1, "win": 0, "n": 0, "notes": [*notes, "no samples yet"]}
+        empty: dict[str, Any] = {"v": 1, "win": 0, "n": 0, "notes": [*notes, "no samples yet"]}
+        if detail == "brief":
+            _fit(empty)
+        return empty
     last = samples[-1]
     windows = aggregate(samples)
     ranked = sorted(windows.values(), key=lambda w: w.total_cpu, reverse=True)
@@ -134,7 +160,7 @@ def build(samples: list[Sample], detail: str, top_n: int, notes: list[str],
         "psi": {res: {"some": [_r(v[0]), _r(v[1])], "full": [_r(v[2]), _r(v[3])]}
                 for res, v in last.psi.items()},
         "rqwait": _r(_mean([s.rq_wait for s in samples]), 3),
-        "cs": round(_mean([s.ctxt_rate for s in samples])),
+        "cs": _int(_mean([s.ctxt_rate for s in samples])),
         "forks": _r(_mean([s.fork_rate for s in samples]), 1),
         "top": top,
     }
@@ -156,7 +182,7 @@ def build(samples: list[Sample], detail: str, top_n: int, notes: list[str],
             "t": [_r(s.t - last.t, 1) for s in tail],
             "util": [_r(s.util) for s in tail],
             "rqwait": [_r(s.rq_wait, 3) for s in tail],
-            "cs": [round(s.ctxt_rate) for s in tail],
+            "cs": [_int(s.ctxt_rate) for s in tail],
             "psi_cpu": [_r(s.psi["cpu"][4], 3) if "cpu" in s.psi else None for s in tail],
         }
         out["sampler"] = {
@@ -170,9 +196,22 @@ def build(samples: list[Sample], detail: str, top_n: int, notes: list[str],
     return out
 
 
+def _size(value: Any) -> int:
+    return len(json.dumps(value).encode())
+
+
 def _fit(out: dict[str, Any]) -> None:
-    """Drop top entries (least CPU first), then notes, until the JSON fits."""
-    while len(json.dumps(out).encode()) > BRIEF_LIMIT and out["top"]:
+    """Make ``out`` fit :data:`BRIEF_LIMIT`; see the module docstring for the order."""
+    while _size(out) > BRIEF_LIMIT and out.get("top"):
         out["top"].pop()
-    while len(json.dumps(out).encode()) > BRIEF_LIMIT and out["notes"]:
+    while _size(out) > BRIEF_LIMIT and out["notes"]:
         out["notes"].pop()
+    cut: list[str] = []
+    while _size(out) > BRIEF_LIMIT:
+        # "v" stays; every other key's value can go.  When all are null the
+        # text is the fixed key names and "cut" (those names again): < 400 bytes.
+        largest = max((k for k in out if k not in ("v", "cut") and out[k] is not None),
+                      key=lambda k: _size(out[k]))
+        out[largest] = None
+        cut.append(largest)
+        out["cut"] = sorted(cut)

@@ -6,7 +6,9 @@ call, resolves the caller's uid/pid through the bus (cached per connection),
 checks the method's declared action, bounds the calls in flight (per
 connection and overall, answering ``Error.Busy`` past them), validates the
 signature and argument size, runs the engine method, and maps any failure to
-a named error (``org.schedcp.Control1.Error.*``) — never a traceback.
+a named error (``org.schedcp.Control1.Error.*``) — never a traceback.  Calls
+refused before dispatch are audited too, within the bounds of
+:class:`~schedcpd.audit.RefusalLimiter`.
 
 Read-only calls whose caller is already known and allowed without asking
 polkit are answered synchronously inside the handler (no task, no await):
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
@@ -27,7 +29,7 @@ from dbus_fast.signature import get_signature_tree
 
 from schedcpd import errors
 from schedcpd.api import Caller, MethodSpec, PropertySpec, collect
-from schedcpd.audit import AuditLog, AuditRecord, digest_arguments
+from schedcpd.audit import AuditLog, AuditRecord, RefusalLimiter, digest_arguments
 from schedcpd.authz import Authorizer
 from schedcpd.const import ACTIONS, MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
@@ -103,6 +105,8 @@ class ManagerService:
         self._inflight: dict[str, int] = {}
         self._inflight_total = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refusals = RefusalLimiter(settings["refused_audit_rows_per_minute"])
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._call_counter = {name: metrics.calls.labels(name) for name in self._methods}
         self._latency = {name: metrics.latency.labels(name) for name in self._methods}
         self.reconfigure(settings)
@@ -118,6 +122,8 @@ class ManagerService:
         self._max_total = settings["max_inflight_total"]
         self._timeout = float(settings["call_timeout_seconds"])
         self._max_arg_bytes = settings["max_argument_bytes"]
+        self._refusals.configure(settings["refused_audit_rows_per_minute"])
+        self._refusals_kept = settings["refused_audit_rows_kept"]
 
     def export(self) -> None:
         """Start answering calls on the bus."""
@@ -126,6 +132,8 @@ class ManagerService:
     async def close(self) -> None:
         """Stop answering and cancel calls still running."""
         self._bus.remove_message_handler(self._on_message)
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -170,21 +178,20 @@ class ManagerService:
             elif member == "GetAll":
                 spec, run = self._prop_getall, self._get_all
             elif member == "Set":
-                return Message.new_error(msg, ErrorType.PROPERTY_READ_ONLY.value,
-                                         "all properties of this object are read-only")
+                return self._refuse(msg, "Properties.Set", ErrorType.PROPERTY_READ_ONLY.value,
+                                    "all properties of this object are read-only")
             else:
-                return Message.new_error(msg, ErrorType.UNKNOWN_METHOD.value,
-                                         f"unknown method {member}")
+                return self._refuse(msg, f"Properties.{member}", ErrorType.UNKNOWN_METHOD.value,
+                                    f"unknown method {member}")
         elif iface in (MANAGER_INTERFACE, None):
             found = self._methods.get(member or "")
             if found is None:
-                return Message.new_error(
-                    msg, ErrorType.UNKNOWN_METHOD.value,
-                    f"{MANAGER_INTERFACE} has no method {member!r}")
+                return self._refuse(msg, member or "", ErrorType.UNKNOWN_METHOD.value,
+                                    f"{MANAGER_INTERFACE} has no method {member!r}")
             spec, run = found, self._bind(found)
         else:
-            return Message.new_error(msg, ErrorType.UNKNOWN_INTERFACE.value,
-                                     f"{OBJECT_PATH} has no interface {iface!r}")
+            return self._refuse(msg, f"{iface}.{member}", ErrorType.UNKNOWN_INTERFACE.value,
+                                f"{OBJECT_PATH} has no interface {iface!r}")
         return self._admit(msg, spec, run)
 
     def _bind(self, spec: MethodSpec) -> Callable[[Caller, list[Any]], Any]:
@@ -197,11 +204,11 @@ class ManagerService:
         try:
             self._check_arguments(msg, spec)
         except errors.SchedcpError as err:
-            return self._error_reply(msg, spec, err, start)
+            return self._refused_reply(msg, spec, err, start)
         sender = msg.sender or ""
         mine = self._inflight.get(sender, 0)
         if self._inflight_total >= self._max_total or mine >= self._max_per_conn:
-            return self._error_reply(msg, spec, errors.Busy(
+            return self._refused_reply(msg, spec, errors.Busy(
                 f"too many calls in flight ({self._inflight_total} overall, "
                 f"{mine} from {sender}); retry later"), start)
         caller = self._resolver.cached(sender)
@@ -271,6 +278,63 @@ class ManagerService:
             ))
         except Exception:
             _LOGGER.exception("could not write the audit record for %s", spec.name)
+
+    # -- refused before dispatch ----------------------------------------
+
+    def _refuse(self, msg: Message, method: str, name: str, text: str) -> Message:
+        self._note_refusal(msg, method, name, text)
+        return Message.new_error(msg, name, text)
+
+    def _refused_reply(self, msg: Message, spec: MethodSpec, err: errors.SchedcpError,
+                       start: float) -> Message:
+        reply = self._error_reply(msg, spec, err, start)
+        self._note_refusal(msg, spec.name, err.dbus_name, str(err))
+        return reply
+
+    def _note_refusal(self, msg: Message, method: str, name: str, text: str) -> None:
+        """Audit a refused call: a row of its own, or counted in a ``suppressed`` row."""
+        if self._audit is None:
+            return
+        sender = msg.sender or ""
+        if self._refusals.admit(sender, name):
+            self._spawn(self._audit_refusal(sender, method, msg.body, name, text))
+        self._flush_suppressed()
+
+    def _on_flush_timer(self) -> None:
+        self._flush_timer = None
+        self._flush_suppressed()
+
+    def _flush_suppressed(self) -> None:
+        for window in self._refusals.due():
+            self._spawn(self._write_refused(window.record()))
+        if self._refusals.suppressing and self._flush_timer is None:
+            # Written when the window ends even if no refusal follows.
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                self._refusals.seconds_left() + 0.01, self._on_flush_timer)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _audit_refusal(self, sender: str, method: str, body: list[Any], name: str,
+                             text: str) -> None:
+        try:
+            caller = await asyncio.wait_for(self._resolver.resolve(sender), self._timeout)
+            uid, pid = caller.uid, caller.pid
+        except Exception:  # the caller left the bus, or the bus did not answer
+            uid = pid = -1
+            text += " (the caller's identity could not be resolved)"
+        await self._write_refused(AuditRecord(
+            uid=uid, pid=pid, sender=sender, method=method, args_digest=digest_arguments(body),
+            result=name, detail=text))
+
+    async def _write_refused(self, rec: AuditRecord) -> None:
+        assert self._audit is not None
+        try:
+            await self._audit.record_refused(rec, self._refusals_kept)
+        except Exception:
+            _LOGGER.exception("could not write the audit record of a refused %s", rec.method)
 
     def _check_arguments(self, msg: Message, spec: MethodSpec) -> None:
         if msg.signature != spec.in_signature:
