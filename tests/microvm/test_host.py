@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from plugins.scheduler.microvm import MicroVM, guest, host, job
+from plugins.scheduler.microvm import MicroVM, guest, host, job, rootfs
 from plugins.scheduler.microvm.guest import GuestResult
 
 pytestmark = pytest.mark.slow
@@ -120,6 +120,15 @@ def test_command_output_and_status_come_back(booted: GuestResult) -> None:
     stopped = booted.first("init", "schedcpd_stopped")
     assert stopped is not None and stopped["status"] == 0, booted.output.get("schedcpd-log")
     assert booted.max_rss_kb > 0
+
+
+def test_the_image_is_reused_when_nothing_changed(guest_host: host.GuestHost,
+                                                  vm: MicroVM) -> None:
+    assert guest_host.image is not None and vm.kernel and vm.artifacts
+    before = guest_host.image.path.stat().st_mtime_ns
+    again = rootfs.build(vm.cache, vm.kernel, vm.artifacts)
+    assert again == guest_host.image
+    assert again.path.stat().st_mtime_ns == before
 
 
 def _record_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
