@@ -83,7 +83,8 @@ def test_schedcpd_owns_its_name_on_the_system_bus(booted: GuestResult) -> None:
     fields = dict(line.split("=", 1) for line in out(booted, "owner") if "=" in line)
     assert fields.get("UID") == "0", fields
     assert "schedcpd --bus system" in fields.get("CommandLine", ""), fields
-    assert fields.get("CommandLine", "").startswith("/opt/schedcp/venv/bin/python3"), fields
+    venv_python = f"{rootfs.venv_dir()}/bin/python3"
+    assert fields.get("CommandLine", "").startswith(venv_python), fields
 
 
 def _status(booted: GuestResult) -> dict[str, Any]:

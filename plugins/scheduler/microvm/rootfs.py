@@ -2,7 +2,8 @@
 
 The image holds, at the same paths as on this machine:
 
-- the venv (``/opt/schedcp/venv``, schedcp and all its dependencies) and
+- the venv (``$SCHEDCP_VENV`` as for scripts/bootstrap, default
+  ``/opt/schedcp/venv``: schedcp and all its dependencies) and
   the Python it was made with (its executable and standard library, read
   from the venv's ``pyvenv.cfg``);
 - ``dbus-daemon`` and ``busctl``, ``hackbench`` when installed;
@@ -55,7 +56,7 @@ from schedcpd.const import BUS_NAME, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
 
 _LOGGER = logging.getLogger(__name__)
 
-VENV = Path("/opt/schedcp/venv")
+DEFAULT_VENV = Path("/opt/schedcp/venv")
 BUSYBOX = Path("/bin/busybox")
 BINARIES = (Path("/usr/bin/dbus-daemon"), Path("/usr/bin/busctl"))
 OPTIONAL_BINARIES = (Path("/usr/bin/hackbench"),)
@@ -80,7 +81,7 @@ _GROUP = "root:x:0:\nmessagebus:x:101:\nschedcp:x:998:\nnogroup:x:65534:\n"
 # job_start/job_done, schedcpd_stopped, end (see docs/sched_ext.md).
 INIT = r"""#!/bin/sh
 # /init of the schedcp guest host (plugins/scheduler/microvm/rootfs.py).
-export PATH=/opt/schedcp/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
+export PATH=@VENV@/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
 export HOME=/root LANG=C.UTF-8
 up() { read -r u _ < /proc/uptime; echo "$u"; }
 report() {
@@ -196,10 +197,16 @@ def _mbr(signature: int, fs_bytes: int) -> bytes:
             + b"\x55\xaa")
 
 
-def init_script() -> str:
+def venv_dir() -> Path:
+    """The venv that goes into the image: ``$SCHEDCP_VENV`` or /opt/schedcp/venv."""
+    return Path(os.environ.get("SCHEDCP_VENV") or DEFAULT_VENV)
+
+
+def init_script(venv: Path | None = None) -> str:
     """The guest's /init with its placeholders filled in."""
-    values = {"MARK": MARK, "STATE_DIR": DEFAULT_STATE_DIR, "BUS_SOCKET": BUS_SOCKET,
-              "BUS_NAME": BUS_NAME, "READY_TIMEOUT": str(READY_TIMEOUT_S)}
+    values = {"VENV": str(venv or venv_dir()), "MARK": MARK, "STATE_DIR": DEFAULT_STATE_DIR,
+              "BUS_SOCKET": BUS_SOCKET, "BUS_NAME": BUS_NAME,
+              "READY_TIMEOUT": str(READY_TIMEOUT_S)}
     text = INIT
     for key, value in values.items():
         text = text.replace(f"@{key}@", value)
@@ -399,11 +406,12 @@ def _find_library(name: str) -> Path | None:
 
 
 def collect(kernel: GuestKernel, artifacts: Artifacts, memo_dir: Path,
-            venv: Path = VENV) -> Tree:
+            venv: Path | None = None) -> Tree:
     """Everything the image holds, as a :class:`Tree`."""
     for needed in (BUSYBOX, *BINARIES):
         if not needed.is_file():
             raise RootfsError(f"{needed} is missing (see requirements-apt.txt)")
+    venv = venv or venv_dir()
     python, stdlib = _python_of(venv)
     tree = Tree()
     for link in ("/bin", "/sbin", "/lib", "/lib64"):
@@ -432,7 +440,7 @@ def collect(kernel: GuestKernel, artifacts: Artifacts, memo_dir: Path,
         if tree.host(lib) is None:
             raise RootfsError(f"{lib} (needed by the image's programs) does not exist")
     _busybox_applets(tree)
-    _configuration(tree, kernel, artifacts)
+    _configuration(tree, kernel, artifacts, venv)
     return tree
 
 
@@ -449,12 +457,12 @@ def _busybox_applets(tree: Tree) -> None:
             tree.symlink(guest, real)
 
 
-def _configuration(tree: Tree, kernel: GuestKernel, artifacts: Artifacts) -> None:
+def _configuration(tree: Tree, kernel: GuestKernel, artifacts: Artifacts, venv: Path) -> None:
     for mount, mode in (("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("run", 0o755),
                         ("tmp", 0o1777), ("root", 0o700), (DEFAULT_STATE_DIR, 0o700)):
         tree.directory(mount, mode)
     tree.symlink("var/run", "/run")
-    tree.data(INIT_PATH, init_script().encode(), 0o755)
+    tree.data(INIT_PATH, init_script(venv).encode(), 0o755)
     tree.data("etc/passwd", _PASSWD.encode())
     tree.data("etc/group", _GROUP.encode())
     tree.data("etc/hostname", b"schedcp-guest\n")
@@ -474,7 +482,7 @@ def _configuration(tree: Tree, kernel: GuestKernel, artifacts: Artifacts) -> Non
 
 
 def build(cache: Path, kernel: GuestKernel, artifacts: Artifacts,
-          venv: Path = VENV) -> RootImage:
+          venv: Path | None = None) -> RootImage:
     """Build (or reuse) the image for this machine's schedcp."""
     directory = cache / "rootfs"
     directory.mkdir(parents=True, exist_ok=True)
