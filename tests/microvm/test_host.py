@@ -32,8 +32,12 @@ def guest_host(vm: MicroVM) -> host.GuestHost:
     return host.GuestHost(vm).prepare()
 
 
+LIVE: list[tuple[str, str]] = []  # what on_output saw during the shared boot
+
+
 @pytest.fixture(scope="module")
 def booted(guest_host: host.GuestHost) -> GuestResult:
+    vtime = f"{guest_host.scx_dir()}/vtime.bpf.o"
     script = (
         job.command("state", ["cat", "/sys/kernel/sched_ext/state"])
         + job.command("owner", ["busctl", "--system", "status", NAME])
@@ -44,9 +48,13 @@ def booted(guest_host: host.GuestHost) -> GuestResult:
         + job.command("mounts", ["cat", "/proc/mounts"])
         + job.command("readonly", ["touch", "/opt/schedcp/venv/written"])
         + job.command("scx", ["ls", guest_host.scx_dir() + "/"])
+        + job.loader("attach", vtime, {"slice_us": 3000}, timeout_s=60,
+                     command=["/bin/scx_workload", "1", "2", "1"])
+        + job.command("after", ["cat", "/sys/kernel/sched_ext/state"])
         + host.command_script(["sh", "-c", "echo from the guest; exit 7"])
     )
-    result = guest_host.run(script, timeout=600, boot_timeout=180)
+    result = guest_host.run(script, timeout=600, boot_timeout=180,
+                            on_output=lambda step, text: LIVE.append((step, text)))
     error = host.problem(result)
     assert error is None, f"{error}\n" + "\n".join(result.output.get("schedcpd-log", []))
     return result
@@ -115,8 +123,16 @@ def test_built_schedulers_and_loader_are_in_the_image(booted: GuestResult,
     assert {"scx_loader", "vtime.bpf.o", "latency.bpf.o"} <= listed, listed
 
 
+def test_the_image_loader_attaches_a_built_scheduler(booted: GuestResult) -> None:
+    events = {e.get("event"): e for e in booted.step("attach")}
+    assert events["attached"]["state"] == "enabled", booted.step("attach")
+    assert events["loader_exit"]["status"] == 0, booted.step("attach")
+    assert out(booted, "after") == ["disabled"]
+
+
 def test_command_output_and_status_come_back(booted: GuestResult) -> None:
     assert booted.output[host.COMMAND_STEP] == ["from the guest"]
+    assert [t for s, t in LIVE if s == host.COMMAND_STEP] == ["from the guest"]
     assert host.summary(booted)["command_status"] == 7
     stopped = booted.first("init", "schedcpd_stopped")
     assert stopped is not None and stopped["status"] == 0, booted.output.get("schedcpd-log")

@@ -10,7 +10,7 @@ before starting a sandboxed schedcpd) and prints what the cache holds.
 workload under it, and prints the loader's events as JSON.  ``host``
 boots this machine's schedcp on the sched_ext guest kernel (system bus,
 schedcpd), runs CMD there as root once schedcpd owns its bus name, prints
-CMD's output (when the guest has powered off) and a summary on stderr, and
+CMD's output as it comes and a summary on stderr, and
 exits with CMD's status (3 when the guest host failed; the error is named).
 """
 
@@ -27,9 +27,13 @@ from plugins.scheduler.microvm import MicroVM, host, job
 def _host(vm: MicroVM, args: argparse.Namespace, command: list[str]) -> int:
     guest_host = host.GuestHost(vm, cpus=args.cpus, memory_mb=args.memory).prepare()
     script = host.command_script(command) if command else ""
-    result = guest_host.run(script, timeout=args.timeout, boot_timeout=args.boot_timeout)
-    for line in result.output.get(host.COMMAND_STEP, []):
-        print(line)
+
+    def show(step: str, text: str) -> None:
+        if step == host.COMMAND_STEP:
+            print(text, flush=True)
+
+    result = guest_host.run(script, timeout=args.timeout, boot_timeout=args.boot_timeout,
+                            on_output=show)
     info = host.summary(result)
     print(json.dumps(info, indent=1), file=sys.stderr)
     if info["error"]:

@@ -34,7 +34,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,8 @@ def _reap(proc: subprocess.Popen[bytes], block: bool) -> tuple[int | None, int]:
     return proc.returncode, usage.ru_maxrss
 
 
-def _boot(cmd: list[str], accel: str, timeout: float, boot_timeout: float) -> GuestResult:
+def _boot(cmd: list[str], accel: str, timeout: float, boot_timeout: float,
+          on_output: Callable[[str, str], None] | None = None) -> GuestResult:
     result = GuestResult(accel=accel)
     start = result.started = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -193,7 +194,12 @@ def _boot(cmd: list[str], accel: str, timeout: float, boot_timeout: float) -> Gu
 
     def reader() -> None:
         for raw in iter(stdout.readline, b""):
-            _parse(result, raw.decode("utf-8", "replace"))
+            text = raw.decode("utf-8", "replace")
+            _parse(result, text)
+            at = text.find("@@OUT:")
+            if on_output is not None and at >= 0:
+                head, _, rest = text[at:].rstrip("\r\n").partition(" ")
+                on_output(head.split(":", 1)[1], rest)
 
     thread = threading.Thread(target=reader, name="microvm-console", daemon=True)
     thread.start()
@@ -226,14 +232,19 @@ def _boot(cmd: list[str], accel: str, timeout: float, boot_timeout: float) -> Gu
 
 def run(cache: Path, vmlinuz: Path, initrd: Path | None, *, timeout: float = 120.0,
         boot_timeout: float = 60.0, cpus: int = 2, memory_mb: int = 1024,
-        append: str = "", extra: Sequence[str] = ()) -> GuestResult:
-    """Boot the guest once; return its reports (never raises for a guest failure)."""
+        append: str = "", extra: Sequence[str] = (),
+        on_output: Callable[[str, str], None] | None = None) -> GuestResult:
+    """Boot the guest once; return its reports (never raises for a guest failure).
+
+    ``on_output(step, text)`` is called, from the console reader thread, for
+    each ``@@OUT`` line as it arrives (e.g. to show a command's output live).
+    """
     result = GuestResult()
     kvm_failed: GuestResult | None = None
     for accel in accelerators(cache):
         limit = min(boot_timeout, KVM_BOOT_TIMEOUT) if accel == "kvm" else boot_timeout
         result = _boot(_command(accel, vmlinuz, initrd, cpus, memory_mb, append, extra),
-                       accel, timeout, limit)
+                       accel, timeout, limit, on_output)
         if accel == "kvm" and not result.booted:
             kvm_failed = result
             continue

@@ -24,6 +24,7 @@ import logging
 import shlex
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +141,12 @@ class GuestHost:
         return "/" + rootfs.SCX_LINK
 
     def run(self, script: str = "", files: dict[str, Path | bytes] | None = None, *,
-            timeout: float = 600.0, boot_timeout: float = 120.0) -> GuestResult:
+            timeout: float = 600.0, boot_timeout: float = 120.0,
+            on_output: Callable[[str, str], None] | None = None) -> GuestResult:
         """Boot, run ``script`` (sh, in /tmp) once schedcpd is up, power off.
 
-        Never raises for a guest failure: see :func:`problem`.
+        Never raises for a guest failure: see :func:`problem`.  ``on_output``
+        sees each ``@@OUT:<step>`` line as it arrives (:func:`guest.run`).
         """
         self.prepare()
         assert self.image is not None and self.vm.kernel is not None
@@ -157,7 +160,8 @@ class GuestHost:
             return guest.run(self.vm.cache, self.vm.kernel.vmlinuz, None, timeout=timeout,
                              boot_timeout=boot_timeout, cpus=self.cpus,
                              memory_mb=self.memory_mb, append=append,
-                             extra=qemu_disks(self.image.path, job_tar))
+                             extra=qemu_disks(self.image.path, job_tar),
+                             on_output=on_output)
 
 
 def summary(result: GuestResult) -> dict[str, Any]:

@@ -11,7 +11,8 @@ The image holds, at the same paths as on this machine:
   over every ELF shared object in the trees above, plus ``libbpf.so.1``
   (loaded with ctypes by schedcpd's probes, so invisible to ldd);
 - the micro-VM build (schedulers, static loader, workloads) at its cache
-  path, linked from ``/usr/local/lib/schedcp/scx`` and ``/usr/local/bin``,
+  path, linked from ``/usr/local/lib/schedcp/scx`` and from ``/usr/bin``
+  (so ``/bin/scx_loader`` is where :mod:`job` scripts expect it),
   and the kernel config as ``/boot/config-<ver>`` (libbpf reads it);
 - busybox with its applets (the userland of the init script);
 - ``/etc/schedcp/schedcpd.toml`` as shipped, the shipped bus policy in
@@ -478,7 +479,7 @@ def _configuration(tree: Tree, kernel: GuestKernel, artifacts: Artifacts, venv: 
     tree.data(f"boot/config-{kernel.version}", kernel.config.read_bytes())
     tree.symlink(SCX_LINK, str(artifacts.directory))
     for name, path in artifacts.binaries.items():
-        tree.symlink(f"usr/local/bin/{name}", str(path))
+        tree.symlink(f"usr/bin/{name}", str(path))
 
 
 def build(cache: Path, kernel: GuestKernel, artifacts: Artifacts,
