@@ -70,6 +70,9 @@ INIT_PATH = "/init"
 READY_TIMEOUT_S = 240
 KEEP_IMAGES = 2
 PARTITION_OFFSET = 1 << 20
+# Part of every image's digest: change it when the builder lays the disk out
+# differently with the same entries (partitioning, mke2fs use).
+IMAGE_FORMAT = f"mbr+ext4@{PARTITION_OFFSET}/1"
 MKE2FS_OPTIONS = ["-t", "ext4", "-b", "4096", "-m", "0", "-O", "^has_journal",
                   "-L", "schedcp-root", "-E", "root_owner=0:0"]  # + offset, in build()
 
@@ -316,7 +319,7 @@ class Tree:
 
     def digest(self) -> str:
         """A digest of every entry (host files by mode, size and mtime)."""
-        h = hashlib.sha256(" ".join(MKE2FS_OPTIONS).encode())
+        h = hashlib.sha256(f"{IMAGE_FORMAT} {' '.join(MKE2FS_OPTIONS)}".encode())
         for guest in sorted(self.entries):
             h.update(f"{guest}\0{self.entries[guest].describe()}\n".encode())
         return h.hexdigest()[:20]
