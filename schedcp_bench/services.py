@@ -63,6 +63,17 @@ def find_policy_dir() -> Path:
         f"{', '.join(map(str, candidates))}: install the schedcp package or run from a checkout")
 
 
+def system_like_bus_config(socket: str | Path, policy_dir: str | Path) -> str:
+    """A deny-by-default, system-like bus configuration listening on ``socket``.
+
+    ``policy_dir`` is included (it holds schedcpd's shipped policy).  Used by
+    :class:`PrivateBus` and by the sched_ext guest host's system bus
+    (plugins/scheduler/microvm/rootfs.py).
+    """
+    return (BUS_CONF.read_text().replace("@SOCKET@", str(socket))
+            .replace("@POLICY_DIR@", str(policy_dir)))
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
              proc: subprocess.Popen[Any] | None = None, log: Path | None = None) -> None:
     """Poll ``predicate`` until true; raise RuntimeError (with ``log``) on timeout or exit."""
@@ -99,10 +110,8 @@ class PrivateBus:
         self.dir.chmod(0o755)  # unprivileged clients must reach the socket
         self.socket = self.dir / "bus"
         self.address = f"unix:path={self.socket}"
-        conf = BUS_CONF.read_text().replace("@SOCKET@", str(self.socket))
-        conf = conf.replace("@POLICY_DIR@", str(policy_dir))
         self.config = self.dir / "bus.conf"
-        self.config.write_text(conf)
+        self.config.write_text(system_like_bus_config(self.socket, policy_dir))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> PrivateBus:

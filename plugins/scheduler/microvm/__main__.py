@@ -2,11 +2,16 @@
 
     python -m plugins.scheduler.microvm prepare
     python -m plugins.scheduler.microvm try vtime slice_us=3000 [--seconds 3]
+    python -m plugins.scheduler.microvm host [--cpus N] [--memory MB] [-- CMD ...]
 
 ``prepare`` downloads and builds what is missing (run it once as root, e.g.
 before starting a sandboxed schedcpd) and prints what the cache holds.
 ``try`` boots the guest, attaches the scheduler, runs the verifier's
-workload under it, and prints the loader's events as JSON.
+workload under it, and prints the loader's events as JSON.  ``host``
+boots this machine's schedcp on the sched_ext guest kernel (system bus,
+schedcpd), runs CMD there as root once schedcpd owns its bus name, prints
+CMD's output as it comes and a summary on stderr, and
+exits with CMD's status (3 when the guest host failed; the error is named).
 """
 
 from __future__ import annotations
@@ -14,8 +19,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
-from plugins.scheduler.microvm import MicroVM, job
+from plugins.scheduler.microvm import MicroVM, host, job
+
+
+def _host(vm: MicroVM, args: argparse.Namespace, command: list[str]) -> int:
+    guest_host = host.GuestHost(vm, cpus=args.cpus, memory_mb=args.memory).prepare()
+    script = host.command_script(command) if command else ""
+
+    def show(step: str, text: str) -> None:
+        if step == host.COMMAND_STEP:
+            print(text, flush=True)
+
+    result = guest_host.run(script, timeout=args.timeout, boot_timeout=args.boot_timeout,
+                            on_output=show)
+    info = host.summary(result)
+    print(json.dumps(info, indent=1), file=sys.stderr)
+    if info["error"]:
+        print(f"error: {info['problem']}", file=sys.stderr)
+        return 3
+    status = info["command_status"]
+    return int(status) if command and status is not None else 0
 
 
 def main() -> None:
@@ -28,7 +53,23 @@ def main() -> None:
     trial.add_argument("scheduler")
     trial.add_argument("params", nargs="*", help="name=integer")
     trial.add_argument("--seconds", type=int, default=3)
-    args = parser.parse_args()
+    guest_host = sub.add_parser("host", help="boot schedcp on the sched_ext guest kernel "
+                                "and run -- CMD there")
+    guest_host.add_argument("--cpus", type=int, default=2)
+    guest_host.add_argument("--memory", type=int, default=host.DEFAULT_MEMORY_MB,
+                            help="guest memory in MB (default %(default)s)")
+    guest_host.add_argument("--timeout", type=float, default=600.0,
+                            help="seconds before the guest is killed (default %(default)s)")
+    guest_host.add_argument("--boot-timeout", type=float, default=120.0)
+    argv = sys.argv[1:]
+    command: list[str] = []
+    if "--" in argv:
+        command, argv = argv[argv.index("--") + 1:], argv[:argv.index("--")]
+    args = parser.parse_args(argv)
+    if command and args.command != "host":
+        parser.error("-- CMD is only for the host command")
+    if args.command == "host" and (args.cpus < 1 or args.memory < 256):
+        parser.error(f"--cpus must be >= 1 and --memory >= 256 (got {args.cpus}, {args.memory})")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     vm = MicroVM().prepare()
     assert vm.kernel is not None and vm.artifacts is not None and vm.tools is not None
@@ -39,6 +80,8 @@ def main() -> None:
                           "schedulers": sorted(vm.artifacts.objects),
                           "binaries": sorted(vm.artifacts.binaries)}, indent=1))
         return
+    if args.command == "host":
+        sys.exit(_host(vm, args, command))
     params = {}
     for item in args.params:
         name, sep, value = item.partition("=")

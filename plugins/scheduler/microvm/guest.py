@@ -16,17 +16,25 @@ then pauses the guest instead of exiting, so the console is watched for
 it), or when the guest does not boot under KVM within ``KVM_BOOT_TIMEOUT``
 but then boots under TCG: a guest that fails both ways is the guest's
 fault, and the memo is not written.
+
+qemu never outlives its caller: it is killed on a timeout, on any
+exception (KeyboardInterrupt included), and it gets SIGKILL from the
+kernel if the calling process dies (``PR_SET_PDEATHSIG``).  Its peak
+resident memory is measured when it is reaped (``max_rss_kb``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +63,12 @@ class GuestResult:
     timed_out: str = ""
     exit_status: int | None = None
     seconds: float = 0.0
+    max_rss_kb: int = 0
     kernel: str = ""
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Seconds since qemu started at which each event arrived (parallel to events).
+    arrived: dict[str, list[float]] = field(default_factory=dict)
+    started: float = 0.0
     output: dict[str, list[str]] = field(default_factory=dict)
     dmesg: list[str] = field(default_factory=list)
     console_tail: list[str] = field(default_factory=list)
@@ -103,6 +115,8 @@ def _parse(result: GuestResult, raw: str) -> None:
             result.console_tail = [*result.console_tail[-_TAIL:], text]
             return
         result.events.setdefault(step, []).append(event)
+        result.arrived.setdefault(step, []).append(
+            round(time.monotonic() - result.started, 2) if result.started else 0.0)
         if step == "init" and event.get("event") == "boot":
             result.booted = True
             result.kernel = str(event.get("kernel", ""))
@@ -128,8 +142,8 @@ def accelerators(cache: Path) -> list[str]:
     return ["tcg"]
 
 
-def _command(accel: str, vmlinuz: Path, initrd: Path, cpus: int, memory_mb: int,
-             append: str) -> list[str]:
+def _command(accel: str, vmlinuz: Path, initrd: Path | None, cpus: int, memory_mb: int,
+             append: str, extra: Sequence[str] = ()) -> list[str]:
     qemu = shutil.which(QEMU)
     if qemu is None:
         raise RuntimeError(f"{QEMU} not found (apt-get install qemu-system-x86)")
@@ -140,27 +154,61 @@ def _command(accel: str, vmlinuz: Path, initrd: Path, cpus: int, memory_mb: int,
     # the guest also runs under schedcpd.service's MemoryDenyWriteExecute=yes.
     machine = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
         ["-accel", "tcg,thread=single,split-wx=on", "-cpu", "max"]
+    initramfs = ["-initrd", str(initrd)] if initrd is not None else []
     return [qemu, *machine, "-m", str(memory_mb), "-smp", str(cpus), "-nographic",
-            "-no-reboot", "-nic", "none", "-kernel", str(vmlinuz), "-initrd", str(initrd),
-            "-append", f"{APPEND} {append}".strip()]
+            "-no-reboot", "-nic", "none", "-kernel", str(vmlinuz), *initramfs,
+            "-append", f"{APPEND} {append}".strip(), *extra]
 
 
-def _boot(cmd: list[str], accel: str, timeout: float, boot_timeout: float) -> GuestResult:
+# Looked up once in the parent: the child between fork and exec only calls it.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the thread that started qemu exits.
+
+    Callers start qemu from a thread that waits for it (``_boot``), so this
+    fires only when that process dies without cleaning up (e.g. SIGKILL).
+    """
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _reap(proc: subprocess.Popen[bytes], block: bool) -> tuple[int | None, int]:
+    """Reap qemu with wait4 (for its rusage): (exit status or None, max RSS in kB)."""
+    pid, status, usage = os.wait4(proc.pid, 0 if block else os.WNOHANG)
+    if pid == 0:
+        return None, 0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss
+
+
+def _boot(cmd: list[str], accel: str, timeout: float, boot_timeout: float,
+          on_output: Callable[[str, str], None] | None = None) -> GuestResult:
     result = GuestResult(accel=accel)
-    start = time.monotonic()
+    start = result.started = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     assert proc.stdout is not None
     stdout = proc.stdout
 
     def reader() -> None:
         for raw in iter(stdout.readline, b""):
-            _parse(result, raw.decode("utf-8", "replace"))
+            text = raw.decode("utf-8", "replace")
+            _parse(result, text)
+            at = text.find("@@OUT:")
+            if on_output is not None and at >= 0:
+                head, _, rest = text[at:].rstrip("\r\n").partition(" ")
+                on_output(head.split(":", 1)[1], rest)
 
     thread = threading.Thread(target=reader, name="microvm-console", daemon=True)
     thread.start()
     try:
-        while proc.poll() is None:
+        while proc.returncode is None:
+            status, rss = _reap(proc, block=False)
+            if status is not None:
+                result.max_rss_kb = rss
+                break
             elapsed = time.monotonic() - start
             if result.kvm_fault:
                 result.timed_out = f"qemu could not run the guest under KVM: {result.kvm_fault}"
@@ -173,25 +221,30 @@ def _boot(cmd: list[str], accel: str, timeout: float, boot_timeout: float) -> Gu
                 break
             time.sleep(0.05)
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-        proc.wait()
+            result.max_rss_kb = _reap(proc, block=True)[1]
         thread.join(timeout=5)
     result.exit_status = proc.returncode
     result.seconds = round(time.monotonic() - start, 2)
     return result
 
 
-def run(cache: Path, vmlinuz: Path, initrd: Path, *, timeout: float = 120.0,
+def run(cache: Path, vmlinuz: Path, initrd: Path | None, *, timeout: float = 120.0,
         boot_timeout: float = 60.0, cpus: int = 2, memory_mb: int = 1024,
-        append: str = "") -> GuestResult:
-    """Boot the guest once; return its reports (never raises for a guest failure)."""
+        append: str = "", extra: Sequence[str] = (),
+        on_output: Callable[[str, str], None] | None = None) -> GuestResult:
+    """Boot the guest once; return its reports (never raises for a guest failure).
+
+    ``on_output(step, text)`` is called, from the console reader thread, for
+    each ``@@OUT`` line as it arrives (e.g. to show a command's output live).
+    """
     result = GuestResult()
     kvm_failed: GuestResult | None = None
     for accel in accelerators(cache):
         limit = min(boot_timeout, KVM_BOOT_TIMEOUT) if accel == "kvm" else boot_timeout
-        result = _boot(_command(accel, vmlinuz, initrd, cpus, memory_mb, append), accel,
-                       timeout, limit)
+        result = _boot(_command(accel, vmlinuz, initrd, cpus, memory_mb, append, extra),
+                       accel, timeout, limit, on_output)
         if accel == "kvm" and not result.booted:
             kvm_failed = result
             continue

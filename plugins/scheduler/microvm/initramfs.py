@@ -94,7 +94,7 @@ class Archive:
         return gzip.compress(b"".join(self._parts), compresslevel=6)
 
 
-def _shared_libraries(binary: Path) -> list[Path]:
+def shared_libraries(binary: Path) -> list[Path]:
     """The shared libraries (and the dynamic loader) ``binary`` needs."""
     out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
     libs = []
@@ -131,7 +131,7 @@ def build_base(cache: Path, kernel: GuestKernel, artifacts: Artifacts) -> Path:
     arc.file(f"boot/config-{kernel.version}", kernel.config.read_bytes())
     if HACKBENCH.is_file():  # Debian's rt-tests hackbench, with its libraries
         arc.file("bin/hackbench", HACKBENCH.read_bytes(), 0o755)
-        for lib in _shared_libraries(HACKBENCH):
+        for lib in shared_libraries(HACKBENCH):
             arc.file(str(lib), lib.resolve().read_bytes(), 0o755)
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(arc.gzipped())
