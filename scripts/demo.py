@@ -17,22 +17,23 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from plugins.scheduler import sandbox
 from schedcp_bench.services import open_daemon
 from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 
 BIN = Path(sys.executable).parent
-WORKER = ROOT / "plugins" / "scheduler" / "sandbox_worker.py"
+WORKER = sandbox.WORKER
 MEASURE_SECONDS = 4.0
 CONFIG = """[metrics]
 enabled = false
@@ -53,17 +54,9 @@ def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def measure(probe: subprocess.Popen[bytes], reports: Path) -> dict[str, float]:
-    """The probe's wake-up latency over the next MEASURE_SECONDS."""
-    probe.send_signal(signal.SIGUSR1)
-    time.sleep(MEASURE_SECONDS)
-    path = reports / f"probe-{probe.pid}.json"
-    path.unlink(missing_ok=True)
-    probe.send_signal(signal.SIGUSR2)
-    deadline = time.monotonic() + 10
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return json.loads(path.read_text())
+def measure(probe: subprocess.Popen[bytes], reports: Path) -> dict[str, Any]:
+    """The probe's wake-up latency over the next MEASURE_SECONDS (from its step log)."""
+    return sandbox.measure(reports / f"probe-{probe.pid}", MEASURE_SECONDS)
 
 
 def rollback(address: str, deployment: str) -> str:

@@ -72,13 +72,6 @@ class WindowStats:
     pending_us: float = 0.0
 
 
-def _p99(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-
-
 def metric(stats: WindowStats, name: str, has_server: bool) -> float | None:
     """A guard metric of one window (microseconds), or None without samples.
 
@@ -98,7 +91,61 @@ def metric(stats: WindowStats, name: str, has_server: bool) -> float | None:
     overdue = stats.pending_us - PERIOD_NS / 1000
     if overdue > 0:
         samples = [*samples, overdue]
-    return _p99(samples)
+    return report(WindowStats(wake_us=samples))["wake_p99_us"]
+
+
+class WorkerLog:
+    """The records one worker appended to its log, read incrementally."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._records: list[tuple[int, int, float, float]] = []
+
+    def records(self) -> list[tuple[int, int, float, float]]:
+        """Every completed step so far: (begin_ns, end_ns, wake_us, response_us)."""
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        whole = len(data) - len(data) % RECORD.size
+        self._records.extend(r for r in RECORD.iter_unpack(data[:whole]) if r[1] > 0)
+        self._offset += whole
+        return self._records
+
+    def window(self, begin_ns: int, end_ns: int) -> WindowStats:
+        """The steps that both began and ended inside [begin, end)."""
+        stats = WindowStats()
+        last = begin_ns
+        for begin, end, wake, response in self.records():
+            if begin_ns < end < end_ns:
+                last = max(last, end)
+            if begin < begin_ns or end >= end_ns:
+                continue
+            stats.completions += 1
+            if wake == wake:  # not NaN
+                stats.wake_us.append(wake)
+            if response == response:
+                stats.response_us.append(response)
+        stats.pending_us = (end_ns - last) / 1000
+        return stats
+
+
+def report(stats: WindowStats) -> dict[str, float | int | None]:
+    """A window as ``iterations`` and p50/p99 wake and response times (us)."""
+    def pct(values: list[float], q: float) -> float | None:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+    return {"iterations": stats.completions,
+            "wake_p50_us": pct(stats.wake_us, 0.5), "wake_p99_us": pct(stats.wake_us, 0.99),
+            "response_p50_us": pct(stats.response_us, 0.5),
+            "response_p99_us": pct(stats.response_us, 0.99)}
+
+
+def measure(path: Path, seconds: float) -> dict[str, float | int | None]:
+    """What the worker logging to ``path`` did over the next ``seconds`` (see :func:`report`)."""
+    begin = time.monotonic_ns()
+    time.sleep(seconds)
+    return report(WorkerLog(path).window(begin, time.monotonic_ns()))
 
 
 class Sandbox:
@@ -111,8 +158,7 @@ class Sandbox:
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.roles = {g["name"]: role(g, self.groups) for g in self.groups}
         self.clients_of: dict[str, str] = {}
-        self._offsets: dict[str, int] = {}
-        self._records: dict[str, list[tuple[int, int, float, float]]] = {}
+        self._logs: dict[str, WorkerLog] = {}
         self.scratch: Path | None = None
         self.scratch_error = ""
         cpu = cgroups_mod.detect_hierarchies().get("cpu")
@@ -195,37 +241,12 @@ class Sandbox:
                 raise SandboxError(f"sandbox process {names[0]} (pid {proc.pid}) exited "
                                    f"with status {proc.returncode}")
 
-    def _read(self, name: str) -> list[tuple[int, int, float, float]]:
-        """All records of ``name``'s worker so far (new ones read incrementally)."""
-        records = self._records.setdefault(name, [])
-        offset = self._offsets.get(name, 0)
-        with open(self.log(name), "rb") as f:
-            f.seek(offset)
-            data = f.read()
-        whole = len(data) - len(data) % RECORD.size
-        records.extend(r for r in RECORD.iter_unpack(data[:whole]) if r[1] > 0)
-        self._offsets[name] = offset + whole
-        return records
-
     def window(self, begin_ns: int, end_ns: int) -> dict[str, WindowStats]:
         """Each worker's steps that both began and ended inside [begin, end)."""
-        out: dict[str, WindowStats] = {}
         for name in self.workers:
-            stats = WindowStats()
-            last = begin_ns
-            for begin, end, wake, response in self._read(name):
-                if end > last and end < end_ns:
-                    last = max(last, end)
-                if begin < begin_ns or end >= end_ns:
-                    continue
-                stats.completions += 1
-                if wake == wake:  # not NaN
-                    stats.wake_us.append(wake)
-                if response == response:
-                    stats.response_us.append(response)
-            stats.pending_us = (end_ns - last) / 1000
-            out[name] = stats
-        return out
+            if name not in self._logs:
+                self._logs[name] = WorkerLog(self.log(name))
+        return {name: self._logs[name].window(begin_ns, end_ns) for name in self.workers}
 
     def cpu_seconds(self) -> float:
         """CPU time the sandbox's processes have used so far (utime + stime)."""

@@ -1,6 +1,6 @@
 """A worker of the verifier's dynamic test (run as a separate process).
 
-    python sandbox_worker.py LOG spin
+    python sandbox_worker.py LOG spin              (a %d in LOG becomes the pid)
     python sandbox_worker.py LOG periodic [REQUEST_FIFO REPLY_FIFO]
     python sandbox_worker.py LOG server REQUEST_FIFO REPLY_FIFO
 
@@ -95,7 +95,8 @@ def _periodic(log: int, fifo: tuple[int, int] | None) -> None:
 
 def main() -> None:
     """Run the role named on the command line until killed (or orphaned)."""
-    log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log = os.open(sys.argv[1].replace("%d", str(os.getpid())),
+                  os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     role = sys.argv[2]
     fifo = None
     if len(sys.argv) > 4:

@@ -18,17 +18,17 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from plugins.scheduler import sandbox
 from tests.conftest import TEST_GROUP, TEST_USER, run_as
 from tests.harness import ROOT, PrivateBus, SchedcpdProcess
 
-WORKER = ROOT / "plugins" / "scheduler" / "sandbox_worker.py"
+WORKER = sandbox.WORKER
 WORKLOADS = Path(__file__).parent / "workloads.py"
 
 # Fast windows (as tests/deploy) and a lenient breaker: the breaker itself is
@@ -216,18 +216,8 @@ class KnobWatcher:
 
 
 def probe_p99(probe: subprocess.Popen[bytes], directory: Path, seconds: float) -> float | None:
-    """The periodic probe's wake-up p99 (us) over the next ``seconds``."""
-    report = directory / f"r-{probe.pid}.json"
-    report.unlink(missing_ok=True)
-    probe.send_signal(signal.SIGUSR1)
-    time.sleep(seconds)
-    probe.send_signal(signal.SIGUSR2)
-    deadline = time.monotonic() + 10
-    while not report.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not report.exists():
-        return None
-    value = json.loads(report.read_text()).get("wake_p99_us")
+    """The periodic probe's wake-up p99 (us) over the next ``seconds``, from its step log."""
+    value = sandbox.measure(directory / f"r-{probe.pid}", seconds)["wake_p99_us"]
     return float(value) if value is not None else None
 
 

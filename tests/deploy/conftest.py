@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from plugins.scheduler import sandbox
 from schedcpd.repository import parse_document, policy_scope
 from schedcpd.tokens import PREFIX, KeyStore, digest_of
 from tests.conftest import calls_as
-from tests.harness import ROOT
 
-WORKER = ROOT / "plugins" / "scheduler" / "sandbox_worker.py"
+WORKER = sandbox.WORKER
 
 FAST = """[metrics]
 enabled = false

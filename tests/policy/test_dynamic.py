@@ -161,16 +161,18 @@ def test_window_counts_a_stuck_step_as_a_sample(tmp_path: Path) -> None:
     # Two steps in the window, one straddling its start, then nothing for 500 ms.
     log.write_bytes(rec(0, 0, 0.0, 0.0) + rec(900, 1_100, 5.0, 9.0)
                     + rec(1_000, 1_200, 7.0, 11.0) + rec(1_300, 1_500, 8.0, 12.0))
-    box = sandbox.Sandbox.__new__(sandbox.Sandbox)
-    box.workers = {"w": None}  # type: ignore[dict-item]
-    box.dir, box._offsets, box._records = tmp_path, {}, {}
-    [stats] = box.window(1_000, 501_500).values()
+    worker = sandbox.WorkerLog(log)
+    stats = worker.window(1_000, 501_500)
     assert stats.completions == 2 and stats.wake_us == [7.0, 8.0]
     assert stats.pending_us == pytest.approx(500.0)
     # Still waiting 500 us into a 2 ms period: not overdue yet, so no extra sample.
     assert sandbox.metric(stats, "wake_p99_us", has_server=False) == 8.0
-    [late] = box.window(1_000, 10_001_500).values()
+    late = worker.window(1_000, 10_001_500)
     assert sandbox.metric(late, "response_p99_us", has_server=True) == pytest.approx(8000.0)
+    # Records appended later are read on the next call (incrementally).
+    log.write_bytes(log.read_bytes() + rec(2_000, 2_200, 9.0, 13.0))
+    assert worker.window(1_000, 10_001_500).completions == 3
+    assert sandbox.report(worker.window(1_000, 10_001_500))["wake_p50_us"] == 8.0
 
 
 def sandbox_worker_record(begin: int, end: int, wake: float, response: float) -> bytes:
