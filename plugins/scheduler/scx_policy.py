@@ -263,19 +263,65 @@ def kernel_check(doc: dict[str, Any], vm: MicroVM | None = None) -> list[dict[st
     params = doc["scx"].get("params", {})
     result = vm.run(job.loader("load", obj, params, attach=False), files,
                     timeout=_BOOT_TIMEOUT + 60, boot_timeout=_BOOT_TIMEOUT)
+    return judge_load(result, "load")
+
+
+def judge_load(result: GuestResult, step: str) -> list[dict[str, Any]]:
+    """Findings for one load-without-attach step of a guest run (the kernel stage)."""
     if result.problem():
         return [_finding("vm-failed", result.problem(), console=result.console_tail[-20:])]
-    error = result.first("load", "error")
+    error = result.first(step, "error")
     if error is not None:
         log = str(error.get("log", ""))
         code = "bpf-verifier-rejected" if error.get("stage") == "load" else "load-failed"
         return [_finding(code, f"the guest kernel ({result.kernel}) refused the scheduler: "
                          f"{verifier_message(log) if log else error.get('message')}",
                          log=log, stage=error.get("stage"))]
-    if result.first("load", "loaded") is None:
+    if result.first(step, "loaded") is None:
         return [_finding("load-failed", "the loader reported no result",
-                         events=result.step("load"))]
+                         events=result.step(step))]
     return []
+
+
+def verify_in_one_boot(docs: list[dict[str, Any]], seconds: float,
+                       vm: MicroVM | None = None) -> list[dict[str, list[dict[str, Any]]]]:
+    """Stages 3 and 4 for several schema- and static-valid policies in one guest boot.
+
+    Per policy the same steps and judgements as :func:`kernel_check` and
+    :func:`dynamic_check` (load without attach, then attach and run the
+    workload); a boot costs tens of seconds under TCG, so checks of many
+    policies (the language's examples) share one.  Returns per policy
+    ``{"kernel": findings, "dynamic": findings}``; the dynamic stage of a
+    policy the kernel refused is not run.
+    """
+    try:
+        vm = (vm or MicroVM()).prepare()
+        prepared = []
+        for k, doc in enumerate(docs):
+            obj, files = _prepare(doc, vm)
+            if files:
+                obj, files = f"/job/p{k}.bpf.o", {f"job/p{k}.bpf.o": files["job/policy.bpf.o"]}
+            prepared.append((obj, files))
+    except (BuildError, FetchError, OSError, RuntimeError) as err:
+        failed = _vm_failure("kernel", err)
+        return [{"kernel": failed, "dynamic": []} for _ in docs]
+    secs = max(1, round(seconds))
+    script, files = "", {}
+    for k, (doc, (obj, more)) in enumerate(zip(docs, prepared, strict=True)):
+        params = doc["scx"].get("params", {})
+        files.update(more)
+        script += job.loader(f"load{k}", obj, params, attach=False)
+        script += job.loader(f"run{k}", obj, params, timeout_s=secs + 30,
+                             command=["/bin/scx_workload", str(secs), "2", "1"])
+    result = vm.run(script, files, timeout=_BOOT_TIMEOUT + len(docs) * (secs + 60),
+                    boot_timeout=_BOOT_TIMEOUT)
+    out = []
+    for k, doc in enumerate(docs):
+        kernel = judge_load(result, f"load{k}")
+        dynamic = [] if kernel else judge_run(result, scx_rules.ops_name(source_of(doc)[0])
+                                              or "", f"run{k}")
+        out.append({"kernel": kernel, "dynamic": dynamic})
+    return out
 
 
 def dynamic_check(doc: dict[str, Any], seconds: float,

@@ -73,6 +73,7 @@ class LineMap:
                 keys = _keys(header.group(2))
                 table = self._resolve(keys, arrays, is_array=header.group(1) == "[[")
                 self.lines.setdefault(table, number)
+                self.lines.setdefault(table[:-1], number)  # an array of tables: its first
                 continue
             match = _DOTTED.match(raw)
             if not match or raw.lstrip().startswith("#") or "=" not in raw[match.end():][:1]:

@@ -132,8 +132,12 @@ def check(text: str, source: str = "<policy>") -> Checked:
             message = f"too many classes (at most {best.validator_value})"
         elif best.validator == "maxItems" and path == ["scheduler", "order"]:
             message = f"too many classes in the order (at most {best.validator_value})"
-        elif best.validator == "additionalProperties":
-            message += "; allowed: " + ", ".join(sorted(best.schema.get("properties", {})))
+        elif best.validator == "additionalProperties" and isinstance(best.instance, dict):
+            allowed = best.schema.get("properties", {})
+            extra = sorted(k for k in best.instance if k not in allowed)
+            path += extra[:1]
+            message = (f"unknown key {extra[0]!r}; allowed: " if extra else "") \
+                + ", ".join(sorted(allowed))
         report.add("schema", path, message)
     if not report.findings:
         _semantics(program, report)
