@@ -382,6 +382,11 @@ def judge_run(result: GuestResult, ops: str, step: str) -> list[dict[str, Any]]:
                                      f"{done.get('status')}"))
         findings += _workload_findings(events)
         findings += _counter_findings(result.first(step, "events"))
+        stats = result.first(step, "stats")
+        if stats is not None and len(stats) > 1:
+            findings.append(_finding("scheduler-stats", "the scheduler's own counters (.bss)",
+                                     severity="info",
+                                     stats={k: v for k, v in stats.items() if k != "event"}))
         detached = result.first(step, "detached")
         if detached is None or detached.get("state") != "disabled":
             findings.append(_finding("not-disabled", "after detach sched_ext state is "
