@@ -69,6 +69,10 @@ def test_every_example_passes_all_four_stages(one_boot: dict[str, Any]) -> None:
     for path in EXAMPLES:
         _passed_in_guest(path.stem, one_boot["docs"][path.stem],
                          one_boot["results"][path.stem])
+    # the cgroup selector read the task's cgroup id: the guest's tasks are in the root (id 1)
+    stats = next(f["stats"] for f in one_boot["results"]["scxl-batch"]["dynamic"]
+                 if f["code"] == "scheduler-stats")
+    assert stats["stat_service_dispatched"] + stats["stat_service_direct"] > 0, stats
 
 
 def test_derived_programs_pass_all_four_stages(one_boot: dict[str, Any]) -> None:

@@ -237,3 +237,9 @@ def test_exactly_one_kind_of_scheduler() -> None:
     doc = policy(BASE)
     doc["scx"]["scheduler"] = "vtime"
     assert [f["code"] for f in scx_policy.validate(doc)] == ["missing"]
+
+
+def test_docs_publish_the_schema_verbatim() -> None:
+    doc = (ROOT / "docs" / "scheduler-language.md").read_text()
+    block = doc.split("## The grammar (schema.json)", 1)[1].split("```json\n", 1)[1]
+    assert block.split("```", 1)[0] == schema.SCHEMA_PATH.read_text()
