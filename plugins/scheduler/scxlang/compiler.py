@@ -203,8 +203,9 @@ class _Gen:
     def preempt_fn(self, i: int, cls: dict[str, Any]) -> None:
         victims = sum(1 << self.index[v] for v in cls.get("preempt", []))
         after = _num(cls.get("preempt_after_us", DEFAULT_PREEMPT_AFTER_US))
+        shown = cls.get("preempt_after_us", DEFAULT_PREEMPT_AFTER_US)
         self.w(f"/* Preempt a CPU running class {', '.join(cls['preempt'])} for at least "
-               f"{after} us (bpf_loop: the verifier checks the callback once). */",
+               f"{shown} us (bpf_loop: the verifier checks the callback once). */",
                f"static long scxl_preempt_cb_{i}(u64 index, void *data)", "{",
                "\tu64 now = *(u64 *)data;", "\tu32 cpu = index;", "\tstruct scxl_cpu *c;", "",
                f"\tif (!scxl_eligible_{i}(cpu))", "\t\treturn 0;",

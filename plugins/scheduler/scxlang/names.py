@@ -17,6 +17,7 @@ not depend on the cache for the common cases.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -52,8 +53,8 @@ def kernel_header_names() -> frozenset[str]:
     """Identifiers in the cached guest kernel's vmlinux.h (empty without a cache)."""
     from plugins.scheduler.microvm import paths
 
-    try:
-        root = paths.cache_dir() / "kernel"
+    try:  # not paths.cache_dir(): checking a name must not create the cache
+        root = Path(os.environ.get(paths.CACHE_ENV) or paths.DEFAULT_CACHE) / "kernel"
         headers = sorted(root.glob("*/vmlinux.h"), key=lambda p: p.stat().st_mtime)
     except OSError:
         return frozenset()
