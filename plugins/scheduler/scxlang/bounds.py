@@ -52,8 +52,10 @@ from plugins.scheduler.scxlang.compiler import TIMEOUT_MS
 from plugins.scheduler.scxlang.schema import bounds_of
 
 WAIT_LIMIT_MS = 1000.0
-_OVERTAKE = {"fifo": "none: arrival order", "vtime": "one slice of virtual-time lag",
-             "deadline": "arrival + deadline_us * 100 / weight",
+_OVERTAKE = {"fifo": "none: arrival order",
+             "vtime": "tasks with less weighted CPU time: a key is within -1..+8 slices of the "
+                      "virtual clock (weights clamped to 25..400)",
+             "deadline": "arrival + deadline_us * 100 / weight (at most 4x deadline_us)",
              "sjf": "arrival + expected run, at most 100 ms",
              "ljf": "arrival + (10 s - CPU time so far) / 100, at most 100 ms"}
 

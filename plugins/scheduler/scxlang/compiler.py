@@ -24,7 +24,8 @@ ORDERED = ("vtime", "deadline", "sjf", "ljf")
 STATS = ("enqueued", "dispatched", "direct", "guard", "preempted")
 DSQ_BASE = 0x5C1000
 DEFAULT_PREEMPT_AFTER_US = 1000
-TIMEOUT_MS = 5000
+TIMEOUT_MS = 10000
+VTIME_AHEAD_SLICES = 8
 
 
 @dataclass
@@ -114,7 +115,10 @@ class _Gen:
                "#define SCXL_MAX_CPUS 256",
                "#define SCXL_WINDOW_NS (100ULL * 1000 * 1000)\t/* CPU use: per window */",
                "#define SCXL_ORDER_CAP_NS (100ULL * 1000 * 1000)\t/* sjf/ljf: now + <= this */",
-               "#define SCXL_LJF_HORIZON_NS (10ULL * 1000 * 1000 * 1000)")
+               "#define SCXL_LJF_HORIZON_NS (10ULL * 1000 * 1000 * 1000)",
+               "#define SCXL_WEIGHT_MIN 25\t/* about nice 6 */",
+               "#define SCXL_WEIGHT_MAX 400\t/* about nice -6 */",
+               f"#define SCXL_VTIME_AHEAD_SLICES {VTIME_AHEAD_SLICES}")
         for i in range(len(self.classes)):
             self.w(f"#define SCXL_DSQ_{i} {DSQ_BASE + i:#x}ULL"
                    f"\t/* class {self.classes[i]['name']} */")
@@ -173,12 +177,12 @@ class _Gen:
         for i, cls in enumerate(self.classes[:-1]):
             self.w(f"\tif ({self.match_cond(cls)})", f"\t\treturn {i};\t/* {cls['name']} */")
         self.w(f"\treturn {len(self.classes) - 1};\t/* {self.classes[-1]['name']} */", "}", "")
-        self.w("static __always_inline u64 scxl_weight(struct task_struct *p, u32 cls)", "{",
-               "\tu64 w = 100;", "")
-        for i, cls in enumerate(self.classes):
-            self.w(f"\tif (cls == {i})", f"\t\tw = {_num(cls.get('weight', 100))};")
-        self.w("\tw = w * (p->scx.weight ? p->scx.weight : 100) / 100;",
-               "\treturn w ? w : 1;", "}", "")
+        self.w("/* The task's weight (nice 0 = 100), clamped so that vtime and deadline keys",
+               " * stay within a bounded distance of the clock: no task waits for ever. */",
+               "static __always_inline u64 scxl_weight(struct task_struct *p)", "{",
+               "\tu64 w = p->scx.weight;", "",
+               "\treturn w < SCXL_WEIGHT_MIN ? SCXL_WEIGHT_MIN : "
+               "w > SCXL_WEIGHT_MAX ? SCXL_WEIGHT_MAX : w;", "}", "")
 
     def slice_fn(self, i: int, cls: dict[str, Any]) -> None:
         self.w(f"static __always_inline u64 scxl_slice_{i}(void)", "{")
@@ -242,10 +246,14 @@ class _Gen:
                 self.w("\tu64 floor = scxl.vtime_now - slice;\t/* a sleeper keeps one slice */",
                        "", "\tkey = t ? t->vtime : scxl.vtime_now;",
                        "\tif (schedcp_before(key, floor))", "\t\tkey = floor;",
+                       "\t/* and owes at most SCXL_VTIME_AHEAD_SLICES slices */",
+                       "\tif (schedcp_before(scxl.vtime_now + SCXL_VTIME_AHEAD_SLICES * slice, "
+                       "key))",
+                       "\t\tkey = scxl.vtime_now + SCXL_VTIME_AHEAD_SLICES * slice;",
                        "\tif (t)", "\t\tt->vtime = key;")
             elif order == "deadline":
                 self.w(f"\tkey = now + {_num(cls['deadline_us'])} * 1000 * 100 / "
-                       f"scxl_weight(p, {i});")
+                       "scxl_weight(p);")
             elif order == "sjf":
                 self.w("\tif (t)", "\t\tkey = now + (scxl_run(t) < SCXL_ORDER_CAP_NS ? "
                        "scxl_run(t) : SCXL_ORDER_CAP_NS);")
@@ -365,7 +373,7 @@ class _Gen:
                "\tu64 now = bpf_ktime_get_ns(), ran;", "", "\tif (c)", "\t\tc->busy = 0;",
                "\tif (!t || !t->run_start)", "\t\treturn;", "\tran = now - t->run_start;",
                "\tt->run_start = 0;", "\tt->run_this_wake += ran;", "\tt->total_run += ran;",
-               "\tt->vtime += ran * 100 / scxl_weight(p, t->cls);",
+               "\tt->vtime += ran * 100 / scxl_weight(p);",
                "\tif (!t->win_start)", "\t\tt->win_start = now - ran;", "\tt->win_run += ran;",
                "\tif (now - t->win_start >= SCXL_WINDOW_NS) {",
                "\t\tt->cpu_pct = t->win_run * 100 / (now - t->win_start);",

@@ -175,7 +175,7 @@ def derive(shape: str, goal: str = "", roles: dict[str, list[str]] | None = None
     and, optionally, command names per role (e.g. ``{"latency": ["msglat"]}``)."""
     rules: list[str] = []
     body = RULES.get(shape, _fair)(goal, roles, rules)
-    name = "derived_" + re.sub(r"[^a-z0-9]+", "_", shape.lower()).strip("_")[:15]
+    name = ("derived_" + re.sub(r"[^a-z0-9]+", "_", shape.lower())).strip("_")[:24].rstrip("_")
     classes = body["class"]
     program: dict[str, Any] = {
         "scheduler": {"name": name, "description": f"derived by rules for {shape}"

@@ -32,7 +32,7 @@ FIELD = "scx.program"
 # Ranges of the constructs that may name a parameter: the parameter's whole
 # range must lie inside (the schema checks literal values against the same).
 REF_RANGES: dict[str, tuple[int, int]] = {
-    "slice_us": (100, 100_000), "slice_min_us": (100, 100_000), "weight": (1, 10_000),
+    "slice_us": (100, 100_000), "slice_min_us": (100, 100_000),
     "deadline_us": (100, 1_000_000), "preempt_after_us": (100, 100_000),
     "min_share_pct": (1, 100), "max_wait_us": (100, 1_000_000),
     "wake_interval_us_max": (0, 2**32 - 1), "wake_interval_us_min": (0, 2**32 - 1),
@@ -147,7 +147,7 @@ def check(text: str, source: str = "<policy>") -> Checked:
 def _refs(cls: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str, Any]]:
     """(path inside the class, construct key, value) of every number that may be a ref."""
     out: list[tuple[tuple[str | int, ...], str, Any]] = []
-    for key in ("slice_us", "slice_min_us", "weight", "deadline_us", "preempt_after_us"):
+    for key in ("slice_us", "slice_min_us", "deadline_us", "preempt_after_us"):
         if key in cls:
             out.append(((key,), key, cls[key]))
     for key, value in cls.get("guard", {}).items():
