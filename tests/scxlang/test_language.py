@@ -92,6 +92,9 @@ def test_compiled_c_has_what_the_program_says() -> None:
     assert "scx_bpf_dsq_insert_vtime(p, SCXL_DSQ_1" in source    # rest: vtime
     assert "scxl_preempt_0(now)" in source and "scxl_preempt_1" not in source
     assert "(scxl.skipped[1] + 1) * 20ULL >= 100" in source      # the share guard
+    # keys stay near the clock: clamped weights, at most 8 slices of vtime debt
+    assert "w < SCXL_WEIGHT_MIN ? SCXL_WEIGHT_MIN" in source
+    assert "key = scxl.vtime_now + SCXL_VTIME_AHEAD_SLICES * slice;" in source
     dispatch = source[source.index("SCHEDCP_OP(scxl_dispatch"):]
     assert dispatch.index("scxl_take_0(cpu, now, false)") < \
         dispatch.index("scxl_take_1(cpu, now, false)")           # the dispatch order
