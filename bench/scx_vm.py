@@ -2,6 +2,7 @@
 """schedcp's sched_ext schedulers vs EEVDF, side by side in the micro-VM.
 
     python bench/scx_vm.py [--reps 3] [--seconds 3] [--arms eevdf,vtime,latency] [--json]
+    python bench/scx_vm.py --arms eevdf,latency,scxl:scxl-latency-hogs,derived:fork-churn
 
 One guest boot runs every arm ``--reps`` times, in a rotating order (so no
 arm always runs first or last).  Each run is the same two workloads:
@@ -13,6 +14,10 @@ arm always runs first or last).  Each run is the same two workloads:
 
 EEVDF runs them with no BPF scheduler; the other arms attach the project's
 scheduler with the static loader, run the same command under it, detach.
+Besides the named arms below, ``scxl:<stem>`` runs the scheduler-language
+policy policies/t2/<stem>.toml and ``derived:<shape>`` the program
+derived by rules for a workload shape (docs/scheduler-language.md), both
+compiled for the guest kernel first.
 Under TCG (no usable KVM) every timing is emulated: absolute numbers mean
 little, so the report gives medians per arm and **ratios to EEVDF** only
 (latency and time: arm / EEVDF, lower is better; throughput: arm / EEVDF,
@@ -32,7 +37,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from plugins.scheduler import scx_policy
 from plugins.scheduler.microvm import MicroVM, job
+from plugins.scheduler.scxlang.derive import derive
 
 ARMS: dict[str, tuple[str, dict[str, int]] | None] = {
     "eevdf": None,
@@ -46,6 +53,33 @@ HOGS_MARK = "--- beside 2 CPU hogs ---"
 _LAT_KEYS = ("wake_p50_us", "wake_p99_us", "round_p99_us")
 LOWER_BETTER = (*_LAT_KEYS, *(f"hogs_{k}" for k in _LAT_KEYS), "hackbench_s")
 HIGHER_BETTER = ("rps", "hogs_rps")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def known(arm: str) -> bool:
+    """Whether ``arm`` names a built-in arm, a language policy or a derivable shape."""
+    if arm.startswith("scxl:"):
+        return (ROOT / "policies" / "t2" / f"{arm[5:]}.toml").is_file()
+    return arm.startswith("derived:") or arm in ARMS
+
+
+def program_arm(arm: str, vm: MicroVM) -> tuple[str, dict[str, int], bytes]:
+    """(guest object path, params, object bytes) of a scxl:/derived: arm."""
+    if arm.startswith("scxl:"):
+        import tomllib
+
+        doc = tomllib.loads((ROOT / "policies" / "t2" / f"{arm[5:]}.toml").read_text())
+    else:
+        shape = arm.split(":", 1)[1]
+        goal = {"fork-churn": "makespan", "long-tail-batch": "makespan",
+                "cpu-batch": "throughput"}.get(shape, "latency")
+        doc = derive(shape, goal).policy
+    source, _ = scx_policy.source_of(doc)
+    slug = re.sub(r"[^a-z0-9]+", "_", arm)
+    return (f"/job/{slug}.bpf.o", dict(doc["scx"].get("params", {})),
+            vm.compile(source, slug).read_bytes())
 
 
 def workload(seconds: int, msglat: bool) -> list[str]:
@@ -79,37 +113,48 @@ def parse(lines: list[str]) -> dict[str, float]:
 
 
 def script(arms: list[str], reps: int, seconds: int,
-           vm: MicroVM) -> tuple[str, list[tuple[str, str]]]:
-    """The guest job and the (step, arm) order it runs in."""
+           vm: MicroVM) -> tuple[str, list[tuple[str, str]], dict[str, Path | bytes]]:
+    """The guest job, the (step, arm) order it runs in, and the files it needs."""
     msglat = vm.has_binary("msglat")
     text, order = "", []
+    files: dict[str, Path | bytes] = {}
+    programs = {}
+    for arm in arms:
+        if arm not in ARMS:
+            obj, params, data = program_arm(arm, vm)
+            programs[arm] = (obj, params)
+            files[obj.lstrip("/")] = data
     for rep in range(reps):
         rotated = arms[rep % len(arms):] + arms[:rep % len(arms)]
         for arm in rotated:
-            step = f"{arm}-{rep}"
-            spec = ARMS[arm]
-            if spec is None:
+            step = f"{re.sub(r'[^A-Za-z0-9-]+', '-', arm)}-{rep}"
+            spec = ARMS.get(arm)
+            if arm in programs:
+                obj, params = programs[arm]
+                text += job.loader(step, obj, params, timeout_s=seconds * 10 + 60,
+                                   command=workload(seconds, msglat))
+            elif spec is None:
                 text += job.command(step, workload(seconds, msglat))
             else:
                 name, params = spec
                 text += job.loader(step, vm.object(name), params, timeout_s=seconds * 10 + 60,
                                    command=workload(seconds, msglat))
             order.append((step, arm))
-    return text, order
+    return text, order, files
 
 
 def run(arms: list[str], reps: int, seconds: int) -> dict[str, Any]:
     """Boot once, run everything, return per-arm medians and ratios to EEVDF."""
     vm = MicroVM().prepare()
-    text, order = script(arms, reps, seconds, vm)
+    text, order, files = script(arms, reps, seconds, vm)
     started = time.time()
-    result = vm.run(text, timeout=120 + reps * len(arms) * (seconds * 12 + 40))
+    result = vm.run(text, files, timeout=120 + reps * len(arms) * (seconds * 12 + 40))
     if result.problem():
         raise SystemExit(f"guest failed: {result.problem()}")
     samples: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
     problems = []
     for step, arm in order:
-        if ARMS[arm] is None:
+        if arm == "eevdf":
             lines = result.output.get(step, [])
         else:
             lines = [str(e.get("line", "")) for e in result.step(step)
@@ -146,13 +191,14 @@ def run(arms: list[str], reps: int, seconds: int) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     """The report as a text table of ratios (arm / EEVDF)."""
     keys = [*LOWER_BETTER, *HIGHER_BETTER]
+    w = max([12, *(len(arm) + 2 for arm in report["ratio_to_eevdf"])])
     lines = [f"sched_ext in the micro-VM, kernel {report['kernel']}, {report['accel']} "
              f"({report['timing']}), {report['reps']} alternating reps, {report['date']}",
              "ratio arm / EEVDF (latency, time: lower is better; rps: higher is better)",
-             f"{'metric':<20}" + "".join(f"{arm:>12}" for arm in report["ratio_to_eevdf"])]
+             f"{'metric':<20}" + "".join(f"{arm:>{w}}" for arm in report["ratio_to_eevdf"])]
     for k in keys:
         lines.append(f"{k:<20}" + "".join(
-            f"{r[k]:>12.2f}" if k in r else f"{'-':>12}"
+            f"{r[k]:>{w}.2f}" if k in r else f"{'-':>{w}}"
             for r in report["ratio_to_eevdf"].values()))
     if report["problems"]:
         lines.append("problems: " + "; ".join(report["problems"]))
@@ -167,7 +213,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON report")
     args = parser.parse_args()
     arms = args.arms.split(",")
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if not known(a)]
     if unknown or "eevdf" not in arms:
         parser.error(f"arms must include eevdf; known: {', '.join(ARMS)}")
     report = run(arms, args.reps, args.seconds)

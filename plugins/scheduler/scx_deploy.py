@@ -54,16 +54,11 @@ KIND = "scx_loader"
 TAG_ENV = "SCHEDCP_SCX_TAG"
 FAULT_STEPS = ("scx_after_journal", "scx_after_start")
 HOST_BTF = Path("/sys/kernel/btf/vmlinux")
-_INT_RANGE = (0, 2**32 - 1)
 
 
 def allowed_params(doc: dict[str, Any]) -> dict[str, tuple[int, int]]:
     """The parameters a T2 policy's scheduler accepts, with their ranges."""
-    scx = doc["scx"]
-    if "scheduler" in scx:
-        return scx_policy.BUILTINS[scx["scheduler"]]
-    return {name: scx_rules.slice_bounds(name) or _INT_RANGE
-            for name in scx_rules.rodata_params(scx["source"])}
+    return scx_policy.params_allowed(doc)
 
 
 class HostBuild:
@@ -127,7 +122,8 @@ class HostBuild:
 
         with paths.locked("build"):
             return build.compile_source(built["cache"], paths.scx_source_dir(),
-                                        built["kernel"], built["tools"], scx["source"])
+                                        built["kernel"], built["tools"],
+                                        scx_policy.source_of(doc)[0])
 
 
 class ScxHost:

@@ -162,3 +162,18 @@ def test_t2_without_sched_ext_fails_cleanly(start_daemon, tmp_path: Path) -> Non
     status = json.loads(call(proc.address, "GetStatus"))
     assert "scheduler" in json.dumps(status.get("subsystems", status)), status
     assert "plugin scheduler disabled" not in proc.log_text()
+
+
+def test_t2_program_plan_names_the_compiled_scheduler(start_daemon, fake: FakeSchedExt) -> None:
+    """A scheduler-language policy plans like any T2 policy: the compiled ops and params."""
+    proc = start_daemon(FAST + fake.config())
+    text = (Path(__file__).resolve().parents[2] / "policies" / "t2" /
+            "scxl-latency-hogs.toml").read_text().replace("fast_slice_us = 1000",
+                                                          "fast_slice_us = 800")
+    policy_id = call(proc.address, "SubmitPolicy", "s", text)
+    token = forced_token(proc.state_dir, proc.address, policy_id)
+    plan = json.loads(call(proc.address, "PlanDeployment", "s", token))["plan"]
+    changes = {(c["target"], c["knob"]): (c["before"], c["after"]) for c in plan["changes"]}
+    assert changes[("sched_ext", "root/ops")][1] == "scxl_latency_hogs"
+    assert changes[("sched_ext:scxl_latency_hogs", "fast_slice_us")] == (1000, 800)
+    assert fake.loader_pid() is None
