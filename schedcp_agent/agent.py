@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schedcp_agent import synth
 from schedcp_agent.budget import Budget, BudgetSpent, load_prices
 from schedcp_agent.client import DaemonError, SchedcpClient
-from schedcp_agent.execute import ExecResult, Executor, check_access
+from schedcp_agent.execute import NOT_DEPLOYABLE, ExecResult, Executor, check_access
 from schedcp_agent.learn import Verdict, judge
 from schedcp_agent.observe import Observer
 from schedcp_agent.offline import OfflinePlanner
@@ -52,19 +53,34 @@ class Options:
     prices: str | None = None
     transcript_dir: Path | None = None
     watch_timeout: float = 90.0
+    track: str = "auto"
+    """T1 (retune the targets only), T2 (synthesize a sched_ext program only) or auto
+    (T2 first when the host offers sched_ext, then T1)."""
+    max_programs: int = 4
+    """How many programs the model may submit (SubmitProgram) in one run."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _planner(opts: Options, client: SchedcpClient, repo: RepositoryView, budget: Budget,
-             report: dict[str, Any]) -> Planner:
+             report: dict[str, Any], t2: bool) -> Planner:
     if opts.backend == "offline":
-        return OfflinePlanner(repo)
+        return OfflinePlanner(repo, synthesize=t2, t2_only=opts.track == "T2")
     from schedcp_agent.claude import DEFAULT_MODEL, ClaudePlanner
 
     transcript = Transcript(opts.transcript_dir)
     report["transcript"] = str(transcript.path) if transcript.path else transcript.error
     return ClaudePlanner(client, budget, transcript, model=opts.model or DEFAULT_MODEL,
-                         base_url=opts.base_url)
+                         base_url=opts.base_url, t2=t2, max_programs=opts.max_programs)
+
+
+def t2_allowed(track: str, offer: tuple[bool, str]) -> bool:
+    """Whether this run may synthesize a sched_ext program.
+
+    ``--track T2`` asks for it explicitly (a program can be verified in the
+    micro-VM on any host; deploying it needs sched_ext); ``auto`` when the
+    host offers sched_ext; ``T1`` never.
+    """
+    return track == "T2" or (track == "auto" and offer[0])
 
 
 def _attempt_record(cand: Candidate, res: ExecResult, verdict: Verdict | None,
@@ -97,6 +113,7 @@ class Agent:
         self.budget = Budget(opts.budget_usd, opts.budget_tokens, opts.budget_seconds,
                              load_prices(opts.prices))
         self.proc: asyncio.subprocess.Process | None = None
+        self.sched_ext: tuple[bool, str] = (False, "not asked yet")
 
     async def optimize(self) -> dict[str, Any]:
         """The whole loop; returns the report (see docs/agent.md)."""
@@ -105,7 +122,9 @@ class Agent:
                                   "attempts": [], "status": "", "transcript": None}
         await self.client.connect()
         try:
-            await check_access(self.client)
+            status = await check_access(self.client)
+            self.sched_ext = synth.sched_ext_offer(status)
+            report["sched_ext"] = {"available": self.sched_ext[0], "reason": self.sched_ext[1]}
             if opts.command:
                 self.proc = await asyncio.create_subprocess_exec(*opts.command)
                 opts.scope.pids.append(self.proc.pid)
@@ -123,8 +142,10 @@ class Agent:
         opts = self.opts
         executor = Executor(self.client, self.progress,
                             hold=opts.revert_at_end if opts.hold is None else opts.hold,
-                            watch_timeout=opts.watch_timeout)
+                            watch_timeout=opts.watch_timeout, sched_ext=self.sched_ext)
         self.executor = executor
+        t2 = t2_allowed(opts.track, self.sched_ext)
+        report["track"] = {"asked": opts.track, "t2": t2}
         await self.client.watch_deployments(executor.on_signal)
         tracker = ScopeTracker(opts.scope)
         self.progress(f"observing {opts.scope.describe()} for {opts.observe_seconds:.0f} s")
@@ -139,8 +160,10 @@ class Agent:
             report["status"] = "no targets: nothing in the scope is running"
             return
         repo = RepositoryView(self.client)
-        planner = _planner(opts, self.client, repo, self.budget, report)
-        hit = await repository_hit(repo, profile)
+        planner = _planner(opts, self.client, repo, self.budget, report, t2)
+        hit = await synth.repository_hit(repo, profile) if t2 else None
+        if hit is None and opts.track != "T2":
+            hit = await repository_hit(repo, profile)
         if hit is not None:
             self.progress(f"plan: {hit.reasoning}")
         attempts: list[Attempt] = []
@@ -168,10 +191,20 @@ class Agent:
                 self.progress(f"learn: {'goal met' if verdict.goal_met else 'goal not met'}: "
                               f"{verdict.reason}")
             report["attempts"].append(_attempt_record(cand, res, verdict, feedback))
+            synthesis = getattr(planner, "program_attempts", None)
+            if synthesis is not None:
+                report["synthesis"] = synthesis
             outcome = "refused" if not res.verified else (
                 "goal met" if verdict and verdict.goal_met else f"goal not met ({res.state})")
             attempts.append(Attempt(cand, outcome, (verdict.reason if verdict else res.error),
-                                    res.deployment, feedback or {}))
+                                    res.deployment, feedback or {},
+                                    {"state": res.state, "reason": res.reason}))
+            if res.state == NOT_DEPLOYABLE:
+                # Honest end: the program passed every stage in the micro-VM, but this
+                # host's kernel cannot run it; another program would meet the same wall.
+                report["status"] = res.error
+                self.progress(f"stopping: {res.error}")
+                break
             if verdict is not None and verdict.goal_met:
                 kept = res.deployment
                 report["status"] = "goal met"

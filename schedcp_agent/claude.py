@@ -27,6 +27,7 @@ import re
 import tomllib
 from typing import Any
 
+from schedcp_agent import synth
 from schedcp_agent.budget import Budget, BudgetSpent
 from schedcp_agent.client import DaemonError, SchedcpClient, decode
 from schedcp_agent.execute import not_authorized
@@ -115,7 +116,7 @@ class ClaudePlanner:
     def __init__(self, client: SchedcpClient, budget: Budget, transcript: Transcript,
                  model: str = DEFAULT_MODEL, base_url: str | None = None,
                  max_tokens: int = DEFAULT_MAX_TOKENS, api_key: str | None = None,
-                 max_turns: int = MAX_TURNS) -> None:
+                 max_turns: int = MAX_TURNS, t2: bool = False, max_programs: int = 4) -> None:
         try:
             import anthropic
         except ImportError as err:  # the optional extra is not installed
@@ -129,7 +130,15 @@ class ClaudePlanner:
         self.max_turns = max_turns
         self.sdk = anthropic.AsyncAnthropic(base_url=base_url, api_key=api_key,
                                             max_retries=1, timeout=120.0)
-        self.tools = claude_tools("plan")
+        self.t2 = t2
+        self.max_programs = max_programs
+        self.tools = claude_tools("plan", cache=not t2)
+        if t2:  # the agent-side program tool; the cache breakpoint stays on the last tool
+            self.tools.append({**synth.PROGRAM_TOOL, "cache_control": {"type": "ephemeral"}})
+        self.system = SYSTEM_PROMPT + (synth.SYSTEM_ADDENDUM if t2 else "")
+        self.program_attempts: list[dict[str, Any]] = []
+        """Every SubmitProgram call: the program's name, why it changed, what came back."""
+        self.profile: WorkloadProfile | None = None
         self.messages: list[dict[str, Any]] = []
         self.submitted: dict[str, str] = {}
         self.tokens: dict[str, str] = {}
@@ -152,14 +161,21 @@ class ClaudePlanner:
 
     @staticmethod
     def _attempt_message(last: Attempt) -> str:
+        figures = {"deployment": last.execution,
+                   "feedback": {k: last.feedback.get(k) for k in ("notes", "metrics", "pids")
+                                if k in last.feedback}}
         return (f"The agent deployed {last.candidate.policy_id[:12]} ({last.candidate.base}): "
-                f"{last.outcome}. {last.detail}\nPropose a different policy (verify it) and "
+                f"{last.outcome}. {last.detail}\nThe deployment's final state (the circuit "
+                f"breaker's trip, if any) and the feedback engine's figures: "
+                f"{json.dumps(figures, default=str)[:4000]}\nPropose a different policy "
+                f"(verify it) and "
                 f"answer with POLICY: <id>, or answer GIVE UP if nothing else can help.")
 
     async def next_candidate(self, profile: WorkloadProfile,
                              attempts: list[Attempt]) -> Candidate | None:
         """Run the model until it names a verified policy; None when it gives up."""
         self.allowed = set(profile.targets)
+        self.profile = profile
         if not self.messages:
             self.messages.append({"role": "user", "content": self._first_message(profile)})
         elif attempts:
@@ -171,7 +187,7 @@ class ClaudePlanner:
         return self._choose(text)
 
     async def _converse(self) -> str:
-        system = [{"type": "text", "text": SYSTEM_PROMPT, "cache_control": {"type": "ephemeral"}}]
+        system = [{"type": "text", "text": self.system, "cache_control": {"type": "ephemeral"}}]
         for _turn in range(self.max_turns):
             self.budget.check()
             max_tokens = self.budget.output_allowance(self.model, self.max_tokens)
@@ -211,6 +227,8 @@ class ClaudePlanner:
         return out
 
     async def _tool_value(self, name: str, args: Any) -> Any:
+        if name == "SubmitProgram" and self.t2:
+            return await self._program(args)
         t = BY_NAME.get(name)
         if t is None or "plan" not in t.roles:
             return _ToolError(f"unknown tool {name!r}; available: "
@@ -219,7 +237,10 @@ class ClaudePlanner:
             body = check_arguments(t, args)
         except ValueError as err:
             return _ToolError(f"invalid arguments: {err}")
-        if name == "SubmitPolicy":
+        if name == "SubmitPolicy" and not (self.t2 and synth.is_t2(body[0])):
+            # A T2 document (raw C or a program) acts on the whole host: allowed only
+            # when T2 is (--track T2, or the host offers sched_ext); the daemon's
+            # schema and static rules apply to it as to any policy.
             problem = scope_problem(body[0], self.allowed)
             if problem:
                 return _ToolError(f"refused by the agent: {problem}; allowed pids: "
@@ -241,6 +262,51 @@ class ClaudePlanner:
             return {"passed": bool(token), "token": "<kept by the agent>" if token else "",
                     "report": report}
         return value
+
+    async def _program(self, args: Any) -> Any:
+        """SubmitProgram: check it is a program, wrap, submit, verify; the report goes back."""
+        n = len(self.program_attempts) + 1
+        record: dict[str, Any] = {"attempt": n}
+        self.program_attempts.append(record)
+        if not isinstance(args, dict) or set(args) != {"program", "name", "why"}:
+            record["outcome"] = "refused by the agent: arguments must be program, name, why"
+            return _ToolError(f"invalid arguments: SubmitProgram takes program, name and why; "
+                              f"got {sorted(args) if isinstance(args, dict) else args!r}")
+        record.update(name=str(args["name"])[:80], why=str(args["why"])[:600])
+        if n > self.max_programs:
+            record["outcome"] = "refused by the agent: program limit reached"
+            return _ToolError(f"the limit of {self.max_programs} programs per run is reached: "
+                              "answer with the best verified POLICY: <id>, or GIVE UP")
+        problem = synth.program_problem(args["program"])
+        if problem:  # never submitted, never executed
+            record["outcome"] = f"refused by the agent (not submitted): {problem}"
+            return _ToolError(f"refused by the agent, not submitted: {problem}")
+        assert self.profile is not None
+        text = synth.wrap(args["program"], str(args["name"]), self.profile, str(args["why"]))
+        try:
+            policy_id = str(await self.client.call("SubmitPolicy", text))
+        except DaemonError as err:
+            if err.short == "AccessDenied":
+                raise not_authorized(err) from err
+            record["outcome"] = f"refused at submission: {err.short}: {err.message}"[:1000]
+            return _ToolError(f"SubmitPolicy refused the program ({err.short}): {err.message}")
+        self.submitted[policy_id] = text
+        record["policy_id"] = policy_id
+        token, report = await self.client.call("VerifyPolicy", policy_id)
+        stages = report.get("stages", []) if isinstance(report, dict) else []
+        if token:
+            self.tokens[policy_id] = token
+            self.verified.append(policy_id)
+        failed = [s["stage"] for s in stages if not s.get("passed") and not s.get("skipped")]
+        record["outcome"] = "passed every stage" if token else \
+            f"refused by the verifier at {', '.join(failed) or '?'}"
+        record["findings"] = [f"{f.get('code')}: {f.get('message')}"[:300]
+                              for s in stages for f in s.get("findings", [])
+                              if f.get("severity", "error") == "error"][:6]
+        return {"policy_id": policy_id, "passed": bool(token),
+                "token": "<kept by the agent>" if token else "",
+                "stages": [{k: s.get(k) for k in ("stage", "passed", "verdict", "skipped",
+                                                  "findings")} for s in stages]}
 
     def _choose(self, text: str) -> Candidate | None:
         named = [i for m in _ID.findall(text) for i in self.submitted if i.startswith(m)]

@@ -2,7 +2,8 @@
 
     schedcp-agent optimize --goal latency|throughput|makespan|fairness
         [--pid P ... | --cgroup C | --match REGEX | -- CMD ...]
-        [--backend offline|claude] [--budget-usd X] [--bus ADDRESS]
+        [--backend offline|claude] [--track auto|T1|T2] [--max-programs N]
+        [--budget-usd X] [--bus ADDRESS]
         [--revert-at-end] [--json]
     schedcp-agent watch [--pid P | --cgroup C | --match REGEX] [--min-interval S] ...
 
@@ -52,6 +53,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transcript-dir", type=Path, help="where model transcripts go")
     p.add_argument("--observe-seconds", type=float, default=5.0)
     p.add_argument("--max-iterations", type=int, default=3)
+    p.add_argument("--track", choices=("auto", "T1", "T2"), default="auto",
+                   help="T1: retune the targets; T2: synthesize a sched_ext program only; "
+                        "auto: T2 first when the host offers sched_ext (default)")
+    p.add_argument("--max-programs", type=int, default=4,
+                   help="programs the model may submit in one run (claude backend)")
     p.add_argument("--revert-at-end", action="store_true",
                    help="roll back what was deployed when the run ends (and hold it meanwhile)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -92,7 +98,8 @@ def options(args: argparse.Namespace) -> Options:
         max_iterations=args.max_iterations, budget_usd=args.budget_usd,
         budget_tokens=args.budget_tokens, budget_seconds=args.budget_seconds,
         model=args.model, base_url=args.base_url, prices=args.prices,
-        transcript_dir=args.transcript_dir)
+        transcript_dir=args.transcript_dir, track=args.track,
+        max_programs=args.max_programs)
 
 
 def _progress(json_out: bool) -> Any:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schedcp_agent import document
+from schedcp_agent import document, synth
 from schedcp_agent.client import DaemonError, SchedcpClient
 from schedcp_agent.plan import Candidate
 
@@ -36,6 +36,8 @@ _LOGGER = logging.getLogger(__name__)
 
 MAX_FIXES = 2
 FINAL = ("active", "reverted", "failed")
+NOT_DEPLOYABLE = "not-deployable"
+"""ExecResult.state of a verified T2 policy that this host cannot run (no sched_ext)."""
 
 
 class NotAuthorized(Exception):
@@ -62,19 +64,20 @@ class ExecResult:
 NEEDED_ACTIONS = ("org.schedcp.submit", "org.schedcp.verify", "org.schedcp.deploy")
 
 
-async def check_access(client: SchedcpClient) -> None:
-    """Refuse to start when schedcpd says this user lacks an action the agent needs.
+async def check_access(client: SchedcpClient) -> dict[str, Any]:
+    """GetStatus's answer; refuses to start when this user lacks an action the agent needs.
 
     GetStatus reports the caller's access per action; ``polkit`` means it is
     asked per call, so only a definite ``no`` stops the agent here.
     """
-    status = await client.call("GetStatus")
+    status = dict(await client.call("GetStatus"))
     access = status.get("access", {})
     missing = [a for a in NEEDED_ACTIONS if access.get(a) == "no"]
     if missing:
         raise NotAuthorized(
             f"this user (uid {status.get('caller', {}).get('uid')}) lacks "
             f"{', '.join(missing)} on schedcpd. {_GRANT}")
+    return status
 
 
 _GRANT = ("Grant the agent's user verify and deploy: polkit rules for org.schedcp.verify and "
@@ -151,8 +154,11 @@ class Executor:
     """Runs one candidate through the daemon's gates."""
 
     def __init__(self, client: SchedcpClient, progress: Callable[[str], None],
-                 hold: bool = False, watch_timeout: float = 60.0) -> None:
+                 hold: bool = False, watch_timeout: float = 60.0,
+                 sched_ext: tuple[bool, str] = (True, "")) -> None:
         self.client = client
+        self.sched_ext = sched_ext
+        """Whether the host can run a T2 scheduler, and why (from GetStatus)."""
         self.progress = progress
         self.hold = hold
         self.watch_timeout = watch_timeout
@@ -234,9 +240,21 @@ class Executor:
     async def deploy(self, cand: Candidate) -> ExecResult:
         """Submit, verify, plan, deploy and watch until active, reverted or failed."""
         res = ExecResult()
+        t2 = synth.is_t2(cand.text)
+        if t2 and not self.sched_ext[0] and cand.rung == "reuse" and cand.source_id:
+            # Already verified in the micro-VM and this host cannot run it: verifying
+            # again would only mint a token nobody can redeem here.
+            res.policy_id, res.verified = cand.source_id, True
+            return self._not_deployable(res, self.sched_ext[1])
         if not await self.submit_and_verify(cand, res):
             return res
+        if t2 and not self.sched_ext[0]:
+            return self._not_deployable(res, self.sched_ext[1])
         plan = await self._call("PlanDeployment", cand.token)
+        problems = [p for p in plan.get("plan", {}).get("problems", [])
+                    if p.get("status") == "error"]
+        if problems:
+            return self._not_deployable(res, "; ".join(str(p.get("note")) for p in problems))
         changes = plan.get("plan", {}).get("changes", [])
         res.plan = {"targets": plan.get("plan", {}).get("targets", {}),
                     "changes": [{k: c.get(k) for k in ("target", "knob", "before", "after")}
@@ -244,7 +262,12 @@ class Executor:
                     "n_changes": len(changes)}
         self.progress(f"plan: {len(changes)} values to write on "
                       f"{sum(map(len, res.plan['targets'].values()))} processes")
-        res.deployment = await self._call("Deploy", cand.token)
+        try:
+            res.deployment = await self._call("Deploy", cand.token)
+        except DaemonError as err:
+            if err.short != "NotSupported":
+                raise
+            return self._not_deployable(res, err.message)
         cand.token = ""  # used up
         self.mine[res.deployment] = _name_of(cand.text)
         if self.hold:
@@ -258,6 +281,13 @@ class Executor:
         res.events = info.get("events", [])
         res.targets = info.get("targets", {})
         self.progress(f"{res.deployment}: {res.state} ({res.reason})")
+        return res
+
+    def _not_deployable(self, res: ExecResult, why: str) -> ExecResult:
+        res.state = NOT_DEPLOYABLE
+        res.reason = why
+        res.error = f"verified, not deployable here: {why}"
+        self.progress(f"{res.policy_id[:12]}: {res.error}")
         return res
 
     def on_signal(self, dep: str, state: str, reason: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from schedcp_agent.observe import WorkloadProfile
 from schedcp_agent.plan import Attempt, Candidate, RepositoryView, compose, configure
+from schedcp_agent.synth import derived_candidate
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,8 +76,13 @@ class OfflinePlanner:
 
     name = "offline"
 
-    def __init__(self, repo: RepositoryView) -> None:
+    def __init__(self, repo: RepositoryView, synthesize: bool = False,
+                 t2_only: bool = False) -> None:
         self.repo = repo
+        self.synthesize = synthesize or t2_only
+        """Derive a sched_ext program from the profile first (T2 allowed)."""
+        self.t2_only = t2_only
+        """Only the derived program (``--track T2``): no T1 rules after it."""
         self._queue: list[Rule] | None = None
         self._composed = False
         self.avoided: dict[str, str] = {}
@@ -88,6 +94,10 @@ class OfflinePlanner:
             self._queue = rules_for(profile)
             self.avoided = await self.repo.avoided_bases(profile)
         tried = {a.candidate.base for a in attempts}
+        if self.synthesize and not any(a.candidate.rung == "synthesize" for a in attempts):
+            return derived_candidate(profile)
+        if self.t2_only:
+            return None
         while self._queue:
             base, why, settings = self._queue.pop(0)
             if base in tried:

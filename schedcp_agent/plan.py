@@ -12,6 +12,9 @@ Decision ladder, cheapest first:
 3. **patch** — the same with changes the policy's author did not foresee
    (a group dropped or widened, a knob changed to fix a verifier finding).
 4. **compose** — a new document from primitives when nothing fits.
+5. **synthesize** — a new sched_ext scheduler in the scheduler language
+   (T2 only, :mod:`schedcp_agent.synth`): derived by rules offline, written
+   and revised by the model with the Claude backend.
 
 Bases with an antipattern recorded for the same profile are avoided.
 Backends (:mod:`schedcp_agent.offline`, :mod:`schedcp_agent.claude`)
@@ -32,7 +35,7 @@ from schedcp_agent.observe import WorkloadProfile
 
 _LOGGER = logging.getLogger(__name__)
 
-RUNGS = ("reuse", "configure", "patch", "compose")
+RUNGS = ("reuse", "configure", "patch", "compose", "synthesize")
 
 
 @dataclass
@@ -64,6 +67,8 @@ class Attempt:
     detail: str = ""
     deployment: str = ""
     feedback: dict[str, Any] = field(default_factory=dict)
+    execution: dict[str, Any] = field(default_factory=dict)
+    """The deployment's final state and reason (the breaker's trip, if any)."""
 
 
 class Planner(Protocol):

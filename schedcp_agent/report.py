@@ -36,6 +36,13 @@ def render(report: dict[str, Any]) -> str:
         if plan:
             lines.append(f"          wrote {plan.get('n_changes', 0)} values; targets "
                          f"{plan.get('targets')}")
+    for prog in report.get("synthesis") or []:
+        lines.append(f"program #{prog['attempt']}: {prog.get('name', '?')} "
+                     f"{(prog.get('policy_id') or '-')[:12]}: {prog.get('outcome', '?')}")
+        if prog.get("why"):
+            lines.append(f"          why: {prog['why']}")
+        for finding in prog.get("findings", [])[:3]:
+            lines.append(f"          finding: {finding}")
     m = report.get("measured")
     if m:
         lines.append(f"measured: {m['metric']}: before {_fmt(m['before'])}, after "
