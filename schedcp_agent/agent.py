@@ -191,9 +191,6 @@ class Agent:
                 self.progress(f"learn: {'goal met' if verdict.goal_met else 'goal not met'}: "
                               f"{verdict.reason}")
             report["attempts"].append(_attempt_record(cand, res, verdict, feedback))
-            synthesis = getattr(planner, "program_attempts", None)
-            if synthesis is not None:
-                report["synthesis"] = synthesis
             outcome = "refused" if not res.verified else (
                 "goal met" if verdict and verdict.goal_met else f"goal not met ({res.state})")
             attempts.append(Attempt(cand, outcome, (verdict.reason if verdict else res.error),
@@ -215,6 +212,9 @@ class Agent:
                 self.progress(f"rolled back {res.deployment}: it did not meet the goal")
         else:
             report["status"] = report["status"] or "iterations used up"
+        synthesis = getattr(planner, "program_attempts", None)
+        if synthesis:
+            report["synthesis"] = synthesis
         if not report["status"]:
             report["status"] = "no candidate left"
         if "measured" not in report and report["attempts"]:
