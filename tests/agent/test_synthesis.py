@@ -259,3 +259,26 @@ def test_offline_derives_verifies_keeps_and_reuses_a_program(
     assert "repository hit" in att2["candidate"]["reasoning"]
     assert att2["execution"]["state"] == "not-deployable"
     assert _verify_calls(daemon.address) == verifies  # nothing new written or verified
+
+
+def test_t2_is_allowed_when_asked_or_when_the_host_offers_sched_ext() -> None:
+    from schedcp_agent.agent import t2_allowed
+
+    assert t2_allowed("T2", (False, "no sched_ext")) is True  # verify-only is still useful
+    assert t2_allowed("auto", (False, "no sched_ext")) is False
+    assert t2_allowed("auto", (True, "sched_ext present")) is True
+    assert t2_allowed("T1", (True, "sched_ext present")) is False
+
+
+def test_after_a_deployment_the_model_gets_the_breaker_and_feedback_figures() -> None:
+    from schedcp_agent.claude import ClaudePlanner
+    from schedcp_agent.plan import Attempt, Candidate
+
+    cand = Candidate("agent-scxl-x", "synthesize", "", "", policy_id="ab" * 32)
+    feedback = {"notes": ["rq wait up 3x"], "metrics": {"rq_wait": {"before": {"median": 0.1},
+                                                                   "after": {"median": 0.3}}}}
+    att = Attempt(cand, "goal not met (reverted)", "run-queue wait got worse", "dep-1",
+                  feedback, {"state": "reverted", "reason": "circuit breaker: p99 wake 4.2x"})
+    text = ClaudePlanner._attempt_message(att)
+    assert "circuit breaker: p99 wake 4.2x" in text
+    assert "rq wait up 3x" in text and '"median": 0.3' in text
