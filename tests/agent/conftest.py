@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_GROUP, TEST_USER, run_as
-from tests.harness import ROOT, PrivateBus, SchedcpdProcess
+from tests.conftest import TEST_GROUP, TEST_USER
+from tests.harness import ROOT, PrivateBus, SchedcpdProcess, run_as
 
 WORKER = ROOT / "plugins" / "scheduler" / "sandbox_worker.py"
 WORKLOADS = Path(__file__).parent / "workloads.py"

@@ -19,7 +19,7 @@ import pytest
 from schedcp_agent.tools import claude_tools
 from tests.agent.conftest import KnobWatcher, Procs, run_agent, user_dir
 from tests.agent.fake_messages import FakeMessagesAPI, last_tool_results, message, tool_use
-from tests.conftest import calls_as
+from tests.harness import calls_as
 
 # claude-sonnet-4-5 is charged at the claude-sonnet-4 entry: $/M tokens.
 PRICE = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}

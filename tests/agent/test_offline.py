@@ -38,7 +38,7 @@ from tests.agent.conftest import (
     run_agent,
     user_dir,
 )
-from tests.conftest import calls_as, run_as
+from tests.harness import calls_as, run_as
 
 
 def _restored(pids: list[int]) -> None:

@@ -26,8 +26,7 @@ from schedcp_agent.observe import _DESCRIPTION, WorkloadProfile
 from schedcp_agent.offline import OfflinePlanner
 from schedcp_agent.plan import RepositoryView, configure
 from tests.agent.conftest import AGENT_CONFIG, Procs, run_agent
-from tests.conftest import calls_as
-from tests.harness import ROOT
+from tests.harness import ROOT, calls_as
 
 # The daemon's default circuit breaker (AGENT_CONFIG's lenient one would not trip).
 STRICT_CONFIG = AGENT_CONFIG.split("[breaker]")[0]

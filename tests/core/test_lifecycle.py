@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import calls_as
-from tests.harness import ROOT, PrivateBus, SchedcpdProcess
+from tests.harness import ROOT, PrivateBus, SchedcpdProcess, calls_as
 
 
 def status(proc: SchedcpdProcess) -> dict:
@@ -205,7 +204,7 @@ def test_metrics_can_be_turned_off(start_daemon) -> None:
 
 
 def test_cli_status_audit_and_exit_codes(start_daemon, test_users: dict[str, int]) -> None:
-    from tests.conftest import run_as
+    from tests.harness import run_as
 
     proc = start_daemon()
     # The installed console script, as users run it.

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from schedcpd.breaker import BreakerSettings, GroupSample, GuardSampler, classify
-from tests.deploy.conftest import WORKER
+from tests.harness import WORKER
 
 
 def _baseline(groups: dict[str, list[int]], seconds: float) -> list[dict[str, GroupSample]]:

@@ -10,15 +10,8 @@ from pathlib import Path
 import pytest
 
 from schedcpd.deployer import FAULT_STEPS
-from tests.conftest import calls_as
-from tests.deploy.conftest import (
-    FAST,
-    call,
-    forced_token,
-    policy_text,
-    verified_token,
-    wait_state,
-)
+from tests.deploy.conftest import FAST, forced_token, policy_text, verified_token
+from tests.harness import call, calls_as, wait_deployment
 
 # The deployment's state transitions recorded before each kill point.
 EVENTS_BEFORE = {
@@ -114,7 +107,7 @@ def test_fault_injection_is_off_in_the_default_configuration(start_daemon, workl
     _, token = verified_token(proc.address, policy_text(
         "crash-off", [("batch", hogs, '{ policy = "idle", nice = 7 }')]))
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert proc.proc.poll() is None, proc.log_text()  # not killed
     assert info["state"] == "active", info["events"]
     log = proc.log_text()

@@ -15,8 +15,8 @@ from dbus_fast import Message, MessageType
 
 from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
-from tests.conftest import calls_as
-from tests.deploy.conftest import FAST, WORKER, call, policy_text, verified_token, wait_state
+from tests.deploy.conftest import FAST, policy_text, verified_token
+from tests.harness import WORKER, call, call_error, calls_as, wait_deployment, wait_until
 
 
 def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None:
@@ -25,7 +25,7 @@ def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None
     text = policy_text("deploy-protect", [("batch", hogs, '{ policy = "idle" }')])
     policy_id, token = verified_token(proc.address, text)
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert info["state"] == "active", info["events"]
     states = [e["state"] for e in info["events"]]
     assert states == ["pending", "canary", "canary", "active"]
@@ -52,12 +52,6 @@ def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None
     assert outcomes[1]["note"] == "rollback by uid 0" and outcomes[1]["deployment_id"] == dep
 
 
-def call_error(address: str, member: str, signature: str, *body: object) -> str:
-    result = calls_as(0, address, [[member, signature, list(body)]])[0]
-    assert "error" in result, result
-    return result["error"]
-
-
 def test_breaker_reverts_a_policy_that_starves_the_probe(start_daemon, workload) -> None:
     proc = start_daemon(FAST)
     # The latency probe itself at SCHED_IDLE beside CPU hogs: passes the verifier
@@ -65,7 +59,7 @@ def test_breaker_reverts_a_policy_that_starves_the_probe(start_daemon, workload)
     text = policy_text("deploy-starve", [("probe", [workload.probe.pid], '{ policy = "idle" }')])
     policy_id, token = verified_token(proc.address, text)
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert info["state"] == "reverted", info["events"]
     assert info["reason"].startswith("circuit breaker: run-queue wait per run of 'probe'")
     assert info["trip"]["decision_to_restore_s"] >= 0  # the figure: bench/breaker.py
@@ -121,7 +115,7 @@ def test_hold_is_released_when_the_client_disconnects(start_daemon, workload) ->
         return dep
 
     dep = asyncio.run(hold_and_leave())
-    info = wait_state(proc.address, dep, {"reverted", "failed"}, timeout=15)
+    info = wait_deployment(proc.address, dep, {"reverted", "failed"}, timeout=15)
     assert "disconnected" in info["reason"]
     assert os.sched_getscheduler(hog) == os.SCHED_OTHER
 
@@ -133,19 +127,11 @@ def test_admin_override_is_reported_on_the_deployment(start_daemon, workload) ->
     _, token = verified_token(proc.address, policy_text(
         "deploy-override", [("batch", [hog], '{ nice = 5 }')]))
     dep = call(proc.address, "Deploy", "s", token)
-    wait_state(proc.address, dep, {"canary"})
-    deadline = time.monotonic() + 10
-    while os.getpriority(os.PRIO_PROCESS, hog) != 5 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_deployment(proc.address, dep, {"canary"})
+    wait_until(lambda: os.getpriority(os.PRIO_PROCESS, hog) == 5, 10, "the canary's nice")
     os.setpriority(os.PRIO_PROCESS, hog, 3)  # the admin knows better
-    deadline = time.monotonic() + 15
-    info: dict = {}
-    while time.monotonic() < deadline:
-        info = json.loads(call(proc.address, "GetDeployment", "s", dep))
-        if info["overridden"]:
-            break
-        time.sleep(0.3)
-    assert info["overridden"], info
+    info = wait_until(lambda: (i := json.loads(call(proc.address, "GetDeployment", "s", dep)))
+                      ["overridden"] and i, 15, "the override reported", interval=0.3)
     assert info["overridden"][0]["key"].endswith(f"{hog}:nice") or "nice" in str(
         info["overridden"][0])
     call(proc.address, "Rollback", "s", dep)
@@ -166,7 +152,7 @@ def test_a_policy_guard_overrides_the_default(start_daemon, workload) -> None:
         '\n[[guard]]\ngroup = "batch"\nmetric = "cpu_share"\nmin_ratio = 0.9\n')
     _, token = verified_token(proc.address, text)
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert info["state"] == "reverted", info["events"]
     assert "CPU share of 'batch'" in info["reason"] and "below 90%" in info["reason"]
     assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in hogs)
@@ -240,7 +226,7 @@ def test_backoff_doubles_on_each_trip_of_the_same_version(start_daemon, workload
 
     def trip(token: str) -> None:
         dep = call(proc.address, "Deploy", "s", token)
-        info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+        info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
         assert info["state"] == "reverted", info["events"]
 
     def backing_off(token: str) -> float:
@@ -272,7 +258,7 @@ def test_selector_deployment_outlives_its_first_processes(start_daemon, tmp_path
                 'task = { nice = 5 }\n')
         _, token = verified_token(proc.address, text.replace("\\", "\\\\"))
         dep = call(proc.address, "Deploy", "s", token)
-        assert wait_state(proc.address, dep, {"active", "reverted", "failed"})["state"] == \
+        assert wait_deployment(proc.address, dep, {"active", "reverted", "failed"})["state"] == \
             "active"
         assert os.getpriority(os.PRIO_PROCESS, first.pid) == 5
         first.kill()
@@ -302,11 +288,11 @@ def test_pid_deployment_ends_when_its_processes_exit(start_daemon, tmp_path: Pat
         _, token = verified_token(proc.address, policy_text(
             "deploy-pids", [("jobs", [target.pid], "{ nice = 5 }")]))
         dep = call(proc.address, "Deploy", "s", token)
-        assert wait_state(proc.address, dep, {"active", "reverted", "failed"})["state"] == \
+        assert wait_deployment(proc.address, dep, {"active", "reverted", "failed"})["state"] == \
             "active"
     finally:
         target.kill()
         target.wait()
-    info = wait_state(proc.address, dep, {"reverted", "failed"}, timeout=15)
+    info = wait_deployment(proc.address, dep, {"reverted", "failed"}, timeout=15)
     assert info["reason"] == "every target process exited", info["events"]
     assert info["trip"] in ("", None, {}), info["trip"]  # not a breaker trip: no backoff

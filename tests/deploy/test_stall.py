@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import FAST, WORKER, call, policy_text, verified_token, wait_state
+from tests.deploy.conftest import FAST, policy_text, verified_token
+from tests.harness import WORKER, call, wait_deployment
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_breaker_reverts_a_policy_that_stalls_its_target(start_daemon, pinned) -
                                          '{ policy = "idle", affinity = "0" }')])
     _, token = verified_token(proc.address, text)
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"reverted", "failed"}, timeout=60)
+    info = wait_deployment(proc.address, dep, {"reverted", "failed"}, timeout=60)
     assert info["state"] == "reverted", info["events"]
     assert info["trip"]["guard"] == "stall", info["trip"]
     assert "had runnable threads but no CPU" in info["reason"]

@@ -37,8 +37,7 @@ import pytest
 
 from schedcpd import __version__
 from schedcpd.const import ACTION_OBSERVE, ACTIONS, BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
-from tests.conftest import run_as
-from tests.harness import ROOT, PrivateBus
+from tests.harness import ROOT, PrivateBus, run_as
 from tests.packaging.conftest import SYSTEMD_DIR, unit_capabilities
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

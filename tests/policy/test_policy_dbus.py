@@ -11,9 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.conftest import calls_as
 from tests.deploy.conftest import FAST
-from tests.harness import ROOT
+from tests.harness import ROOT, calls_as
 
 GOOD = """
 [policy]
