@@ -156,6 +156,7 @@ def test_budget_overrun_stops_cleanly_with_a_report(agent_daemon, procs: Procs,
     assert json.loads(lines[-1])["kind"] == "stop"
 
 
+@pytest.mark.slow
 def test_repository_hit_needs_no_model_call(agent_daemon, procs: Procs,
                                             spinners: list[int], agent_uid: int) -> None:
     _rc, first, err = run_agent(agent_daemon.address, [

@@ -199,6 +199,7 @@ def test_long_tail_pool_gets_long_job_first(agent_daemon, procs: Procs, agent_ui
     assert made and not any(cgroup_exists(c) for c in made), made
 
 
+@pytest.mark.slow
 def test_make_churn_command_gets_parallel_build(agent_daemon, procs: Procs,
                                                 agent_uid: int) -> None:
     # The agent starts the build itself (-- CMD), as its own user, in a directory it owns.

@@ -48,6 +48,7 @@ def _wait(address: str, dep: str, timeout: float = 60.0) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_an_antipattern_on_the_profile_makes_the_planner_skip_that_base(
         start_daemon, test_users: dict[str, int], procs: Procs) -> None:
     daemon = start_daemon(STRICT_CONFIG)

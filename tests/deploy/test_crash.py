@@ -34,6 +34,7 @@ WRITE_STEPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", FAULT_STEPS + tuple(WRITE_STEPS))
 def test_crash_at_every_step_restores(step: str, start_daemon, workload,
                                       tmp_path: Path) -> None:
@@ -100,6 +101,7 @@ def test_crash_at_every_step_restores(step: str, start_daemon, workload,
     assert "backing off" in again["message"]
 
 
+@pytest.mark.slow
 def test_fault_injection_is_off_in_the_default_configuration(start_daemon, workload) -> None:
     proc = start_daemon(FAST, env={"SCHEDCP_FAULT_AT": "after_record",
                                    "SCHEDCP_FAULT": "after_write"})

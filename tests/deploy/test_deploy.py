@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from dbus_fast import Message, MessageType
 
 from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
@@ -19,6 +20,7 @@ from tests.deploy.conftest import FAST, policy_text, verified_token
 from tests.harness import WORKER, call, call_error, calls_as, wait_deployment, wait_until
 
 
+@pytest.mark.slow
 def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None:
     proc = start_daemon(FAST)
     hogs = [h.pid for h in workload.hogs]
@@ -52,6 +54,7 @@ def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None
     assert outcomes[1]["note"] == "rollback by uid 0" and outcomes[1]["deployment_id"] == dep
 
 
+@pytest.mark.slow
 def test_breaker_reverts_a_policy_that_starves_the_probe(start_daemon, workload) -> None:
     proc = start_daemon(FAST)
     # The latency probe itself at SCHED_IDLE beside CPU hogs: passes the verifier
@@ -237,6 +240,7 @@ def _spinner(tag: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, str(WORKER), str(tag / "r-%d"), "spin"])
 
 
+@pytest.mark.slow
 def test_selector_deployment_outlives_its_first_processes(start_daemon, tmp_path: Path) -> None:
     """A command-line selector covers processes that start later: their exit ends nothing."""
     proc = start_daemon(FAST)

@@ -35,6 +35,7 @@ def pinned() -> Iterator[tuple[subprocess.Popen[bytes], list[subprocess.Popen[by
             proc.wait()
 
 
+@pytest.mark.slow
 def test_breaker_reverts_a_policy_that_stalls_its_target(start_daemon, pinned) -> None:
     target, _ = pinned
     # The spinner is CPU-bound and the policy deprioritises it, so it is a donor:
