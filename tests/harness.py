@@ -38,14 +38,35 @@ from schedcp_bench.services import (
     PrivateBus,
     SchedcpdProcess,
     stop_process,
-    wait_for,
+    wait_for,  # a started process coming up (it fails early when the process exits)
 )
 from tests.client_probe import run_calls
 
-__all__ = ["BUS_CONF", "CLIENT_PROBE", "POLICY_DIR", "ROOT", "WORKER", "PolkitMock",
-           "PrivateBus", "Procs", "SchedcpdProcess", "call", "call_error", "calls_as",
-           "handles_signal", "run_as", "wait_deployment", "wait_until", "wait_until_async",
-           "wait_workers_ready", "worker_argv"]
+__all__ = [
+    "BUS_CONF",
+    "CLIENT_PROBE",
+    "POLICY_DIR",
+    "ROOT",
+    "WORKER",
+    "PolkitMock",
+    "PrivateBus",
+    "Procs",
+    "SchedcpdProcess",
+    "call",
+    "call_error",
+    "calls_as",
+    "handles_signal",
+    "outcome",
+    "poll",
+    "run_as",
+    "wait_deployment",
+    "wait_for",
+    "wait_for_log",
+    "wait_until",
+    "wait_until_async",
+    "wait_workers_ready",
+    "worker_argv",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY_DIR = ROOT / "etc" / "dbus-1" / "system.d"
@@ -58,22 +79,32 @@ T = TypeVar("T")
 # -- waiting ----------------------------------------------------------------
 
 
+def poll(read: Callable[[], T], done: Callable[[T], object], timeout: float = 10.0,
+         interval: float = 0.05) -> T:
+    """Call ``read`` until ``done(value)`` or ``timeout`` seconds; return the last value.
+
+    For a caller that asserts on the value itself (what is left, what was
+    seen); :func:`wait_until` fails the test instead.  ``read`` is called once
+    more at the deadline, so a slow host costs time, not a false failure.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition",
                interval: float = 0.05) -> T:
     """Poll ``predicate`` until it returns something true, and return that.
 
-    Fails the test (AssertionError naming ``what``) after ``timeout`` seconds;
-    the predicate is asked once more at the deadline, so a slow host costs
-    time, never a false failure right at the end.
+    Fails the test (AssertionError naming ``what``) after ``timeout`` seconds.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not met within {timeout:g} s (last: {value!r})")
-        time.sleep(interval)
+    value = poll(predicate, bool, timeout, interval)
+    if not value:
+        raise AssertionError(f"{what}: not met within {timeout:g} s (last: {value!r})")
+    return value
 
 
 async def wait_until_async(predicate: Callable[[], T | Awaitable[T]], timeout: float = 10.0,
@@ -89,6 +120,19 @@ async def wait_until_async(predicate: Callable[[], T | Awaitable[T]], timeout: f
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what}: not met within {timeout:g} s (last: {value!r})")
         await asyncio.sleep(interval)
+
+
+def wait_for_log(proc: SchedcpdProcess, text: str, timeout: float = 10.0,
+                 after: str = "") -> None:
+    """Wait until the daemon has logged ``text`` (after the first ``after``, when given)."""
+    def logged() -> bool:
+        log = proc.log_text()
+        return after in log and text in log.split(after, 1)[1] if after else text in log
+
+    try:
+        wait_until(logged, timeout)
+    except AssertionError:
+        raise AssertionError(f"{text!r} not logged:\n{proc.log_text()}") from None
 
 
 # -- calls to the daemon ------------------------------------------------------
@@ -152,10 +196,16 @@ def calls_as(uid: int, address: str, calls: list[list[Any]]) -> list[dict[str, A
     return json.loads(out.stdout)
 
 
+def outcome(address: str, member: str, signature: str = "", *body: Any, uid: int = 0,
+            interface: str = MANAGER) -> dict[str, Any]:
+    """One Manager call as ``uid``: {"ok": result} or {"error": name, "message": text}."""
+    return calls_as(uid, address, [[member, signature, list(body), interface]])[0]
+
+
 def call(address: str, member: str, signature: str = "", *body: Any, uid: int = 0,
          interface: str = MANAGER) -> Any:
     """One Manager call as ``uid``; its result (the test fails on an error reply)."""
-    result = calls_as(uid, address, [[member, signature, list(body), interface]])[0]
+    result = outcome(address, member, signature, *body, uid=uid, interface=interface)
     assert "ok" in result, (member, result)
     return result["ok"]
 
@@ -163,7 +213,7 @@ def call(address: str, member: str, signature: str = "", *body: Any, uid: int = 
 def call_error(address: str, member: str, signature: str = "", *body: Any,
                uid: int = 0) -> str:
     """One Manager call as ``uid`` that must fail; the D-Bus error name."""
-    result = calls_as(uid, address, [[member, signature, list(body)]])[0]
+    result = outcome(address, member, signature, *body, uid=uid)
     assert "error" in result, (member, result)
     return str(result["error"])
 
@@ -256,8 +306,6 @@ class Procs:
         self.stop()
 
 # PrivateBus and SchedcpdProcess live in the package (the benchmark uses them too).
-_wait_for = wait_for
-_stop = stop_process
 
 
 class PolkitMock:
@@ -273,7 +321,7 @@ class PolkitMock:
             [SYSTEM_PYTHON, "-m", "dbusmock", "--system", "--template", "polkitd"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        _wait_for(self._owned, 15, "polkitd mock", self.proc)
+        wait_for(self._owned, 15, "polkitd mock", self.proc)
         return self
 
     def _owned(self) -> bool:
@@ -293,4 +341,4 @@ class PolkitMock:
         )
 
     def __exit__(self, *exc: object) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)

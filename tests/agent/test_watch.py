@@ -18,8 +18,9 @@ from schedcp_agent.agent import Options
 from schedcp_agent.client import SchedcpClient
 from schedcp_agent.targets import Scope
 from schedcp_agent.watch import Watcher, WatchSettings
-from tests.agent.conftest import Procs, agent_cwd
+from tests.agent.conftest import agent_cwd
 from tests.conftest import TEST_GROUP
+from tests.harness import Procs
 
 
 @pytest.mark.slow

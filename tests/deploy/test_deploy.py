@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from dbus_fast import Message, MessageType
 from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
 from tests.deploy.conftest import FAST, policy_text, verified_token
-from tests.harness import WORKER, call, call_error, calls_as, wait_deployment, wait_until
+from tests.harness import call, call_error, calls_as, wait_deployment, wait_until, worker_argv
 
 
 @pytest.mark.slow
@@ -237,7 +236,7 @@ def test_a_tripped_version_is_refused_while_it_backs_off(start_daemon, workload)
 
 
 def _spinner(tag: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, str(WORKER), str(tag / "r-%d"), "spin"])
+    return subprocess.Popen(worker_argv(tag, "spin"))
 
 
 @pytest.mark.slow

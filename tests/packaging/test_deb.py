@@ -27,7 +27,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +36,7 @@ import pytest
 
 from schedcpd import __version__
 from schedcpd.const import ACTION_OBSERVE, ACTIONS, BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
-from tests.harness import ROOT, PrivateBus, run_as
+from tests.harness import ROOT, PrivateBus, run_as, wait_for, wait_until
 from tests.packaging.conftest import SYSTEMD_DIR, unit_capabilities
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -221,15 +220,6 @@ def _owned(address: str, name: str) -> bool:
     return _run(["busctl", f"--address={address}", "status", name]).returncode == 0
 
 
-def _wait(predicate: Any, what: str, proc: subprocess.Popen[Any], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not come up:\n{log.read_text()}")
-
-
 @pytest.fixture
 def polkit_bus(tmp_path: Path) -> Iterator[PrivateBus]:
     """A private bus with the installed bus policies and the real polkitd on it."""
@@ -241,7 +231,8 @@ def polkit_bus(tmp_path: Path) -> Iterator[PrivateBus]:
             proc = subprocess.Popen([str(POLKITD), "--no-debug"], stdout=out, stderr=out,
                                     env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address})
         try:
-            _wait(lambda: _owned(bus.address, "org.freedesktop.PolicyKit1"), "polkitd", proc, log)
+            wait_for(lambda: _owned(bus.address, "org.freedesktop.PolicyKit1"), 30, "polkitd", proc,
+                     log)
             yield bus
         finally:
             proc.terminate()
@@ -293,10 +284,7 @@ def grant_all(address: str, user: str, uid: int) -> Iterator[None]:
 
 
 def _poll(predicate: Any, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while not predicate():
-        assert time.monotonic() < deadline, f"polkitd did not pick up {what}"
-        time.sleep(0.5)
+    wait_until(predicate, 60, f"polkitd picks up {what}", interval=0.5)
 
 
 def check_bus_policy(address: str) -> None:
@@ -389,7 +377,7 @@ def run_installed_daemon(bus: PrivateBus, tmp_path: Path) -> None:
             preexec_fn=_deny_write_execute if mdwe else None,
         )
     try:
-        _wait(lambda: _owned(bus.address, BUS_NAME), "schedcpd", proc, log)
+        wait_for(lambda: _owned(bus.address, BUS_NAME), 30, "schedcpd", proc, log)
         fields = dict(line.split(":\t", 1) for line in
                       Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ":\t" in line)
         wanted = sum(1 << CAP_NUMBERS[c] for c in unit_capabilities(UNIT))
