@@ -112,12 +112,29 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return deb
 
 
-def test_lintian_is_clean(deb: Path) -> None:
-    """No tag at any level but those overridden (each with a reason) in debian/."""
-    out = _run(["lintian", "--pedantic", "--display-info",
-                "--fail-on", "error,warning,info,pedantic", str(deb)])
-    tags = [line for line in out.stdout.splitlines() if re.match(r"^[EWIPX]: ", line)]
-    assert out.returncode == 0 and not tags, out.stdout + out.stderr
+@pytest.fixture(scope="module")
+def lintian(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """lintian over the .deb, started once it is built; a function giving (status, output).
+
+    It reads only the .deb, so it runs while the install tests do (it takes
+    a minute and more of one CPU) and test_lintian_is_clean, last in this
+    module, collects its verdict.
+    """
+    out = tmp_path_factory.mktemp("lintian") / "out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(["lintian", "--pedantic", "--display-info",
+                                 "--fail-on", "error,warning,info,pedantic", str(deb)],
+                                stdout=sink, stderr=subprocess.STDOUT)
+
+    def verdict() -> tuple[int, str]:
+        return proc.wait(timeout=600), out.read_text()
+
+    try:
+        yield verdict
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # -- the installed files ----------------------------------------------------
@@ -431,6 +448,7 @@ def cache_aside() -> Iterator[None]:
                 aside.rename(CACHE)
 
 
+@pytest.mark.usefixtures("lintian")  # started first: it runs beside the install
 def test_install_run_purge(deb: Path, polkit_bus: PrivateBus, tmp_path: Path,
                            cache_aside: None) -> None:
     before_accounts, before_paths = accounts(), schedcp_paths()
@@ -473,3 +491,10 @@ def test_purge_keeps_accounts_it_did_not_create(deb: Path, cache_aside: None) ->
         purge()
         if made_group:
             subprocess.run(["groupdel", "schedcp"], check=False)
+
+
+def test_lintian_is_clean(lintian: Any) -> None:
+    """No tag at any level but those overridden (each with a reason) in debian/."""
+    status, output = lintian()
+    tags = [line for line in output.splitlines() if re.match(r"^[EWIPX]: ", line)]
+    assert status == 0 and not tags, output
