@@ -32,16 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.deploy.conftest import (
-    Workload,
-    call,
-    forced_token,
-    policy_text,
-    verified_token,
-    wait_state,
-)
+from tests.deploy.conftest import Workload, forced_token, policy_text, verified_token
 from tests.deploy.fake_sched_ext import FakeSchedExt
-from tests.harness import PrivateBus, SchedcpdProcess
+from tests.harness import PrivateBus, SchedcpdProcess, call
+from tests.harness import wait_deployment as wait_state
 
 CONFIG = "[metrics]\nenabled = false\n[verifier]\ndynamic_seconds = 1.0\n"
 T2 = ('[policy]\nname = "bench-loader-{i}"\ndescription = "breaker benchmark"\n'

@@ -103,7 +103,7 @@ class DaemonApplier:
 
     def call(self, member: str, signature: str = "", *body: Any) -> Any:
         """One Manager call as root; raise on an error reply."""
-        from tests.conftest import calls_as
+        from tests.harness import calls_as
 
         result = calls_as(0, self.address, [[member, signature, list(body)]])[0]
         if "ok" not in result:

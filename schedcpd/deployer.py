@@ -92,8 +92,11 @@ class Deployer:
     def __init__(self, store: StateStore, plugins: PluginHost, repository: Repository,
                  tokens: TokenAuthority, settings: DeployerSettings | None = None,
                  breaker: BreakerSettings | None = None,
-                 emit: Callable[[str, str, str], None] | None = None) -> None:
+                 emit: Callable[[str, str, str], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``clock``: wall-clock seconds for the records and the back-off (tests pass theirs)."""
         self._store = store
+        self._clock = clock
         self._plugins = plugins
         self._repo = repository
         self._tokens = tokens
@@ -113,7 +116,7 @@ class Deployer:
 
     async def _set_state(self, dep_id: str, state: str, reason: str,
                          **fields: Any) -> None:
-        now = time.time()
+        now = self._clock()
 
         def write(db: Database) -> None:
             with db.conn:
@@ -203,7 +206,12 @@ class Deployer:
             policy=doc, scope={"owner": "plan"}, dry_run=True)
         return {"policy_id": policy["id"], "name": policy["name"], "plan": report}
 
-    async def _backoff_left(self, digest: str) -> float:
+    async def backoff_left(self, digest: str) -> float:
+        """Seconds until a policy version (by digest) may deploy again after trips.
+
+        ``backoff_seconds`` after its latest trip, doubled for each earlier
+        one (up to 8 counted): 0 when it never tripped or the time is up.
+        """
         def query(db: Database) -> list[float]:
             return [r[0] for r in db.execute(
                 "SELECT updated FROM deployments WHERE policy_digest = ? AND trip != '' "
@@ -214,18 +222,18 @@ class Deployer:
         if not trips:
             return 0.0
         wait = self.settings.backoff_seconds * 2 ** (len(trips) - 1)
-        return max(0.0, trips[0] + wait - time.time())
+        return max(0.0, trips[0] + wait - self._clock())
 
     async def deploy(self, token: str, uid: int) -> str:
         """Redeem ``token`` and start the deployment; return its id at once."""
         claims = self._tokens.check(token)
-        left = await self._backoff_left(claims["policy_digest"])
+        left = await self.backoff_left(claims["policy_digest"])
         if left > 0:
             raise Conflict(f"policy {claims['policy_id'][:12]} tripped the breaker recently; "
                            f"backing off for {left:.0f} more seconds")
         claims, policy = await self._redeem(token, uid, consume=True)
         dep_id = f"dep-{uuid.uuid4().hex[:12]}"
-        now = time.time()
+        now = self._clock()
         row = {"id": dep_id, "policy_id": policy["id"], "policy_digest": claims["policy_digest"],
                "name": policy["name"], "subsystem": claims["subsystem"], "uid": uid,
                "state": "pending", "reason": "token accepted", "created": now, "updated": now,
@@ -404,7 +412,7 @@ class Deployer:
         await asyncio.to_thread(self._restore, subsystem, dep_id)
         restored = time.monotonic()
         record = {**trip.as_dict(), "decision_to_restore_s": round(restored - decided, 4),
-                  "decided_at": time.time() - (restored - decided)}
+                  "decided_at": self._clock() - (restored - decided)}
         self.trips.append({"deployment": dep_id, **record})
         await self._set_state(dep_id, "reverted", f"circuit breaker: {trip.detail}",
                               trip=json.dumps(record))
@@ -469,7 +477,7 @@ class Deployer:
                       "every journaled value was restored at start-up")
             record = {"guard": "daemon_restart", "group": dep["subsystem"], "baseline": None,
                       "observed": None, "ratio": None, "detail": detail,
-                      "decision_to_restore_s": None, "decided_at": time.time()}
+                      "decision_to_restore_s": None, "decided_at": self._clock()}
             self.trips.append({"deployment": dep["id"], **record})
             await self._set_state(dep["id"], "reverted",
                                   "the daemon restarted mid-deployment; every journaled "

@@ -28,9 +28,10 @@ def _plain(value: object) -> object:
     return value
 
 
-async def main(address: str, calls: list[list[object]]) -> None:
+async def run_calls(address: str, calls: list[list[object]]) -> list[dict[str, object]]:
+    """Make ``calls`` on one connection; each outcome as {"ok": ...} or {"error": ...}."""
     bus = await MessageBus(bus_address=address).connect()
-    out = []
+    out: list[dict[str, object]] = []
     for call in calls:
         member, signature, body = call[0], call[1], call[2]
         interface = call[3] if len(call) > 3 else "org.schedcp.Control1.Manager"
@@ -45,8 +46,8 @@ async def main(address: str, calls: list[list[object]]) -> None:
             body = [_plain(b) for b in reply.body]
             out.append({"ok": body[0] if len(body) == 1 else (body or None)})
     bus.disconnect()
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], json.loads(sys.argv[2])))
+    print(json.dumps(asyncio.run(run_calls(sys.argv[1], json.loads(sys.argv[2])))))

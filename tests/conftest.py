@@ -1,15 +1,11 @@
-"""Shared fixtures: a private system-like bus, schedcpd, test users, clients."""
+"""Shared fixtures: a private system-like bus, schedcpd, test users (helpers: tests/harness.py)."""
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import grp
-import json
 import pwd
-import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,34 +101,3 @@ def test_users() -> Iterator[dict[str, int]]:
                     if markers[name].exists():
                         subprocess.run([command, name], check=False, capture_output=True)
                         markers[name].unlink()
-
-
-def run_as(uid: int, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` as ``uid`` with that user's groups (root when uid is 0).
-
-    The working directory is ``/``: the checkout may not be readable by other
-    users (a clone in a 0700 directory); they run the installed package.
-    """
-    extra: dict[str, Any] = {}
-    if uid != 0:
-        pw = pwd.getpwuid(uid)
-        groups = [g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem]
-        extra = {"user": uid, "group": pw.pw_gid, "extra_groups": groups}
-    kwargs.setdefault("cwd", "/")
-    kwargs.setdefault("timeout", 60)
-    return subprocess.run(argv, capture_output=True, text=True, **extra, **kwargs)
-
-
-_PROBE_DIR = Path(tempfile.mkdtemp(prefix="schedcp-client-"))
-_PROBE_DIR.chmod(0o755)
-CLIENT_PROBE = _PROBE_DIR / "client_probe.py"
-shutil.copy(Path(__file__).parent / "client_probe.py", CLIENT_PROBE)
-CLIENT_PROBE.chmod(0o644)
-atexit.register(shutil.rmtree, _PROBE_DIR, True)
-
-
-def calls_as(uid: int, address: str, calls: list[list[Any]]) -> list[dict[str, Any]]:
-    """Make Manager calls as ``uid`` from a separate process; outcomes in order."""
-    out = run_as(uid, [sys.executable, str(CLIENT_PROBE), address, json.dumps(calls)])
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)

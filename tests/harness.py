@@ -1,34 +1,314 @@
-"""Real parts for tests and benchmarks: a private system-like bus, schedcpd, polkit mock.
+"""The one home of the tests' helpers: real parts to run, calls to make, waits to poll.
 
-Everything here starts real processes: ``dbus-daemon`` with a deny-by-default
-configuration modelled on Debian's system bus plus the project's shipped bus
-policy, ``schedcpd`` as a subprocess, and python-dbusmock's polkitd template
-(the one fake: a polkit whose answers the test sets).
+- Real parts: ``dbus-daemon`` with a deny-by-default configuration modelled
+  on Debian's system bus plus the project's shipped bus policy
+  (:class:`PrivateBus`), ``schedcpd`` as a subprocess
+  (:class:`SchedcpdProcess`), and python-dbusmock's polkitd template
+  (:class:`PolkitMock`, the one fake: a polkit whose answers the test sets).
+- D-Bus calls to the daemon's Manager: :func:`calls_as` (as any uid),
+  :func:`call` (the result, or the test fails) and :func:`call_error`.
+- Waiting: :func:`wait_until` and :func:`wait_until_async` poll a condition
+  until it holds (no fixed sleeps in tests).
+- Processes a test owns: :class:`Procs` (killed with their process groups
+  at the end), :func:`worker_argv` for the sandbox worker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import grp
+import json
 import os
+import pwd
+import re
+import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+from plugins.scheduler import sandbox
+from plugins.scheduler.sandbox_worker import RECORD
 from schedcp_bench.services import (
     BUS_CONF,
     PrivateBus,
     SchedcpdProcess,
     stop_process,
-    wait_for,
+    wait_for,  # a started process coming up (it fails early when the process exits)
 )
+from tests.client_probe import run_calls
 
-__all__ = ["BUS_CONF", "POLICY_DIR", "ROOT", "PolkitMock", "PrivateBus", "SchedcpdProcess"]
+__all__ = [
+    "BUS_CONF",
+    "CLIENT_PROBE",
+    "POLICY_DIR",
+    "ROOT",
+    "WORKER",
+    "PolkitMock",
+    "PrivateBus",
+    "Procs",
+    "SchedcpdProcess",
+    "call",
+    "call_error",
+    "calls_as",
+    "handles_signal",
+    "outcome",
+    "poll",
+    "run_as",
+    "wait_deployment",
+    "wait_for",
+    "wait_for_log",
+    "wait_until",
+    "wait_until_async",
+    "wait_workers_ready",
+    "worker_argv",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY_DIR = ROOT / "etc" / "dbus-1" / "system.d"
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-dbusmock lives in Debian's Python
+WORKER = sandbox.WORKER
+MANAGER = "org.schedcp.Control1.Manager"
+
+T = TypeVar("T")
+
+# -- waiting ----------------------------------------------------------------
+
+
+def poll(read: Callable[[], T], done: Callable[[T], object], timeout: float = 10.0,
+         interval: float = 0.05) -> T:
+    """Call ``read`` until ``done(value)`` or ``timeout`` seconds; return the last value.
+
+    For a caller that asserts on the value itself (what is left, what was
+    seen); :func:`wait_until` fails the test instead.  ``read`` is called once
+    more at the deadline, so a slow host costs time, not a false failure.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition",
+               interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something true, and return that.
+
+    Fails the test (AssertionError naming ``what``) after ``timeout`` seconds.
+    """
+    value = poll(predicate, bool, timeout, interval)
+    if not value:
+        raise AssertionError(f"{what}: not met within {timeout:g} s (last: {value!r})")
+    return value
+
+
+async def wait_until_async(predicate: Callable[[], T | Awaitable[T]], timeout: float = 10.0,
+                           what: str = "condition", interval: float = 0.05) -> T:
+    """:func:`wait_until` for a test's event loop (the predicate may be a coroutine function)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not met within {timeout:g} s (last: {value!r})")
+        await asyncio.sleep(interval)
+
+
+def wait_for_log(proc: SchedcpdProcess, text: str, timeout: float = 10.0,
+                 after: str = "") -> None:
+    """Wait until the daemon has logged ``text`` (after the first ``after``, when given)."""
+    def logged() -> bool:
+        log = proc.log_text()
+        return after in log and text in log.split(after, 1)[1] if after else text in log
+
+    try:
+        wait_until(logged, timeout)
+    except AssertionError:
+        raise AssertionError(f"{text!r} not logged:\n{proc.log_text()}") from None
+
+
+# -- calls to the daemon ------------------------------------------------------
+
+
+def run_as(uid: int, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as ``uid`` with that user's groups (root when uid is 0).
+
+    The working directory is ``/``: the checkout may not be readable by other
+    users (a clone in a 0700 directory); they run the installed package.
+    """
+    extra: dict[str, Any] = {}
+    if uid != 0:
+        pw = pwd.getpwuid(uid)
+        groups = [g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem]
+        extra = {"user": uid, "group": pw.pw_gid, "extra_groups": groups}
+    kwargs.setdefault("cwd", "/")
+    kwargs.setdefault("timeout", 60)
+    return subprocess.run(argv, capture_output=True, text=True, **extra, **kwargs)
+
+
+_PROBE_DIR = Path(tempfile.mkdtemp(prefix="schedcp-client-"))
+_PROBE_DIR.chmod(0o755)
+CLIENT_PROBE = _PROBE_DIR / "client_probe.py"
+"""tests/client_probe.py where every user can read it (the checkout may be 0700)."""
+shutil.copy(Path(__file__).parent / "client_probe.py", CLIENT_PROBE)
+CLIENT_PROBE.chmod(0o644)
+atexit.register(shutil.rmtree, _PROBE_DIR, True)
+
+
+def _in_process(address: str, calls: list[list[Any]]) -> list[dict[str, Any]]:
+    """The calls from this process, on a loop of their own (the test may be running one)."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["out"] = asyncio.run(asyncio.wait_for(run_calls(address, calls), 60))
+        except BaseException as err:  # re-raised in the test's thread
+            result["err"] = err
+
+    thread = threading.Thread(target=run, name="calls_as")
+    thread.start()
+    thread.join()
+    if "err" in result:
+        raise result["err"]
+    return json.loads(json.dumps(result["out"]))  # the same plain values as from a child
+
+
+def calls_as(uid: int, address: str, calls: list[list[Any]]) -> list[dict[str, Any]]:
+    """Make Manager calls as ``uid``; each outcome ({"ok": ...} or {"error", "message"}).
+
+    As another uid the calls come from a child process running as that user
+    (tests/client_probe.py), so the daemon sees that uid.  As the test's own
+    uid they are made from this process: the daemon sees the same uid,
+    without a Python start-up per call.
+    """
+    if uid == os.geteuid():
+        return _in_process(address, calls)
+    out = run_as(uid, [sys.executable, str(CLIENT_PROBE), address, json.dumps(calls)])
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def outcome(address: str, member: str, signature: str = "", *body: Any, uid: int = 0,
+            interface: str = MANAGER) -> dict[str, Any]:
+    """One Manager call as ``uid``: {"ok": result} or {"error": name, "message": text}."""
+    return calls_as(uid, address, [[member, signature, list(body), interface]])[0]
+
+
+def call(address: str, member: str, signature: str = "", *body: Any, uid: int = 0,
+         interface: str = MANAGER) -> Any:
+    """One Manager call as ``uid``; its result (the test fails on an error reply)."""
+    result = outcome(address, member, signature, *body, uid=uid, interface=interface)
+    assert "ok" in result, (member, result)
+    return result["ok"]
+
+
+def call_error(address: str, member: str, signature: str = "", *body: Any,
+               uid: int = 0) -> str:
+    """One Manager call as ``uid`` that must fail; the D-Bus error name."""
+    result = outcome(address, member, signature, *body, uid=uid)
+    assert "error" in result, (member, result)
+    return str(result["error"])
+
+
+def wait_deployment(address: str, dep: str, states: set[str],
+                    timeout: float = 30.0) -> dict[str, Any]:
+    """Poll GetDeployment until ``dep`` is in one of ``states``; its record."""
+    last: dict[str, Any] = {}
+
+    def reached() -> bool:
+        last.update(json.loads(call(address, "GetDeployment", "s", dep)))
+        return last["state"] in states
+
+    try:
+        wait_until(reached, timeout, interval=0.1)
+    except AssertionError:
+        raise AssertionError(f"deployment {dep} stuck in {last.get('state')}: "
+                             f"{last.get('events')}") from None
+    return dict(last)
+
+
+# -- processes a test owns ------------------------------------------------------
+
+
+def handles_signal(pid: int, sig: int) -> bool:
+    """Whether ``pid`` has installed a handler for ``sig`` (SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(int(line.split()[1], 16) for line in status.splitlines()
+                  if line.startswith("SigCgt:"))
+    return bool(caught & (1 << (sig - 1)))
+
+
+def wait_workers_ready(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """Wait until each sandbox worker is set up (its step log holds its first record)."""
+    for proc in procs:
+        log = Path(str(proc.args[2]).replace("%d", str(proc.pid)))  # type: ignore[index]
+        wait_until(lambda log=log: log.exists() and log.stat().st_size >= RECORD.size,
+                   timeout, f"sandbox worker {proc.pid} started")
+
+
+def worker_argv(directory: Path, role: str) -> list[str]:
+    """The sandbox worker (``spin``, ``periodic``, ...) logging its steps to ``directory``/r-PID."""
+    return [sys.executable, str(WORKER), str(directory / "r-%d"), role]
+
+
+class Procs:
+    """Child processes a test owns, each in a session of its own; all killed at the end.
+
+    ``stop()`` kills each one's whole process group (what it forked too) and
+    removes the scratch directory :attr:`dir`.
+    """
+
+    def __init__(self, prefix: str = "schedcp-test-") -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.extra_dirs: list[Path] = []
+
+    @property
+    def regex(self) -> str:
+        """A --match regex selecting exactly the workers (their argv names :attr:`dir`)."""
+        return re.escape(str(self.dir))
+
+    def start(self, argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in a session of its own."""
+        proc = subprocess.Popen(argv, start_new_session=True, **popen)
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, role: str) -> subprocess.Popen[bytes]:
+        """A sandbox worker (spin or periodic) reporting under :attr:`dir`."""
+        return self.start(worker_argv(self.dir, role))
+
+    def stop(self) -> None:
+        """Kill every process group started here."""
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        for path in [self.dir, *self.extra_dirs]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 # PrivateBus and SchedcpdProcess live in the package (the benchmark uses them too).
-_wait_for = wait_for
-_stop = stop_process
 
 
 class PolkitMock:
@@ -44,7 +324,7 @@ class PolkitMock:
             [SYSTEM_PYTHON, "-m", "dbusmock", "--system", "--template", "polkitd"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        _wait_for(self._owned, 15, "polkitd mock", self.proc)
+        wait_for(self._owned, 15, "polkitd mock", self.proc)
         return self
 
     def _owned(self) -> bool:
@@ -64,4 +344,4 @@ class PolkitMock:
         )
 
     def __exit__(self, *exc: object) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,10 +22,9 @@ from typing import Any
 import pytest
 
 from plugins.scheduler import sandbox
-from tests.conftest import TEST_GROUP, TEST_USER, run_as
-from tests.harness import ROOT, PrivateBus, SchedcpdProcess
+from tests.conftest import TEST_GROUP, TEST_USER
+from tests.harness import ROOT, PrivateBus, Procs, SchedcpdProcess, run_as
 
-WORKER = sandbox.WORKER
 WORKLOADS = Path(__file__).parent / "workloads.py"
 
 # Fast windows (as tests/deploy) and a lenient breaker: the breaker itself is
@@ -113,44 +109,9 @@ def run_agent(address: str, args: list[str], uid: int, env: dict[str, str] | Non
     return out.returncode, report, out.stderr
 
 
-class Procs:
-    """Child processes a test owns; all killed (with their groups) at the end."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="schedcp-agent-test-"))
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.extra_dirs: list[Path] = []
-
-    @property
-    def regex(self) -> str:
-        """A --match regex selecting exactly these processes (their argv names the dir)."""
-        return re.escape(str(self.dir))
-
-    def worker(self, role: str) -> subprocess.Popen[bytes]:
-        """A sandbox worker (spin or periodic) reporting under this test's directory."""
-        return self.start([sys.executable, str(WORKER), str(self.dir / "r-%d"), role])
-
-    def start(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        """Start ``argv`` in a session of its own."""
-        proc = subprocess.Popen(argv, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        """Kill every process group started here."""
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        for path in [self.dir, *self.extra_dirs]:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture
 def procs() -> Iterator[Procs]:
-    p = Procs()
+    p = Procs("schedcp-agent-test-")
     try:
         yield p
     finally:

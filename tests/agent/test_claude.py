@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from schedcp_agent.tools import claude_tools
-from tests.agent.conftest import KnobWatcher, Procs, run_agent, user_dir
+from tests.agent.conftest import KnobWatcher, run_agent, user_dir
 from tests.agent.fake_messages import FakeMessagesAPI, last_tool_results, message, tool_use
-from tests.conftest import calls_as
+from tests.harness import Procs, calls_as, wait_workers_ready
 
 # claude-sonnet-4-5 is charged at the claude-sonnet-4 entry: $/M tokens.
 PRICE = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}
@@ -46,9 +45,9 @@ def transcripts(procs: Procs, uid: int) -> Path:
 
 @pytest.fixture
 def spinners(procs: Procs) -> list[int]:
-    pids = [procs.worker("spin").pid for _ in range(2)]
-    time.sleep(1.0)
-    return pids
+    workers = [procs.worker("spin") for _ in range(2)]
+    wait_workers_ready(workers)
+    return [w.pid for w in workers]
 
 
 def test_tool_calls_malformed_arguments_and_accounting(agent_daemon, procs: Procs,
@@ -156,6 +155,7 @@ def test_budget_overrun_stops_cleanly_with_a_report(agent_daemon, procs: Procs,
     assert json.loads(lines[-1])["kind"] == "stop"
 
 
+@pytest.mark.slow
 def test_repository_hit_needs_no_model_call(agent_daemon, procs: Procs,
                                             spinners: list[int], agent_uid: int) -> None:
     _rc, first, err = run_agent(agent_daemon.address, [

@@ -28,7 +28,6 @@ from schedcp_bench.workloads.common import build_native, ncpu
 from tests.agent.conftest import (
     WORKLOADS,
     KnobWatcher,
-    Procs,
     agent_cwd,
     cgroup_exists,
     cgroup_shares,
@@ -38,7 +37,7 @@ from tests.agent.conftest import (
     run_agent,
     user_dir,
 )
-from tests.conftest import calls_as, run_as
+from tests.harness import Procs, calls_as, run_as, wait_workers_ready
 
 
 def _restored(pids: list[int]) -> None:
@@ -69,7 +68,7 @@ def test_latency_probe_beside_hogs_gets_latency_protection(agent_daemon, procs: 
                                                            agent_uid: int) -> None:
     probe = procs.worker("periodic")
     hogs = [procs.worker("spin") for _ in range(2)]
-    time.sleep(1.0)
+    wait_workers_ready([probe, *hogs])
     before = probe_p99(probe, procs.dir, 1.5)
     during: list[float | None] = []
     argv = [sys.executable, "-m", "schedcp_agent", "optimize", "--bus", agent_daemon.address,
@@ -200,6 +199,7 @@ def test_long_tail_pool_gets_long_job_first(agent_daemon, procs: Procs, agent_ui
     assert made and not any(cgroup_exists(c) for c in made), made
 
 
+@pytest.mark.slow
 def test_make_churn_command_gets_parallel_build(agent_daemon, procs: Procs,
                                                 agent_uid: int) -> None:
     # The agent starts the build itself (-- CMD), as its own user, in a directory it owns.
@@ -249,7 +249,7 @@ def test_make_churn_command_gets_parallel_build(agent_daemon, procs: Procs,
 def test_unauthorized_user_gets_a_clear_message(agent_daemon, procs: Procs,
                                                 test_users) -> None:
     spinners = [procs.worker("spin") for _ in range(2)]
-    time.sleep(0.5)
+    wait_workers_ready(spinners)
     rc, _report, err = run_agent(agent_daemon.address, [
         "--goal", "throughput", "--match", procs.regex], uid=test_users["nobody"])
     assert rc == 4, err

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 import tomllib
 from typing import Any
 
@@ -25,36 +24,21 @@ from schedcp_agent.client import SchedcpClient
 from schedcp_agent.observe import _DESCRIPTION, WorkloadProfile
 from schedcp_agent.offline import OfflinePlanner
 from schedcp_agent.plan import RepositoryView, configure
-from tests.agent.conftest import AGENT_CONFIG, Procs, run_agent
-from tests.conftest import calls_as
-from tests.harness import ROOT
+from tests.agent.conftest import AGENT_CONFIG, run_agent
+from tests.harness import ROOT, Procs, call, wait_deployment, wait_workers_ready
 
 # The daemon's default circuit breaker (AGENT_CONFIG's lenient one would not trip).
 STRICT_CONFIG = AGENT_CONFIG.split("[breaker]")[0]
 PROFILE = "latency-beside-cpu-hogs"
 
 
-def _call(address: str, member: str, signature: str = "", *body: Any) -> Any:
-    result = calls_as(0, address, [[member, signature, list(body)]])[0]
-    assert "ok" in result, (member, result)
-    return result["ok"]
-
-
-def _wait(address: str, dep: str, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = json.loads(_call(address, "GetDeployment", "s", dep))
-        if info["state"] in ("active", "reverted", "failed") or time.monotonic() > deadline:
-            return info
-        time.sleep(0.2)
-
-
+@pytest.mark.slow
 def test_an_antipattern_on_the_profile_makes_the_planner_skip_that_base(
         start_daemon, test_users: dict[str, int], procs: Procs) -> None:
     daemon = start_daemon(STRICT_CONFIG)
     probe = procs.worker("periodic")
     hogs = [procs.worker("spin") for _ in range(2)]
-    time.sleep(1.0)
+    wait_workers_ready([probe, *hogs])
     # What an earlier agent run might have deployed: latency-protect bound to this
     # profile, with a guard that its batch group keeps 90 % of its CPU.  Both hogs
     # share one CPU, so the canary (one hog idle beside the other) breaks that
@@ -67,15 +51,16 @@ def test_an_antipattern_on_the_profile_makes_the_planner_skip_that_base(
         base_name="latency-protect", profile_key=f"latency.{PROFILE}",
         profile_text=f"{_DESCRIPTION[PROFILE]}; goal: latency", goal="latency")
     bad["guard"] = [{"group": "batch", "metric": "cpu_share", "min_ratio": 0.9}]
-    policy_id = _call(daemon.address, "SubmitPolicy", "s", document.dump(bad))
+    policy_id = call(daemon.address, "SubmitPolicy", "s", document.dump(bad))
     for _ in range(3):  # the sandbox test measures on a shared host: retry as the agent does
-        token, report = _call(daemon.address, "VerifyPolicy", "s", policy_id)
+        token, report = call(daemon.address, "VerifyPolicy", "s", policy_id)
         if token:
             break
     assert token, report
-    info = _wait(daemon.address, _call(daemon.address, "Deploy", "s", token))
+    info = wait_deployment(daemon.address, call(daemon.address, "Deploy", "s", token),
+                           {"active", "reverted", "failed"}, timeout=60)
     assert info["state"] == "reverted", info["events"]  # the breaker saw the probe starve
-    history = json.loads(_call(daemon.address, "GetPolicyHistory", "s", policy_id))
+    history = json.loads(call(daemon.address, "GetPolicyHistory", "s", policy_id))
     assert history["antipatterns"], history
     for h in hogs:
         os.sched_setaffinity(h.pid, range(os.cpu_count() or 1))
@@ -96,7 +81,7 @@ def test_an_antipattern_on_the_profile_makes_the_planner_skip_that_base(
 def test_a_policy_without_groups_is_skipped(agent_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
     text = (ROOT / "policies" / "t2" / "scx-vtime.toml").read_text()
     assert "group" not in tomllib.loads(text)
-    _call(agent_daemon.address, "SubmitPolicy", "s", text)
+    call(agent_daemon.address, "SubmitPolicy", "s", text)
     profile = WorkloadProfile("cpu-batch", "throughput", "given", "t",
                               roles={"batch": [os.getpid()]})
     # A rule naming the groupless policy first (as a repository hit might).

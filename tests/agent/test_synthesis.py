@@ -24,7 +24,7 @@ from schedcp_agent.observe import WorkloadProfile
 from tests.agent.conftest import Procs, run_agent
 from tests.agent.fake_messages import FakeMessagesAPI, last_tool_results, message, tool_use
 from tests.agent.test_claude import _env, transcripts
-from tests.conftest import calls_as
+from tests.harness import calls_as
 
 # A call can wait for two micro-VM boots (kernel and dynamic stages).
 T2_CONFIG_EXTRA = "[bus]\ncall_timeout_seconds = 600\n"

@@ -11,15 +11,19 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from schedcp_agent import document
 from schedcp_agent.agent import Options
 from schedcp_agent.client import SchedcpClient
 from schedcp_agent.targets import Scope
 from schedcp_agent.watch import Watcher, WatchSettings
-from tests.agent.conftest import Procs, agent_cwd
+from tests.agent.conftest import agent_cwd
 from tests.conftest import TEST_GROUP
+from tests.harness import Procs
 
 
+@pytest.mark.slow
 def test_new_heavy_tree_triggers_one_action(agent_daemon, procs: Procs, agent_uid: int) -> None:
     argv = [sys.executable, "-m", "schedcp_agent", "watch", "--bus", agent_daemon.address,
             "--json", "--match", procs.regex, "--poll", "1", "--heavy-cpu", "0.1",

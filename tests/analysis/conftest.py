@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.harness import Procs
 
 WORKLOADS = Path(__file__).with_name("workloads.py")
 
@@ -17,23 +18,12 @@ Spawn = Callable[..., subprocess.Popen[bytes]]
 @pytest.fixture
 def spawn() -> Iterator[Spawn]:
     """Start child processes in their own sessions; kill their groups afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
+    with Procs("schedcp-analysis-") as procs:
+        def start(*argv: str, cwd: str | Path | None = None) -> subprocess.Popen[bytes]:
+            return procs.start(list(argv), cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
 
-    def start(*argv: str, cwd: str | Path | None = None) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(list(argv), cwd=cwd, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        started.append(p)
-        return p
-
-    try:
         yield start
-    finally:
-        for p in started:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=10)
 
 
 class Argv:

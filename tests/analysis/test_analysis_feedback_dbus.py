@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tests.conftest import calls_as
-from tests.deploy.conftest import FAST, Workload, call, policy_text, verified_token, wait_state
+from tests.deploy.conftest import FAST, Workload, policy_text, verified_token
+from tests.harness import call, calls_as, wait_deployment
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def test_feedback_of_a_deployment_over_dbus(start_daemon) -> None:
         dep = call(proc.address, "Deploy", "s", token)
         # Active, or reverted by the breaker when other work on the host disturbs
         # the guards: feedback covers both, once something was applied.
-        info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+        info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
         assert "canary" in [e["state"] for e in info["events"]], info["events"]
 
         live = _feedback(proc.address, dep)

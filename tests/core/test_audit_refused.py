@@ -35,9 +35,8 @@ from schedcpd.dbus.service import ManagerService
 from schedcpd.metrics import Metrics
 from schedcpd.schema import MIGRATIONS
 from schedcpd.state import StateStore
-from tests.conftest import calls_as
 from tests.core.test_dispatch import Engine
-from tests.harness import PrivateBus
+from tests.harness import PrivateBus, calls_as
 
 ERR = "org.schedcp.Control1.Error."
 MGR = MANAGER_INTERFACE

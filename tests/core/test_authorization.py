@@ -11,8 +11,7 @@ from schedcpd.api import collect
 from schedcpd.const import ACTIONS
 from schedcpd.manager import Manager
 from schedcpd.tokens import digest_of
-from tests.conftest import calls_as
-from tests.harness import ROOT, PolkitMock, PrivateBus, SchedcpdProcess
+from tests.harness import ROOT, PolkitMock, PrivateBus, SchedcpdProcess, calls_as
 
 PROPS = "org.freedesktop.DBus.Properties"
 MGR = "org.schedcp.Control1.Manager"

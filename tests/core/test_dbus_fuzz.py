@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import calls_as, run_as
+from tests.harness import calls_as, run_as
 
 CONFIG = """[metrics]
 enabled = false

@@ -15,21 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import calls_as
-from tests.harness import ROOT, PrivateBus, SchedcpdProcess
+from tests.harness import ROOT, PrivateBus, SchedcpdProcess, calls_as, wait_for_log
 
 
 def status(proc: SchedcpdProcess) -> dict:
     return json.loads(calls_as(0, proc.address, [["GetStatus", "", []]])[0]["ok"])
-
-
-def wait_for_log(proc: SchedcpdProcess, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in proc.log_text():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not logged:\n{proc.log_text()}")
 
 
 @pytest.fixture
@@ -81,10 +71,7 @@ def test_reload_on_sighup_file_change_and_method(start_daemon) -> None:
     # SIGHUP reloads on its own (the file is unchanged since the last reload).
     proc.proc.send_signal(signal.SIGHUP)
     wait_for_log(proc, "reloading configuration (SIGHUP)")
-    deadline = time.monotonic() + 10
-    while "changed: nothing" not in proc.log_text().split("(SIGHUP)", 1)[1]:
-        assert time.monotonic() < deadline, proc.log_text()
-        time.sleep(0.05)
+    wait_for_log(proc, "changed: nothing", after="(SIGHUP)")
     result = calls_as(0, proc.address, [["Reload", "", []]])[0]
     assert json.loads(result["ok"]) == {"changed": [], "restart_required": []}
 
@@ -205,7 +192,7 @@ def test_metrics_can_be_turned_off(start_daemon) -> None:
 
 
 def test_cli_status_audit_and_exit_codes(start_daemon, test_users: dict[str, int]) -> None:
-    from tests.conftest import run_as
+    from tests.harness import run_as
 
     proc = start_daemon()
     # The installed console script, as users run it.

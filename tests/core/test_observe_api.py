@@ -6,7 +6,7 @@ import json
 import time
 import urllib.request
 
-from tests.conftest import calls_as
+from tests.harness import calls_as
 
 MGR = "org.schedcp.Control1.Manager"
 

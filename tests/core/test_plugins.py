@@ -16,9 +16,8 @@ from schedcpd import agent_hookspecs, hookspecs
 from schedcpd.errors import NotSupported
 from schedcpd.hookspecs import PluginContext
 from schedcpd.plugins import PluginHost
-from tests.conftest import calls_as
 from tests.core.sample_plugins import good
-from tests.harness import ROOT
+from tests.harness import ROOT, calls_as
 
 SAMPLES = "tests.core.sample_plugins"
 

@@ -6,9 +6,6 @@ import base64
 import json
 import os
 import secrets
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +13,9 @@ from typing import Any
 
 import pytest
 
-from plugins.scheduler import sandbox
 from schedcpd.repository import parse_document, policy_scope
 from schedcpd.tokens import PREFIX, KeyStore, digest_of
-from tests.conftest import calls_as
-
-WORKER = sandbox.WORKER
+from tests.harness import Procs, call, wait_workers_ready
 
 FAST = """[metrics]
 enabled = false
@@ -40,31 +34,20 @@ stall_seconds = 10.0
 # is lenient here (tests/deploy/test_stall.py sets it back to 2 s).
 
 
-class Workload:
+class Workload(Procs):
     """A periodic waker (the latency probe) and CPU hogs, as child processes."""
 
     def __init__(self, hogs: int) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="schedcp-deploy-"))
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.probe = self._spawn("periodic")
-        self.hogs = [self._spawn("spin") for _ in range(hogs)]
-
-    def _spawn(self, role: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, str(WORKER), str(self.dir / "r-%d"), role])
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            proc.wait()
+        super().__init__("schedcp-deploy-")
+        self.probe = self.worker("periodic")
+        self.hogs = [self.worker("spin") for _ in range(hogs)]
 
 
 @pytest.fixture
 def workload() -> Iterator[Workload]:
     w = Workload(hogs=os.cpu_count() or 2)
-    time.sleep(0.3)
     try:
+        wait_workers_ready(w.procs)
         yield w
     finally:
         w.stop()
@@ -79,28 +62,11 @@ def policy_text(name: str, groups: list[tuple[str, list[int], str]]) -> str:
     return "\n".join(out)
 
 
-def call(address: str, member: str, signature: str = "", *body: Any) -> Any:
-    result = calls_as(0, address, [[member, signature, list(body)]])[0]
-    assert "ok" in result, (member, result)
-    return result["ok"]
-
-
 def verified_token(address: str, text: str) -> tuple[str, str]:
     pid = call(address, "SubmitPolicy", "s", text)
     token, report = call(address, "VerifyPolicy", "s", pid)
     assert token, json.dumps(json.loads(report), indent=1)
     return pid, token
-
-
-def wait_state(address: str, dep: str, states: set[str], timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = json.loads(call(address, "GetDeployment", "s", dep))
-        if info["state"] in states:
-            return info
-        if time.monotonic() > deadline:
-            raise AssertionError(f"deployment stuck in {info['state']}: {info['events']}")
-        time.sleep(0.2)
 
 
 def _b64(data: bytes) -> str:

@@ -9,16 +9,12 @@ the hog throughput guards and the waker latency guards however busy the CPU.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from schedcpd.breaker import BreakerSettings, GroupSample, GuardSampler, classify
-from tests.deploy.conftest import WORKER
+from tests.harness import Procs, wait_workers_ready
 
 
 def _baseline(groups: dict[str, list[int]], seconds: float) -> list[dict[str, GroupSample]]:
@@ -35,19 +31,13 @@ def _baseline(groups: dict[str, list[int]], seconds: float) -> list[dict[str, Gr
 def test_contended_hog_is_throughput_and_waker_is_latency() -> None:
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs two CPUs")
-    work = Path(tempfile.mkdtemp(prefix="schedcp-classify-"))
     modes = ["spin", "periodic", "spin", "spin", "spin"]
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(work / f"r-{i}"), mode])
-             for i, mode in enumerate(modes)]
-    try:
+    with Procs("schedcp-classify-") as workers:
+        procs = [workers.worker(mode) for mode in modes]
         for proc in procs:  # everything on one CPU: the hog gets about a quarter of it
             os.sched_setaffinity(proc.pid, {0})
-        time.sleep(0.5)
+        wait_workers_ready(procs)
         baseline = _baseline({"hog": [procs[0].pid], "waker": [procs[1].pid]}, 3.0)
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
     hog_share = sorted(x["hog"].cpu_share for x in baseline)[len(baseline) // 2]
     settings = BreakerSettings()
     assert hog_share < settings.interactive_share, "the hog was not contended"

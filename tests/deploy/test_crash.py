@@ -10,15 +10,8 @@ from pathlib import Path
 import pytest
 
 from schedcpd.deployer import FAULT_STEPS
-from tests.conftest import calls_as
-from tests.deploy.conftest import (
-    FAST,
-    call,
-    forced_token,
-    policy_text,
-    verified_token,
-    wait_state,
-)
+from tests.deploy.conftest import FAST, forced_token, policy_text, verified_token
+from tests.harness import call, calls_as, wait_deployment
 
 # The deployment's state transitions recorded before each kill point.
 EVENTS_BEFORE = {
@@ -41,6 +34,7 @@ WRITE_STEPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", FAULT_STEPS + tuple(WRITE_STEPS))
 def test_crash_at_every_step_restores(step: str, start_daemon, workload,
                                       tmp_path: Path) -> None:
@@ -56,22 +50,24 @@ def test_crash_at_every_step_restores(step: str, start_daemon, workload,
         log_line = f"fault injection: SIGKILL at {step}"
     first = start_daemon(config, state_dir=state, env=env)
     hogs = [h.pid for h in workload.hogs]
-    if step == "after_trip_decision":
-        # Only a tripping deployment reaches this step: starve the probe.
-        groups = [("probe", [workload.probe.pid], '{ policy = "idle" }')]
-        targets = [workload.probe.pid]
-    else:
-        groups = [("batch", hogs, '{ policy = "idle", nice = 7 }')]
-        targets = hogs
+    groups = [("batch", hogs, '{ policy = "idle", nice = 7 }')]
+    targets = hogs
     name = f"crash-{step.replace('_', '-')}"
     text = policy_text(name, groups)
-    if step in WRITE_STEPS:
-        # The verifier's dynamic test writes knobs too (in its sandbox): a
-        # write kill point would fire there, so the token is forced (test only).
-        policy_id = call(first.address, "SubmitPolicy", "s", text)
-        token = forced_token(state, first.address, policy_id)
-    else:
-        policy_id, token = verified_token(first.address, text)
+    if step == "after_trip_decision":
+        # Only a tripping deployment reaches this step.  A trip whatever else
+        # the host runs (as in test_a_policy_guard_overrides_the_default): both
+        # hogs share CPU 0 and the policy says its batch group keeps 90 % of
+        # its CPU, which the canary (one hog idle beside the other) breaks.
+        for pid in hogs:
+            os.sched_setaffinity(pid, {0})
+        text += '\n[[guard]]\ngroup = "batch"\nmetric = "cpu_share"\nmin_ratio = 0.9\n'
+    # The token is forced (test only): what is tested is the crash and the
+    # restart, not the verifier (the deploy tests redeem verified tokens), and
+    # the verifier's dynamic test writes knobs too (in its sandbox), where a
+    # write kill point would fire.
+    policy_id = call(first.address, "SubmitPolicy", "s", text)
+    token = forced_token(state, first.address, policy_id)
     outcome = calls_as(0, first.address, [["Deploy", "s", [token]]])[0]
     assert first.proc.wait(60) == -signal.SIGKILL, first.log_text()
     assert log_line in first.log_text()
@@ -107,6 +103,7 @@ def test_crash_at_every_step_restores(step: str, start_daemon, workload,
     assert "backing off" in again["message"]
 
 
+@pytest.mark.slow
 def test_fault_injection_is_off_in_the_default_configuration(start_daemon, workload) -> None:
     proc = start_daemon(FAST, env={"SCHEDCP_FAULT_AT": "after_record",
                                    "SCHEDCP_FAULT": "after_write"})
@@ -114,7 +111,7 @@ def test_fault_injection_is_off_in_the_default_configuration(start_daemon, workl
     _, token = verified_token(proc.address, policy_text(
         "crash-off", [("batch", hogs, '{ policy = "idle", nice = 7 }')]))
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert proc.proc.poll() is None, proc.log_text()  # not killed
     assert info["state"] == "active", info["events"]
     log = proc.log_text()

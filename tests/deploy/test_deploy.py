@@ -7,25 +7,26 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import pytest
 from dbus_fast import Message, MessageType
 
 from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
-from tests.conftest import calls_as
-from tests.deploy.conftest import FAST, WORKER, call, policy_text, verified_token, wait_state
+from tests.deploy.conftest import FAST, policy_text, verified_token
+from tests.harness import call, call_error, calls_as, wait_deployment, wait_until, worker_argv
 
 
+@pytest.mark.slow
 def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None:
     proc = start_daemon(FAST)
     hogs = [h.pid for h in workload.hogs]
     text = policy_text("deploy-protect", [("batch", hogs, '{ policy = "idle" }')])
     policy_id, token = verified_token(proc.address, text)
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert info["state"] == "active", info["events"]
     states = [e["state"] for e in info["events"]]
     assert states == ["pending", "canary", "canary", "active"]
@@ -52,12 +53,7 @@ def test_canary_to_active_then_rollback_restores(start_daemon, workload) -> None
     assert outcomes[1]["note"] == "rollback by uid 0" and outcomes[1]["deployment_id"] == dep
 
 
-def call_error(address: str, member: str, signature: str, *body: object) -> str:
-    result = calls_as(0, address, [[member, signature, list(body)]])[0]
-    assert "error" in result, result
-    return result["error"]
-
-
+@pytest.mark.slow
 def test_breaker_reverts_a_policy_that_starves_the_probe(start_daemon, workload) -> None:
     proc = start_daemon(FAST)
     # The latency probe itself at SCHED_IDLE beside CPU hogs: passes the verifier
@@ -65,7 +61,7 @@ def test_breaker_reverts_a_policy_that_starves_the_probe(start_daemon, workload)
     text = policy_text("deploy-starve", [("probe", [workload.probe.pid], '{ policy = "idle" }')])
     policy_id, token = verified_token(proc.address, text)
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert info["state"] == "reverted", info["events"]
     assert info["reason"].startswith("circuit breaker: run-queue wait per run of 'probe'")
     assert info["trip"]["decision_to_restore_s"] >= 0  # the figure: bench/breaker.py
@@ -121,7 +117,7 @@ def test_hold_is_released_when_the_client_disconnects(start_daemon, workload) ->
         return dep
 
     dep = asyncio.run(hold_and_leave())
-    info = wait_state(proc.address, dep, {"reverted", "failed"}, timeout=15)
+    info = wait_deployment(proc.address, dep, {"reverted", "failed"}, timeout=15)
     assert "disconnected" in info["reason"]
     assert os.sched_getscheduler(hog) == os.SCHED_OTHER
 
@@ -133,19 +129,11 @@ def test_admin_override_is_reported_on_the_deployment(start_daemon, workload) ->
     _, token = verified_token(proc.address, policy_text(
         "deploy-override", [("batch", [hog], '{ nice = 5 }')]))
     dep = call(proc.address, "Deploy", "s", token)
-    wait_state(proc.address, dep, {"canary"})
-    deadline = time.monotonic() + 10
-    while os.getpriority(os.PRIO_PROCESS, hog) != 5 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_deployment(proc.address, dep, {"canary"})
+    wait_until(lambda: os.getpriority(os.PRIO_PROCESS, hog) == 5, 10, "the canary's nice")
     os.setpriority(os.PRIO_PROCESS, hog, 3)  # the admin knows better
-    deadline = time.monotonic() + 15
-    info: dict = {}
-    while time.monotonic() < deadline:
-        info = json.loads(call(proc.address, "GetDeployment", "s", dep))
-        if info["overridden"]:
-            break
-        time.sleep(0.3)
-    assert info["overridden"], info
+    info = wait_until(lambda: (i := json.loads(call(proc.address, "GetDeployment", "s", dep)))
+                      ["overridden"] and i, 15, "the override reported", interval=0.3)
     assert info["overridden"][0]["key"].endswith(f"{hog}:nice") or "nice" in str(
         info["overridden"][0])
     call(proc.address, "Rollback", "s", dep)
@@ -166,7 +154,7 @@ def test_a_policy_guard_overrides_the_default(start_daemon, workload) -> None:
         '\n[[guard]]\ngroup = "batch"\nmetric = "cpu_share"\nmin_ratio = 0.9\n')
     _, token = verified_token(proc.address, text)
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert info["state"] == "reverted", info["events"]
     assert "CPU share of 'batch'" in info["reason"] and "below 90%" in info["reason"]
     assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in hogs)
@@ -233,34 +221,25 @@ def test_signals_announce_every_transition(start_daemon, workload) -> None:
     assert [f"{dep}:deploy-signals"] in active and active[-1] == [], active
 
 
-def test_backoff_doubles_on_each_trip_of_the_same_version(start_daemon, workload) -> None:
-    proc = start_daemon(FAST.replace("backoff_seconds = 30", "backoff_seconds = 4"))
+def test_a_tripped_version_is_refused_while_it_backs_off(start_daemon, workload) -> None:
+    """The trip and the refusal end to end; the doubling, on a moved clock: test_backoff.py."""
+    proc = start_daemon(FAST)  # backoff_seconds = 30
     text = policy_text("deploy-backoff", [("probe", [workload.probe.pid], '{ policy = "idle" }')])
-    tokens = [verified_token(proc.address, text)[1] for _ in range(3)]
-
-    def trip(token: str) -> None:
-        dep = call(proc.address, "Deploy", "s", token)
-        info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
-        assert info["state"] == "reverted", info["events"]
-
-    def backing_off(token: str) -> float:
-        result = calls_as(0, proc.address, [["Deploy", "s", [token]]])[0]
-        assert result.get("error") == "org.schedcp.Control1.Error.Conflict", result
-        match = re.search(r"backing off for (\d+) more seconds", result["message"])
-        assert match, result["message"]
-        return float(match.group(1))
-
-    trip(tokens[0])
-    assert backing_off(tokens[1]) <= 4  # the refused token was not used up
-    time.sleep(4.5)
-    trip(tokens[1])
-    assert 4 < backing_off(tokens[2]) <= 8
+    tokens = [verified_token(proc.address, text)[1] for _ in range(2)]
+    dep = call(proc.address, "Deploy", "s", tokens[0])
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
+    assert info["state"] == "reverted", info["events"]
+    result = calls_as(0, proc.address, [["Deploy", "s", [tokens[1]]]])[0]
+    assert result.get("error") == "org.schedcp.Control1.Error.Conflict", result
+    match = re.search(r"backing off for (\d+) more seconds", result["message"])
+    assert match and 0 < float(match.group(1)) <= 30, result["message"]
 
 
 def _spinner(tag: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, str(WORKER), str(tag / "r-%d"), "spin"])
+    return subprocess.Popen(worker_argv(tag, "spin"))
 
 
+@pytest.mark.slow
 def test_selector_deployment_outlives_its_first_processes(start_daemon, tmp_path: Path) -> None:
     """A command-line selector covers processes that start later: their exit ends nothing."""
     proc = start_daemon(FAST)
@@ -272,7 +251,7 @@ def test_selector_deployment_outlives_its_first_processes(start_daemon, tmp_path
                 'task = { nice = 5 }\n')
         _, token = verified_token(proc.address, text.replace("\\", "\\\\"))
         dep = call(proc.address, "Deploy", "s", token)
-        assert wait_state(proc.address, dep, {"active", "reverted", "failed"})["state"] == \
+        assert wait_deployment(proc.address, dep, {"active", "reverted", "failed"})["state"] == \
             "active"
         assert os.getpriority(os.PRIO_PROCESS, first.pid) == 5
         first.kill()
@@ -302,11 +281,11 @@ def test_pid_deployment_ends_when_its_processes_exit(start_daemon, tmp_path: Pat
         _, token = verified_token(proc.address, policy_text(
             "deploy-pids", [("jobs", [target.pid], "{ nice = 5 }")]))
         dep = call(proc.address, "Deploy", "s", token)
-        assert wait_state(proc.address, dep, {"active", "reverted", "failed"})["state"] == \
+        assert wait_deployment(proc.address, dep, {"active", "reverted", "failed"})["state"] == \
             "active"
     finally:
         target.kill()
         target.wait()
-    info = wait_state(proc.address, dep, {"reverted", "failed"}, timeout=15)
+    info = wait_deployment(proc.address, dep, {"reverted", "failed"}, timeout=15)
     assert info["reason"] == "every target process exited", info["events"]
     assert info["trip"] in ("", None, {}), info["trip"]  # not a breaker trip: no backoff

@@ -6,9 +6,9 @@ import json
 import os
 
 from schedcpd.tokens import PREFIX, decode
-from tests.conftest import calls_as
-from tests.deploy.conftest import FAST, call, forced_token, policy_text, wait_state
-from tests.harness import PolkitMock
+from tests.deploy.conftest import FAST, forced_token, policy_text
+from tests.harness import PolkitMock, call, calls_as
+from tests.harness import wait_deployment as wait_state
 
 ERR = "org.schedcp.Control1.Error."
 DEPLOY_ALL = ["org.schedcp.observe", "org.schedcp.submit", "org.schedcp.verify",

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import FAST, WORKER, call, policy_text, verified_token, wait_state
+from tests.deploy.conftest import FAST, policy_text, verified_token
+from tests.harness import Procs, call, wait_deployment
 
 
 @pytest.fixture
@@ -19,21 +17,15 @@ def pinned() -> Iterator[tuple[subprocess.Popen[bytes], list[subprocess.Popen[by
     """A CPU-bound target on CPU 1 and three CPU hogs on CPU 0 (all ours)."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs two CPUs")
-    work = Path(tempfile.mkdtemp(prefix="schedcp-stall-"))
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(work / f"r-{i}"), "spin"])
-             for i in range(4)]
-    target, hogs = procs[0], procs[1:]
-    os.sched_setaffinity(target.pid, {1})
-    for hog in hogs:
-        os.sched_setaffinity(hog.pid, {0})
-    try:
+    with Procs("schedcp-stall-") as procs:
+        target, *hogs = (procs.worker("spin") for _ in range(4))
+        os.sched_setaffinity(target.pid, {1})
+        for hog in hogs:
+            os.sched_setaffinity(hog.pid, {0})
         yield target, hogs
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
 
 
+@pytest.mark.slow
 def test_breaker_reverts_a_policy_that_stalls_its_target(start_daemon, pinned) -> None:
     target, _ = pinned
     # The spinner is CPU-bound and the policy deprioritises it, so it is a donor:
@@ -45,7 +37,7 @@ def test_breaker_reverts_a_policy_that_stalls_its_target(start_daemon, pinned) -
                                          '{ policy = "idle", affinity = "0" }')])
     _, token = verified_token(proc.address, text)
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"reverted", "failed"}, timeout=60)
+    info = wait_deployment(proc.address, dep, {"reverted", "failed"}, timeout=60)
     assert info["state"] == "reverted", info["events"]
     assert info["trip"]["guard"] == "stall", info["trip"]
     assert "had runnable threads but no CPU" in info["reason"]

@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import calls_as
-from tests.deploy.conftest import FAST, call, forced_token, wait_state
+from tests.deploy.conftest import FAST, forced_token
 from tests.deploy.fake_sched_ext import FakeSchedExt
+from tests.harness import call, call_error, calls_as, wait_deployment, wait_until
 
 T2 = """[policy]
 name = "{name}"
@@ -54,19 +53,6 @@ def deploy_t2(proc, name: str) -> tuple[str, str]:
     return policy_id, call(proc.address, "Deploy", "s", token)
 
 
-def error_of(address: str, member: str, signature: str, *body: object) -> str:
-    result = calls_as(0, address, [[member, signature, list(body)]])[0]
-    assert "error" in result, result
-    return result["error"]
-
-
-def wait_for(check, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_t2_plan_deploy_and_rollback(start_daemon, fake: FakeSchedExt) -> None:
     proc = start_daemon(FAST + fake.config())
     policy_id = call(proc.address, "SubmitPolicy", "s", T2.format(name="t2-deploy"))
@@ -77,7 +63,7 @@ def test_t2_plan_deploy_and_rollback(start_daemon, fake: FakeSchedExt) -> None:
     assert changes[("sched_ext:schedcp_vtime", "slice_us")] == (5000, 3000)
     assert fake.state() == "disabled" and fake.loader_pid() is None  # the plan started nothing
     dep = call(proc.address, "Deploy", "s", token)
-    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert info["state"] == "active", info["events"]
     assert [e["state"] for e in info["events"]] == ["pending", "canary", "canary", "active"]
     assert "narrowest scope is the machine" in info["events"][1]["reason"]
@@ -97,8 +83,8 @@ def test_t2_breaker_reverts(fault: str, start_daemon, fake: FakeSchedExt) -> Non
     proc = start_daemon(FAST + fake.config())
     policy_id, dep = deploy_t2(proc, f"t2-{fault.replace('_', '-')}")
     # A loader death is injected in the canary; the others once the deployment is active.
-    wait_state(proc.address, dep, {"canary"} if fault == "loader_dies" else {"active"})
-    wait_for(fake.loader_running)
+    wait_deployment(proc.address, dep, {"canary"} if fault == "loader_dies" else {"active"})
+    wait_until(fake.loader_running, 15, "the fake loader runs")
     pid = fake.loader_pid()
     assert pid is not None
     if fault == "loader_dies":
@@ -110,17 +96,17 @@ def test_t2_breaker_reverts(fault: str, start_daemon, fake: FakeSchedExt) -> Non
     else:
         fake.count_errors("SCX_EV_DISPATCH_LOCAL_DSQ_OFFLINE", 3)
         expected, guard = "sched_ext error events rose from 0 to 3", "sched_ext_events"
-    info = wait_state(proc.address, dep, {"reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"reverted", "failed"})
     assert info["state"] == "reverted", info["events"]
     assert info["reason"].startswith("circuit breaker: ") and expected in info["reason"], info
     assert info["trip"]["guard"] == guard and info["trip"]["decision_to_restore_s"] >= 0
-    wait_for(lambda: not fake.loader_running())
+    wait_until(lambda: not fake.loader_running(), 15, "the fake loader stopped")
     assert fake.state() == "disabled"
     history = json.loads(call(proc.address, "GetPolicyHistory", "s", policy_id))
     assert history["antipatterns"][0]["metric"] == guard
     # Backing off: the same version is refused for a while.
     token = forced_token(proc.state_dir, proc.address, policy_id)
-    assert error_of(proc.address, "Deploy", "s", token) == "org.schedcp.Control1.Error.Conflict"
+    assert call_error(proc.address, "Deploy", "s", token) == "org.schedcp.Control1.Error.Conflict"
 
 
 T2_STEPS = ("scx_after_journal", "scx_after_start", "after_canary_apply", "after_widen_apply",
@@ -137,7 +123,7 @@ def test_t2_crash_at_every_step_leaves_no_loader(step: str, start_daemon, fake: 
     token = forced_token(state, first.address, policy_id)
     outcome = calls_as(0, first.address, [["Deploy", "s", [token]]])[0]
     if step == "after_trip_decision":
-        wait_state(first.address, outcome["ok"], {"canary"})  # the loader runs
+        wait_deployment(first.address, outcome["ok"], {"canary"})  # the loader runs
         fake.eject()
     assert first.proc.wait(60) == -signal.SIGKILL, first.log_text()
     assert f"fault injection: SIGKILL at {step}" in first.log_text()
@@ -148,14 +134,14 @@ def test_t2_crash_at_every_step_leaves_no_loader(step: str, start_daemon, fake: 
     assert dep["state"] == "reverted" and "restarted mid-deployment" in dep["reason"], dep
     # No loader left running: the journaled pid (or tag) was found and stopped.
     assert not fake.loader_running(), step
-    wait_for(lambda: fake.state() == "disabled")
+    wait_until(lambda: fake.state() == "disabled", 15, "sched_ext disabled")
 
 
 @pytest.mark.skipif(Path("/sys/kernel/sched_ext").is_dir(), reason="this kernel has sched_ext")
 def test_t2_without_sched_ext_fails_cleanly(start_daemon, tmp_path: Path) -> None:
     proc = start_daemon(FAST)
     _, dep = deploy_t2(proc, "t2-nokernel")
-    info = wait_state(proc.address, dep, {"active", "reverted", "failed"})
+    info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert info["state"] == "failed", info["events"]
     assert "NotSupported" in info["reason"] and "/sys/kernel/sched_ext" in info["reason"]
     # The refusal is an answer, not a plugin fault: the scheduler plugin stays enabled.

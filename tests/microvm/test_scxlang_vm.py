@@ -21,8 +21,7 @@ import pytest
 from plugins.scheduler import scx_policy
 from plugins.scheduler.microvm import MicroVM
 from plugins.scheduler.scxlang.derive import derive
-from tests.conftest import CLIENT_PROBE, run_as
-from tests.harness import ROOT
+from tests.harness import CLIENT_PROBE, ROOT, run_as
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 EXAMPLES = sorted((ROOT / "policies" / "t2").glob("scxl-*.toml"))

@@ -15,8 +15,7 @@ from typing import Any
 
 from plugins.scheduler import scx_policy
 from plugins.scheduler.microvm import MicroVM
-from tests.conftest import CLIENT_PROBE, run_as
-from tests.harness import ROOT
+from tests.harness import CLIENT_PROBE, ROOT, run_as
 
 SOURCES = ROOT / "bpf" / "scx"
 

@@ -27,7 +27,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,8 +36,7 @@ import pytest
 
 from schedcpd import __version__
 from schedcpd.const import ACTION_OBSERVE, ACTIONS, BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
-from tests.conftest import run_as
-from tests.harness import ROOT, PrivateBus
+from tests.harness import ROOT, PrivateBus, run_as, wait_for, wait_until
 from tests.packaging.conftest import SYSTEMD_DIR, unit_capabilities
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -114,12 +112,29 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return deb
 
 
-def test_lintian_is_clean(deb: Path) -> None:
-    """No tag at any level but those overridden (each with a reason) in debian/."""
-    out = _run(["lintian", "--pedantic", "--display-info",
-                "--fail-on", "error,warning,info,pedantic", str(deb)])
-    tags = [line for line in out.stdout.splitlines() if re.match(r"^[EWIPX]: ", line)]
-    assert out.returncode == 0 and not tags, out.stdout + out.stderr
+@pytest.fixture(scope="module")
+def lintian(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """lintian over the .deb, started once it is built; a function giving (status, output).
+
+    It reads only the .deb, so it runs while the install tests do (it takes
+    a minute and more of one CPU) and test_lintian_is_clean, last in this
+    module, collects its verdict.
+    """
+    out = tmp_path_factory.mktemp("lintian") / "out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(["lintian", "--pedantic", "--display-info",
+                                 "--fail-on", "error,warning,info,pedantic", str(deb)],
+                                stdout=sink, stderr=subprocess.STDOUT)
+
+    def verdict() -> tuple[int, str]:
+        return proc.wait(timeout=600), out.read_text()
+
+    try:
+        yield verdict
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # -- the installed files ----------------------------------------------------
@@ -222,15 +237,6 @@ def _owned(address: str, name: str) -> bool:
     return _run(["busctl", f"--address={address}", "status", name]).returncode == 0
 
 
-def _wait(predicate: Any, what: str, proc: subprocess.Popen[Any], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not come up:\n{log.read_text()}")
-
-
 @pytest.fixture
 def polkit_bus(tmp_path: Path) -> Iterator[PrivateBus]:
     """A private bus with the installed bus policies and the real polkitd on it."""
@@ -242,7 +248,8 @@ def polkit_bus(tmp_path: Path) -> Iterator[PrivateBus]:
             proc = subprocess.Popen([str(POLKITD), "--no-debug"], stdout=out, stderr=out,
                                     env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address})
         try:
-            _wait(lambda: _owned(bus.address, "org.freedesktop.PolicyKit1"), "polkitd", proc, log)
+            wait_for(lambda: _owned(bus.address, "org.freedesktop.PolicyKit1"), 30, "polkitd", proc,
+                     log)
             yield bus
         finally:
             proc.terminate()
@@ -294,10 +301,7 @@ def grant_all(address: str, user: str, uid: int) -> Iterator[None]:
 
 
 def _poll(predicate: Any, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while not predicate():
-        assert time.monotonic() < deadline, f"polkitd did not pick up {what}"
-        time.sleep(0.5)
+    wait_until(predicate, 60, f"polkitd picks up {what}", interval=0.5)
 
 
 def check_bus_policy(address: str) -> None:
@@ -390,7 +394,7 @@ def run_installed_daemon(bus: PrivateBus, tmp_path: Path) -> None:
             preexec_fn=_deny_write_execute if mdwe else None,
         )
     try:
-        _wait(lambda: _owned(bus.address, BUS_NAME), "schedcpd", proc, log)
+        wait_for(lambda: _owned(bus.address, BUS_NAME), 30, "schedcpd", proc, log)
         fields = dict(line.split(":\t", 1) for line in
                       Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ":\t" in line)
         wanted = sum(1 << CAP_NUMBERS[c] for c in unit_capabilities(UNIT))
@@ -444,6 +448,7 @@ def cache_aside() -> Iterator[None]:
                 aside.rename(CACHE)
 
 
+@pytest.mark.usefixtures("lintian")  # started first: it runs beside the install
 def test_install_run_purge(deb: Path, polkit_bus: PrivateBus, tmp_path: Path,
                            cache_aside: None) -> None:
     before_accounts, before_paths = accounts(), schedcp_paths()
@@ -486,3 +491,10 @@ def test_purge_keeps_accounts_it_did_not_create(deb: Path, cache_aside: None) ->
         purge()
         if made_group:
             subprocess.run(["groupdel", "schedcp"], check=False)
+
+
+def test_lintian_is_clean(lintian: Any) -> None:
+    """No tag at any level but those overridden (each with a reason) in debian/."""
+    status, output = lintian()
+    tags = [line for line in output.splitlines() if re.match(r"^[EWIPX]: ", line)]
+    assert status == 0 and not tags, output

@@ -28,7 +28,7 @@ from schedcpd.plugins import PluginHost
 from schedcpd.repository import Repository
 from schedcpd.schema import MIGRATIONS
 from schedcpd.state import StateStore
-from tests.conftest import calls_as
+from tests.harness import calls_as
 
 # "source: field: reason", the field a dotted path like group[1].task.nice whose
 # parts are bare keys or quoted strings (a key with spaces, dots or non-ASCII).

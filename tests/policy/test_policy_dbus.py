@@ -8,12 +8,10 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-from tests.conftest import calls_as
 from tests.deploy.conftest import FAST
-from tests.harness import ROOT
+from tests.harness import ROOT, call, call_error, outcome, wait_until
 
 GOOD = """
 [policy]
@@ -63,26 +61,13 @@ descendants = false
 """
 
 
-def call(address: str, uid: int, member: str, signature: str = "", *body: object) -> dict:
-    return calls_as(uid, address, [[member, signature, list(body)]])[0]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def test_dropin_directory_is_live(start_daemon, tmp_path: Path) -> None:
     dropin = tmp_path / "policies.d"
     dropin.mkdir()
     proc = start_daemon(f'[metrics]\nenabled = false\n[repository]\ndropin_dir = "{dropin}"\n')
 
     def names() -> set[str]:
-        listed = json.loads(call(proc.address, 0, "ListPolicies", "s", "")["ok"])
+        listed = json.loads(call(proc.address, "ListPolicies", "s", ""))
         return {p["name"] for p in listed}
 
     assert "latency-protect" in names()  # built-ins are there
@@ -91,7 +76,7 @@ def test_dropin_directory_is_live(start_daemon, tmp_path: Path) -> None:
     (dropin / "broken.toml").write_text(GOOD.replace('"idle"', '"turbo"'))
 
     def rejected() -> dict:
-        status = json.loads(call(proc.address, 0, "GetStatus")["ok"])
+        status = json.loads(call(proc.address, "GetStatus"))
         return status["policy_files"]["rejected"]
 
     wait_until(lambda: str(dropin / "broken.toml") in rejected())
@@ -99,13 +84,13 @@ def test_dropin_directory_is_live(start_daemon, tmp_path: Path) -> None:
     assert "dbus-test-protect" in names()  # the bad file stopped nothing else
 
     def versions() -> dict[str, str]:
-        listed = json.loads(call(proc.address, 0, "ListPolicies", "s", "spinner waker")["ok"])
+        listed = json.loads(call(proc.address, "ListPolicies", "s", "spinner waker"))
         return {p["id"]: p["state"] for p in listed if p["name"] == "dbus-test-protect"}
 
     [first] = versions()
     (dropin / "mine.toml").write_text(GOOD.replace("slice_us = 500", "slice_us = 700"))
     wait_until(lambda: len(versions()) == 1 and first not in versions())
-    old = json.loads(call(proc.address, 0, "GetPolicy", "s", first)["ok"])
+    old = json.loads(call(proc.address, "GetPolicy", "s", first))
     assert old["state"] == "retired"
     (dropin / "mine.toml").unlink()
     wait_until(lambda: "dbus-test-protect" not in names())
@@ -119,7 +104,7 @@ def test_a_dropin_directory_made_after_start_is_loaded_and_watched(start_daemon,
     proc = start_daemon(f'[metrics]\nenabled = false\n[repository]\ndropin_dir = "{dropin}"\n')
 
     def names() -> set[str]:
-        listed = json.loads(call(proc.address, 0, "ListPolicies", "s", "")["ok"])
+        listed = json.loads(call(proc.address, "ListPolicies", "s", ""))
         return {p["name"] for p in listed}
 
     dropin.parent.mkdir()
@@ -135,15 +120,15 @@ def test_a_dropin_directory_made_after_start_is_loaded_and_watched(start_daemon,
 
 def test_submit_verify_and_inspect_token(daemon, test_users: dict[str, int]) -> None:
     member = test_users["member"]
-    pid = call(daemon.address, member, "SubmitPolicy", "s", GOOD)["ok"]
-    policy = json.loads(call(daemon.address, member, "GetPolicy", "s", pid)["ok"])
+    pid = call(daemon.address, "SubmitPolicy", "s", GOOD, uid=member)
+    policy = json.loads(call(daemon.address, "GetPolicy", "s", pid, uid=member))
     assert policy["provenance"] == "user" and policy["uid"] == member
     assert policy["source"] == f"uid {member}"
     # verify is not a group action by default: the member is refused...
-    assert call(daemon.address, member, "VerifyPolicy", "s", pid)["error"].endswith(
+    assert call_error(daemon.address, "VerifyPolicy", "s", pid, uid=member).endswith(
         "AccessDenied")
     # ...root verifies (schema, static, kernel skipped for T1, dynamic sandbox).
-    result = calls_as(0, daemon.address, [["VerifyPolicy", "s", [pid]]])[0]
+    result = outcome(daemon.address, "VerifyPolicy", "s", pid)
     assert "ok" in result, result
     out = subprocess.run(
         [str(Path(sys.executable).parent / "schedcpctl"), "--bus", daemon.address, "--json",
@@ -153,7 +138,7 @@ def test_submit_verify_and_inspect_token(daemon, test_users: dict[str, int]) -> 
     assert report["passed"], json.dumps(report, indent=1)
     assert [s["stage"] for s in report["stages"]] == ["schema", "static", "kernel", "dynamic"]
     assert report["stages"][2]["skipped"].startswith("T1")
-    assert json.loads(call(daemon.address, 0, "GetPolicy", "s", pid)["ok"])["state"] == \
+    assert json.loads(call(daemon.address, "GetPolicy", "s", pid))["state"] == \
         "verified"
     inspect = subprocess.run(
         [str(Path(sys.executable).parent / "schedcpctl"), "--bus", daemon.address, "token",
@@ -164,8 +149,8 @@ def test_submit_verify_and_inspect_token(daemon, test_users: dict[str, int]) -> 
 
 
 def test_starvation_prone_policy_fails_with_a_reason(daemon) -> None:
-    pid = call(daemon.address, 0, "SubmitPolicy", "s", STARVING)["ok"]
-    token, report = call(daemon.address, 0, "VerifyPolicy", "s", pid)["ok"]
+    pid = call(daemon.address, "SubmitPolicy", "s", STARVING)
+    token, report = call(daemon.address, "VerifyPolicy", "s", pid)
     report = json.loads(report)
     assert token == "" and not report["passed"]
     static = report["stages"][1]
@@ -173,7 +158,7 @@ def test_starvation_prone_policy_fails_with_a_reason(daemon) -> None:
     [finding] = [f for f in static["findings"] if f["code"] == "starvation-risk"]
     assert finding["field"] == "group[1]"
     assert "depends on it" in finding["message"]
-    assert json.loads(call(daemon.address, 0, "GetPolicy", "s", pid)["ok"])["state"] == \
+    assert json.loads(call(daemon.address, "GetPolicy", "s", pid))["state"] == \
         "candidate"
 
 
@@ -215,9 +200,9 @@ def test_cli_policy_commands(daemon, tmp_path: Path) -> None:
 
 
 def test_token_inspect_flags_a_bad_signature(daemon) -> None:
-    pid = call(daemon.address, 0, "SubmitPolicy", "s",
-               GOOD.replace("dbus-test-protect", "inspect-test"))["ok"]
-    token, _ = call(daemon.address, 0, "VerifyPolicy", "s", pid)["ok"]
+    pid = call(daemon.address, "SubmitPolicy", "s",
+               GOOD.replace("dbus-test-protect", "inspect-test"))
+    token, _ = call(daemon.address, "VerifyPolicy", "s", pid)
     assert token, _
     head, payload, sig = token.split(".")
     forged = f"{head}.{payload}.{sig[:-6]}AAAAAA"
@@ -229,11 +214,11 @@ def test_token_inspect_flags_a_bad_signature(daemon) -> None:
 
 def test_deeply_nested_input_is_refused_by_name(daemon) -> None:
     """Nesting the parsers recurse through: a named rejection, not an internal error."""
-    deep = call(daemon.address, 0, "SubmitPolicy", "s", "a = " + "[" * 3000 + "]" * 3000)
+    deep = outcome(daemon.address, "SubmitPolicy", "s", "a = " + "[" * 3000 + "]" * 3000)
     assert deep["error"] == "org.schedcp.Control1.Error.InvalidArgument", deep
     assert "uid 0: not valid TOML" in deep["message"] and "nested too deeply" in deep["message"]
     payload = base64.urlsafe_b64encode(b"[" * 6000).rstrip(b"=").decode()
-    token = call(daemon.address, 0, "Deploy", "s", f"schedcp1.{payload}.AAAA")
+    token = outcome(daemon.address, "Deploy", "s", f"schedcp1.{payload}.AAAA")
     assert token["error"] == "org.schedcp.Control1.Error.InvalidToken", token
 
 
@@ -243,13 +228,13 @@ def test_daemon_makes_exports_and_rotates_its_key(start_daemon) -> None:
     [private] = keydir.glob("*.key")  # made on the first start
     assert keydir.stat().st_mode & 0o077 == 0
     assert private.stat().st_mode & 0o777 == 0o600 and private.stat().st_uid == 0
-    [exported] = json.loads(call(proc.address, 0, "GetVerifierKeys")["ok"])
+    [exported] = json.loads(call(proc.address, "GetVerifierKeys"))
     assert exported["kid"] == private.stem and exported["retired"] is None
     assert (keydir / f"{private.stem}.pub").stat().st_mode & 0o777 == 0o644
-    new = call(proc.address, 0, "RotateVerifierKey")["ok"]
+    new = call(proc.address, "RotateVerifierKey")
     # The old key signed no token: nothing needs its public half, and its
     # private half is destroyed at rotation (tests/policy/test_key_rotation.py).
-    [current] = json.loads(call(proc.address, 0, "GetVerifierKeys")["ok"])
+    [current] = json.loads(call(proc.address, "GetVerifierKeys"))
     assert current["kid"] == new != private.stem and current["retired"] is None
     assert (keydir / f"{new}.key").stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in keydir.glob("*.*") if p.suffix in (".key", ".pub")) == [
@@ -257,17 +242,17 @@ def test_daemon_makes_exports_and_rotates_its_key(start_daemon) -> None:
 
 
 def test_verification_does_not_block_the_bus(daemon) -> None:
-    pid = call(daemon.address, 0, "SubmitPolicy", "s",
-               GOOD.replace("dbus-test-protect", "busy-test"))["ok"]
+    pid = call(daemon.address, "SubmitPolicy", "s",
+               GOOD.replace("dbus-test-protect", "busy-test"))
     result: list[dict] = []
     worker = threading.Thread(target=lambda: result.append(
-        call(daemon.address, 0, "VerifyPolicy", "s", pid)))
+        outcome(daemon.address, "VerifyPolicy", "s", pid)))
     before = set(Path("/tmp").glob("schedcp-verify-*"))
     worker.start()
     # Wait until the dynamic stage's sandbox exists, then the bus must still answer.
     wait_until(lambda: bool(set(Path("/tmp").glob("schedcp-verify-*")) - before), 60)
-    status = json.loads(call(daemon.address, 0, "GetStatus")["ok"])
-    listed = json.loads(call(daemon.address, 0, "ListPolicies", "s", "busy")["ok"])
+    status = json.loads(call(daemon.address, "GetStatus"))
+    listed = json.loads(call(daemon.address, "ListPolicies", "s", "busy"))
     still_running = worker.is_alive()
     worker.join(120)
     assert status["pid"] and listed[0]["name"] == "busy-test"
@@ -277,11 +262,11 @@ def test_verification_does_not_block_the_bus(daemon) -> None:
 
 def test_dynamic_tests_run_one_at_a_time(daemon) -> None:
     """Two verifications at once: the second sandbox waits for the first one."""
-    pids = [call(daemon.address, 0, "SubmitPolicy", "s",
-                 GOOD.replace("dbus-test-protect", f"queue-test-{i}"))["ok"] for i in range(2)]
+    pids = [call(daemon.address, "SubmitPolicy", "s",
+                 GOOD.replace("dbus-test-protect", f"queue-test-{i}")) for i in range(2)]
     results: list[dict] = []
     workers = [threading.Thread(target=lambda p=p: results.append(
-        call(daemon.address, 0, "VerifyPolicy", "s", p))) for p in pids]
+        outcome(daemon.address, "VerifyPolicy", "s", p))) for p in pids]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -298,30 +283,30 @@ def test_conflict_with_a_live_deployment_and_changed_policy(start_daemon) -> Non
     target = subprocess.Popen(["sleep", "300"])
     try:
         first = SHARED.format(name="live-first", nice=3, pid=target.pid)
-        pid1 = call(proc.address, 0, "SubmitPolicy", "s", first)["ok"]
-        token, report = call(proc.address, 0, "VerifyPolicy", "s", pid1)["ok"]
+        pid1 = call(proc.address, "SubmitPolicy", "s", first)
+        token, report = call(proc.address, "VerifyPolicy", "s", pid1)
         assert token, report
-        dep = call(proc.address, 0, "Deploy", "s", token)["ok"]
+        dep = call(proc.address, "Deploy", "s", token)
         second = SHARED.format(name="live-second", nice=4, pid=target.pid)
-        pid2 = call(proc.address, 0, "SubmitPolicy", "s", second)["ok"]
-        token2, report2 = call(proc.address, 0, "VerifyPolicy", "s", pid2)["ok"]
+        pid2 = call(proc.address, "SubmitPolicy", "s", second)
+        token2, report2 = call(proc.address, "VerifyPolicy", "s", pid2)
         static = json.loads(report2)["stages"][1]
         assert token2 == "" and [f["code"] for f in static["findings"]] == \
             ["conflicts-active"], static
         assert "'live-first'" in static["findings"][0]["message"]
-        call(proc.address, 0, "Rollback", "s", dep)
-        wait_until(lambda: json.loads(call(proc.address, 0, "GetDeployment", "s", dep)["ok"])
+        call(proc.address, "Rollback", "s", dep)
+        wait_until(lambda: json.loads(call(proc.address, "GetDeployment", "s", dep))
                    ["state"] in ("reverted", "failed"), 30)
         # With the first one gone the second passes; then its stored text is edited
         # behind the daemon's back, and Deploy refuses the token by name.
-        token2, report2 = call(proc.address, 0, "VerifyPolicy", "s", pid2)["ok"]
+        token2, report2 = call(proc.address, "VerifyPolicy", "s", pid2)
         assert token2, report2
         db = sqlite3.connect(proc.state_dir / "schedcpd.db")
         with db:
             db.execute("UPDATE policies SET document = replace(document, 'nice = 4', "
                        "'nice = -20') WHERE id = ?", [pid2])
         db.close()
-        assert call(proc.address, 0, "Deploy", "s", token2)["error"] == \
+        assert call_error(proc.address, "Deploy", "s", token2) == \
             "org.schedcp.Control1.Error.PolicyChanged"
     finally:
         target.kill()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from schedcpd.tokens import decode, digest_of
-from tests.conftest import calls_as
 from tests.deploy.conftest import FAST
+from tests.harness import calls_as
 from tests.policy.test_policy_dbus import GOOD, STARVING
 
 ERR = "org.schedcp.Control1.Error."

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from schedcpd.probes.catalogue import ENV_BPF_DIR, OBJECT_PREFIX, SOURCE_BPF_DIR
+from tests.harness import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,12 +63,7 @@ def loaded_schedcp_objects() -> list[str]:
 
 def wait_until_unloaded(timeout: float = 10.0) -> list[str]:
     """Wait for the kernel to free our objects (it does so after an RCU grace period)."""
-    deadline = time.monotonic() + timeout
-    left = loaded_schedcp_objects()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = loaded_schedcp_objects()
-    return left
+    return poll(loaded_schedcp_objects, lambda left: not left, timeout, 0.1)
 
 
 def wait_until_loaded(timeout: float = 10.0, expected: set[str] | None = None) -> list[str]:
@@ -76,14 +72,9 @@ def wait_until_loaded(timeout: float = 10.0, expected: set[str] | None = None) -
     An object's programs are loaded one after another, so a listing taken
     while it loads may hold only some of them.
     """
-    deadline = time.monotonic() + timeout
-    progs: list[str] = []
-    while time.monotonic() < deadline:
-        progs = [n for n in loaded_schedcp_objects() if n.startswith("prog:")]
-        if progs and (expected is None or expected <= set(progs)):
-            return progs
-        time.sleep(0.05)
-    return progs if expected is not None else []
+    progs = poll(lambda: [n for n in loaded_schedcp_objects() if n.startswith("prog:")],
+                 lambda p: bool(p) and (expected is None or expected <= set(p)), timeout)
+    return progs
 
 
 HOG = "while :; do :; done"

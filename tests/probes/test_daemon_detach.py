@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import calls_as
+from tests.harness import calls_as
 from tests.probes.conftest import loaded_schedcp_objects, wait_until_loaded, wait_until_unloaded
 
 MGR = "org.schedcp.Control1.Manager"

@@ -20,6 +20,7 @@ import pytest
 
 from schedcpd.errors import Busy, InvalidArgument, NotFound, NotSupported
 from schedcpd.probes import PROBES, ProbeManager
+from tests.harness import poll
 from tests.probes.conftest import loaded_schedcp_objects, wait_until_loaded, wait_until_unloaded
 
 
@@ -226,14 +227,7 @@ def loaded_progs() -> set[str]:
 
 
 def wait_for_progs(expected: set[str], timeout: float = 10.0) -> set[str]:
-    import time
-
-    deadline = time.monotonic() + timeout
-    progs = loaded_progs()
-    while progs != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-        progs = loaded_progs()
-    return progs
+    return poll(loaded_progs, lambda progs: progs == expected, timeout, 0.1)
 
 
 def test_nothing_left_after_a_normal_run(bpf_dir: Path) -> None:

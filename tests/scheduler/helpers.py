@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from plugins.scheduler import tasks
 from plugins.scheduler.plugin import SchedulerPlugin
 from schedcpd.hookspecs import PluginContext
 from schedcpd.journal import Journal
+from tests.harness import wait_until
 
 
 def make_plugin(
@@ -139,16 +139,17 @@ class Forker:
         assert self.say("churn") == b"done"
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def wait_exec(pid: int, comm: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == comm[:15]:
-                return
-        except FileNotFoundError:
-            pass
-        time.sleep(0.005)
-    raise AssertionError(f"process {pid} never became {comm}")
+    """Wait until ``pid`` has exec'd the program named ``comm``."""
+    wait_until(lambda: _comm(pid) == comm[:15], timeout, f"process {pid} becomes {comm}",
+               interval=0.005)
 
 
 def snapshot(pid: int) -> dict[str, Any]:
