@@ -307,7 +307,12 @@ class Deployer:
                           f"{sum(map(len, targets.values()))} target processes")
             await self._set_state(dep_id, "canary", reason, targets=json.dumps(targets))
             self._fault("after_canary_apply")
-            breaker = Breaker({g: roles[g] for g in canary}, self.breaker_settings, limits)
+            # A partial-switch canary runs the targets below every fair-class
+            # task (the kernel's class order): their wait measures the fair
+            # load as much as the scheduler.  It is judged on progress (stalls)
+            # and the loader's health; performance from the full scope on.
+            canary_roles = {g: "progress" if partial else roles[g] for g in canary}
+            breaker = Breaker(canary_roles, self.breaker_settings, limits)
             if await self._probation(dep_id, subsystem, policy, GuardSampler(canary),
                                      baseline, breaker, self.settings.canary_seconds):
                 return
