@@ -45,7 +45,21 @@ scheduler = "vtime"
 [scx.params]
 slice_us = 3000
 """ + TARGETS.format(group="probe", comm="t2-probe") + TARGETS.format(group="batch",
-                                                                      comm="t2-batch")
+                                                                      comm="t2-batch") + """
+# Under TCG every sched_ext callback is emulated: vtime's wake-up latency
+# runs 1.2-2.5x EEVDF's (docs/sched_ext.md, benchmark), and more on a loaded
+# host; the policy states what it accepts.  The starving scheduler below
+# (default threshold 2x) went from 0.6 ms to 104 ms: far beyond either.
+[[guard]]
+group = "probe"
+metric = "wait_per_run_us"
+max_ratio = 8.0
+
+[[guard]]
+group = "batch"
+metric = "wait_per_run_us"
+max_ratio = 8.0
+"""
 LATENCY = """[policy]
 name = "t2-guest-starve"
 description = "latency with a 100 ms slice and no preemption: starves wakers beside hogs"
@@ -170,6 +184,7 @@ def test_canary_runs_only_the_targets_on_sched_ext(scenario: dict[str, Any]) -> 
 def test_then_widened_to_the_whole_machine(scenario: dict[str, Any]) -> None:
     data = step(scenario, "good")
     widened = data["widened"]
+    assert data["active"]["state"] == "active", data["active"]["events"]
     assert widened["state"] == "enabled" and widened["switch_all"] == "1", widened
     assert not any("--partial" in c for c in widened["loaders"]), widened
     assert all(t["ext.enabled"] == 1 for t in widened["procs"]["other"]), widened
