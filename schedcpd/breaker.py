@@ -28,6 +28,8 @@ does to it (:func:`classify`):
 - ``donor`` — a CPU-bound group the policy deprioritises (SCHED_IDLE/BATCH,
   positive nice, cpu.idle, low shares, quota) waits and yields by design:
   only a stall trips it;
+- ``progress`` — only a stall trips it: the targets of a sched_ext
+  partial-switch canary, which run below every fair-class task;
 
 and no group may stall (runnable threads with no CPU for ``stall_seconds``).
 
@@ -222,7 +224,7 @@ class Breaker:
 
     def __init__(self, roles: dict[str, str], settings: BreakerSettings | None = None,
                  limits: dict[str, float] | None = None) -> None:
-        self.roles = roles  # group -> "latency" | "throughput" | "donor"
+        self.roles = roles  # group -> "latency" | "throughput" | "donor" | "progress"
         self.settings = settings or BreakerSettings()
         # group -> the policy's own ratio (latency threshold or throughput floor)
         self.limits = limits or {}

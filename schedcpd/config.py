@@ -147,6 +147,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "verifier": {
         "token_lifetime_seconds": Key((int, float), 900.0, _positive),
         "dynamic_seconds": Key((int, float), 3.0, _dynamic_seconds),
+        "trusted_keys_dir": Key(str, "/etc/schedcp/trusted-keys.d"),
     },
 }
 

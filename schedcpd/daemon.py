@@ -241,7 +241,9 @@ class Daemon:
         """Keys, tokens, repository (built-ins and drop-ins) and the verifier."""
         settings = self.config["repository"]
         verifier_settings = self.config["verifier"]
-        keys = KeyStore(self.state_dir / "keys", verifier_settings["token_lifetime_seconds"])
+        trusted = verifier_settings["trusted_keys_dir"]
+        keys = KeyStore(self.state_dir / "keys", verifier_settings["token_lifetime_seconds"],
+                        trusted_dir=Path(trusted) if trusted else None)
         tokens = TokenAuthority(keys, self.store)
         repo = Repository(self.store, self._validate_policy)
         self.policy_errors: dict[str, str] = {}

@@ -231,6 +231,14 @@ class Deployer:
         if left > 0:
             raise Conflict(f"policy {claims['policy_id'][:12]} tripped the breaker recently; "
                            f"backing off for {left:.0f} more seconds")
+        claims, policy = await self._redeem(token, uid, consume=False)
+        if policy.get("track", "T1") != "T1":
+            # A policy that runs an artifact (T2: a BPF object): the subsystem
+            # checks the token's binding before the token is consumed, so an
+            # object it does not bind (ObjectMismatch) leaves it usable.
+            doc = parse_document(policy["document"], policy["id"][:12])
+            await asyncio.to_thread(self._apply, claims["subsystem"], doc,
+                                    {"owner": "plan", "artifact": claims.get("artifact")}, True)
         claims, policy = await self._redeem(token, uid, consume=True)
         dep_id = f"dep-{uuid.uuid4().hex[:12]}"
         now = self._clock()
@@ -253,7 +261,7 @@ class Deployer:
         self._fault("after_record")
         doc = parse_document(policy["document"], policy["id"][:12])
         self._tasks[dep_id] = asyncio.get_running_loop().create_task(
-            self._run(dep_id, policy, doc, claims["subsystem"]))
+            self._run(dep_id, policy, doc, claims["subsystem"], claims.get("artifact")))
         return dep_id
 
     def _apply(self, subsystem: str, doc: dict[str, Any], scope: dict[str, Any],
@@ -269,13 +277,18 @@ class Deployer:
                                         scope={"owner": dep_id})
 
     async def _run(self, dep_id: str, policy: dict[str, Any], doc: dict[str, Any],
-                   subsystem: str) -> None:
+                   subsystem: str, artifact: dict[str, str] | None = None) -> None:
+        # The token's artifact binding goes with every write of a T2 policy.
+        bound = {"artifact": artifact} if artifact is not None else {}
         knob_roles = {g["name"]: role_of(g) for g in doc.get("group", []) if isinstance(g, dict)}
         try:
             planned = await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id},
                                               True)
             targets: dict[str, list[int]] = planned.get("targets", {})
             machine = planned.get("scope") == "machine"  # a sched_ext scheduler
+            # With targets, a sched_ext canary runs the targets alone on the
+            # scheduler (partial switch): all of them, not a subset.
+            partial = machine and planned.get("canary") == "partial"
             self.on_targets(sorted({p for pids in targets.values() for p in pids})[:64])
             sampler = GuardSampler(targets)
             baseline = await self._watch(sampler, self.settings.baseline_seconds
@@ -285,11 +298,15 @@ class Deployer:
             roles = {**classify(baseline, knob_roles, self.breaker_settings), **declared}
             _LOGGER.info("deployment %s guards: %s", dep_id, roles)
             self._fault("after_baseline")
-            canary = {g: pids[: max(1, len(pids) // 2)] for g, pids in targets.items() if pids}
+            canary = {g: pids if partial else pids[: max(1, len(pids) // 2)]
+                      for g, pids in targets.items() if pids}
             applied = await asyncio.to_thread(self._apply, subsystem, doc,
-                                              {"owner": dep_id, "pids": sorted(
+                                              {"owner": dep_id, **bound, "pids": sorted(
                                                   p for pids in canary.values() for p in pids)})
-            if machine:
+            if partial and applied.get("partial"):
+                reason = (f"sched_ext scheduler {applied.get('ops')!r} enabled for the targets "
+                          f"only: {applied.get('note')}")
+            elif machine:
                 reason = (f"sched_ext scheduler {applied.get('ops')!r} enabled "
                           f"({applied.get('note')}); a BPF scheduler runs every task: its "
                           "narrowest scope is the machine")
@@ -298,11 +315,20 @@ class Deployer:
                           f"{sum(map(len, targets.values()))} target processes")
             await self._set_state(dep_id, "canary", reason, targets=json.dumps(targets))
             self._fault("after_canary_apply")
-            breaker = Breaker({g: roles[g] for g in canary}, self.breaker_settings, limits)
+            # A partial-switch canary runs the targets below every fair-class
+            # task (the kernel's class order): their wait measures the fair
+            # load as much as the scheduler.  It is judged on progress (stalls)
+            # and the loader's health; performance from the full scope on.
+            canary_roles = {g: "progress" if partial else roles[g] for g in canary}
+            breaker = Breaker(canary_roles, self.breaker_settings, limits)
             if await self._probation(dep_id, subsystem, policy, GuardSampler(canary),
                                      baseline, breaker, self.settings.canary_seconds):
                 return
-            if machine:
+            if partial:
+                widened = await asyncio.to_thread(self._apply, subsystem, doc,
+                                                  {"owner": dep_id, **bound})
+                await self._set_state(dep_id, "canary", str(widened.get("note")))
+            elif machine:
                 await self._set_state(dep_id, "canary", "full-scope probation (the scheduler "
                                       "has run machine-wide since the canary)")
             else:

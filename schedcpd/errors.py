@@ -87,6 +87,17 @@ class Conflict(SchedcpError):
     name = "Conflict"
 
 
+class ObjectMismatch(SchedcpError):
+    """The object about to be loaded, or the running kernel, is not what the token binds.
+
+    A T2 token carries the SHA-256 of the BPF object the verifier loaded and
+    of the kernel BTF it loaded it against; another object (rebuilt,
+    tampered) or another kernel is refused rather than deployed unverified.
+    """
+
+    name = "ObjectMismatch"
+
+
 class Timeout(SchedcpError):
     """The call took longer than the configured limit and was abandoned."""
 

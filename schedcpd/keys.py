@@ -24,6 +24,17 @@ private file.  A store loaded with retired private files left over (a crash
 in between, or a store written before retired keys were destroyed) has them
 deleted at load, and expired public halves pruned.
 
+**Trusted verifier keys** (``trusted_dir``, ``[verifier] trusted_keys_dir``,
+default ``/etc/schedcp/trusted-keys.d``): public halves (PEM, ``*.pub``) of
+*other* daemons' keys, whose tokens this daemon accepts as its own — a host
+whose kernel or resources cannot run the verifier's micro-VM deploys what a
+verifier host verified and signed.  A key's id is derived from its bytes,
+never from the file name (a file named ``<16 hex>.pub`` that holds another
+key is refused, with the reason, in :attr:`KeyStore.trusted_errors`).  The
+directory is re-read when its modification time changes, so adding or
+removing a file takes effect at the next token check.  Trusted keys never
+sign: they only verify, for as long as their file is there.
+
 The clock is a parameter so tests can rotate hundreds of times through
 simulated hours without sleeping.
 """
@@ -35,6 +46,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +59,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_LIFETIME = 15 * 60.0
+DEFAULT_TRUSTED_DIR = Path("/etc/schedcp/trusted-keys.d")
+_KID_NAME = re.compile(r"^[0-9a-f]{16}$")
 
 Clock = Callable[[], float]
 
@@ -82,8 +96,14 @@ class KeyStore:
     """Ed25519 keys in ``<dir>``; see the module docstring for the files."""
 
     def __init__(self, directory: Path, lifetime: float = DEFAULT_LIFETIME,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, trusted_dir: Path | None = None) -> None:
         self.dir = directory
+        self.trusted_dir = trusted_dir
+        """Public keys of other verifiers whose tokens are accepted (None: none)."""
+        self._trusted: dict[str, Ed25519PublicKey] = {}
+        self._trusted_stamp: tuple[int, tuple[str, ...]] | None = None
+        self.trusted_errors: dict[str, str] = {}
+        """File name -> why a file in ``trusted_dir`` was not loaded."""
         self.lifetime = lifetime
         """The longest a token may live; a retired key verifies this long after retiring."""
         self.clock = clock
@@ -243,10 +263,13 @@ class KeyStore:
         return kid
 
     def verifying_key(self, kid: str, now: float) -> Ed25519PublicKey | None:
-        """The public key ``kid`` if it may still verify tokens at ``now``."""
+        """The public key ``kid`` if it may still verify tokens at ``now``.
+
+        This daemon's own keys first, then the trusted verifier keys.
+        """
         key = self._keys.get(kid)
         if key is None:
-            return None
+            return self.trusted().get(kid)
         if now > key.trusted_until(self.lifetime):
             return None
         return key.public
@@ -257,6 +280,21 @@ class KeyStore:
         if key.signed_until is None or exp > key.signed_until:
             key.signed_until = exp
             self._save_index()
+
+    def trusted(self) -> dict[str, Ed25519PublicKey]:
+        """The trusted verifier keys (kid -> public key), re-read when the directory changes."""
+        directory = self.trusted_dir
+        if directory is None:
+            return {}
+        try:
+            names = tuple(sorted(p.name for p in directory.glob("*.pub")))
+            stamp = (directory.stat().st_mtime_ns, names)
+        except OSError:
+            stamp = (-1, ())
+        if stamp != self._trusted_stamp:
+            self._trusted, self.trusted_errors = load_trusted(directory)
+            self._trusted_stamp = stamp
+        return self._trusted
 
     def held(self) -> list[str]:
         """The ids of every key held in memory (current and retired), oldest first."""
@@ -270,3 +308,29 @@ class KeyStore:
                  serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()}
             for k in sorted(self._keys.values(), key=lambda k: k.created)
         ]
+
+
+def load_trusted(directory: Path) -> tuple[dict[str, Ed25519PublicKey], dict[str, str]]:
+    """Ed25519 public keys (PEM) in ``directory/*.pub``: (kid -> key, file -> error)."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    problems: dict[str, str] = {}
+    try:
+        files = sorted(directory.glob("*.pub"))
+    except OSError as err:
+        return {}, {str(directory): str(err)}
+    for path in files:
+        try:
+            loaded = serialization.load_pem_public_key(path.read_bytes())
+            if not isinstance(loaded, Ed25519PublicKey):
+                raise ValueError("not an Ed25519 public key")
+            kid = key_id(loaded)
+            if _KID_NAME.match(path.stem) and path.stem != kid:
+                raise ValueError(f"the file is named for key {path.stem} but holds key {kid}")
+        except (OSError, ValueError) as err:
+            problems[path.name] = str(err)
+            _LOGGER.error("trusted verifier key %s is not used: %s", path, err)
+            continue
+        keys[kid] = loaded
+    if keys:
+        _LOGGER.info("trusted verifier keys from %s: %s", directory, ", ".join(sorted(keys)))
+    return keys, problems

@@ -15,6 +15,17 @@ The signature covers the ASCII text ``schedcp1.<payload>``.  The payload
 names the key (``kid``) so keys can rotate: an old key keeps verifying the
 tokens it signed until they expire.
 
+A token for a policy that runs an artifact (a T2 policy's BPF object) also
+has the claim ``artifact``: ``{"object_sha256", "btf_sha256"}``, the digest
+of the object the verifier loaded into the kernel's BPF verifier and of the
+kernel BTF it was loaded against.  The deploying subsystem compares them with
+the object it is about to load and with the running kernel's BTF
+(``ObjectMismatch``); the token layer only checks their form.
+
+A token may be signed by this daemon's key or by a *trusted verifier key*
+(another daemon's public key, :mod:`schedcpd.keys`); any other key is
+:class:`UnknownKey`.
+
 Every issued payload is kept (table ``token_issued``, until the token would
 have expired) so a signature failure can be told apart: a token this daemon
 issued whose claims were edited is :class:`TokenTampered` (naming the
@@ -27,6 +38,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import secrets
 import time
 from typing import Any
@@ -47,6 +59,8 @@ _CLAIMS: dict[str, type | tuple[type, ...]] = {
     "kid": str, "policy_id": str, "policy_digest": str, "subsystem": str, "scope": dict,
     "report_digest": str, "iat": (int, float), "exp": (int, float), "nonce": str, "uid": int,
 }
+ARTIFACT_CLAIMS = ("object_sha256", "btf_sha256")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class InvalidToken(errors.SchedcpError):
@@ -68,7 +82,7 @@ class TokenTampered(errors.SchedcpError):
 
 
 class UnknownKey(errors.SchedcpError):
-    """The token was signed by a key this daemon does not hold (or no longer trusts)."""
+    """The token was signed by a key this daemon neither holds nor trusts (or no longer)."""
 
     name = "UnknownKey"
 
@@ -146,6 +160,12 @@ def decode(token: str) -> tuple[dict[str, Any], bytes, bytes]:
         value = claims.get(name)
         if value is None or isinstance(value, bool) or not isinstance(value, kind):
             raise InvalidToken(f"token claim {name!r} is missing or of the wrong type")
+    artifact = claims.get("artifact")
+    if artifact is not None and not (
+            isinstance(artifact, dict) and set(artifact) == set(ARTIFACT_CLAIMS)
+            and all(isinstance(v, str) and _SHA256.match(v) for v in artifact.values())):
+        raise InvalidToken(f"token claim 'artifact' must be {{{', '.join(ARTIFACT_CLAIMS)}}} "
+                           "as SHA-256 hex digests")
     return claims, f"{parts[0]}.{parts[1]}".encode(), signature
 
 
@@ -158,7 +178,8 @@ class TokenAuthority:
 
     async def issue(self, *, policy_id: str, policy_digest: str, subsystem: str,
                     scope: dict[str, Any], report_digest: str, uid: int,
-                    lifetime: float | None = None, now: float | None = None) -> str:
+                    lifetime: float | None = None, now: float | None = None,
+                    artifact: dict[str, str] | None = None) -> str:
         """Sign a token for one deployment of a verified policy by ``uid``; record it.
 
         ``lifetime`` may shorten the token's life, never lengthen it past the
@@ -178,6 +199,8 @@ class TokenAuthority:
             "iat": issued, "exp": exp,
             "nonce": secrets.token_hex(16), "uid": uid,
         }
+        if artifact is not None:
+            claims["artifact"] = {k: artifact[k] for k in ARTIFACT_CLAIMS}
         payload = json.dumps(claims, sort_keys=True)
         signed = f"{PREFIX}.{_b64(payload.encode())}"
         # Sign and note it before any await: a rotation in between would
@@ -219,8 +242,10 @@ class TokenAuthority:
         now = self.keys.clock() if now is None else now
         public = self.keys.verifying_key(claims["kid"], now)
         if public is None:
-            raise UnknownKey(f"token was signed by key {claims['kid']}, which this daemon "
-                             "does not trust")
+            where = self.keys.trusted_dir
+            raise UnknownKey(f"token was signed by key {claims['kid']}, which is neither this "
+                             "daemon's key nor a trusted verifier key"
+                             + (f" (none in {where} is it)" if where is not None else ""))
         try:
             public.verify(signature, signed)
         except InvalidSignature as err:

@@ -38,7 +38,7 @@ from schedcpd.errors import Conflict, NotSupported
 from schedcpd.plugins import PluginHost
 from schedcpd.reports import ReportStore
 from schedcpd.repository import Repository, parse_document, policy_scope
-from schedcpd.tokens import TokenAuthority, digest_of
+from schedcpd.tokens import ARTIFACT_CLAIMS, TokenAuthority, digest_of
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -74,6 +74,23 @@ def _stage(name: str, start: float, findings: list[dict[str, Any]] | None,
         "findings": findings,
         "seconds": round(time.monotonic() - start, 4),
     }
+
+
+def artifact_of(report: dict[str, Any]) -> dict[str, str] | None:
+    """The artifact the kernel stage loaded (an ``artifact`` finding), for the token.
+
+    A T2 policy's kernel stage reports the SHA-256 of the BPF object it
+    loaded and of the kernel BTF it loaded it against; the token binds them
+    so the deploying host loads exactly that object on that kernel.
+    """
+    for stage in report.get("stages", []):
+        if stage.get("stage") != "kernel":
+            continue
+        for finding in stage.get("findings", []):
+            if finding.get("code") == "artifact" and isinstance(finding.get("binding"), dict):
+                binding = finding["binding"]
+                return {k: str(binding.get(k, "")) for k in ARTIFACT_CLAIMS}
+    return None
 
 
 class Verifier:
@@ -125,7 +142,7 @@ class Verifier:
             token = await self._tokens.issue(
                 policy_id=policy["id"], policy_digest=digest_of(policy["document"]),
                 subsystem=policy["subsystem"], scope=report["scope"],
-                report_digest=report_digest, uid=uid,
+                report_digest=report_digest, uid=uid, artifact=artifact_of(report),
             )
             if policy["state"] == "candidate":
                 await self._repo.set_state(policy["id"], "verified")

@@ -6,6 +6,9 @@
  *
  *   --prefix STR      put STR and a space before every output line
  *   --no-attach       open, set parameters, load (BPF verifier), then exit
+ *   --partial         attach with SCX_OPS_SWITCH_PARTIAL: only tasks whose policy
+ *                     is SCHED_EXT run on the scheduler (the others stay on the
+ *                     kernel's fair class)
  *   --monitor-ms N    poll /sys/kernel/sched_ext every N ms (default 100)
  *   --duration-s N    detach after N seconds (default: run until SIGINT/SIGTERM)
  *   --timeout-s N     with COMMAND: kill it after N seconds (default 60)
@@ -15,7 +18,7 @@
  * COMMAND the scheduler is attached, the command runs (its output is
  * relayed as "workload" events), then the scheduler is detached.
  *
- * Every line is one JSON object with an "event": open, param, loaded,
+ * Every line is one JSON object with an "event": open, param, partial, loaded,
  * attached, state, exited (the scheduler's exit record: kind, reason, msg),
  * workload, events, detached, error (stage, errno, message, log = the
  * libbpf/verifier log), final.  Exit status: 0 ok, 1 usage, 2 the
@@ -238,6 +241,8 @@ static int set_param(struct bpf_object *obj, const char *arg)
 	return 0;
 }
 
+#include "scx_ops_flags.h"
+
 /* -- the exit record (schedcp_exit in .bss, see scx_common.h) ------------- */
 
 struct exit_rec {
@@ -342,7 +347,7 @@ static double now_s(void)
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: scx_loader [--prefix STR] [--no-attach] [--monitor-ms N] "
+	fprintf(stderr, "usage: scx_loader [--prefix STR] [--no-attach] [--partial] [--monitor-ms N] "
 		"[--duration-s N] [--timeout-s N] OBJECT [name=value ...] [-- COMMAND ...]\n");
 	return 1;
 }
@@ -396,9 +401,9 @@ static void relay(int fd, char *buf, size_t *len, size_t cap, bool flush)
 
 int main(int argc, char **argv)
 {
-	bool attach = true, ejected = false, exit_seen = false, cmd_failed = false;
+	bool attach = true, partial = false, ejected = false, exit_seen = false, cmd_failed = false;
 	long monitor_ms = 100, duration_s = -1, timeout_s = 60;
-	char state[64], last_state[64], ops[256] = "", msg[512];
+	char state[64], last_state[64], ops[256] = "", msg[512], switch_all[16];
 	char **cmd = NULL, outbuf[4096];
 	const char *path;
 	struct bpf_object *obj;
@@ -414,6 +419,8 @@ int main(int argc, char **argv)
 	for (i = 1; i < argc && !strncmp(argv[i], "--", 2) && argv[i][2]; i++) {
 		if (!strcmp(argv[i], "--no-attach"))
 			attach = false;
+		else if (!strcmp(argv[i], "--partial"))
+			partial = true;
 		else if (i + 1 < argc && !strcmp(argv[i], "--prefix"))
 			prefix = argv[++i];
 		else if (i + 1 < argc && !strcmp(argv[i], "--monitor-ms"))
@@ -458,6 +465,8 @@ int main(int argc, char **argv)
 	}
 	if (cmd && !*cmd)
 		return usage();
+	if (partial && (err = set_partial(obj, ops_map)))
+		return err;
 
 	t0 = now_s();
 	err = bpf_object__load(obj);
@@ -490,10 +499,13 @@ int main(int argc, char **argv)
 			break;
 	}
 	read_file(SYSFS "/root/ops", ops, sizeof(ops));
+	if (!read_file(SYSFS "/switch_all", switch_all, sizeof(switch_all)))
+		snprintf(switch_all, sizeof(switch_all), "?");
 	have_rec = exit_record(obj, &rec);
 	begin("attached");
 	kstr("state", state);
 	kstr("ops", ops);
+	kstr("switch_all", switch_all);
 	kbool("exit_record", have_rec);
 	end();
 	snprintf(last_state, sizeof(last_state), "%s", state);

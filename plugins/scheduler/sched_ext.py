@@ -93,6 +93,8 @@ class LoaderSpec:
     binary: Path
     allowed_args: dict[str, tuple[int, int]]
     scheduler: Path | None = None
+    partial: bool = False
+    """Attach with ``SCX_OPS_SWITCH_PARTIAL`` (``--partial``): only SCHED_EXT tasks switch."""
 
 
 @dataclass
@@ -143,7 +145,7 @@ class SupervisedLoader:
         """Validate ``args`` against the allow-list and build the command line."""
         argv = [str(self.spec.binary)]
         if self.spec.scheduler is not None:
-            argv.append(str(self.spec.scheduler))
+            argv += ["--partial"] * self.spec.partial + [str(self.spec.scheduler)]
         for name, value in sorted(args.items()):
             if name not in self.spec.allowed_args:
                 raise ValueError(f"argument {name!r} is not allowed for {self.spec.binary}")

@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from plugins.scheduler import sched_ext, scx_policy, scx_rules, tasks
+from plugins.scheduler import sched_ext, scx_policy, scx_rules, scx_targets, tasks
+from plugins.scheduler import scx_binding as binding
 from plugins.scheduler.sched_ext import LoaderError, LoaderSpec, SupervisedLoader
 from schedcpd.errors import Conflict, InvalidArgument, NotSupported
 from schedcpd.journal import Journal, JournalEntry
@@ -135,6 +136,8 @@ class ScxHost:
         self.build = HostBuild(str(config.get("scx_loader", "auto")),
                                str(config.get("scx_object_dir", "auto")))
         self.event_limit = int(config.get("scx_event_errors", 1))
+        self.btf = Path(str(config.get("scx_btf") or HOST_BTF))
+        self.mover = scx_targets.TaskMover(journal, JOURNAL_SUBSYSTEM)
         self.fault_injection = bool(config.get("fault_injection", False))
         self.logs = Path(state_dir) / "scx"
         self.running: dict[str, SupervisedLoader] = {}
@@ -148,7 +151,15 @@ class ScxHost:
     # -- apply --------------------------------------------------------------
 
     def apply(self, doc: dict[str, Any], scope: dict[str, Any], dry_run: bool) -> dict[str, Any]:
-        """Start the policy's scheduler for ``scope["owner"]`` (or plan it)."""
+        """Start the policy's scheduler for ``scope["owner"]`` (or plan it).
+
+        ``scope["pids"]`` (the canary) with targets: attach in partial-switch
+        mode and move those processes' threads to SCHED_EXT.  Called again
+        for a running owner without ``pids``: widen (re-attach without the
+        flag) unless the policy stays partial.  ``scope["artifact"]`` is the
+        token's object binding; with ``dry_run`` it is checked only when the
+        key is present (``Deploy`` checks before it consumes the token).
+        """
         findings = [f for f in scx_policy.validate(doc) if f["severity"] == "error"]
         if findings:
             raise InvalidArgument("; ".join(f["message"] for f in findings))
@@ -157,56 +168,112 @@ class ScxHost:
         info = sched_ext.detect(self.root)
         text, _ = scx_policy.source_of(doc)
         ops = scx_rules.ops_name(text)
+        targets = scx_targets.resolve(doc)
         if dry_run:
-            return self._plan(owner, doc, params, info, ops, text)
+            if "artifact" in scope and info["available"]:
+                self.check_binding(doc, scope["artifact"])
+            return self._plan(owner, doc, params, info, ops, text, targets)
         if not info["available"]:
             raise NotSupported(f"cannot deploy a T2 policy: {info['reason']}")
+        artifact = scope.get("artifact")
         with self.lock:
             if owner in self.running:
-                return self._report(owner, doc, [], "already running for this deployment")
+                if scope.get("pids"):
+                    return self._report(owner, doc, [], "already running for this deployment")
+                return self._widen(owner, doc, params, artifact)
             others = sorted(self.running)
             if others:
                 raise Conflict(f"a sched_ext scheduler is already deployed by {others[0]}")
-            try:
-                spec = LoaderSpec(self.build.loader_path(), allowed_params(doc),
-                                  self.build.object_path(doc))
-            except NotSupported:
-                raise
-            except Exception as err:  # build or fetch failures of any kind: refuse cleanly
-                raise NotSupported(f"the scheduler cannot be built for this kernel "
-                                   f"({os.uname().release}): {err}") from err
-            self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tag = secrets.token_hex(8)
-            loader = SupervisedLoader(spec, root=self.root, log=self.logs / f"{owner}.jsonl",
-                                      env={TAG_ENV: tag}, event_limit=self.event_limit)
-            try:
-                argv = loader.build_argv(params)
-            except ValueError as err:
-                raise InvalidArgument(str(err)) from err
-            prior = {"state": info.get("state"), "ops": info.get("ops")}
-            new: dict[str, Any] = {"argv": argv, "tag": tag, "pid": None, "start": None}
-            entry = self.journal.record(owner, KIND, f"{KIND}:{owner}", prior, new,
-                                        subsystem=JOURNAL_SUBSYSTEM)
-            self._fault("scx_after_journal")
-            try:
-                pid = loader.start(params)
-            except (LoaderError, RuntimeError, OSError) as err:
-                loader.stop()
-                self.journal.mark_skipped(entry, f"did not start: {err}")
-                log = err.log if isinstance(err, LoaderError) else ""
-                raise Conflict(f"the sched_ext loader failed: {err}"
-                               + (f"; its output: {log[-600:]}" if log else "")) from err
-            self._fault("scx_after_start")
-            self.journal.mark_applied(entry, new={**new, "pid": pid,
-                                                  "start": tasks.start_time(pid)})
-            self.running[owner] = loader
+            pids = [int(p) for p in scope.get("pids") or []]
+            partial = bool(pids) and bool(targets)
+            pid, prior = self._start(owner, doc, params, artifact, partial)
+            moved = self.mover.move(owner, pids) if partial else None
         change = {"target": "sched_ext", "knob": "state", "before": prior["state"],
                   "after": "enabled", "status": "changed", "note": f"loader pid {pid}"}
-        return self._report(owner, doc, [change], f"loader pid {pid}: {' '.join(argv)}",
-                            pid=pid, ops=sched_ext.detect(self.root).get("ops"))
+        note = f"loader pid {pid}: {' '.join(self.running[owner].build_argv(params))}"
+        if moved is not None:
+            note = (f"partial-switch (SCX_OPS_SWITCH_PARTIAL), {moved['moved']} threads of "
+                    f"{len(pids)} target processes moved to SCHED_EXT; {note}")
+        return self._report(owner, doc, [change], note, pid=pid, partial=partial, moved=moved,
+                            ops=sched_ext.detect(self.root).get("ops"))
+
+    def _loader_parts(self, doc: dict[str, Any]) -> tuple[Path, Path]:
+        """(loader binary, the policy's object as built or installed)."""
+        try:
+            return self.build.loader_path(), self.build.object_path(doc)
+        except NotSupported:
+            raise
+        except Exception as err:  # build or fetch failures of any kind: refuse cleanly
+            raise NotSupported(f"the scheduler cannot be built for this kernel "
+                               f"({os.uname().release}): {err}") from err
+
+    def check_binding(self, doc: dict[str, Any], artifact: Any) -> None:
+        """Raise :class:`ObjectMismatch` unless the token binds this object on this kernel."""
+        _, obj = self._loader_parts(doc)
+        binding.check(obj.read_bytes(), artifact, self.btf)
+
+    def _start(self, owner: str, doc: dict[str, Any], params: dict[str, int], artifact: Any,
+               partial: bool) -> tuple[int, dict[str, Any]]:
+        """Journal, then start the loader on the exact bytes the token binds."""
+        binary, source = self._loader_parts(doc)
+        self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Hash and load the same bytes: a private copy, so nothing can swap
+        # the object between the check and the loader's open.
+        (self.logs / owner).mkdir(exist_ok=True, mode=0o700)
+        obj = binding.bound_copy(source, artifact, self.btf, self.logs / owner / source.name)
+        spec = LoaderSpec(binary, allowed_params(doc), obj, partial)
+        tag = secrets.token_hex(8)
+        loader = SupervisedLoader(spec, root=self.root, log=self.logs / f"{owner}.jsonl",
+                                  env={TAG_ENV: tag}, event_limit=self.event_limit)
+        try:
+            argv = loader.build_argv(params)
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from err
+        info = sched_ext.detect(self.root)
+        prior = {"state": info.get("state"), "ops": info.get("ops")}
+        new: dict[str, Any] = {"argv": argv, "tag": tag, "pid": None, "start": None}
+        entry = self.journal.record(owner, KIND, f"{KIND}:{owner}", prior, new,
+                                    subsystem=JOURNAL_SUBSYSTEM)
+        self._fault("scx_after_journal")
+        try:
+            pid = loader.start(params)
+        except (LoaderError, RuntimeError, OSError) as err:
+            loader.stop()
+            self.journal.mark_skipped(entry, f"did not start: {err}")
+            log = err.log if isinstance(err, LoaderError) else ""
+            raise Conflict(f"the sched_ext loader failed: {err}"
+                           + (f"; its output: {log[-600:]}" if log else "")) from err
+        self._fault("scx_after_start")
+        self.journal.mark_applied(entry, new={**new, "pid": pid, "start": tasks.start_time(pid)})
+        self.running[owner] = loader
+        return pid, prior
+
+    def _widen(self, owner: str, doc: dict[str, Any], params: dict[str, int],
+               artifact: Any) -> dict[str, Any]:
+        """After the canary: re-attach without SCX_OPS_SWITCH_PARTIAL (or stay partial)."""
+        old = self.running[owner]
+        if not old.spec.partial:
+            return self._report(owner, doc, [], "already machine-wide", widened=False)
+        if scx_targets.switch_mode(doc) == "partial":
+            return self._report(owner, doc, [], "stays partial-switch: the policy's scx.switch "
+                                "is 'partial' (only its targets run on the scheduler)",
+                                widened=False)
+        del self.running[owner]
+        done = old.stop()
+        for entry in self.journal.pending_restore(owner=owner, subsystem=JOURNAL_SUBSYSTEM):
+            if entry.kind == KIND:
+                self.journal.mark_restored(entry.id, f"loader {done.get('pid')} stopped to "
+                                           "re-attach without SCX_OPS_SWITCH_PARTIAL")
+        pid, _ = self._start(owner, doc, params, artifact, partial=False)
+        change = {"target": "sched_ext", "knob": "switch_all", "before": "0", "after": "1",
+                  "status": "changed", "note": f"loader pid {pid}"}
+        return self._report(owner, doc, [change], f"widened: loader pid {pid} re-attached "
+                            "without SCX_OPS_SWITCH_PARTIAL; every task runs on the scheduler",
+                            pid=pid, widened=True)
 
     def _plan(self, owner: str, doc: dict[str, Any], params: dict[str, int],
-              info: dict[str, Any], ops: str | None, text: str) -> dict[str, Any]:
+              info: dict[str, Any], ops: str | None, text: str,
+              targets: dict[str, list[int]]) -> dict[str, Any]:
         defaults = scx_rules.rodata_params(text)
         changes = [
             {"target": "sched_ext", "knob": "state", "before": info.get("state"),
@@ -220,7 +287,10 @@ class ScxHost:
                             "note": "the scheduler's compiled default before"})
         problems = [] if info["available"] else [
             {"target": "sched_ext", "knob": "state", "status": "error", "note": info["reason"]}]
-        report = self._report(owner, doc, changes, "plan: nothing was started")
+        report = self._report(owner, doc, changes, "plan: nothing was started",
+                              canary="partial" if targets else "machine",
+                              switch=scx_targets.switch_mode(doc))
+        report["targets"] = targets
         report["problems"] = problems
         report["dry_run"] = True
         return report
@@ -249,29 +319,57 @@ class ScxHost:
     def state(self) -> list[dict[str, Any]]:
         """Running loaders, for ``schedcp_state``."""
         with self.lock:
-            return [{"owner": owner, "pid": loader.pid, "argv": loader.build_argv({})[:2],
-                     "state": loader.state()} for owner, loader in self.running.items()]
+            return [{"owner": owner, "pid": loader.pid, "argv": loader.build_argv({})[:3],
+                     "partial": loader.spec.partial, "state": loader.state()}
+                    for owner, loader in self.running.items()]
 
     # -- restore --------------------------------------------------------------
 
     def restore(self, owner: str | None) -> dict[str, Any]:
-        """Stop the loader of ``owner`` (or every journaled loader) and record it."""
+        """Stop the loader of ``owner`` (or every journaled one); threads back to their class.
+
+        Loaders first (the kernel falls back to its default scheduler at
+        once), then each journaled thread's attributes, then the threads
+        still in SCHED_EXT that targets created while deployed
+        (:meth:`TaskMover.sweep`).  Every outcome is in the journal.
+        """
         results = []
         with self.lock:
-            for entry in self.journal.pending_restore(owner=owner, subsystem=JOURNAL_SUBSYSTEM):
+            entries = self.journal.pending_restore(owner=owner, subsystem=JOURNAL_SUBSYSTEM)
+            stopped: list[tuple[JournalEntry, str]] = []
+            for entry in (e for e in entries if e.kind == KIND):
                 loader = self.running.pop(entry.owner, None)
                 if loader is not None:
                     done = loader.stop()
                     note = f"loader {done.get('pid')} stopped (exit {done.get('exit')})"
                 else:
                     note = self._stop_orphan(entry)
-                state = sched_ext.wait_left_enabled(self.root, 0.8)
+                stopped.append((entry, note))
+            state = sched_ext.wait_left_enabled(self.root, 0.8) if stopped else None
+            counts: dict[str, int] = {}
+            journaled: dict[int, dict[str, Any]] = {}
+            for entry in (e for e in entries if e.kind == scx_targets.TASK_KIND):
+                if isinstance(entry.prior, dict):
+                    journaled.setdefault(int(entry.prior.get("pid", 0)), entry.prior)
+                outcome = self.mover.restore(entry)
+                counts[outcome] = counts.get(outcome, 0) + 1
+            swept = 0
+            if (stopped or counts) and not self.running and state != "enabled":
+                swept = self.mover.sweep(journaled)
+            threads = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            for entry, note in stopped:
                 note += f"; sched_ext state {state!r}"
+                if counts or swept:
+                    note += (f"; threads in SCHED_EXT back in their class: {threads or 'none'}"
+                             f"; {swept} more (created while deployed) swept")
                 self.journal.mark_restored(entry.id, note)
                 _LOGGER.info("sched_ext loader of %s: %s", entry.owner, note)
                 results.append({"id": entry.id, "owner": entry.owner, "key": entry.key,
                                 "kind": KIND, "outcome": "restored", "note": note})
-        return {"entries": results, "summary": {"restored": len(results)} if results else {}}
+            if counts and not stopped:
+                _LOGGER.info("sched_ext threads of %s: %s; %d swept", owner, threads, swept)
+        summary = {"restored": len(results)} if results else {}
+        return {"entries": results, "summary": summary, "threads": counts, "swept": swept}
 
     def _stop_orphan(self, entry: JournalEntry) -> str:
         """Stop a loader a previous daemon started (found by pid+start, else by tag)."""

@@ -20,6 +20,10 @@ A T2 policy names a BPF scheduler and its parameters (docs/sched_ext.md)::
     min = 500
     max = 20000
 
+    [[group]]                  # optional targets: the partial-switch canary
+    name = "service"           # (plugins.scheduler.scx_targets)
+    match = { comm = ["nginx"] }
+
 Verifier stages: schema (:func:`validate`), static (:func:`static_check`:
 :mod:`plugins.scheduler.scx_rules` on the source, parameter ranges), kernel
 (:func:`kernel_check`: load into the guest kernel's BPF verifier without
@@ -36,14 +40,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from plugins.scheduler import scx_rules, scxlang
+from plugins.scheduler import scx_rules, scx_targets, scxlang
 from plugins.scheduler.microvm import BuildError, FetchError, GuestResult, MicroVM, job, paths
 
 _LOGGER = logging.getLogger(__name__)
 
 TRACK = "T2"
-TOP_KEYS = {"policy", "scx", "parameters"}
-SCX_KEYS = {"scheduler", "source", "program", "params"}
+TOP_KEYS = {"policy", "scx", "parameters", "group", "guard"}
+SCX_KEYS = {"scheduler", "source", "program", "params", "switch"}
 KINDS = ("scheduler", "source", "program")
 POLICY_KEYS = {"name", "description", "subsystem", "track", "workloads", "version", "tags"}
 PARAM_KEYS = {"field", "min", "max", "default", "description"}
@@ -62,6 +66,7 @@ SUSPECT_COUNTERS = ("SCX_EV_SELECT_CPU_FALLBACK", "SCX_EV_DISPATCH_LOCAL_DSQ_OFF
                     "SCX_EV_INSERT_NOT_OWNED", "SCX_EV_SLICE_DENIED")
 _DMESG_LINES = 150
 _BOOT_TIMEOUT = 90.0
+GUEST_BTF = "/sys/kernel/btf/vmlinux"
 
 
 def _finding(code: str, message: str, field: str = "scx", severity: str = "error",
@@ -169,6 +174,7 @@ def validate(doc: dict[str, Any], source: str = "<policy>") -> list[dict[str, An
             err("range", field, f"{value} outside allowed range "
                 f"{allowed[name][0]}..{allowed[name][1]}")
     _check_parameters(doc, err)
+    out += scx_targets.validate(doc, source)
     return out
 
 
@@ -261,13 +267,14 @@ def kernel_check(doc: dict[str, Any], vm: MicroVM | None = None) -> list[dict[st
     except (BuildError, FetchError, OSError, RuntimeError) as err:
         return _vm_failure("kernel", err)
     params = doc["scx"].get("params", {})
-    result = vm.run(job.loader("load", obj, params, attach=False), files,
-                    timeout=_BOOT_TIMEOUT + 60, boot_timeout=_BOOT_TIMEOUT)
-    return judge_load(result, "load")
+    script = (job.command("digest", ["sha256sum", obj, GUEST_BTF])
+              + job.loader("load", obj, params, attach=False))
+    result = vm.run(script, files, timeout=_BOOT_TIMEOUT + 60, boot_timeout=_BOOT_TIMEOUT)
+    return judge_load(result, "load") or [artifact_finding(result, obj)]
 
 
 def judge_load(result: GuestResult, step: str) -> list[dict[str, Any]]:
-    """Findings for one load-without-attach step of a guest run (the kernel stage)."""
+    """Findings for one load-without-attach step of a guest run (empty: it loaded)."""
     if result.problem():
         return [_finding("vm-failed", result.problem(), console=result.console_tail[-20:])]
     error = result.first(step, "error")
@@ -281,6 +288,27 @@ def judge_load(result: GuestResult, step: str) -> list[dict[str, Any]]:
         return [_finding("load-failed", "the loader reported no result",
                          events=result.step(step))]
     return []
+
+
+def artifact_finding(result: GuestResult, obj: str) -> dict[str, Any]:
+    """What the kernel stage loaded: the object's and the kernel BTF's SHA-256 (in the guest).
+
+    The verifier binds them into the token (claim ``artifact``); a deploying
+    host refuses another object or another kernel (``ObjectMismatch``).
+    """
+    digests = {}
+    for line in result.output.get("digest", []):
+        parts = line.split()
+        if len(parts) == 2 and re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+            digests[parts[1]] = parts[0]
+    if obj not in digests or GUEST_BTF not in digests:
+        return _finding("no-artifact-digest", "the guest did not report the digests of the "
+                        f"object and its kernel BTF: {result.output.get('digest')}")
+    return _finding("artifact", f"loaded object sha256 {digests[obj][:16]}... against the "
+                    f"BTF of {result.kernel} (sha256 {digests[GUEST_BTF][:16]}...)",
+                    severity="info", binding={"object_sha256": digests[obj],
+                                              "btf_sha256": digests[GUEST_BTF],
+                                              "kernel": result.kernel})
 
 
 def verify_in_one_boot(docs: list[dict[str, Any]], seconds: float,

@@ -342,9 +342,11 @@ def _loop_findings(code: str) -> list[dict[str, Any]]:
             head = code[code.find("(", m.start()):_matching(code, code.find("(", m.start()),
                                                               "(", ")")]
             parts = head[1:-1].split(";")
-            if len(parts) == 3 and re.search(
+            # Bounded when the condition, or one of its && conjuncts, compares
+            # with a constant (``i < MAX_CPUS && i < nr`` stops at MAX_CPUS).
+            if len(parts) == 3 and "||" not in parts[1] and any(re.search(
                     r"<=?\s*(\d+|[A-Z_][A-Z0-9_]*|sizeof\s*\(.*\)|ARRAY_SIZE\s*\(.*\))\s*$",
-                    parts[1].strip()):
+                    conjunct.strip()) for conjunct in parts[1].split("&&")):
                 continue
         findings.append(_finding(
             "unbounded-loop", f"'{kind}' loop without a constant bound: use bpf_for(i, 0, N), "

@@ -143,7 +143,9 @@ def _emit(event: str, **fields: Any) -> None:
 
 
 def fake_loader(root: Path, args: list[str]) -> int:
-    """Act like ``scx_loader OBJECT name=value ...`` against a FAKE sched_ext root."""
+    """Act like ``scx_loader [--partial] OBJECT name=value ...`` against a FAKE sched_ext root."""
+    partial = bool(args) and args[0] == "--partial"
+    args = args[1:] if partial else args
     if not args or not Path(args[0]).is_file():
         _emit("error", stage="open", message=f"cannot open {args[:1]}")
         return 3
@@ -164,6 +166,7 @@ def fake_loader(root: Path, args: list[str]) -> int:
     _write(root / "root" / "ops", f"schedcp_{obj.name.split('.')[0]}\n")
     seq = int((root / "enable_seq").read_text() or "0") + 1
     _write(root / "enable_seq", f"{seq}\n")
+    _write(root / "switch_all", "0\n" if partial else "1\n")
     _write(root / "state", "enabled\n")
     _emit("attached", state="enabled", ops=(root / "root" / "ops").read_text().strip())
     while not stop.wait(0.05):

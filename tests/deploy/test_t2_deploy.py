@@ -13,6 +13,7 @@ running the verifier (whose T2 stages boot the micro-VM): the test-only
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -47,16 +48,30 @@ def fake() -> Iterator[FakeSchedExt]:
         f.close()
 
 
-def deploy_t2(proc, name: str) -> tuple[str, str]:
+HOST_BTF = Path("/sys/kernel/btf/vmlinux")
+
+
+def binding(fake: FakeSchedExt, name: str = "vtime") -> dict[str, str]:
+    """The artifact claim a verifier would sign for the FAKE object on this kernel."""
+    return {"object_sha256": hashlib.sha256((fake.objects / f"{name}.bpf.o").read_bytes())
+            .hexdigest(), "btf_sha256": hashlib.sha256(HOST_BTF.read_bytes()).hexdigest()}
+
+
+def t2_token(proc, fake: FakeSchedExt, policy_id: str, **kwargs) -> str:
+    return forced_token(proc.state_dir, proc.address, policy_id,
+                        artifact=kwargs.pop("artifact", binding(fake)), **kwargs)
+
+
+def deploy_t2(proc, fake: FakeSchedExt, name: str) -> tuple[str, str]:
     policy_id = call(proc.address, "SubmitPolicy", "s", T2.format(name=name))
-    token = forced_token(proc.state_dir, proc.address, policy_id)
+    token = t2_token(proc, fake, policy_id)
     return policy_id, call(proc.address, "Deploy", "s", token)
 
 
 def test_t2_plan_deploy_and_rollback(start_daemon, fake: FakeSchedExt) -> None:
     proc = start_daemon(FAST + fake.config())
     policy_id = call(proc.address, "SubmitPolicy", "s", T2.format(name="t2-deploy"))
-    token = forced_token(proc.state_dir, proc.address, policy_id)
+    token = t2_token(proc, fake, policy_id)
     plan = json.loads(call(proc.address, "PlanDeployment", "s", token))["plan"]
     changes = {(c["target"], c["knob"]): (c["before"], c["after"]) for c in plan["changes"]}
     assert changes[("sched_ext", "state")] == ("disabled", "enabled")
@@ -71,20 +86,54 @@ def test_t2_plan_deploy_and_rollback(start_daemon, fake: FakeSchedExt) -> None:
     pid = fake.loader_pid()
     assert pid is not None and fake.loader_running()
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    assert b"slice_us=3000" in cmdline and str(fake.objects / "vtime.bpf.o").encode() in cmdline
+    # The loader loads the daemon's private copy of the bytes the token binds.
+    copy = proc.state_dir / "plugins" / "scheduler" / "scx" / dep / "vtime.bpf.o"
+    assert b"slice_us=3000" in cmdline and str(copy).encode() in cmdline
+    assert copy.read_bytes() == (fake.objects / "vtime.bpf.o").read_bytes()
+    assert b"--partial" not in cmdline  # no targets: the canary is the machine
     assert f"loader pid {pid}" in info["events"][1]["reason"]
     result = json.loads(call(proc.address, "Rollback", "s", dep))
     assert result["state"] == "reverted"
     assert not fake.loader_running() and fake.state() == "disabled"
 
 
+MISMATCH = "org.schedcp.Control1.Error.ObjectMismatch"
+
+
+def test_t2_token_binds_the_object_and_the_kernel(start_daemon, fake: FakeSchedExt) -> None:
+    proc = start_daemon(FAST + fake.config())
+    policy_id = call(proc.address, "SubmitPolicy", "s", T2.format(name="t2-binding"))
+    good = t2_token(proc, fake, policy_id)
+    # A token that binds no object, or another kernel's BTF, is refused.
+    unbound = forced_token(proc.state_dir, proc.address, policy_id)
+    assert call_error(proc.address, "Deploy", "s", unbound) == MISMATCH
+    other_kernel = t2_token(proc, fake, policy_id,
+                            artifact={**binding(fake), "btf_sha256": "1" * 64})
+    assert call_error(proc.address, "Deploy", "s", other_kernel) == MISMATCH
+    # Tampered bytes: the object on disk is no longer the one the token binds.
+    obj = fake.objects / "vtime.bpf.o"
+    original = obj.read_bytes()
+    obj.write_bytes(original + b"tampered")
+    result = calls_as(0, proc.address, [["Deploy", "s", [good]]])[0]
+    assert result.get("error") == MISMATCH, result
+    assert "rebuilt or tampered" in result["message"] and fake.loader_pid() is None
+    # The refusal did not consume the token: with the right bytes back it deploys.
+    obj.write_bytes(original)
+    dep = call(proc.address, "Deploy", "s", good)
+    info = wait_deployment(proc.address, dep, {"canary", "active", "reverted", "failed"})
+    assert info["state"] in ("canary", "active"), info["events"]
+    wait_until(fake.loader_running, 15, "the fake sched_ext")
+    json.loads(call(proc.address, "Rollback", "s", dep))
+    wait_until(lambda: fake.state() == "disabled", 15, "the fake sched_ext")
+
+
 @pytest.mark.parametrize("fault", ["loader_dies", "ejected", "error_events"])
 def test_t2_breaker_reverts(fault: str, start_daemon, fake: FakeSchedExt) -> None:
     proc = start_daemon(FAST + fake.config())
-    policy_id, dep = deploy_t2(proc, f"t2-{fault.replace('_', '-')}")
+    policy_id, dep = deploy_t2(proc, fake, f"t2-{fault.replace('_', '-')}")
     # A loader death is injected in the canary; the others once the deployment is active.
     wait_deployment(proc.address, dep, {"canary"} if fault == "loader_dies" else {"active"})
-    wait_until(fake.loader_running, 15, "the fake loader runs")
+    wait_until(fake.loader_running, 15, "the fake sched_ext")
     pid = fake.loader_pid()
     assert pid is not None
     if fault == "loader_dies":
@@ -100,12 +149,12 @@ def test_t2_breaker_reverts(fault: str, start_daemon, fake: FakeSchedExt) -> Non
     assert info["state"] == "reverted", info["events"]
     assert info["reason"].startswith("circuit breaker: ") and expected in info["reason"], info
     assert info["trip"]["guard"] == guard and info["trip"]["decision_to_restore_s"] >= 0
-    wait_until(lambda: not fake.loader_running(), 15, "the fake loader stopped")
+    wait_until(lambda: not fake.loader_running(), 15, "the fake sched_ext")
     assert fake.state() == "disabled"
     history = json.loads(call(proc.address, "GetPolicyHistory", "s", policy_id))
     assert history["antipatterns"][0]["metric"] == guard
     # Backing off: the same version is refused for a while.
-    token = forced_token(proc.state_dir, proc.address, policy_id)
+    token = t2_token(proc, fake, policy_id)
     assert call_error(proc.address, "Deploy", "s", token) == "org.schedcp.Control1.Error.Conflict"
 
 
@@ -120,7 +169,7 @@ def test_t2_crash_at_every_step_leaves_no_loader(step: str, start_daemon, fake: 
     config = FAST + fake.config() + "fault_injection = true\n[debug]\nfault_injection = true\n"
     first = start_daemon(config, state_dir=state, env={"SCHEDCP_FAULT_AT": step})
     policy_id = call(first.address, "SubmitPolicy", "s", T2.format(name="t2-crash"))
-    token = forced_token(state, first.address, policy_id)
+    token = forced_token(state, first.address, policy_id, artifact=binding(fake))
     outcome = calls_as(0, first.address, [["Deploy", "s", [token]]])[0]
     if step == "after_trip_decision":
         wait_deployment(first.address, outcome["ok"], {"canary"})  # the loader runs
@@ -134,13 +183,16 @@ def test_t2_crash_at_every_step_leaves_no_loader(step: str, start_daemon, fake: 
     assert dep["state"] == "reverted" and "restarted mid-deployment" in dep["reason"], dep
     # No loader left running: the journaled pid (or tag) was found and stopped.
     assert not fake.loader_running(), step
-    wait_until(lambda: fake.state() == "disabled", 15, "sched_ext disabled")
+    wait_until(lambda: fake.state() == "disabled", 15, "the fake sched_ext")
 
 
 @pytest.mark.skipif(Path("/sys/kernel/sched_ext").is_dir(), reason="this kernel has sched_ext")
 def test_t2_without_sched_ext_fails_cleanly(start_daemon, tmp_path: Path) -> None:
     proc = start_daemon(FAST)
-    _, dep = deploy_t2(proc, "t2-nokernel")
+    policy_id = call(proc.address, "SubmitPolicy", "s", T2.format(name="t2-nokernel"))
+    dep = call(proc.address, "Deploy", "s", forced_token(
+        proc.state_dir, proc.address, policy_id, artifact={"object_sha256": "0" * 64,
+                                                          "btf_sha256": "0" * 64}))
     info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"})
     assert info["state"] == "failed", info["events"]
     assert "NotSupported" in info["reason"] and "/sys/kernel/sched_ext" in info["reason"]
@@ -148,18 +200,3 @@ def test_t2_without_sched_ext_fails_cleanly(start_daemon, tmp_path: Path) -> Non
     status = json.loads(call(proc.address, "GetStatus"))
     assert "scheduler" in json.dumps(status.get("subsystems", status)), status
     assert "plugin scheduler disabled" not in proc.log_text()
-
-
-def test_t2_program_plan_names_the_compiled_scheduler(start_daemon, fake: FakeSchedExt) -> None:
-    """A scheduler-language policy plans like any T2 policy: the compiled ops and params."""
-    proc = start_daemon(FAST + fake.config())
-    text = (Path(__file__).resolve().parents[2] / "policies" / "t2" /
-            "scxl-latency-hogs.toml").read_text().replace("fast_slice_us = 1000",
-                                                          "fast_slice_us = 800")
-    policy_id = call(proc.address, "SubmitPolicy", "s", text)
-    token = forced_token(proc.state_dir, proc.address, policy_id)
-    plan = json.loads(call(proc.address, "PlanDeployment", "s", token))["plan"]
-    changes = {(c["target"], c["knob"]): (c["before"], c["after"]) for c in plan["changes"]}
-    assert changes[("sched_ext", "root/ops")][1] == "scxl_latency_hogs"
-    assert changes[("sched_ext:scxl_latency_hogs", "fast_slice_us")] == (1000, 800)
-    assert fake.loader_pid() is None

@@ -46,7 +46,7 @@ def booted(guest_host: host.GuestHost) -> GuestResult:
                                     "GetStatus"])
         + job.command("subsystems", ["schedcpctl", "subsystems"])
         + job.command("mounts", ["cat", "/proc/mounts"])
-        + job.command("readonly", ["touch", "/opt/schedcp/venv/written"])
+        + job.command("readonly", ["touch", f"{rootfs.venv_dir()}/written"])
         + job.command("scx", ["ls", guest_host.scx_dir() + "/"])
         + job.loader("attach", vtime, {"slice_us": 3000}, timeout_s=60,
                      command=["/bin/scx_workload", "1", "2", "1"])

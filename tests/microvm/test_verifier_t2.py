@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from plugins.scheduler import scx_policy
+from plugins.scheduler import scx_policy, scx_rules
 from plugins.scheduler.microvm import MicroVM
 from tests.harness import CLIENT_PROBE, ROOT, run_as
 
@@ -106,3 +106,14 @@ def test_compile_error_is_reported_with_the_compiler_output(vm: MicroVM) -> None
 
 def test_sources_are_found(vm: MicroVM) -> None:
     assert Path(vm.source, "scx_common.h").is_file()
+
+
+def test_both_builtin_schedulers_pass_the_static_rules() -> None:
+    # latency.bpf.c loops `for (cpu = 0; cpu < MAX_CPUS && cpu < nr; cpu++)`: a
+    # conjunct with a constant bounds the loop; a disjunction does not.
+    for name in scx_policy.BUILTINS:
+        assert scx_rules.check((SOURCES / f"{name}.bpf.c").read_text()) == [], name
+    loop = "for (i = 0; i < n {op} i < 8; i++)"
+    assert [f["code"] for f in scx_rules._loop_findings(loop.format(op="&&"))] == []
+    assert [f["code"] for f in scx_rules._loop_findings(loop.format(op="||"))] == \
+        ["unbounded-loop"]

@@ -88,7 +88,7 @@ def build_all(cache: Path, src: Path, kernel: GuestKernel, tools: Toolchain) -> 
     """Build (or reuse) every object and binary for ``kernel``."""
     scheds = sources(src)
     inputs = [*scheds.values(), src / "scx_common.h", src / "scx_jsonl.h",
-              src / "scx_loader.c", src / "scx_workload.c"]
+              src / "scx_ops_flags.h", src / "scx_loader.c", src / "scx_workload.c"]
     if MSGLAT.is_file():
         inputs.append(MSGLAT)
     key = _digest(inputs, f"{kernel.version}|{tools.identity()}|{' '.join(BPF_FLAGS)}")

@@ -11,7 +11,7 @@ from pathlib import Path
 DEFAULT_CACHE = Path("/var/cache/schedcp/microvm")
 CACHE_ENV = "SCHEDCP_MICROVM_CACHE"
 SOURCE_ENV = "SCHEDCP_SCX_SOURCE"
-_INSTALLED_SOURCE = Path("/usr/lib/schedcp/scx")
+INSTALLED_SOURCE = Path("/usr/lib/schedcp/scx")
 
 
 def cache_dir() -> Path:
@@ -25,7 +25,7 @@ def scx_source_dir() -> Path:
     """The sched_ext sources (bpf/scx of a checkout, or the installed copy)."""
     env = os.environ.get(SOURCE_ENV)
     candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[3] / "bpf" / "scx", _INSTALLED_SOURCE]
+    candidates += [Path(__file__).resolve().parents[3] / "bpf" / "scx", INSTALLED_SOURCE]
     for path in candidates:
         if (path / "scx_common.h").is_file():
             return path

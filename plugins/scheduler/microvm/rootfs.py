@@ -15,6 +15,8 @@ The image holds, at the same paths as on this machine:
   (so ``/bin/scx_loader`` is where :mod:`job` scripts expect it),
   and the kernel config as ``/boot/config-<ver>`` (libbpf reads it);
 - busybox with its applets (the userland of the init script);
+- the scheduler sources (bpf/scx) at ``/usr/lib/schedcp/scx``, where the
+  installed code finds them (as in the Debian package);
 - ``/etc/schedcp/schedcpd.toml`` as shipped, the shipped bus policy in
   ``/etc/dbus-1/system.d`` and a system-like bus configuration
   (``schedcp_bench.services.system_like_bus_config``, the one the tests'
@@ -49,6 +51,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from plugins.scheduler.microvm import paths
 from plugins.scheduler.microvm.build import Artifacts
 from plugins.scheduler.microvm.initramfs import MARK, shared_libraries
 from plugins.scheduler.microvm.kernel import GuestKernel
@@ -110,13 +113,29 @@ ip link set lo up
 hostname schedcp-guest
 report init boot "\"kernel\":\"$(uname -r)\"" "\"cpus\":$(nproc)" "\"uptime_s\":$(up)"
 
+# The job is namespace 2 of the NVMe controller (names need not follow nsids).
+jobdisk() {
+    for d in /sys/block/nvme*n*; do
+        [ "$(cat "$d/nsid" 2>/dev/null)" = 2 ] && [ -b "/dev/${d##*/}" ] && echo "/dev/${d##*/}"
+    done
+}
+if grep -q 'schedcp.job=1' /proc/cmdline; then
+    n=0
+    while [ -z "$(jobdisk)" ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
+    mkdir -p /run/job
+    tar -xf "$(jobdisk)" -C /run/job || report init job_unpack_failed
+fi
+# A job may bring schedcpd's configuration (e.g. where the schedulers are).
+CONFIG=""
+[ -f /run/job/schedcpd.toml ] && CONFIG="--config /run/job/schedcpd.toml"
+
 mkdir -p /run/dbus
 dbus-daemon --system --nofork --nopidfile --nosyslog > /run/dbus-daemon.log 2>&1 &
 n=0
 while [ ! -S @BUS_SOCKET@ ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n + 1)); done
 if [ -S @BUS_SOCKET@ ]; then
     report init bus "\"uptime_s\":$(up)"
-    schedcpd --bus system > /run/schedcpd.log 2>&1 &
+    schedcpd --bus system $CONFIG > /run/schedcpd.log 2>&1 &
     SCHEDCPD=$!
     read -r u _ < /proc/uptime; deadline=$((${u%.*} + @READY_TIMEOUT@))
     ready=0
@@ -136,18 +155,6 @@ else
     dump dbus-log /run/dbus-daemon.log
 fi
 
-# The job is namespace 2 of the NVMe controller (names need not follow nsids).
-jobdisk() {
-    for d in /sys/block/nvme*n*; do
-        [ "$(cat "$d/nsid" 2>/dev/null)" = 2 ] && [ -b "/dev/${d##*/}" ] && echo "/dev/${d##*/}"
-    done
-}
-if grep -q 'schedcp.job=1' /proc/cmdline; then
-    n=0
-    while [ -z "$(jobdisk)" ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
-    mkdir -p /run/job
-    tar -xf "$(jobdisk)" -C /run/job || report init job_unpack_failed
-fi
 if [ -f /run/job/run.sh ]; then
     report init job_start "\"uptime_s\":$(up)"
     (cd /tmp && sh /run/job/run.sh < /dev/null)
@@ -481,6 +488,13 @@ def _configuration(tree: Tree, kernel: GuestKernel, artifacts: Artifacts, venv: 
               system_like_bus_config(BUS_SOCKET, "/etc/dbus-1/system.d").encode())
     tree.data(f"boot/config-{kernel.version}", kernel.config.read_bytes())
     tree.symlink(SCX_LINK, str(artifacts.directory))
+    # The scheduler sources where the installed code looks for them (as the
+    # Debian package ships them): a T2 deployment reads its scheduler's source.
+    source = paths.scx_source_dir()
+    for path in sorted(source.rglob("*")):
+        if path.is_file() and path.suffix in (".c", ".h"):
+            rel = path.relative_to(source)
+            tree._file(f"{str(paths.INSTALLED_SOURCE)[1:]}/{rel}", path, path.stat())
     for name, path in artifacts.binaries.items():
         tree.symlink(f"usr/bin/{name}", str(path))
 
