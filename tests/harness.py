@@ -265,14 +265,21 @@ def worker_argv(directory: Path, role: str) -> list[str]:
 
 
 class Procs:
-    """Child processes a test owns, each in a session of its own; all killed at the end.
+    """Child processes a test owns; all killed at the end (``stop()``, or ``with``).
 
-    ``stop()`` kills each one's whole process group (what it forked too) and
-    removes the scratch directory :attr:`dir`.
+    ``new_session`` (the default) starts each in a session of its own, and
+    ``stop()`` kills its whole process group (what it forked too).  A new
+    session is also a new autogroup where the kernel has them
+    (kernel.sched_autogroup_enabled): the CPU is then shared between the
+    groups first, so a test that judges how processes share a CPU by their
+    policy and nice (SCHED_IDLE starving beside hogs) passes
+    ``new_session=False`` to keep them in the test's own autogroup.
+    ``stop()`` also removes the scratch directory :attr:`dir`.
     """
 
-    def __init__(self, prefix: str = "schedcp-test-") -> None:
+    def __init__(self, prefix: str = "schedcp-test-", new_session: bool = True) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.new_session = new_session
         self.procs: list[subprocess.Popen[bytes]] = []
         self.extra_dirs: list[Path] = []
 
@@ -282,8 +289,8 @@ class Procs:
         return re.escape(str(self.dir))
 
     def start(self, argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
-        """Start ``argv`` in a session of its own."""
-        proc = subprocess.Popen(argv, start_new_session=True, **popen)
+        """Start ``argv`` (in a session of its own with ``new_session``)."""
+        proc = subprocess.Popen(argv, start_new_session=self.new_session, **popen)
         self.procs.append(proc)
         return proc
 
@@ -292,10 +299,13 @@ class Procs:
         return self.start(worker_argv(self.dir, role))
 
     def stop(self) -> None:
-        """Kill every process group started here."""
+        """Kill every process (with ``new_session``, every process group) started here."""
         for proc in self.procs:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                if self.new_session:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
             except ProcessLookupError:
                 pass
             proc.wait(timeout=10)

@@ -38,7 +38,7 @@ class Workload(Procs):
     """A periodic waker (the latency probe) and CPU hogs, as child processes."""
 
     def __init__(self, hogs: int) -> None:
-        super().__init__("schedcp-deploy-")
+        super().__init__("schedcp-deploy-", new_session=False)  # one autogroup: see Procs
         self.probe = self.worker("periodic")
         self.hogs = [self.worker("spin") for _ in range(hogs)]
 

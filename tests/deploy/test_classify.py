@@ -32,7 +32,7 @@ def test_contended_hog_is_throughput_and_waker_is_latency() -> None:
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs two CPUs")
     modes = ["spin", "periodic", "spin", "spin", "spin"]
-    with Procs("schedcp-classify-") as workers:
+    with Procs("schedcp-classify-", new_session=False) as workers:
         procs = [workers.worker(mode) for mode in modes]
         for proc in procs:  # everything on one CPU: the hog gets about a quarter of it
             os.sched_setaffinity(proc.pid, {0})

@@ -17,7 +17,7 @@ def pinned() -> Iterator[tuple[subprocess.Popen[bytes], list[subprocess.Popen[by
     """A CPU-bound target on CPU 1 and three CPU hogs on CPU 0 (all ours)."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs two CPUs")
-    with Procs("schedcp-stall-") as procs:
+    with Procs("schedcp-stall-", new_session=False) as procs:
         target, *hogs = (procs.worker("spin") for _ in range(4))
         os.sched_setaffinity(target.pid, {1})
         for hog in hogs:
