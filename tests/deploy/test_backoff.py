@@ -17,7 +17,7 @@ import pytest
 from schedcpd.deployer import Deployer, DeployerSettings
 from schedcpd.errors import Conflict
 from schedcpd.plugins import PluginHost
-from schedcpd.repository import Repository
+from schedcpd.repository import Repository, parse_document, policy_scope
 from schedcpd.schema import MIGRATIONS
 from schedcpd.state import StateStore
 from schedcpd.tokens import KeyStore, TokenAuthority, digest_of
@@ -54,9 +54,11 @@ class Setup:
         return policy_id, digest_of((await self.repo.get(policy_id))["document"])
 
     async def token(self, policy_id: str, digest: str) -> str:
+        policy = await self.repo.get(policy_id)
+        scope = policy_scope(parse_document(policy["document"], policy_id[:12]))
         return await self.tokens.issue(policy_id=policy_id, policy_digest=digest,
-                                       subsystem="scheduler", scope={}, report_digest="test",
-                                       uid=0)
+                                       subsystem="scheduler", scope=scope,
+                                       report_digest="test", uid=0)
 
     async def tripped_at(self, when: float, policy_id: str, digest: str,
                          trip: bool = True) -> None:
