@@ -45,8 +45,9 @@ def test_guest_boots_with_sched_ext(guest: GuestResult) -> None:
 def test_good_scheduler_attaches_runs_and_detaches(guest: GuestResult, step: str,
                                                    ops: str) -> None:
     attached = guest.first(step, "attached")
+    # Attached without --partial: sched_ext runs every task (switch_all 1).
     assert attached == {"event": "attached", "state": "enabled", "ops": ops,
-                        "exit_record": True}, guest.step(step)
+                        "switch_all": "1", "exit_record": True}, guest.step(step)
     assert _events(guest, step, "state") == []  # enabled throughout
     done = guest.first(step, "workload_done")
     assert done is not None and done["status"] == 0
