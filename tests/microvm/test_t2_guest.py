@@ -46,18 +46,20 @@ slice_us = 3000
 """ + TARGETS.format(group="probe", comm="t2-probe") + TARGETS.format(group="batch",
                                                                       comm="t2-batch") + """
 # Under TCG every sched_ext callback is emulated: vtime's wake-up latency
-# runs 1.2-2.5x EEVDF's (docs/sched_ext.md, benchmark), and more on a loaded
-# host; the policy states what it accepts.  The starving scheduler below
-# (default threshold 2x) went from 0.6 ms to 104 ms: far beyond either.
+# runs 1.2-2.5x EEVDF's (docs/sched_ext.md, benchmark), and far more when the
+# baseline wait is tiny: a clean-clone CI run saw the probe's median wait go
+# from 54 to 828 us (15x) under vtime.  The policy states what it accepts.
+# The starving scheduler below (default threshold 2x) went from 0.6 ms to
+# 104 ms (170x): far beyond either.
 [[guard]]
 group = "probe"
 metric = "wait_per_run_us"
-max_ratio = 8.0
+max_ratio = 60.0
 
 [[guard]]
 group = "batch"
 metric = "wait_per_run_us"
-max_ratio = 8.0
+max_ratio = 60.0
 """
 LATENCY = """[policy]
 name = "t2-guest-starve"
