@@ -137,7 +137,7 @@ def main() -> None:
                   f"{count['failed']} | {count['inconclusive']} | {other} | "
                   f"{statistics.median(pairs) if pairs else '-'}, {max(pairs, default='-')} | "
                   f"{statistics.median(r['seconds'] for r in cell):.1f} | "
-                  f"{statistics.median(foreign) if foreign else '-'} |")
+                  f"{round(statistics.median(foreign), 2) if foreign else '-'} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
