@@ -268,23 +268,8 @@ def validate(doc: dict[str, Any], source: str = "<policy>") -> list[dict[str, An
             rt_max = safety["rt_priority_max"] if isinstance(safety["rt_priority_max"], int) else 0
         elif rt_allowed:
             check.error("missing", "safety.rt_priority_max", "required with allow_realtime (1..50)")
-    groups = doc.get("group", [])
-    if not isinstance(groups, list):
-        check.error("type", "group", "must be an array of tables ([[group]])")
-        groups = []
-    names: set[str] = set()
-    for index, group in enumerate(groups):
-        path = f"group[{index}]"
-        if not check.keys(group, GROUP_KEYS, path):
-            continue
-        if check.string(group.get("name"), f"{path}.name"):
-            if group["name"] in names:
-                check.error("duplicate", f"{path}.name", f"group name {group['name']!r} repeats")
-            names.add(group["name"])
-        if "match" not in group:
-            check.error("missing", f"{path}.match", "each group needs a [group.match] table")
-        else:
-            _check_match(check, group["match"], f"{path}.match")
+    names, groups = _check_groups(check, doc, GROUP_KEYS)
+    for path, group in groups:
         if "task" not in group and "cgroup" not in group:
             check.error("empty", path, "a group must set [group.task] or [group.cgroup] knobs")
         if "task" in group:
@@ -320,6 +305,35 @@ def validate(doc: dict[str, Any], source: str = "<policy>") -> list[dict[str, An
     _check_parameters(check, doc)
     _check_guards(check, doc, names)
     return check.findings
+
+
+def _check_groups(check: _Checker, doc: dict[str, Any],
+                  allowed: set[str]) -> tuple[set[str], list[tuple[str, dict[str, Any]]]]:
+    """Check what every ``[[group]]`` has (keys, a unique name, a match table).
+
+    Returns the group names and, for the caller's own checks, each group
+    whose keys are all allowed, with its path in the document.
+    """
+    groups = doc.get("group", [])
+    if not isinstance(groups, list):
+        check.error("type", "group", "must be an array of tables ([[group]])")
+        groups = []
+    names: set[str] = set()
+    checked = []
+    for index, group in enumerate(groups):
+        path = f"group[{index}]"
+        if not check.keys(group, allowed, path):
+            continue
+        if check.string(group.get("name"), f"{path}.name"):
+            if group["name"] in names:
+                check.error("duplicate", f"{path}.name", f"group name {group['name']!r} repeats")
+            names.add(group["name"])
+        if "match" not in group:
+            check.error("missing", f"{path}.match", "each group needs a [group.match] table")
+        else:
+            _check_match(check, group["match"], f"{path}.match")
+        checked.append((path, group))
+    return names, checked
 
 
 def _check_guards(check: _Checker, doc: dict[str, Any], groups: set[str]) -> None:

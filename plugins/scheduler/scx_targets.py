@@ -55,24 +55,8 @@ def validate(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
     switch = doc.get("scx", {}).get("switch", "all")
     if switch not in SWITCH_MODES:
         check.error("range", "scx.switch", f"must be one of {', '.join(SWITCH_MODES)}")
-    groups = doc.get("group", [])
-    if not isinstance(groups, list):
-        check.error("type", "group", "must be an array of tables ([[group]])")
-        groups = []
-    names: set[str] = set()
-    for index, group in enumerate(groups):
-        path = f"group[{index}]"
-        if not check.keys(group, GROUP_KEYS, path):
-            continue
-        if check.string(group.get("name"), f"{path}.name"):
-            if group["name"] in names:
-                check.error("duplicate", f"{path}.name", f"group name {group['name']!r} repeats")
-            names.add(group["name"])
-        if "match" not in group:
-            check.error("missing", f"{path}.match", "each group needs a [group.match] table")
-        else:
-            policy_mod._check_match(check, group["match"], f"{path}.match")
-    if switch == "partial" and not groups:
+    names, _ = policy_mod._check_groups(check, doc, GROUP_KEYS)
+    if switch == "partial" and not doc.get("group"):
         check.error("missing", "group", "scx.switch = \"partial\" needs [[group]] targets")
     policy_mod._check_guards(check, doc, names)
     return check.findings
