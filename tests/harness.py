@@ -220,6 +220,25 @@ def call_error(address: str, member: str, signature: str = "", *body: Any,
     return str(result["error"])
 
 
+def verify_passes_every_stage(address: str, policy_id: str,
+                              timeout: float = 420) -> tuple[str, dict[str, dict[str, Any]]]:
+    """VerifyPolicy as root from a client process (a T2 verification takes minutes).
+
+    Asserts the report passed all four stages, the kernel stage for real;
+    returns the token and the stages by name.
+    """
+    out = run_as(0, [sys.executable, str(CLIENT_PROBE), address,
+                     json.dumps([["VerifyPolicy", "s", [policy_id]]])], timeout=timeout)
+    token, report_text = json.loads(out.stdout)[0]["ok"]
+    report = json.loads(report_text)
+    assert report["passed"], json.dumps(report, indent=1)[:6000]
+    assert token.startswith("schedcp1.")
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert list(stages) == ["schema", "static", "kernel", "dynamic"]
+    assert not stages["kernel"]["skipped"] and stages["kernel"]["passed"]
+    return token, stages
+
+
 def wait_deployment(address: str, dep: str, states: set[str],
                     timeout: float = 30.0) -> dict[str, Any]:
     """Poll GetDeployment until ``dep`` is in one of ``states``; its record."""
