@@ -84,11 +84,15 @@ def sources(src: Path) -> dict[str, Path]:
     return found
 
 
+# Every header the schedulers and the loader include (part of the build's digest).
+HEADERS = ("scx_common.h", "scx_jsonl.h", "scx_ops_flags.h", "scx_globals.h")
+
+
 def build_all(cache: Path, src: Path, kernel: GuestKernel, tools: Toolchain) -> Artifacts:
     """Build (or reuse) every object and binary for ``kernel``."""
     scheds = sources(src)
-    inputs = [*scheds.values(), src / "scx_common.h", src / "scx_jsonl.h",
-              src / "scx_ops_flags.h", src / "scx_loader.c", src / "scx_workload.c"]
+    inputs = [*scheds.values(), *(src / h for h in HEADERS),
+              src / "scx_loader.c", src / "scx_workload.c"]
     if MSGLAT.is_file():
         inputs.append(MSGLAT)
     key = _digest(inputs, f"{kernel.version}|{tools.identity()}|{' '.join(BPF_FLAGS)}")
