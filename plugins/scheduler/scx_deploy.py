@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -135,6 +136,8 @@ class ScxHost:
         self.root = Path(str(config.get("scx_root") or sched_ext.SCHED_EXT_DIR))
         self.build = HostBuild(str(config.get("scx_loader", "auto")),
                                str(config.get("scx_object_dir", "auto")))
+        store = config.get("scx_verified_objects")
+        self.verified_objects = Path(str(store)) if store else None
         self.event_limit = int(config.get("scx_event_errors", 1))
         self.btf = Path(str(config.get("scx_btf") or HOST_BTF))
         self.mover = scx_targets.TaskMover(journal, JOURNAL_SUBSYSTEM)
@@ -197,8 +200,21 @@ class ScxHost:
         return self._report(owner, doc, [change], note, pid=pid, partial=partial, moved=moved,
                             ops=sched_ext.detect(self.root).get("ops"))
 
-    def _loader_parts(self, doc: dict[str, Any]) -> tuple[Path, Path]:
-        """(loader binary, the policy's object as built or installed)."""
+    def _loader_parts(self, doc: dict[str, Any], artifact: Any = None) -> tuple[Path, Path]:
+        """(loader binary, the policy's object: verified, installed or built here).
+
+        An object the verifier loaded, kept by its digest in
+        ``scx_verified_objects`` (``<object_sha256>.bpf.o``), comes first: a
+        daemon that cannot build (no toolchain, another host's verifier)
+        deploys exactly those bytes.  Whatever is found is then checked
+        against the token's binding.
+        """
+        digest = artifact.get("object_sha256") if isinstance(artifact, dict) else None
+        if self.verified_objects is not None and isinstance(digest, str) \
+                and re.fullmatch(r"[0-9a-f]{64}", digest):
+            kept = self.verified_objects / f"{digest}.bpf.o"
+            if kept.is_file():
+                return self.build.loader_path(), kept
         try:
             return self.build.loader_path(), self.build.object_path(doc)
         except NotSupported:
@@ -209,13 +225,13 @@ class ScxHost:
 
     def check_binding(self, doc: dict[str, Any], artifact: Any) -> None:
         """Raise :class:`ObjectMismatch` unless the token binds this object on this kernel."""
-        _, obj = self._loader_parts(doc)
+        _, obj = self._loader_parts(doc, artifact)
         binding.check(obj.read_bytes(), artifact, self.btf)
 
     def _start(self, owner: str, doc: dict[str, Any], params: dict[str, int], artifact: Any,
                partial: bool) -> tuple[int, dict[str, Any]]:
         """Journal, then start the loader on the exact bytes the token binds."""
-        binary, source = self._loader_parts(doc)
+        binary, source = self._loader_parts(doc, artifact)
         self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Hash and load the same bytes: a private copy, so nothing can swap
         # the object between the check and the loader's open.

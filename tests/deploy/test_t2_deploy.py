@@ -127,6 +127,44 @@ def test_t2_token_binds_the_object_and_the_kernel(start_daemon, fake: FakeSchedE
     wait_until(lambda: fake.state() == "disabled", 15, "the fake sched_ext")
 
 
+SOURCE_T2 = """[policy]
+name = "t2-from-source"
+description = "a T2 policy given as C source, deployed where nothing can build it"
+track = "T2"
+
+[scx]
+source = \'\'\'
+{source}\'\'\'
+"""
+
+
+def test_t2_source_policy_deploys_the_verified_object_kept_by_digest(
+        start_daemon, fake: FakeSchedExt, tmp_path: Path) -> None:
+    """A daemon that cannot build (this host has no sched_ext BTF) deploys the object
+    its verifier loaded, found by the token's digest in ``scx_verified_objects``."""
+    store = tmp_path / "verified"
+    store.mkdir()
+    claim = binding(fake)
+    kept = store / f"{claim['object_sha256']}.bpf.o"
+    kept.write_bytes((fake.objects / "vtime.bpf.o").read_bytes())
+    proc = start_daemon(FAST + fake.config() + f'scx_verified_objects = "{store}"\n')
+    source = (Path(__file__).resolve().parents[2] / "bpf" / "scx" / "vtime.bpf.c").read_text()
+    policy_id = call(proc.address, "SubmitPolicy", "s", SOURCE_T2.format(source=source))
+    # The kept file is checked like any other: other bytes under the digest are refused.
+    kept.write_bytes(kept.read_bytes() + b"tampered")
+    refused = calls_as(0, proc.address, [["Deploy", "s", [t2_token(proc, fake, policy_id)]]])[0]
+    assert refused.get("error") == MISMATCH and "rebuilt or tampered" in refused["message"]
+    kept.write_bytes((fake.objects / "vtime.bpf.o").read_bytes())
+    dep = call(proc.address, "Deploy", "s", t2_token(proc, fake, policy_id))
+    info = wait_deployment(proc.address, dep, {"canary", "active", "reverted", "failed"})
+    assert info["state"] in ("canary", "active"), info["events"]
+    wait_until(fake.loader_running, 15, "the fake sched_ext")
+    copy = proc.state_dir / "plugins" / "scheduler" / "scx" / dep / kept.name
+    assert copy.read_bytes() == kept.read_bytes()
+    json.loads(call(proc.address, "Rollback", "s", dep))
+    wait_until(lambda: fake.state() == "disabled", 15, "the fake sched_ext")
+
+
 @pytest.mark.parametrize("fault", ["loader_dies", "ejected", "error_events"])
 def test_t2_breaker_reverts(fault: str, start_daemon, fake: FakeSchedExt) -> None:
     proc = start_daemon(FAST + fake.config())
