@@ -6,8 +6,10 @@ Shipped by tests/microvm/test_t2_guest.py with the policies, the tokens the
 host's daemon issued when it verified them, its public key and schedcpd's
 configuration (all in /run/job).  Steps: ``tamper`` (a token refused for
 another object), ``good`` (canary on the targets, widened, rolled back),
-``regression`` (the breaker reverts a starving scheduler), ``crash``
-(schedcpd killed with SIGKILL mid-canary and restarted).  Each step prints
+``regression`` (the breaker reverts a starving scheduler), ``eject`` (the
+kernel's watchdog ejects a never-dispatching scheduler and the breaker
+reverts), ``crash`` (schedcpd killed with SIGKILL mid-canary and restarted
+in the same guest: the orphaned loader is stopped).  Each step prints
 one line ``RESULT <step> <json>`` with what it saw; the host test asserts.
 """
 
@@ -20,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -226,7 +229,96 @@ async def regression(client: Client) -> None:
     report("regression", {"deployment": info, "after": after, "history": history})
 
 
-STEPS = {"tamper": tamper, "good": good, "regression": regression}
+async def eject(client: Client) -> None:
+    """never_dispatch on one target: the kernel's watchdog ejects it, the breaker reverts.
+
+    A thread polls sched_ext's state every 5 ms so the report can say when the
+    kernel let go of the scheduler; the deployment's trip says when the breaker
+    decided (both wall clock, same guest).
+    """
+    pids = {"stuck": spawn("t2-eprobe", 0.002, 0.0002)}
+    policy_id = await client.ok("SubmitPolicy", "s", (JOB / "eject.toml").read_text())
+    seen: dict[str, float] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            state = read(SCX / "state")
+            if state == "enabled":
+                seen.setdefault("enabled", time.time())
+            elif "enabled" in seen and "left" not in seen:
+                seen["left"] = time.time()
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        dep = await client.ok("Deploy", "s", token("eject"))
+        info = await client.wait(dep, lambda i: False, timeout=120)
+    finally:
+        done.set()
+        watcher.join()
+    after = snapshot(pids)
+    history = json.loads(await client.ok("GetPolicyHistory", "s", policy_id))
+    stop(list(pids.values()))
+    report("eject", {"deployment": info, "after": after, "history": history,
+                     "enabled_at": seen.get("enabled"), "ejected_at": seen.get("left"),
+                     "dmesg": [ln for ln in subprocess.run(
+                         ["dmesg"], capture_output=True, text=True).stdout.splitlines()
+                         if "sched_ext" in ln][-4:]})
+
+
+def _schedcpd() -> int:
+    """The pid of the running schedcpd (the one /init started, or a restart)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and "schedcpd" in read(proc / "cmdline").replace("\0", " ") \
+                and "--bus" in read(proc / "cmdline").replace("\0", " "):
+            return int(proc.name)
+    raise RuntimeError("no schedcpd process")
+
+
+async def crash(client: Client) -> Client:
+    """kill -9 of schedcpd mid-canary, then a restart in the same guest."""
+    pids = {"target": spawn("t2-cprobe", 0.002, 0.0002), "other": spawn("t2-cother", 0.005, 0.0001)}
+    policy_id = await client.ok("SubmitPolicy", "s", (JOB / "crash.toml").read_text())
+    dep = await client.ok("Deploy", "s", token("crash"))
+    await client.wait(dep, lambda i: i["state"] == "canary")
+    daemon = _schedcpd()
+    argv = [a for a in Path(f"/proc/{daemon}/cmdline").read_bytes().decode().split("\0") if a]
+    os.kill(daemon, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{daemon}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphaned = snapshot(pids)  # the loader outlives the daemon: sched_ext still on
+    client.close()
+    log = open("/run/schedcpd-restarted.log", "wb")  # the daemon keeps it
+    restarted = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    started = time.monotonic()
+    client = Client()
+    while time.monotonic() - started < 120:
+        try:
+            client = await Client().connect()
+            if "ok" in await client.call("ListDeployments"):
+                break
+            client.close()
+        except Exception:  # not on the bus yet
+            pass
+        await asyncio.sleep(0.2)
+    ready_s = time.monotonic() - started
+    info = await client.wait(dep, lambda i: i["state"] in ("reverted", "failed"), timeout=60)
+    after = snapshot(pids)
+    history = json.loads(await client.ok("GetPolicyHistory", "s", policy_id))
+    stop(list(pids.values()))
+    report("crash", {"orphaned": orphaned, "after": after, "deployment": info,
+                     "history": history, "restart_ready_s": round(ready_s, 1),
+                     "restarted_pid": restarted.pid,
+                     "log": read("/run/schedcpd-restarted.log").splitlines()[-30:]})
+    return client
+
+
+STEPS = {"tamper": tamper, "good": good, "regression": regression, "eject": eject,
+         "crash": crash}
 
 
 async def main(steps: list[str]) -> int:
@@ -235,7 +327,9 @@ async def main(steps: list[str]) -> int:
         for step in steps:
             started = time.monotonic()
             try:
-                await STEPS[step](client)
+                replaced = await STEPS[step](client)
+                if isinstance(replaced, Client):  # the crash step reconnects
+                    client = replaced
             except Exception as err:  # the host test reports it with the step's name
                 report(step, {"exception": f"{type(err).__name__}: {err}"})
             finally:

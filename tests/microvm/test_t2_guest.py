@@ -11,6 +11,8 @@ what the scenario reported.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import sys
 from collections.abc import Iterator
@@ -21,7 +23,8 @@ import pytest
 
 from plugins.scheduler.microvm import MicroVM, host, rootfs
 from plugins.scheduler.microvm.guest import GuestResult
-from tests.harness import CLIENT_PROBE, PrivateBus, SchedcpdProcess, run_as
+from tests.deploy.conftest import forced_token
+from tests.harness import CLIENT_PROBE, ROOT, PrivateBus, SchedcpdProcess, run_as
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -75,6 +78,21 @@ fast_slice_us = 100000
 preempt = 0
 """ + TARGETS.format(group="probe", comm="t2-lprobe") + TARGETS.format(group="hogs",
                                                                        comm="t2-hog")
+# The crash step's policy: vtime on its own targets (a second deployment of
+# the verified object; its token is forced, see ``forced``).
+CRASH = VTIME.replace("t2-guest-vtime", "t2-guest-crash").replace(
+    "t2-probe", "t2-cprobe").replace("t2-batch", "t2-cbatch")
+# A scheduler that never dispatches its queue (bpf/scx/tests/never_dispatch.bpf.c,
+# as C source): the kernel's watchdog ejects it after its timeout_ms (2 s).
+EJECT = """[policy]
+name = "t2-guest-eject"
+description = "never dispatches: the kernel ejects it, the breaker must revert"
+track = "T2"
+
+[scx]
+source = \'\'\'
+{source}\'\'\'
+""" + TARGETS.format(group="stuck", comm="t2-eprobe")
 GUEST_CONFIG = f"""[metrics]
 enabled = false
 [verifier]
@@ -86,6 +104,12 @@ full_seconds = 3.0
 [plugins.scheduler]
 scx_loader = "/{rootfs.SCX_LINK}/scx_loader"
 scx_object_dir = "/{rootfs.SCX_LINK}"
+scx_verified_objects = "/run/job/verified"
+[breaker]
+# The kernel's watchdog ejects never_dispatch after its timeout_ms (2 s); the
+# breaker's own stall guard (2 s by default) would otherwise race it, and
+# the eject step is there to prove the exit-record path.
+stall_seconds = 10.0
 """
 
 
@@ -114,7 +138,33 @@ def verified(vm: MicroVM) -> Iterator[dict[str, Any]]:
         keys = sorted((proc.state_dir / "keys").glob("*.pub"))
         assert len(keys) == 1, keys
         out["key"] = (keys[0].name, keys[0].read_bytes())
+        out.update(forced(vm, proc, out["vtime"]))
         yield out
+
+
+def forced(vm: MicroVM, proc: SchedcpdProcess, vtime_token: str) -> dict[str, Any]:
+    """Tokens for the crash and eject steps, signed with the host daemon's key.
+
+    Test only (as in tests/deploy): what these steps test is the restart and
+    the ejection, not the verifier, whose dynamic stage would refuse the
+    never-dispatching scheduler.  The crash token binds the object the
+    verifier loaded for vtime; the eject token binds never_dispatch as built
+    for the guest kernel, which the job ships in ``verified/`` under its
+    digest (``scx_verified_objects``).
+    """
+    claims = json.loads(base64.urlsafe_b64decode(vtime_token.split(".")[1] + "=="))
+    artifact = claims["artifact"]
+    assert vm.artifacts is not None
+    never = vm.artifacts.objects["never_dispatch"].read_bytes()
+    never_artifact = {**artifact, "object_sha256": hashlib.sha256(never).hexdigest()}
+    source = (ROOT / "bpf" / "scx" / "tests" / "never_dispatch.bpf.c").read_text()
+    out: dict[str, Any] = {"eject.toml": EJECT.replace("{source}", source).encode(),
+                           f"verified/{never_artifact['object_sha256']}.bpf.o": never}
+    for name, text, binding in (("crash", CRASH, artifact), ("eject",
+                                EJECT.replace("{source}", source), never_artifact)):
+        policy_id = _call(proc.address, "SubmitPolicy", "s", text)
+        out[name] = forced_token(proc.state_dir, proc.address, policy_id, artifact=binding)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +175,10 @@ def scenario(vm: MicroVM, verified: dict[str, Any]) -> dict[str, Any]:
         "schedcpd.toml": GUEST_CONFIG.encode(),
         "vtime.toml": VTIME.encode(), "latency.toml": LATENCY.encode(),
         "vtime.token": verified["vtime"].encode(), "latency.token": verified["latency"].encode(),
+        "crash.toml": CRASH.encode(), "crash.token": verified["crash"].encode(),
+        "eject.toml": verified["eject.toml"], "eject.token": verified["eject"].encode(),
         verified["key"][0]: verified["key"][1],
+        **{k: v for k, v in verified.items() if k.startswith("verified/")},
     }
     python = f"{rootfs.venv_dir()}/bin/python3"
     result = guest_host.run(host.command_script([python, "/run/job/t2_guest_scenario.py"]),
@@ -214,3 +267,45 @@ def test_a_starving_scheduler_is_reverted_by_the_breaker(scenario: dict[str, Any
     assert policies(after, "probe") == {SCHED_OTHER}
     antipatterns = data["history"]["antipatterns"]
     assert antipatterns and antipatterns[0]["metric"] == "wait_per_run_us", data["history"]
+
+
+def test_an_ejected_scheduler_is_reverted_with_its_exit_record(scenario: dict[str, Any]) -> None:
+    data = step(scenario, "eject")
+    info = data["deployment"]
+    assert info["state"] == "reverted", info["events"]
+    assert info["reason"].startswith("circuit breaker: "), info
+    # The kernel's watchdog let go of the scheduler; the breaker saw it through
+    # sched_ext's state or the loader's exit (the loader exits 2 when ejected).
+    assert info["trip"]["guard"] in ("sched_ext_state", "sched_ext_loader"), info["trip"]
+    assert data["ejected_at"] is not None, data
+    assert any("schedcp_never" in line for line in data["dmesg"]), data["dmesg"]
+    # How long after the kernel's exit the breaker decided (emulated; a figure,
+    # reported by bench/breaker.py, not a limit here): it cannot precede it.
+    detection = info["trip"]["decided_at"] - data["ejected_at"]
+    assert detection > -0.05, (detection, info["trip"], data["ejected_at"])
+    print(f"eject: breaker decided {detection:.2f} s after the kernel's exit (TCG)")
+    after = data["after"]
+    assert after["state"] == "disabled" and after["in_ext"] == [] and after["loaders"] == []
+    assert policies(after, "stuck") == {SCHED_OTHER}
+    antipatterns = data["history"]["antipatterns"]
+    assert antipatterns and antipatterns[0]["metric"] == info["trip"]["guard"], data["history"]
+
+
+def test_kill_9_mid_canary_then_restart_stops_the_orphaned_loader(
+        scenario: dict[str, Any]) -> None:
+    data = step(scenario, "crash")
+    orphaned = data["orphaned"]
+    # With the daemon dead, its loader still runs the canary: the target on SCHED_EXT.
+    assert orphaned["state"] == "enabled" and len(orphaned["loaders"]) == 1, orphaned
+    assert policies(orphaned, "target") == {SCHED_EXT}, orphaned
+    info = data["deployment"]
+    assert info["state"] == "reverted", info["events"]
+    assert "restarted mid-deployment" in info["reason"], info
+    assert info["trip"]["guard"] == "daemon_restart", info["trip"]
+    after = data["after"]
+    assert after["state"] == "disabled" and after["loaders"] == [] and after["in_ext"] == []
+    assert policies(after, "target") == {SCHED_OTHER}
+    assert policies(after, "other") == {SCHED_OTHER}
+    assert any("orphaned loader" in line for line in data["log"]), data["log"]
+    assert [a["metric"] for a in data["history"]["antipatterns"]] == ["daemon_restart"]
+    print(f"crash: the restarted schedcpd answered after {data['restart_ready_s']} s (TCG)")

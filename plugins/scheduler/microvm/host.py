@@ -94,9 +94,16 @@ def job_archive(script: str, files: dict[str, Path | bytes]) -> bytes:
         members = {"run.sh": ("#!/bin/sh\n" + script).encode(),
                    **{name: (c.read_bytes() if isinstance(c, Path) else c)
                       for name, c in files.items()}}
+        dirs: set[str] = set()
         for name, data in members.items():
             if name.startswith("/") or ".." in Path(name).parts:
                 raise ValueError(f"job file {name!r} must be a relative path inside /run/job")
+            for parent in reversed(Path(name).parents[:-1]):  # directories first
+                if str(parent) not in dirs:
+                    dirs.add(str(parent))
+                    folder = tarfile.TarInfo(str(parent))
+                    folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(folder)
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o755 if name == "run.sh" else 0o644
             tar.addfile(info, io.BytesIO(data))
