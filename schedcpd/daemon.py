@@ -369,6 +369,7 @@ class Daemon:
         logging.getLogger().setLevel(new["daemon"]["log_level"].upper())
         self.authorizer.reconfigure(new["authorization"])
         self.service.reconfigure(new["bus"])
+        self.manager.refresh_subsystems()  # a plugin may describe itself anew
         self.metrics.config_reloads.labels("ok").inc()
         _LOGGER.info("configuration reloaded from %s; changed: %s%s", new.path,
                      ", ".join(changed) or "nothing",
