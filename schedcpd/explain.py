@@ -76,6 +76,8 @@ class Explainer:
         """Explain a process (a decimal pid) or a deployment (``dep-`` + 12 hex digits)."""
         text = subject.strip()
         if text.isdigit() and text.isascii():
+            if len(text) > len(str(PID_MAX)):  # int() of thousands of digits is an error
+                raise InvalidArgument(f"a process id is 1..{PID_MAX}, got {text[:16]}…")
             return await self.explain_pid(int(text))
         if DEPLOYMENT_ID.fullmatch(text):
             return await self.explain_deployment(text)
@@ -140,15 +142,15 @@ class Explainer:
     async def _values(self, entries: list[Any], known: dict[str, dict[str, Any]] | None = None
                       ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         deployments = dict(known or {})
+        entries = entries[:MAX_VALUES]
+        names = await asyncio.to_thread(self._describe, entries)
         values = []
-        for entry in entries[:MAX_VALUES]:
+        for entry, named in zip(entries, names, strict=True):
             if DEPLOYMENT_ID.fullmatch(entry.owner) and entry.owner not in deployments:
                 try:
                     deployments[entry.owner] = await self._deployment(entry.owner)
                 except NotFound:  # a journal older than the database (restored backup)
                     deployments[entry.owner] = {"id": entry.owner, "unknown": True}
-            named = await asyncio.to_thread(self._plugins.call_first, "schedcp_describe_key",
-                                            subsystem=entry.subsystem, key=entry.key) or {}
             values.append({
                 "entry": entry.id, "time": entry.time, "subsystem": entry.subsystem,
                 "owner": entry.owner, "kind": entry.kind, "key": entry.key,
@@ -159,6 +161,11 @@ class Explainer:
                 "effect": _effect(entry.state, entry.prior, entry.new),
             })
         return values, deployments
+
+    def _describe(self, entries: list[Any]) -> list[dict[str, Any]]:
+        """What each entry's key stands for, as its subsystem names it (one thread hop)."""
+        return [self._plugins.call_first("schedcp_describe_key", subsystem=e.subsystem,
+                                         key=e.key) or {} for e in entries]
 
     async def _deployment(self, dep_id: str) -> dict[str, Any]:
         dep = await self._deployer.get(dep_id)
