@@ -7,11 +7,14 @@ import os
 import signal
 import subprocess
 
-from tests.deploy.test_ctl_deploy import CTL, ctl, ok, ok_json
 from tests.harness import (
+    CTL,
     ROOT,
     Procs,
     SchedcpdProcess,
+    ctl,
+    ctl_json,
+    ctl_ok,
     run_as,
     wait_until,
     wait_workers_ready,
@@ -19,28 +22,28 @@ from tests.harness import (
 
 
 def test_summary(daemon: SchedcpdProcess) -> None:
-    if not ok_json(daemon.address, "summary")["n"]:
-        assert ok(daemon.address, "summary").startswith("no samples yet")
-    wait_until(lambda: ok_json(daemon.address, "summary")["n"], 15, "a sample", interval=0.3)
-    text = ok(daemon.address, "summary")
+    if not ctl_json(daemon.address, "summary")["n"]:
+        assert ctl_ok(daemon.address, "summary").startswith("no samples yet")
+    wait_until(lambda: ctl_json(daemon.address, "summary")["n"], 15, "a sample", interval=0.3)
+    text = ctl_ok(daemon.address, "summary")
     assert text.startswith("window ") and "load:" in text and "PID" in text
-    brief = ok_json(daemon.address, "summary")
+    brief = ctl_json(daemon.address, "summary")
     assert {"cpu", "util", "load", "top"} <= set(brief)
-    normal = ok_json(daemon.address, "summary", "--detail", "normal")
+    normal = ctl_json(daemon.address, "summary", "--detail", "normal")
     assert "cgroups" in normal and "cgroups" not in brief
     out = ctl(daemon.address, "summary", "--detail", "huge")
     assert out.returncode == 2 and "invalid choice" in out.stderr
 
 
 def test_probe_list_and_run(daemon: SchedcpdProcess) -> None:
-    catalogue = ok_json(daemon.address, "probe", "list")
+    catalogue = ctl_json(daemon.address, "probe", "list")
     assert {"runqlat", "cswitch", "offcpu"} <= {p["name"] for p in catalogue}
-    assert "runqlat" in ok(daemon.address, "probe", "list")
+    assert "runqlat" in ctl_ok(daemon.address, "probe", "list")
     out = ctl(daemon.address, "probe", "run", "cswitch", "--seconds", "0.5")
     assert out.returncode == 0, out.stderr
     assert "probe cswitch for 0.5 s ..." in out.stderr and "done in" in out.stderr
     assert out.stdout.startswith("probe cswitch") and "SWITCHES" in out.stdout
-    result = ok_json(daemon.address, "-q", "probe", "run", "runqlat", "--seconds", "0.5",
+    result = ctl_json(daemon.address, "-q", "probe", "run", "runqlat", "--seconds", "0.5",
                      "--pid", str(os.getpid()))
     assert result["probe"] == "runqlat" and "histogram" in result
     out = ctl(daemon.address, "probe", "run", "no-such-probe", "--seconds", "0.5")
@@ -55,7 +58,7 @@ def test_perf(daemon: SchedcpdProcess) -> None:
         assert out.returncode == 0, out.stderr
         assert f"perf stat of pid {spin.pid}" in out.stdout and "task-clock" in out.stdout
         assert "perf stat for 0.5 s ..." in out.stderr
-        result = ok_json(daemon.address, "-q", "perf", "--seconds", "0.5")
+        result = ctl_json(daemon.address, "-q", "perf", "--seconds", "0.5")
         assert result["events"]["task-clock"]["counted"] is True
     out = ctl(daemon.address, "perf", "--pid", "1", "--cgroup", "/", "--seconds", "1")
     assert out.returncode == 2  # one target at a time
@@ -63,10 +66,10 @@ def test_perf(daemon: SchedcpdProcess) -> None:
 
 def test_explain_an_untouched_process_and_access(daemon: SchedcpdProcess,
                                                  test_users: dict[str, int]) -> None:
-    text = ok(daemon.address, "explain", str(os.getpid()))
+    text = ctl_ok(daemon.address, "explain", str(os.getpid()))
     assert text.startswith(f"process {os.getpid()} (") and \
         text.endswith("): schedcp changed nothing on it\n"), text
-    why = ok_json(daemon.address, "explain", "1")
+    why = ctl_json(daemon.address, "explain", "1")
     assert why["subject"]["pid"] == 1 and why["values"] == []
     # As nobody (this checkout's schedcpctl): explain is an observe method.
     nobody = run_as(test_users["nobody"], [*CTL, "--bus", daemon.address, "--json", "explain",

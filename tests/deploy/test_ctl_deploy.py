@@ -5,31 +5,24 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from typing import Any
+
+import pytest
 
 from tests.deploy.conftest import FAST, policy_text
-from tests.harness import ROOT, Procs, call, wait_deployment, wait_workers_ready
-
-CTL = [sys.executable, "-m", "schedcpd.cli"]
-
-
-def ctl(address: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """schedcpctl from this checkout (the installed copy may be older), as root."""
-    return subprocess.run([*CTL, "--bus", address, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def ok(address: str, *args: str) -> str:
-    out = ctl(address, *args)
-    assert out.returncode == 0, (args, out.returncode, out.stdout, out.stderr)
-    return out.stdout
+from tests.harness import (
+    CTL,
+    ROOT,
+    Procs,
+    call,
+    ctl,
+    ctl_json,
+    ctl_ok,
+    wait_deployment,
+    wait_workers_ready,
+)
 
 
-def ok_json(address: str, *args: str) -> Any:
-    return json.loads(ok(address, "--json", *args))
-
-
+@pytest.mark.slow
 def test_deploy_watch_explain_hold_rollback(start_daemon) -> None:
     proc = start_daemon(FAST.replace("full_seconds = 2.0", "full_seconds = 2.5"))
     a = proc.address
@@ -38,8 +31,8 @@ def test_deploy_watch_explain_hold_rollback(start_daemon) -> None:
         wait_workers_ready(procs.procs)
         policy_file = procs.dir / "ctl-nice.toml"
         policy_file.write_text(policy_text("ctl-nice", [("batch", [hog.pid], "{ nice = 4 }")]))
-        policy_id = ok(a, "policy", "submit", str(policy_file)).strip()
-        assert ok_json(a, "policy", "submit", str(policy_file)) == {"policy_id": policy_id}
+        policy_id = ctl_ok(a, "policy", "submit", str(policy_file)).strip()
+        assert ctl_json(a, "policy", "submit", str(policy_file)) == {"policy_id": policy_id}
         out = ctl(a, "--json", "policy", "verify", policy_id)
         assert out.returncode == 0, out.stderr
         assert f"verifying {policy_id[:12]} ..." in out.stderr  # progress on stderr
@@ -49,14 +42,14 @@ def test_deploy_watch_explain_hold_rollback(start_daemon) -> None:
         assert token.startswith("schedcp1.")
 
         # Advice mode: plan, and deploy --plan, write nothing.
-        text = ok(a, "plan", token)
+        text = ctl_ok(a, "plan", token)
         assert "nothing was written" in text and f"task:{hog.pid}:" in text
         assert "nice" in text and "dry-run" in text
-        plan = ok_json(a, "plan", token)
+        plan = ctl_json(a, "plan", token)
         [change] = plan["plan"]["changes"]
         assert (change["knob"], change["before"], change["after"]) == ("nice", 0, 4)
-        assert ok_json(a, "deploy", "--plan", token) == plan
-        assert ok_json(a, "deployments") == [] and "no deployments" in ok(a, "deployments")
+        assert ctl_json(a, "deploy", "--plan", token) == plan
+        assert ctl_json(a, "deployments") == [] and "no deployments" in ctl_ok(a, "deployments")
         assert os.getpriority(os.PRIO_PROCESS, hog.pid) == 0
 
         # watch, started first, follows the deployment's four transitions.
@@ -82,23 +75,23 @@ def test_deploy_watch_explain_hold_rollback(start_daemon) -> None:
         assert os.getpriority(os.PRIO_PROCESS, hog.pid) == 4
 
         # List and show.
-        assert dep in ok(a, "deployments") and "ctl-nice" in ok(a, "deployments", "--live")
-        assert [d["id"] for d in ok_json(a, "deployments", "--live")] == [dep]
-        shown = ok(a, "deployment", "show", dep)
+        assert dep in ctl_ok(a, "deployments") and "ctl-nice" in ctl_ok(a, "deployments", "--live")
+        assert [d["id"] for d in ctl_json(a, "deployments", "--live")] == [dep]
+        shown = ctl_ok(a, "deployment", "show", dep)
         assert f"deployment {dep}: active" in shown and "token:      key " in shown
-        record = ok_json(a, "deployment", "show", dep)
+        record = ctl_json(a, "deployment", "show", dep)
         assert record["token"]["report_digest"] == json.loads(call(
             a, "GetDeployment", "s", dep))["token"]["report_digest"]
 
         # Explain the process, then the deployment.
-        why = ok(a, "explain", str(hog.pid))
+        why = ctl_ok(a, "explain", str(hog.pid))
         assert f"process {hog.pid} (" in why and "in effect: 0 -> 4" in why
         assert f"policy:  ctl-nice, version {policy_id[:12]}" in why
         assert f"report:  {record['token']['report_digest']} passed" in why
         assert "breaker: no trip" in why and "active: batch (" in why
-        why_json = ok_json(a, "explain", str(hog.pid))
+        why_json = ctl_json(a, "explain", str(hog.pid))
         assert [v["effect"] for v in why_json["values"]] == ["in effect: 0 -> 4"]
-        report = ok_json(a, "policy", "report", record["token"]["report_digest"])
+        report = ctl_json(a, "policy", "report", record["token"]["report_digest"])
         assert report["passed"] is True and report["policy_id"] == policy_id
 
         # A hold that is released when the command ends leaves the deployment.
@@ -107,23 +100,34 @@ def test_deploy_watch_explain_hold_rollback(start_daemon) -> None:
         assert f"holding {dep}" in out.stderr and "released: the deployment stays" in out.stdout
         assert json.loads(call(a, "GetDeployment", "s", dep))["state"] == "active"
         # A plain hold: the daemon rolls it back when the holder leaves.
-        held = ok_json(a, "hold", dep, "--timeout", "0.5")
+        held = ctl_json(a, "hold", dep, "--timeout", "0.5")
         assert held["rolled_back_by_leaving"] is True and held["ended_by"] == "timeout"
         info = wait_deployment(a, dep, {"reverted"})
         assert "disconnected" in info["reason"]
         assert os.getpriority(os.PRIO_PROCESS, hog.pid) == 0
-        after = ok(a, "explain", dep)
+        after = ctl_ok(a, "explain", dep)
         assert f"deployment {dep}: reverted" in after and "restored: 4 -> 0" in after
 
         # Deploy without waiting, then roll back by hand.
-        token2 = ok_json(a, "policy", "verify", policy_id)["token"]
-        dep2 = ok(a, "-q", "deploy", token2).strip()
+        token2 = ctl_json(a, "policy", "verify", policy_id)["token"]
+        dep2 = ctl_ok(a, "-q", "deploy", token2).strip()
         assert dep2.startswith("dep-") and dep2 != dep
         wait_deployment(a, dep2, {"canary", "active"})
-        text = ok(a, "rollback", dep2)
+        # Held while it is rolled back by hand: the hold ends with exit 6.
+        holder = subprocess.Popen([*CTL, "--bus", a, "hold", dep2], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert holder.stderr is not None
+            assert f"holding {dep2}" in holder.stderr.readline()
+            text = ctl_ok(a, "rollback", dep2)
+            held_out, held_err = holder.communicate(timeout=30)
+        finally:
+            holder.kill()
+        assert holder.returncode == 6, (held_out, held_err)
+        assert "the deployment ended reverted" in held_out and "nothing left to hold" in held_out
         assert text.startswith(f"{dep2} reverted; values: 1 restored"), text
         assert "nice" in text
-        restored = ok_json(a, "explain", dep2)
+        restored = ctl_json(a, "explain", dep2)
         [values] = restored["targets"].values()
         assert [v["effect"] for v in values] == ["restored: 4 -> 0"]
 
@@ -144,17 +148,18 @@ def test_deploy_watch_explain_hold_rollback(start_daemon) -> None:
         assert out.returncode == 2 and "needs --wait" in out.stderr
 
 
+@pytest.mark.slow
 def test_deploy_wait_exits_6_when_the_breaker_reverts(start_daemon, workload) -> None:
     proc = start_daemon(FAST)
     a = proc.address
     policy_id = call(a, "SubmitPolicy", "s", policy_text(
         "ctl-starve", [("probe", [workload.probe.pid], '{ policy = "idle" }')]))
-    token = ok_json(a, "-q", "policy", "verify", policy_id)["token"]
+    token = ctl_json(a, "-q", "policy", "verify", policy_id)["token"]
     out = ctl(a, "--json", "deploy", "--wait", token)
     assert out.returncode == 6, (out.stdout, out.stderr)
     dep = json.loads(out.stdout)
     assert dep["state"] == "reverted" and dep["trip"]["guard"] == "wait_per_run_us"
     assert f"{dep['id']}: reverted: circuit breaker:" in out.stderr
-    text = ok(a, "explain", dep["id"])
+    text = ctl_ok(a, "explain", dep["id"])
     assert "breaker: tripped on wait_per_run_us of probe" in text
     assert "restored: " in text

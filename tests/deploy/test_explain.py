@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from schedcpd.tokens import digest_of
 from tests.deploy.conftest import FAST, policy_text
 from tests.harness import Procs, call, calls_as, wait_deployment, wait_until, wait_workers_ready
@@ -12,6 +14,7 @@ from tests.harness import Procs, call, calls_as, wait_deployment, wait_until, wa
 ERR = "org.schedcp.Control1.Error."
 
 
+@pytest.mark.slow
 def test_explain_names_policy_deployment_token_report_and_restore(
         start_daemon, test_users: dict[str, int]) -> None:
     proc = start_daemon(FAST)
