@@ -47,7 +47,8 @@ NAMED = ("org.schedcp.", "org.freedesktop.DBus.Error.")
 DEFECTS = ("org.schedcp.Control1.Error.Internal",)
 
 METHODS = {
-    "Deploy": "s", "GetAudit": "us", "GetDeployment": "s", "GetFeedback": "s",
+    "Deploy": "s", "Explain": "s", "GetAudit": "us", "GetDeployment": "s", "GetFeedback": "s",
+    "GetVerificationReport": "s",
     "GetPolicy": "s", "GetPolicyHistory": "s", "GetStatus": "", "GetSummary": "s",
     "GetVerifierKeys": "", "HoldDeployment": "s", "ListDeployments": "", "ListPolicies": "s",
     "ListProbes": "", "PlanDeployment": "s", "ReleaseHold": "s", "Reload": "",

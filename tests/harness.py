@@ -47,6 +47,7 @@ from tests.client_probe import run_calls
 __all__ = [
     "BUS_CONF",
     "CLIENT_PROBE",
+    "CTL",
     "POLICY_DIR",
     "ROOT",
     "WORKER",
@@ -57,6 +58,9 @@ __all__ = [
     "call",
     "call_error",
     "calls_as",
+    "ctl",
+    "ctl_json",
+    "ctl_ok",
     "handles_signal",
     "outcome",
     "poll",
@@ -254,6 +258,28 @@ def wait_deployment(address: str, dep: str, states: set[str],
         raise AssertionError(f"deployment {dep} stuck in {last.get('state')}: "
                              f"{last.get('events')}") from None
     return dict(last)
+
+
+CTL = [sys.executable, "-m", "schedcpd.cli"]
+"""schedcpctl from this checkout (the installed copy may be older than the code under test)."""
+
+
+def ctl(address: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``schedcpctl --bus ADDRESS ARGS`` as root; the completed process."""
+    return subprocess.run([*CTL, "--bus", address, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def ctl_ok(address: str, *args: str) -> str:
+    """schedcpctl's stdout; the test fails on a non-zero exit."""
+    out = ctl(address, *args)
+    assert out.returncode == 0, (args, out.returncode, out.stdout, out.stderr)
+    return out.stdout
+
+
+def ctl_json(address: str, *args: str) -> Any:
+    """schedcpctl --json's answer, decoded."""
+    return json.loads(ctl_ok(address, "--json", *args))
 
 
 # -- processes a test owns ------------------------------------------------------
