@@ -58,15 +58,16 @@ CALLS.update({
     "ReleaseHold": ["ReleaseHold", "s", ["dep-000000000000"], MGR],
     "GetDeployment": ["GetDeployment", "s", ["dep-000000000000"], MGR],
     "GetFeedback": ["GetFeedback", "s", ["dep-000000000000"], MGR],
+    "Explain": ["Explain", "s", ["dep-000000000000"], MGR],
 })
 OBSERVE = ("GetStatus", "Properties.Get", "Properties.GetAll", "ListPolicies", "GetPolicy",
            "GetPolicyHistory", "GetVerifierKeys", "GetSummary", "ListProbes", "ListDeployments",
-           "GetDeployment", "GetFeedback", "GetVerificationReport")
+           "GetDeployment", "GetFeedback", "GetVerificationReport", "Explain")
 # Called with arguments that name no real object: an allowed caller gets a
 # named error other than AccessDenied (NotFound, InvalidToken, ...).
 # Profiling is also judged only on refusal: its results have tests of their own.
 FAKE_OBJECT = {"Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold",
-               "GetDeployment", "GetVerificationReport",
+               "GetDeployment", "GetVerificationReport", "Explain",
                "GetFeedback", "RunProbe", "RunPerfStat"}
 DEPLOY = ("Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold")
 ADMIN = ("GetAudit", "Reload", "SetPolicyState", "RotateVerifierKey", "VerifyPolicy")
