@@ -115,6 +115,11 @@ async def test_submit_verify_plan_deploy_and_roll_back(mcp_daemon, workload) -> 
         back = ok(await client.call_tool("Rollback", {"deployment_id": dep}))
         assert back["state"] == "reverted", back
         assert _nice(hog) == 0
+        # A finished deployment: the daemon's named errors, saying why.
+        for name, error, why in (("Rollback", "Conflict", f"{dep} is already reverted"),
+                                 ("HoldDeployment", "InvalidArgument", f"{dep} is not running")):
+            message = refused(await client.call_tool(name, {"deployment_id": dep}))
+            assert ERR + error in message and why in message, message
         # The token was used up; the daemon says so by name.
         assert ERR + "TokenReplayed" in refused(await client.call_tool("Deploy", {"token": token}))
 
