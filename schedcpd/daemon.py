@@ -37,6 +37,7 @@ from schedcpd.dbus.polkit import PolkitClient
 from schedcpd.dbus.service import ManagerService
 from schedcpd.deployer import Deployer, DeployerSettings
 from schedcpd.errors import ConfigError
+from schedcpd.explain import Explainer
 from schedcpd.hookspecs import PluginContext
 from schedcpd.journal import Journal
 from schedcpd.manager import Manager
@@ -280,6 +281,10 @@ class Daemon:
             _LOGGER.warning("%d deployment(s) were in flight when the daemon stopped; marked "
                             "reverted", recovered)
         self.manager.deployer = deployer
+        verifier = self.manager.verifier
+        self.manager.explainer = Explainer(
+            self.journal, self.plugins, deployer, self.manager.repository, self.store,
+            verifier.reports if verifier is not None else None)
 
     async def _start_analysis(self) -> None:
         a, p = self.config["analysis"], self.config["probes"]
@@ -364,6 +369,7 @@ class Daemon:
         logging.getLogger().setLevel(new["daemon"]["log_level"].upper())
         self.authorizer.reconfigure(new["authorization"])
         self.service.reconfigure(new["bus"])
+        self.manager.refresh_subsystems()  # a plugin may describe itself anew
         self.metrics.config_reloads.labels("ok").inc()
         _LOGGER.info("configuration reloaded from %s; changed: %s%s", new.path,
                      ", ".join(changed) or "nothing",

@@ -1,4 +1,4 @@
-"""The deployment part of the Manager API: deploy, plan, rollback, holds.
+"""The deployment part of the Manager API: deploy, plan, rollback, holds, explain.
 
 Mixed into :class:`schedcpd.manager.Manager`; each method is one declared
 API call with its authorization action (see :mod:`schedcpd.api`).
@@ -13,6 +13,7 @@ from schedcpd.authz import Authorizer
 from schedcpd.const import ACTION_ADMIN, ACTION_DEPLOY, ACTION_OBSERVE
 from schedcpd.deployer import Deployer
 from schedcpd.errors import InvalidArgument, NotOwner, NotSupported
+from schedcpd.explain import Explainer
 
 
 def _check_id(dep_id: str) -> str:
@@ -25,6 +26,7 @@ class DeployAPI:
     """Deployment methods; the host sets ``deployer`` and ``authorizer``."""
 
     deployer: Deployer | None = None
+    explainer: Explainer | None = None
     authorizer: Authorizer | None = None
     """Decides who is an admin (may act on others' deployments); None: only root."""
 
@@ -82,6 +84,13 @@ class DeployAPI:
     async def ListDeployments(self, caller: Caller) -> str:
         """The newest deployments (at most 100), newest first."""
         return to_json(await self._deployer().deployments())
+
+    @method(ACTION_OBSERVE, in_args=(("subject", "s"),), out_args=(("explanation", "s"),))
+    async def Explain(self, caller: Caller, subject: str) -> str:
+        """Why a process (decimal pid) or a deployment (id) has its values: the evidence chain."""
+        if self.explainer is None:
+            raise NotSupported("explanations are not available in this daemon")
+        return to_json(await self.explainer.explain(subject))
 
     @method(ACTION_DEPLOY, in_args=(("deployment_id", "s"),), mutating=True)
     async def HoldDeployment(self, caller: Caller, deployment_id: str) -> None:

@@ -74,6 +74,26 @@ def migrate_deployments(db: Database) -> None:
     db.table("deployment_events").create_index(["deployment_id"])
 
 
+def migrate_deployment_token(db: Database) -> None:
+    """Schema: the token each deployment redeemed (key id, digest, report digest).
+
+    What ``Explain`` names for every value a deployment changed; rows from
+    before this migration have ``""`` (unknown).
+    """
+    db.table("deployments").add_column("token", str, not_null_default="")
+
+
+def token_record(token: str, claims: dict[str, Any]) -> dict[str, Any]:
+    """What a deployment keeps of the token it redeemed (not the token itself).
+
+    The SHA-256 of the token text names it without making it reusable text
+    in the database (a used token is refused anyway: its nonce is spent).
+    """
+    return {"digest": digest_of(token), "kid": claims["kid"], "nonce": claims["nonce"],
+            "uid": claims["uid"], "iat": claims["iat"], "exp": claims["exp"],
+            "report_digest": claims["report_digest"], "policy_digest": claims["policy_digest"]}
+
+
 @dataclass
 class DeployerSettings:
     """``[deployer]`` in schedcpd.toml."""
@@ -140,6 +160,7 @@ class Deployer:
             dep = rows[0]
             dep["targets"] = json.loads(dep["targets"] or "{}")
             dep["trip"] = json.loads(dep["trip"] or "null")
+            dep["token"] = json.loads(dep.get("token") or "null")
             dep["events"] = list(db.table("deployment_events").rows_where(
                 "deployment_id = ?", [dep_id], order_by="id",
                 select="time, state, reason"))
@@ -245,7 +266,8 @@ class Deployer:
         row = {"id": dep_id, "policy_id": policy["id"], "policy_digest": claims["policy_digest"],
                "name": policy["name"], "subsystem": claims["subsystem"], "uid": uid,
                "state": "pending", "reason": "token accepted", "created": now, "updated": now,
-               "targets": "{}", "trip": ""}
+               "targets": "{}", "trip": "",
+               "token": json.dumps(token_record(token, claims), sort_keys=True)}
 
         def insert(db: Database) -> None:
             with db.conn:

@@ -140,6 +140,29 @@ def schedcp_state(subsystem: str) -> dict[str, Any] | None:
 
 
 @hookspec(firstresult=True)
+def schedcp_explain_keys(subsystem: str, pid: int) -> list[str] | None:
+    """The journal keys under which this subsystem records values it changed on ``pid``.
+
+    For ``Explain``: every thread of this incarnation of the process (not an
+    earlier process with the same pid), and shared objects it was put in (a
+    cgroup whose values the subsystem set).  A string ending in ``:`` is a
+    key prefix, any other an exact key.  Return ``[]`` when the process is
+    known but nothing was changed, ``None`` when ``subsystem`` is not this
+    plugin's.  Reads only; may run on a worker thread.
+    """
+
+
+@hookspec(firstresult=True)
+def schedcp_describe_key(subsystem: str, key: str) -> dict[str, Any] | None:
+    """Name what a journal key of this subsystem stands for, for an operator.
+
+    Return ``{"target": str, "knob": str}`` (e.g. ``task:4242:17`` and
+    ``nice``): ``Explain`` groups a deployment's values by target.  ``None``
+    when ``subsystem`` is not this plugin's.
+    """
+
+
+@hookspec(firstresult=True)
 def schedcp_static_check(
     subsystem: str, policy: dict[str, Any], active: list[dict[str, Any]]
 ) -> list[dict[str, Any]] | None:

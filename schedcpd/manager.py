@@ -63,9 +63,17 @@ class Manager(AnalysisAPI, PolicyAPI, DeployAPI):
         self._static_status: str | None = None
 
     def refresh_subsystems(self) -> None:
-        """Re-read what plugins describe (after start-up, reload or a plugin failure)."""
+        """Re-read what plugins describe (after start-up, reload or a plugin failure).
+
+        When the ``Subsystems`` property changes, PropertiesChanged announces
+        it (the emitter may be called from a worker thread: a plugin fails
+        in a hook run off the event loop).
+        """
+        before = None if self._subsystems is None else sorted(self._subsystems)
         self._subsystems = self.plugins.subsystems()
         self._static_status = None
+        if before is not None and before != sorted(self._subsystems):
+            self.emitter.properties_changed(["Subsystems"])
 
     def _subsystem_table(self) -> dict[str, dict[str, Any]]:
         if self._subsystems is None:
@@ -82,7 +90,10 @@ class Manager(AnalysisAPI, PolicyAPI, DeployAPI):
 
     @api_property(ACTION_OBSERVE, "as")
     def Subsystems(self) -> list[str]:
-        """Names of the subsystems enabled plugins provide (e.g. ``scheduler``)."""
+        """Names of the subsystems enabled plugins provide (e.g. ``scheduler``).
+
+        Announced with PropertiesChanged when a plugin fails or a reload changes it.
+        """
         return sorted(self._subsystem_table())
 
     # -- methods --------------------------------------------------------

@@ -7,7 +7,7 @@ database records how many have been applied (``PRAGMA user_version``).
 from __future__ import annotations
 
 from schedcpd.audit import migrate_audit, migrate_audit_refused
-from schedcpd.deployer import migrate_deployments
+from schedcpd.deployer import migrate_deployment_token, migrate_deployments
 from schedcpd.reports import migrate_reports
 from schedcpd.repository import migrate_repository, migrate_retired_by
 from schedcpd.state import Migration
@@ -22,4 +22,5 @@ MIGRATIONS: list[Migration] = [
     migrate_retired_by,  # 6
     migrate_reports,  # 7
     migrate_audit_refused,  # 8
+    migrate_deployment_token,  # 9
 ]

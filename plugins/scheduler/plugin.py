@@ -29,6 +29,7 @@ from plugins.scheduler import (
     capabilities,
     cgroups,
     dynamic,
+    journal_keys,
     sched_ext,
     scx_policy,
     sysctl,
@@ -37,7 +38,7 @@ from plugins.scheduler import (
 from plugins.scheduler import policy as policy_mod
 from plugins.scheduler.actuator import SUBSYSTEM, Actuator
 from plugins.scheduler.applier import Applier
-from plugins.scheduler.scx_deploy import ScxHost
+from plugins.scheduler.scx_deploy import JOURNAL_SUBSYSTEM, ScxHost
 from plugins.scheduler.watcher import TaskWatcher
 from schedcpd.errors import InvalidArgument, NotSupported
 from schedcpd.hookspecs import PluginContext, hookimpl
@@ -340,6 +341,20 @@ class SchedulerPlugin:
             restore=lambda owner: self.schedcp_restore(SUBSYSTEM, {"owner": owner}),
         )
 
+    @hookimpl
+    def schedcp_explain_keys(self, subsystem: str, pid: int) -> list[str] | None:
+        """Journal keys of ``pid``'s threads and of the cgroups they were moved into."""
+        if subsystem != SUBSYSTEM or self.journal is None:
+            return None
+        return journal_keys.keys_of_process(self.journal, pid)
+
+    @hookimpl
+    def schedcp_describe_key(self, subsystem: str, key: str) -> dict[str, Any] | None:
+        """The target and knob a journal key of this plugin stands for."""
+        if subsystem not in (SUBSYSTEM, JOURNAL_SUBSYSTEM):
+            return None
+        return journal_keys.describe_key(key)
+
     def _watcher_state(self) -> dict[str, Any]:
         if self.watcher is None:
             return {"mode": "stopped", "reason": "no policy applied"}
@@ -426,3 +441,15 @@ def schedcp_dynamic_check(
 ) -> list[dict[str, Any]] | None:
     """See :meth:`SchedulerPlugin.schedcp_dynamic_check`."""
     return plugin.schedcp_dynamic_check(subsystem, policy, seconds)
+
+
+@hookimpl
+def schedcp_explain_keys(subsystem: str, pid: int) -> list[str] | None:
+    """See :meth:`SchedulerPlugin.schedcp_explain_keys`."""
+    return plugin.schedcp_explain_keys(subsystem, pid)
+
+
+@hookimpl
+def schedcp_describe_key(subsystem: str, key: str) -> dict[str, Any] | None:
+    """See :meth:`SchedulerPlugin.schedcp_describe_key`."""
+    return plugin.schedcp_describe_key(subsystem, key)

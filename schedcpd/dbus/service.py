@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -107,6 +108,8 @@ class ManagerService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._refusals = RefusalLimiter(settings["refused_audit_rows_per_minute"])
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._call_counter = {name: metrics.calls.labels(name) for name in self._methods}
         self._latency = {name: metrics.latency.labels(name) for name in self._methods}
         self.reconfigure(settings)
@@ -126,7 +129,9 @@ class ManagerService:
         self._refusals_kept = settings["refused_audit_rows_kept"]
 
     def export(self) -> None:
-        """Start answering calls on the bus."""
+        """Start answering calls on the bus (from the running event loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._bus.add_message_handler(self._on_message)
 
     async def close(self) -> None:
@@ -141,20 +146,34 @@ class ManagerService:
 
     # -- signals --------------------------------------------------------
 
+    def _send(self, make: Callable[[], Message]) -> None:
+        """Send a signal from the event loop, whichever thread asks.
+
+        The engine may announce a change from a worker thread (a plugin that
+        fails inside a hook run with ``asyncio.to_thread``); the bus
+        connection belongs to the loop.
+        """
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            self._bus.send(make())
+        else:
+            self._loop.call_soon_threadsafe(lambda: self._bus.send(make()))
+
     def emit(self, signal: str, *args: Any) -> None:
         """Emit a declared signal of the Manager interface."""
         spec = self._signals[signal]
-        self._bus.send(Message.new_signal(
+        self._send(lambda: Message.new_signal(
             OBJECT_PATH, MANAGER_INTERFACE, signal, "".join(s for _, s in spec.args), list(args)
         ))
 
     def properties_changed(self, names: list[str]) -> None:
-        """Emit PropertiesChanged with the new values of ``names``."""
-        changed = {n: Variant(self._props[n].signature, self._read_property(n)) for n in names}
-        self._bus.send(Message.new_signal(
-            OBJECT_PATH, PROPERTIES, "PropertiesChanged", "sa{sv}as",
-            [MANAGER_INTERFACE, changed, []],
-        ))
+        """Emit PropertiesChanged with the new values of ``names`` (read when sent)."""
+        def make() -> Message:
+            changed = {n: Variant(self._props[n].signature, self._read_property(n))
+                       for n in names}
+            return Message.new_signal(OBJECT_PATH, PROPERTIES, "PropertiesChanged", "sa{sv}as",
+                                      [MANAGER_INTERFACE, changed, []])
+
+        self._send(make)
 
     # -- dispatch -------------------------------------------------------
 
