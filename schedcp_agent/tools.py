@@ -139,6 +139,11 @@ TOOLS: tuple[Tool, ...] = (
     Tool("GetDeployment", "A deployment's state, targets, breaker trip and transitions.",
          ACTION_OBSERVE, (Arg("deployment_id", "s", "dep-..."),)),
     Tool("ListDeployments", "The newest deployments, newest first.", ACTION_OBSERVE),
+    Tool("Explain", "Why a process has its scheduling values, or what a deployment did: "
+         "every value schedcp wrote, with its policy version, deployment, token (issuer key, "
+         "digest), verification report and the circuit breaker's figures; restored values "
+         "say from what to what.", ACTION_OBSERVE,
+         (Arg("subject", "s", "a running process id (decimal) or a deployment id dep-..."),)),
     Tool("GetFeedback", "Baseline vs. after deltas (median, p10, p90) of a deployment's "
          "targets: run-queue wait, CPU, PSI, context switches.", ACTION_OBSERVE,
          (Arg("deployment_id", "s", "dep-..."),)),

@@ -112,9 +112,19 @@ async def test_submit_verify_plan_deploy_and_roll_back(mcp_daemon, workload) -> 
         assert _nice(hog) == 4
         assert (await read_json(client, f"schedcp://deployments/{dep}"))["id"] == dep
 
+        why = ok(await client.call_tool("Explain", {"subject": str(hog)}))
+        [nice] = [v for v in why["values"] if v["knob"] == "nice"]
+        assert (nice["owner"], nice["effect"]) == (dep, "in effect: 0 -> 4"), nice
+        assert why["deployments"][dep]["policy"]["id"] == policy_id
+        assert why["deployments"][dep]["report"]["passed"] is True
+
         back = ok(await client.call_tool("Rollback", {"deployment_id": dep}))
         assert back["state"] == "reverted", back
         assert _nice(hog) == 0
+        why = ok(await client.call_tool("Explain", {"subject": dep}))
+        [target] = [t for t in why["targets"] if t.startswith(f"task:{hog}:")]
+        assert {v["knob"]: v["effect"] for v in why["targets"][target]}["nice"] == \
+            "restored: 4 -> 0"
         # A finished deployment: the daemon's named errors, saying why.
         for name, error, why in (("Rollback", "Conflict", f"{dep} is already reverted"),
                                  ("HoldDeployment", "InvalidArgument", f"{dep} is not running")):
@@ -176,6 +186,7 @@ WRONG_ARGUMENTS: list[tuple[str, dict[str, Any], str]] = [
     ("RunPerfStat", {"pid": 1, "cgroup": "", "seconds": "two"}, "seconds must be a finite number"),
     ("RunProbe", {"name": "x", "seconds": 1e9, "pid": 0}, "seconds must be <= 60"),
     ("SubmitPolicy", {"document": ["a", "list"]}, "document must be a string"),
+    ("Explain", {"subject": 4242}, "subject must be a string"),
 ]
 
 
@@ -210,6 +221,8 @@ async def test_bad_input_gets_named_errors_and_nothing_crashes(mcp_daemon, workl
             ("Deploy", {"token": "schedcp1.e30.AAAA"}, ERR + "InvalidToken"),
             ("SubmitPolicy", {"document": "[policy]\nname = 'x'\n[[group]]\n"}, ERR),
             ("Rollback", {"deployment_id": "dep-000000000000"}, ERR + "NotFound"),
+            ("Explain", {"subject": "99999999999"}, ERR + "InvalidArgument"),
+            ("Explain", {"subject": "dep-000000000000"}, ERR + "NotFound"),
         ]
         for name, args, message in cases:
             text = refused(await client.call_tool(name, args))
