@@ -238,3 +238,23 @@ async def test_bad_input_gets_named_errors_and_nothing_crashes(mcp_daemon, workl
     assert mcp_daemon.proc is not None and mcp_daemon.proc.poll() is None
     assert "Traceback" not in mcp_daemon.log_text()
     assert _nice(workload.hogs[0].pid) == 0
+
+
+async def test_without_a_daemon_or_a_bus_each_call_says_so(fresh_bus, tmp_path) -> None:
+    # A bus with no schedcpd on it: the bus's ServiceUnknown, with what it means.
+    async with mcp_client(fresh_bus.address) as client:
+        assert len((await client.list_tools()).tools) == len(TOOLS)
+        message = refused(await client.call_tool("GetStatus", {}))
+        assert "org.freedesktop.DBus.Error.ServiceUnknown" in message, message
+        assert "schedcpd is not running on this bus" in message
+        with pytest.raises(MCPError, match="not running on this bus"):
+            await client.read_resource("schedcp://summary")
+        # resources/list still answers (the fixed resources) without the daemon.
+        assert "schedcp://summary" in {str(r.uri) for r in
+                                       (await client.list_resources()).resources}
+    # No bus at all: the server starts and names the address it could not reach.
+    missing = f"unix:path={tmp_path}/no-bus"
+    async with mcp_client(missing) as client:
+        for _ in range(2):  # and tries again on the next call
+            message = refused(await client.call_tool("GetSummary", {"detail": "brief"}))
+            assert "schedcpd is not reachable" in message and missing in message, message
