@@ -85,3 +85,7 @@ def test_http_refuses_a_token_file_others_can_read(tmp_path: Path,
     token.chmod(0o644)
     assert main(["--http", "8999", "--token-file", str(token)]) == 2
     assert "readable by other users" in capsys.readouterr().err
+    # A token directory it cannot make: the reason, not a traceback.
+    (tmp_path / "file").write_text("")
+    assert main(["--http", "8999", "--token-file", str(tmp_path / "file" / "token")]) == 2
+    assert "Not a directory" in capsys.readouterr().err
