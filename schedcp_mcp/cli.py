@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     try:
         settings = http.settings(args.host, args.http, args.token_file)
-    except (ValueError, OSError) as err:  # a bad option, an unwritable token directory
+    except (ValueError, OSError) as err:  # a bad option or token file
         print(f"schedcp-mcp: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"schedcp-mcp: serving http://{settings.authority}/mcp; bearer token in "

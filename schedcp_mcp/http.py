@@ -67,11 +67,14 @@ def load_token(path: Path) -> str:
         if len(token) < 32:
             raise ValueError(f"{path} holds no token of at least 32 characters")
         return token
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+    except OSError as err:
+        raise ValueError(f"cannot make the token file {path}: {err.strerror}") from None
     return token
 
 

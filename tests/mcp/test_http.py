@@ -88,4 +88,4 @@ def test_http_refuses_a_token_file_others_can_read(tmp_path: Path,
     # A token directory it cannot make: the reason, not a traceback.
     (tmp_path / "file").write_text("")
     assert main(["--http", "8999", "--token-file", str(tmp_path / "file" / "token")]) == 2
-    assert "Not a directory" in capsys.readouterr().err
+    assert f"cannot make the token file {tmp_path}/file/token" in capsys.readouterr().err
