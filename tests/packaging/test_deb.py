@@ -148,6 +148,8 @@ def check_installed_files() -> None:
     # schedcp-bench is not shipped (docs/packaging.md): no half-working command.
     assert not (VENV / "bin" / "schedcp-bench").exists()
     assert not Path("/usr/bin/schedcp-bench").exists()
+    # Nor the MCP SDK's developer command (its [cli] extra is not bundled).
+    assert not (VENV / "bin" / "mcp").exists()
     # The bundled venv alone: no environment, no pip, nothing from the build tree.
     out = _run(["/usr/bin/schedcpd", "--version"], env={})
     assert out.returncode == 0 and out.stdout.strip() == f"schedcpd {__version__}", out
