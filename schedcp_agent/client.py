@@ -69,6 +69,11 @@ class SchedcpClient:
         self.close()
 
     @property
+    def connected(self) -> bool:
+        """Whether the bus connection is up (it drops when the bus goes away)."""
+        return self._bus is not None and bool(self._bus.connected)
+
+    @property
     def unique_name(self) -> str:
         """This connection's unique bus name."""
         assert self._bus is not None

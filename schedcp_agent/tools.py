@@ -1,10 +1,12 @@
 """The one table of tools: each is one schedcpd D-Bus method.
 
-Both the D-Bus client (:mod:`schedcp_agent.client`: member name, signature,
-argument order) and the Claude tool definitions (:func:`claude_tools`: name,
-description, JSON schema) are generated from :data:`TOOLS`, so a method is
-declared exactly once on the agent side.  Argument checks for what a model
-sends (:func:`check_arguments`) use the same declarations.
+The D-Bus client (:mod:`schedcp_agent.client`: member name, signature,
+argument order), the Claude tool definitions (:func:`claude_tools`: name,
+description, JSON schema) and the MCP server's tools (:mod:`schedcp_mcp.tools`:
+every entry of the table, with the same name, description and schema) are
+generated from :data:`TOOLS`, so a method is declared exactly once on the
+client side.  Argument checks for what a model sends (:func:`check_arguments`)
+use the same declarations, for the agent's model and for an MCP client alike.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ class Tool:
     out: str = "s"
     json_out: tuple[bool, ...] = (True,)
     roles: frozenset[str] = field(default_factory=frozenset)
+    out_names: tuple[str, ...] = ()
+    """Names of the results when there are several (the daemon's out_args names)."""
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the method only reads (its action is observe)."""
+        return self.action == ACTION_OBSERVE
 
     @property
     def signature(self) -> str:
@@ -113,7 +122,10 @@ TOOLS: tuple[Tool, ...] = (
     Tool("VerifyPolicy", "Run the verifier (schema, static scheduling checks, dynamic sandbox "
          "test) on a submitted policy; returns whether it passed and the findings to fix.",
          ACTION_VERIFY, (Arg("policy_id", "s", "policy id"),), out="ss",
-         json_out=(False, True), roles=_PLAN),
+         json_out=(False, True), roles=_PLAN, out_names=("token", "report")),
+    Tool("GetVerificationReport", "The verification report a token's report_digest names, "
+         "exactly as it was signed.", ACTION_OBSERVE,
+         (Arg("digest", "s", "the report_digest claim of a token"),)),
     Tool("PlanDeployment", "Dry run: every value a deployment of a verified token would write.",
          ACTION_DEPLOY, (Arg("token", "s", "deployment token from VerifyPolicy"),)),
     Tool("Deploy", "Redeem a token: canary deployment behind the circuit breaker.",
@@ -121,9 +133,17 @@ TOOLS: tuple[Tool, ...] = (
     Tool("HoldDeployment", "Tie a running deployment to this connection (rolled back when it "
          "closes).", ACTION_DEPLOY, (Arg("deployment_id", "s", "dep-..."),), out="",
          json_out=()),
+    Tool("ReleaseHold", "Release this connection's hold: the deployment stays when the "
+         "connection closes.", ACTION_DEPLOY, (Arg("deployment_id", "s", "dep-..."),), out="",
+         json_out=()),
     Tool("GetDeployment", "A deployment's state, targets, breaker trip and transitions.",
          ACTION_OBSERVE, (Arg("deployment_id", "s", "dep-..."),)),
     Tool("ListDeployments", "The newest deployments, newest first.", ACTION_OBSERVE),
+    Tool("Explain", "Why a process has its scheduling values, or what a deployment did: "
+         "every value schedcp wrote, with its policy version, deployment, token (issuer key, "
+         "digest), verification report and the circuit breaker's figures; restored values "
+         "say from what to what.", ACTION_OBSERVE,
+         (Arg("subject", "s", "a running process id (decimal) or a deployment id dep-..."),)),
     Tool("GetFeedback", "Baseline vs. after deltas (median, p10, p90) of a deployment's "
          "targets: run-queue wait, CPU, PSI, context switches.", ACTION_OBSERVE,
          (Arg("deployment_id", "s", "dep-..."),)),

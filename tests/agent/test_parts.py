@@ -34,6 +34,9 @@ def test_every_tool_is_a_daemon_method_with_its_signature_and_action() -> None:
         assert t.signature == spec.in_signature, t.name
         assert t.out == spec.out_signature, t.name
         assert t.action == spec.action, t.name
+        assert [a.name for a in t.args] == [n for n, _ in spec.in_args], t.name
+        if len(spec.out_args) > 1:  # several results are named as the daemon names them
+            assert t.out_names == tuple(n for n, _ in spec.out_args), t.name
 
 
 def test_claude_tools_come_from_the_table_with_a_cache_breakpoint() -> None:

@@ -141,20 +141,22 @@ def lintian(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
 
 
 def check_installed_files() -> None:
-    for exe in ("schedcpd", "schedcpctl", "schedcp-agent"):
+    for exe in ("schedcpd", "schedcpctl", "schedcp-agent", "schedcp-mcp"):
         link = Path("/usr/bin") / exe
         assert link.is_symlink() and link.resolve() == VENV / "bin" / exe
         assert (VENV / "bin" / exe).read_text().splitlines()[0] == f"#!{VENV}/bin/python"
     # schedcp-bench is not shipped (docs/packaging.md): no half-working command.
     assert not (VENV / "bin" / "schedcp-bench").exists()
     assert not Path("/usr/bin/schedcp-bench").exists()
+    # Nor the MCP SDK's developer command (its [cli] extra is not bundled).
+    assert not (VENV / "bin" / "mcp").exists()
     # The bundled venv alone: no environment, no pip, nothing from the build tree.
     out = _run(["/usr/bin/schedcpd", "--version"], env={})
     assert out.returncode == 0 and out.stdout.strip() == f"schedcpd {__version__}", out
     out = _run([str(VENV / "bin" / "python"), "-c",
                 "import importlib.util, sys; import dbus_fast.message, anthropic, "
                 "cryptography.hazmat.bindings._rust, pyroute2, schedcpd.daemon, "
-                "schedcp_agent.cli; "
+                "schedcp_agent.cli, schedcp_mcp.server, schedcp_mcp.http; "
                 "print(importlib.util.find_spec('pip'), sys.prefix)"], env={})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["None", str(VENV)]
@@ -163,6 +165,8 @@ def check_installed_files() -> None:
             assert "debian/schedcp" not in path.read_text(errors="replace"), path
     out = run_as(NOBODY, ["/usr/bin/schedcpctl", "--help"])
     assert out.returncode == 0, out.stderr
+    out = run_as(NOBODY, ["/usr/bin/schedcp-mcp", "--help"])
+    assert out.returncode == 0 and "MCP" in out.stdout, out.stderr
 
     conffiles = _run(["dpkg-query", "-W", "-f=${Conffiles}", PACKAGE]).stdout
     assert "/etc/schedcp/schedcpd.toml" in conffiles
