@@ -1,6 +1,6 @@
 """Run inside the sched_ext guest host: T2 deployments through D-Bus, as a user would.
 
-    /opt/schedcp/venv/bin/python /run/job/t2_guest_scenario.py [STEP ...]
+    /opt/schedcp/venv/bin/python /run/job/t2_guest_scenario.py [STEP[=ARG] ...]
 
 Shipped by tests/microvm/test_t2_guest.py with the policies, the tokens the
 host's daemon issued when it verified them, its public key and schedcpd's
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -216,17 +217,23 @@ async def good(client: Client) -> None:
                     "rollback": rollback, "deployment": final, "active": info})
 
 
-async def regression(client: Client) -> None:
-    """latency with a 100 ms slice and no preemption: the probe waits behind two hogs."""
+async def regression(client: Client, name: str = "latency") -> None:
+    """latency with a 100 ms slice and no preemption: the probe waits behind two hogs.
+
+    ``name`` picks the policy and token (``regression=latency-3`` runs
+    latency-3.toml with latency-3.token: bench/breaker.py --kind scx-guest
+    injects one fresh policy version after another in one boot).
+    """
     pids = {"probe": spawn("t2-lprobe", 0.002, 0.0002),
             "hog1": spawn("t2-hog", 0, 1.0), "hog2": spawn("t2-hog", 0, 1.0)}
-    policy_id = await client.ok("SubmitPolicy", "s", (JOB / "latency.toml").read_text())
-    dep = await client.ok("Deploy", "s", token("latency"))
+    policy_id = await client.ok("SubmitPolicy", "s", (JOB / f"{name}.toml").read_text())
+    dep = await client.ok("Deploy", "s", token(name))
     info = await client.wait(dep, lambda i: False, timeout=120)
     after = snapshot(pids)
     history = json.loads(await client.ok("GetPolicyHistory", "s", policy_id))
     stop(list(pids.values()))
-    report("regression", {"deployment": info, "after": after, "history": history})
+    report("regression" if name == "latency" else f"regression={name}",
+           {"deployment": info, "after": after, "history": history})
 
 
 async def eject(client: Client) -> None:
@@ -317,8 +324,8 @@ async def crash(client: Client) -> Client:
     return client
 
 
-STEPS = {"tamper": tamper, "good": good, "regression": regression, "eject": eject,
-         "crash": crash}
+STEPS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "tamper": tamper, "good": good, "regression": regression, "eject": eject, "crash": crash}
 
 
 async def main(steps: list[str]) -> int:
@@ -326,8 +333,9 @@ async def main(steps: list[str]) -> int:
     try:
         for step in steps:
             started = time.monotonic()
+            name, _, arg = step.partition("=")
             try:
-                replaced = await STEPS[step](client)
+                replaced = await (STEPS[name](client, arg) if arg else STEPS[name](client))
                 if isinstance(replaced, Client):  # the crash step reconnects
                     client = replaced
             except Exception as err:  # the host test reports it with the step's name
