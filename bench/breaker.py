@@ -107,7 +107,8 @@ def scx_guest(injections: int) -> list[dict[str, Any]]:
             policy_id = call(daemon.address, "SubmitPolicy", "s", text)
             files[f"latency-{i}.toml"] = text.encode()
             files[f"latency-{i}.token"] = forced_token(
-                daemon.state_dir, daemon.address, policy_id, artifact=claims["artifact"]).encode()
+                daemon.state_dir, daemon.address, policy_id, artifact=claims["artifact"],
+                ttl=3600).encode()  # the last injection runs long after the boot
         key = next((daemon.state_dir / "keys").glob("*.pub"))
         files[key.name] = key.read_bytes()
     python = f"{rootfs.venv_dir()}/bin/python3"

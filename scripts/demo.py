@@ -155,4 +155,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if "--t2" in sys.argv[1:]:
+        import demo_t2  # the sched_ext story, in the guest host (scripts/ is on sys.path)
+
+        sys.exit(demo_t2.main())
     sys.exit(main())

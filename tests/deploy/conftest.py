@@ -75,14 +75,15 @@ def _b64(data: bytes) -> str:
 
 def forced_token(state_dir: Path, address: str, policy_id: str, uid: int = 0,
                  scope: dict[str, Any] | None = None,
-                 artifact: dict[str, str] | None = None) -> str:
+                 artifact: dict[str, str] | None = None, ttl: float = 600) -> str:
     """A token signed with the daemon's key for a policy that was NOT verified.
 
     Test-only "forced deployment" path (the issue's fault-injection tests):
     it needs the daemon's private key from its state directory, which only
     root on the daemon's host can read.  ``scope`` defaults to the policy's
     own (what the verifier would sign); another one tests that Deploy
-    refuses it.  ``artifact`` is the object binding of a T2 token.
+    refuses it.  ``artifact`` is the object binding of a T2 token; ``ttl``
+    its lifetime in seconds.
     """
     policy = json.loads(call(address, "GetPolicy", "s", policy_id))
     key = KeyStore(state_dir / "keys").current()
@@ -94,7 +95,7 @@ def forced_token(state_dir: Path, address: str, policy_id: str, uid: int = 0,
               "policy_digest": digest_of(policy["document"]),
               "subsystem": policy["subsystem"], "scope": scope,
               "report_digest": "forced-deployment-test-only", "iat": now,
-              "exp": now + 600, "nonce": secrets.token_hex(16), "uid": uid}
+              "exp": now + ttl, "nonce": secrets.token_hex(16), "uid": uid}
     if artifact is not None:
         claims["artifact"] = artifact
     signed = f"{PREFIX}.{_b64(json.dumps(claims, sort_keys=True).encode())}"

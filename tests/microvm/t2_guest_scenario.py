@@ -228,7 +228,11 @@ async def regression(client: Client, name: str = "latency") -> None:
             "hog1": spawn("t2-hog", 0, 1.0), "hog2": spawn("t2-hog", 0, 1.0)}
     policy_id = await client.ok("SubmitPolicy", "s", (JOB / f"{name}.toml").read_text())
     dep = await client.ok("Deploy", "s", token(name))
-    info = await client.wait(dep, lambda i: False, timeout=120)
+    try:
+        info = await client.wait(dep, lambda i: False, timeout=120)
+    except RuntimeError:  # not reverted in time: missed; roll back for the next step
+        await client.call("Rollback", "s", dep)
+        info = {**await client.deployment(dep), "state": "missed"}
     after = snapshot(pids)
     history = json.loads(await client.ok("GetPolicyHistory", "s", policy_id))
     stop(list(pids.values()))
