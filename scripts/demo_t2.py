@@ -43,18 +43,7 @@ call_timeout_seconds = 400
 [verifier]
 dynamic_seconds = 1.0
 """
-GUEST_CONFIG = f"""[metrics]
-enabled = false
-[verifier]
-trusted_keys_dir = "/run/job"
-[deployer]
-baseline_seconds = 2.0
-canary_seconds = 4.0
-full_seconds = 3.0
-[plugins.scheduler]
-scx_loader = "/{rootfs.SCX_LINK}/scx_loader"
-scx_object_dir = "/{rootfs.SCX_LINK}"
-"""
+GUEST_CONFIG = host.trusted_config()
 
 
 def say(text: str) -> None:

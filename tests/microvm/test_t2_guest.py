@@ -93,24 +93,12 @@ track = "T2"
 source = \'\'\'
 {source}\'\'\'
 """ + TARGETS.format(group="stuck", comm="t2-eprobe")
-GUEST_CONFIG = f"""[metrics]
-enabled = false
-[verifier]
-trusted_keys_dir = "/run/job"
-[deployer]
-baseline_seconds = 2.0
-canary_seconds = 4.0
-full_seconds = 3.0
-[plugins.scheduler]
-scx_loader = "/{rootfs.SCX_LINK}/scx_loader"
-scx_object_dir = "/{rootfs.SCX_LINK}"
-scx_verified_objects = "/run/job/verified"
-[breaker]
+GUEST_CONFIG = host.trusted_config("""[breaker]
 # The kernel's watchdog ejects never_dispatch after its timeout_ms (2 s); the
 # breaker's own stall guard (2 s by default) would otherwise race it, and
 # the eject step is there to prove the exit-record path.
 stall_seconds = 10.0
-"""
+""")
 
 
 def _call(address: str, member: str, signature: str, *body: Any, timeout: float = 60) -> Any:

@@ -38,6 +38,33 @@ COMMAND_STEP = "cmd"
 DEFAULT_MEMORY_MB = 1024
 
 
+JOB_DIR = "/run/job"
+
+
+def trusted_config(extra: str = "") -> str:
+    """schedcpd.toml for a guest host that deploys what this host's verifier signed.
+
+    The guest trusts the public keys the job brings (``trusted_keys_dir``),
+    loads the micro-VM build's loader and objects, finds objects the
+    verifier built from source under ``verified/<sha256>.bpf.o`` in the job,
+    and uses short deployer windows (TCG is slow).  ``extra`` is appended
+    (more tables, e.g. ``[breaker]``).
+    """
+    return f"""[metrics]
+enabled = false
+[verifier]
+trusted_keys_dir = "{JOB_DIR}"
+[deployer]
+baseline_seconds = 2.0
+canary_seconds = 4.0
+full_seconds = 3.0
+[plugins.scheduler]
+scx_loader = "/{rootfs.SCX_LINK}/scx_loader"
+scx_object_dir = "/{rootfs.SCX_LINK}"
+scx_verified_objects = "{JOB_DIR}/verified"
+""" + extra
+
+
 class GuestHostError(RuntimeError):
     """The guest host did not do its part; ``kind`` names what went wrong.
 
