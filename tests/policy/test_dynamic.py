@@ -89,10 +89,19 @@ def test_dynamic_stage_catches_a_starved_dependency(verifier, monkeypatch) -> No
 def test_dynamic_stage_passes_a_good_policy(verifier, monkeypatch) -> None:
     ver, _ = verifier
     monkeypatch.setattr(dynamic, "Sandbox", _RecordedSandbox)
-    _RecordedSandbox.made.clear()
-    findings = _check(ver, GOOD, 1.0)
+    for attempt in range(2):
+        _RecordedSandbox.made.clear()
+        findings = _check(ver, GOOD, 1.0)
+        evidence = _measurement(findings)
+        if evidence["verdict"] != "inconclusive" or evidence["foreign_load_cpus"] < 1.0:
+            break
+        # A host this busy (a CPU or more of foreign load on two) may leave the
+        # pairs unsettled: the verifier then measures once more (DYNAMIC_ATTEMPTS),
+        # and so does this test; "failed" is never excused.
+        if attempt == 1:
+            pytest.skip(f"{evidence['foreign_load_cpus']} CPUs of foreign load: twice "
+                        "inconclusive, no verdict to check on a host this busy")
     assert [f for f in findings if f["severity"] == "error"] == [], findings
-    evidence = _measurement(findings)
     assert evidence["verdict"] == "passed" and evidence["pairs"] >= Design().min_pairs
     guards = {(g["group"], g["metric"]): g for g in evidence["guards"]}
     # The latency worker is guarded; the SCHED_IDLE batch worker is a donor and is not.
