@@ -10,6 +10,10 @@ name the target so a restart can find it again:
   cpuset rewrites the task's affinity);
 - ``cgroup_dir:<controller>:<path>`` - a cgroup we created (prior ``None``);
 - ``cgroup_value:<controller>:<path>:<file>`` - a value in our cgroup;
+- ``cgroup_controller:<controller>:<parent>:<owner>`` - on cgroup v2, whether
+  ``<parent>`` passes the controller on to its children (``"on"``/``"off"``
+  in its ``cgroup.subtree_control``); one key per owner, every owner saving
+  the state from before the first of them (see :meth:`Actuator.enable_controller`);
 - ``sysctl:<name>`` / ``debugfs:<name>``.
 
 Fault injection for the crash tests: with ``SCHEDCP_FAULT=after_journal_commit``
@@ -42,6 +46,7 @@ KIND_TASK = "task_attr"
 KIND_MEMBERSHIP = "cgroup_membership"
 KIND_DIR = "cgroup_dir"
 KIND_VALUE = "cgroup_value"
+KIND_CONTROLLER = "cgroup_controller"
 KIND_SYSCTL = "sysctl"
 KIND_DEBUGFS = "debugfs"
 
@@ -154,6 +159,12 @@ class Actuator:
             if kind == KIND_VALUE:
                 path = self._value_path(parts)
                 return cgroups.read_file(path)
+            if kind == KIND_CONTROLLER:
+                hierarchy = self._hierarchy(parts[1])
+                try:
+                    return "on" if cgroups.controller_enabled(hierarchy, parts[2]) else "off"
+                except FileNotFoundError as exc:
+                    raise Gone(str(exc)) from exc
             if kind == KIND_SYSCTL:
                 return sysctl.read_sysctl(parts[1])
             if kind == KIND_DEBUGFS:
@@ -190,6 +201,12 @@ class Actuator:
             if kind == KIND_VALUE:
                 path = self._value_path(parts)
                 cgroups.write_file(path, str(value))
+                return
+            if kind == KIND_CONTROLLER:
+                hierarchy = self._hierarchy(parts[1])
+                if value == "on" and not hierarchy.path(parts[2]).is_dir():
+                    cgroups.create_group(hierarchy, parts[2])  # the configured cgroup_parent
+                cgroups.set_controller(hierarchy, parts[2], value == "on")
                 return
             if kind == KIND_SYSCTL:
                 sysctl.write_sysctl(parts[1], str(value))
@@ -266,6 +283,35 @@ class Actuator:
             _fault("after_write")
             self.journal.mark_applied(entry_id)
             return Change(key, knob, live, new, "changed")
+
+    def enable_controller(self, owner: str, controller: str, parent: str,
+                          dry_run: bool = False) -> Change:
+        """On cgroup v2: make ``parent`` pass ``controller`` on to its children, journaled.
+
+        The key is per owner, so two policies sharing a parent never
+        conflict; an owner that finds the controller on because another
+        owner turned it on saves that owner's prior ("off"), so whichever
+        restores last turns it off again (:meth:`_restore` leaves it on
+        while another owner's group still needs it).  Found on for any
+        other reason (systemd, the administrator), nothing is journaled.
+        """
+        key = f"{KIND_CONTROLLER}:{controller}:{parent}:{owner}"
+        with self.lock:
+            if self.journal.for_key(key, subsystem=SUBSYSTEM):
+                return Change(key, KIND_CONTROLLER, "on", "on", "unchanged", "journaled before")
+            if not dry_run:
+                try:
+                    live = self.read(KIND_CONTROLLER, key)
+                except (Gone, OSError):
+                    live = "off"  # the parent does not exist yet (a configured cgroup_parent)
+                if live == "on":
+                    prefix = f"{KIND_CONTROLLER}:{controller}:{parent}:"
+                    shared = [e for e in self.journal.for_key_prefix(prefix, subsystem=SUBSYSTEM)
+                              if e.prior == "off"]
+                    if not shared:
+                        return Change(key, KIND_CONTROLLER, "on", "on", "unchanged")
+                    return self.set(owner, KIND_CONTROLLER, key, "on", prior="off")
+        return self.set(owner, KIND_CONTROLLER, key, "on", dry_run=dry_run)
 
     def inherit(self, items: list[Inherited]) -> list[Change]:
         """Journal values forked children inherited from tasks we manage; one commit.
@@ -357,6 +403,12 @@ class Actuator:
             return "restored", "already at prior value"
         if not self.same(entry.kind, live, entry.new):
             return "overridden", f"live value {live!r} is neither ours nor the prior"
+        if entry.kind == KIND_CONTROLLER:
+            parts = entry.key.split(":")
+            users = cgroups.controller_users(self.hierarchies[parts[1]], parts[2])
+            if users:
+                # Another owner's group still uses it; that owner saved "off" too.
+                return "restored", f"left on: still used by {', '.join(users[:5])}"
         try:
             self.write(entry.kind, entry.key, entry.prior)
             back = self.read(entry.kind, entry.key)

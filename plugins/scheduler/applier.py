@@ -201,6 +201,13 @@ class Applier:
         rel = self.group_path(reg.owner, group)
         for controller in self._controllers(group):
             hierarchy = self.hierarchies[controller]
+            if hierarchy.version == 2:
+                # v2: a child has cpu.* / cpuset.* files only when every
+                # ancestor passes the controller on (cgroup.subtree_control).
+                parents = ["/"] + ([f"/{self.cgroup_parent}"] if self.cgroup_parent else [])
+                for parent in parents:
+                    changes.append(self.actuator.enable_controller(
+                        reg.owner, controller, parent, dry_run=dry_run))
             changes.append(
                 self.actuator.set(
                     reg.owner,
