@@ -14,6 +14,8 @@ name the target so a restart can find it again:
   ``<parent>`` passes the controller on to its children (``"on"``/``"off"``
   in its ``cgroup.subtree_control``); one key per owner, every owner saving
   the state from before the first of them (see :meth:`Actuator.enable_controller`);
+- ``unit_property:<unit>:<property>`` - on a systemd host, a runtime
+  property of a target's unit (:mod:`plugins.scheduler.unit_groups`);
 - ``sysctl:<name>`` / ``debugfs:<name>``.
 
 Fault injection for the crash tests: with ``SCHEDCP_FAULT=after_journal_commit``
@@ -34,7 +36,9 @@ from typing import Any
 
 from plugins.scheduler import cgroups, sysctl, tasks
 from plugins.scheduler.cgroups import Hierarchy
+from plugins.scheduler.systemd import SystemdError
 from plugins.scheduler.tasks import TaskGone
+from plugins.scheduler.unit_groups import KIND_UNIT, Units, parse_unit_key
 from schedcpd.journal import APPLIED, OVERRIDDEN, PENDING, Journal, JournalEntry
 
 _LOGGER = logging.getLogger(__name__)
@@ -116,9 +120,11 @@ class Change:
 class Actuator:
     """Reads, writes and restores knobs by journal key; thread-safe."""
 
-    def __init__(self, journal: Journal, hierarchies: dict[str, Hierarchy]) -> None:
+    def __init__(self, journal: Journal, hierarchies: dict[str, Hierarchy],
+                 units: Units | None = None) -> None:
         self.journal = journal
         self.hierarchies = hierarchies
+        self.units = units
         self.lock = threading.RLock()
 
     # -- live values ------------------------------------------------------
@@ -143,8 +149,25 @@ class Actuator:
             raise Gone(f"{path} does not exist")
         return path
 
+    def _unit(self, key: str, value: Any = _UNSET) -> Any:
+        """Read (or write ``value`` to) a unit property through systemd."""
+        if self.units is None:
+            raise Gone(f"{key}: no systemd backend in this daemon")
+        unit, prop = parse_unit_key(key)
+        try:
+            if value is _UNSET:
+                return self.units.get(unit, prop)
+            self.units.set(unit, {prop: value})
+            return None
+        except SystemdError as exc:  # NoSuchUnit is "gone", the rest a failure
+            if exc.no_unit:
+                raise Gone(f"unit {unit}: {exc}") from exc
+            raise OSError(f"systemd: {exc}") from exc
+
     def read(self, kind: str, key: str) -> Any:
         """Live value for ``key`` (raises :class:`Gone`)."""
+        if kind == KIND_UNIT:
+            return self._unit(key)
         parts = key.split(":")
         try:
             if parts[0] == "task":
@@ -175,6 +198,9 @@ class Actuator:
 
     def write(self, kind: str, key: str, value: Any) -> None:
         """Write ``value`` for ``key`` (no journal: callers use :meth:`set`)."""
+        if kind == KIND_UNIT:
+            self._unit(key, value)
+            return
         parts = key.split(":")
         try:
             if parts[0] == "task":
@@ -405,7 +431,7 @@ class Actuator:
             return "overridden", f"live value {live!r} is neither ours nor the prior"
         if entry.kind == KIND_CONTROLLER:
             parts = entry.key.split(":")
-            users = cgroups.controller_users(self.hierarchies[parts[1]], parts[2])
+            users = cgroups.controller_users(self.hierarchies[parts[1]], parts[2], entry.owner)
             if users:
                 # Another owner's group still uses it; that owner saved "off" too.
                 return "restored", f"left on: still used by {', '.join(users[:5])}"

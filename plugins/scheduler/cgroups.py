@@ -255,12 +255,14 @@ def set_controller(hierarchy: Hierarchy, relative: str, enabled: bool) -> None:
     write_file(hierarchy.path(relative) / "cgroup.subtree_control", sign + hierarchy.controller)
 
 
-def controller_users(hierarchy: Hierarchy, relative: str) -> list[str]:
+def controller_users(hierarchy: Hierarchy, relative: str, owner: str) -> list[str]:
     """Children of ``relative`` that still need its controller enabled (v2).
 
-    The plugin's groups (of any owner) and any child that passes the
-    controller on itself (the kernel refuses ``-cpu`` then, EBUSY).
+    The plugin's groups of owners other than ``owner`` (whose own groups are
+    being restored with it) and any child that passes the controller on
+    itself (the kernel refuses ``-cpu`` then, EBUSY).
     """
+    mine = f"{GROUP_PREFIX}{safe_name(owner)}."
     users = []
     try:
         children = sorted(p for p in hierarchy.path(relative).iterdir() if p.is_dir())
@@ -271,7 +273,8 @@ def controller_users(hierarchy: Hierarchy, relative: str) -> list[str]:
             passes_on = hierarchy.controller in read_file(child / "cgroup.subtree_control").split()
         except OSError:
             passes_on = False
-        if child.name.startswith(GROUP_PREFIX) or passes_on:
+        if (child.name.startswith(GROUP_PREFIX) and not child.name.startswith(mine)) \
+                or passes_on:
             users.append(child.name)
     return users
 
