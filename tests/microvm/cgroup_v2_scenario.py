@@ -62,7 +62,8 @@ async def deploy(client: Client, name: str) -> tuple[str, dict[str, Any]]:
 
 async def weights(client: Client) -> None:
     """cpu.weight (shares 4096) and cpu.idle groups: active, then rolled back."""
-    pids = {"build": spawn("v2-build", 0.01, 0.002), "idle": spawn("v2-idle", 0.01, 0.002),
+    # Both CPU-bound: the breaker guards them as throughput (build) and donor (idle).
+    pids = {"build": spawn("v2-build", 0, 0.05), "idle": spawn("v2-idle", 0, 0.05),
             "other": spawn("v2-other", 0.01, 0.002)}
     before = kernel_state(pids)
     dep, info = await deploy(client, "weights")
