@@ -358,7 +358,13 @@ class SchedulerPlugin:
             seconds,
             apply=lambda doc, owner: self.schedcp_apply(SUBSYSTEM, doc, {"owner": owner}, False),
             restore=lambda owner: self.schedcp_restore(SUBSYSTEM, {"owner": owner}),
+            place=self._place_sandbox if self.systemd is not None else None,
         )
+
+    def _place_sandbox(self, owner: str, role: str, pid: int) -> None:
+        """On a systemd host: a sandbox process goes into a transient scope of its own."""
+        assert self.systemd is not None
+        unit_groups.place_in_scope(self.systemd, owner, role, pid)
 
     def _watcher_state(self) -> dict[str, Any]:
         if self.watcher is None:

@@ -4,14 +4,15 @@ The scheduler plugin's cgroup knobs go through systemd when systemd owns
 the cgroup tree (:mod:`plugins.scheduler.unit_groups`).  The plugin's hooks
 run in worker threads, so this client runs dbus-fast's asyncio connection
 in a thread of its own and offers plain blocking calls, each bounded by a
-timeout.  Four calls are all it needs:
+timeout.  These calls are all it needs:
 
 - ``GetUnitByPID`` + the unit's ``Id``: the system manager's unit of a process;
 - ``GetUnitProcesses``: every process in a unit's cgroup subtree;
 - ``LoadUnit`` + ``Properties.Get``: a unit's resource-control property;
 - ``SetUnitProperties(name, runtime=true, ...)``: change it for this boot only
   (systemd writes a drop-in under /run/systemd/system.control and the cgroup
-  file itself).
+  file itself);
+- ``StartTransientUnit``: a scope for the verifier's own sandbox processes.
 """
 
 from __future__ import annotations
@@ -176,6 +177,18 @@ class SystemdClient:
         """``unit``'s property ``prop`` in the journal's form (AllowedCPUs: CPU numbers)."""
         (path,) = self.call("LoadUnit", "s", unit)
         return from_dbus(prop, self._get(path, interface_of(unit), prop))
+
+    def start_scope(self, name: str, pids: list[int], slice_: str, description: str) -> None:
+        """Start transient scope ``name`` holding ``pids`` (our own children) in ``slice_``.
+
+        ``StartTransientUnit`` queues a job; the caller waits until
+        :meth:`unit_of` names the scope.  An empty scope is stopped and
+        garbage-collected by systemd (``CollectMode=inactive-or-failed``).
+        """
+        props = [["PIDs", Variant("au", pids)], ["Slice", Variant("s", slice_)],
+                 ["Description", Variant("s", description)],
+                 ["CollectMode", Variant("s", "inactive-or-failed")]]
+        self.call("StartTransientUnit", "ssa(sv)a(sa(sv))", name, "fail", props, [])
 
     def set(self, unit: str, values: dict[str, Any]) -> None:
         """Set properties for this boot only (``runtime = true``)."""

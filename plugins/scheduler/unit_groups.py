@@ -40,6 +40,7 @@ effective configuration is what it was.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,6 +76,9 @@ class Units(Protocol):
 
     def set(self, unit: str, values: dict[str, Any]) -> None:
         """Set properties for this boot (``runtime=true``)."""
+
+    def start_scope(self, name: str, pids: list[int], slice_: str, description: str) -> None:
+        """Start a transient scope holding ``pids``."""
 
 
 def systemd_booted(runtime_dir: Path = SYSTEMD_RUNTIME_DIR) -> bool:
@@ -210,6 +214,40 @@ class UnitGroups:
                     "select the unit (match.unit)")
             plans.append(UnitPlan(unit, tuple(sorted(found)), props))
         return plans
+
+
+def sandbox_units(owner: str, role: str) -> tuple[str, str]:
+    """(scope, slice) of the verifier's sandbox process ``role`` (a group, or "hogs").
+
+    A dash in a slice name is a level of the tree: ``schedcp-verify-<id>.slice``
+    sits in ``schedcp-verify.slice`` in ``schedcp.slice``, at the top beside
+    system.slice and user.slice, as the scratch cgroup does on cgroupfs.
+    """
+    owner_name, role_name = cgroups.safe_name(owner), cgroups.safe_name(role)
+    return f"schedcp-{owner_name}-{role_name}.scope", f"schedcp-{owner_name}.slice"
+
+
+def place_in_scope(units: Units, owner: str, role: str, pid: int,
+                   timeout: float = 10.0) -> str:
+    """Move the daemon's own sandbox child ``pid`` into a transient scope of its own.
+
+    Only the verifier's processes are placed this way: they are ours, and a
+    scope of their own makes each group's worker a whole unit.  Returns the
+    scope once systemd reports the process in it.
+    """
+    scope, slice_ = sandbox_units(owner, role)
+    units.start_scope(scope, [pid], slice_, f"schedcp verifier sandbox {owner} ({role})")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if units.unit_of(pid) == scope:
+                return scope
+        except SystemdError:
+            pass  # the job may not have attached it yet
+        if time.monotonic() > deadline:
+            raise SystemdError("org.freedesktop.DBus.Error.Timeout",
+                               f"pid {pid} not in {scope} after {timeout} s")
+        time.sleep(0.02)
 
 
 def _comm(pid: int) -> str:

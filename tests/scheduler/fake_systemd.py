@@ -3,11 +3,12 @@
 This host has no systemd as PID 1, so the parts of org.freedesktop.systemd1
 that :class:`plugins.scheduler.systemd.SystemdClient` calls are answered by
 this FAKE: ``GetUnitByPID``, ``GetUnitProcesses``, ``LoadUnit``,
-``SetUnitProperties`` and ``Properties.Get`` of a unit's ``Id`` and its
+``SetUnitProperties``, ``StartTransientUnit`` (a scope: the FAKE unit
+takes the PIDs, nothing moves) and ``Properties.Get`` of a unit's ``Id`` and its
 ``CPUWeight`` / ``CPUQuotaPerSecUSec`` / ``CPUQuotaPeriodUSec`` /
 ``AllowedCPUs``.  Units are what the test declares (name -> pids); the FAKE
 checks arguments the way systemd 252 does (weight range, known properties,
-runtime flag recorded) and records every ``SetUnitProperties`` call.  It
+runtime flag recorded) and records every ``SetUnitProperties`` and ``StartTransientUnit`` call.  It
 writes no cgroup: what systemd does with the values is proven only by the
 systemd guest (docs/scheduler.md says where).
 """
@@ -75,6 +76,7 @@ class FakeSystemd:
         self.address = address
         self.units: dict[str, FakeUnit] = {}
         self.calls: list[tuple[str, bool, dict[str, Any]]] = []
+        self.transient: list[tuple[str, dict[str, Any]]] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._bus: MessageBus | None = None
@@ -153,4 +155,12 @@ class FakeSystemd:
             unit.props.update(values)
             self.calls.append((name, runtime, values))
             return Message.new_method_return(msg)
+        if member == "StartTransientUnit":
+            name, _mode, props, _aux = body
+            values = {prop: variant.value for prop, variant in props}
+            for unit in self.units.values():  # a process is in one unit at a time
+                unit.pids -= set(values.get("PIDs", []))
+            self.add(name, list(values.get("PIDs", [])))
+            self.transient.append((name, values))
+            return Message.new_method_return(msg, "o", [f"{MANAGER_PATH}/job/1"])
         return Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod", str(member))

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from plugins.scheduler import cgroups, tasks
+from plugins.scheduler import cgroups, dynamic, tasks
 from plugins.scheduler.actuator import Actuator
 from plugins.scheduler.applier import Applier
 from plugins.scheduler.cgroups import Hierarchy
@@ -28,6 +28,8 @@ from plugins.scheduler.unit_groups import (
     UnitGroups,
     choose_backend,
     parse_unit_key,
+    place_in_scope,
+    sandbox_units,
     systemd_booted,
     unit_key,
     unit_properties,
@@ -244,3 +246,34 @@ def test_a_unit_gone_before_restore_is_skipped(
     report = backend.restore("dep-g")
     assert set(report["summary"]) == {"skipped"}, report
     assert "NoSuchUnit" in report["entries"][0]["note"]
+
+
+def test_the_verifier_sandbox_runs_in_scopes_of_its_own(
+        fake: FakeSystemd, backend: Applier) -> None:
+    """Each worker gets a transient scope (a whole unit for its group), the hogs another."""
+    doc = policy_doc([{"name": "w", "match": {"comm": ["nothing-here"]},
+                       "cgroup": {"shares": 2048}}])
+    client = backend.unit_groups.units if backend.unit_groups else None
+    assert isinstance(client, SystemdClient)
+
+    def place(owner: str, role: str, pid: int) -> None:
+        place_in_scope(client, owner, role, pid)
+
+    findings = dynamic.dynamic_check(
+        doc, 0.5,
+        apply=lambda policy, owner: backend.apply(policy, {"owner": owner}, False),
+        restore=lambda owner: backend.restore(owner), place=place)
+    codes = {f["code"] for f in findings}
+    assert "measurement" in codes and "no-scratch-cgroup" not in codes, findings
+    assert "sandbox-failed" not in codes, findings
+    scopes = {name: values for name, values in fake.transient}
+    worker = next(name for name in scopes if name.endswith("-w.scope"))
+    owner = worker[len("schedcp-"):-len("-w.scope")]
+    assert (worker, scopes[worker]["Slice"]) == sandbox_units(owner, "w")
+    assert sandbox_units(owner, "hogs")[0] in scopes
+    assert all(len(values["PIDs"]) == 1 for values in scopes.values()), scopes
+    # The policy's weight went to the worker's scope only, and came back.
+    touched = {name for name, _, _ in fake.calls}
+    assert touched == {worker}, fake.calls
+    assert fake.calls[0][2] == {"CPUWeight": cgroups.shares_to_weight(2048)}
+    assert fake.units[worker].props["CPUWeight"] == UNSET
