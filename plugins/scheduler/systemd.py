@@ -174,8 +174,17 @@ class SystemdClient:
         return sorted({int(pid) for _, pid, _ in rows})
 
     def get(self, unit: str, prop: str) -> Any:
-        """``unit``'s property ``prop`` in the journal's form (AllowedCPUs: CPU numbers)."""
+        """``unit``'s property ``prop`` in the journal's form (AllowedCPUs: CPU numbers).
+
+        ``LoadUnit`` answers for any name; a unit that no longer exists (a
+        stopped transient service, collected) comes back "not-found" with
+        default values, which would read as someone else's change: that is
+        ``NoSuchUnit`` here.
+        """
         (path,) = self.call("LoadUnit", "s", unit)
+        state = self._get(path, f"{SYSTEMD}.Unit", "LoadState")
+        if state == "not-found":
+            raise SystemdError(f"{SYSTEMD}.NoSuchUnit", f"unit {unit} not found")
         return from_dbus(prop, self._get(path, interface_of(unit), prop))
 
     def start_scope(self, name: str, pids: list[int], slice_: str, description: str) -> None:

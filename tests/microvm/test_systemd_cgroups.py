@@ -192,6 +192,8 @@ def test_cpuset_and_quota_and_systemctl_stop_still_stops_the_target(
     assert active["pid_cgroup"] == "0::/system.slice/schedcp-t-noisy.service"
     assert not data["after_stop"]["alive"], data["after_stop"]
     assert data["rollback"].get("ok") is not None, data["rollback"]
+    # The stopped (and collected) unit is gone, not "changed by someone else".
+    assert data["final"]["overridden"] == [], data["final"]["overridden"]
 
 
 def test_a_unit_shared_with_another_process_is_refused_by_name(

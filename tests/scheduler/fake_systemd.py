@@ -31,7 +31,7 @@ UNSET = 2**64 - 1
 DEFAULTS: dict[str, Any] = {"CPUWeight": UNSET, "CPUQuotaPerSecUSec": UNSET,
                             "CPUQuotaPeriodUSec": UNSET, "AllowedCPUs": b""}
 SIGNATURES = {"CPUWeight": "t", "CPUQuotaPerSecUSec": "t", "CPUQuotaPeriodUSec": "t",
-              "AllowedCPUs": "ay", "Id": "s"}
+              "AllowedCPUs": "ay", "Id": "s", "LoadState": "s"}
 
 
 # As systemd's own bus policy (org.freedesktop.systemd1.conf) does for root.
@@ -62,6 +62,7 @@ class FakeUnit:
     name: str
     pids: set[int]
     props: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+    load_state: str = "loaded"
 
     @property
     def path(self) -> str:
@@ -77,6 +78,7 @@ class FakeSystemd:
         self.units: dict[str, FakeUnit] = {}
         self.calls: list[tuple[str, bool, dict[str, Any]]] = []
         self.transient: list[tuple[str, dict[str, Any]]] = []
+        self.not_found: dict[str, FakeUnit] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._bus: MessageBus | None = None
@@ -117,7 +119,7 @@ class FakeSystemd:
             return Message.new_error(msg, "org.freedesktop.DBus.Error.InvalidArgs", str(exc))
 
     def _by_path(self, path: str) -> FakeUnit:
-        for unit in self.units.values():
+        for unit in [*self.units.values(), *self.not_found.values()]:
             if unit.path == path:
                 return unit
         raise KeyError(path)
@@ -127,7 +129,8 @@ class FakeSystemd:
         if msg.interface == "org.freedesktop.DBus.Properties" and member == "Get":
             unit = self._by_path(msg.path or "")
             prop = body[1]
-            value = unit.name if prop == "Id" else unit.props[prop]
+            value = {"Id": unit.name, "LoadState": unit.load_state}.get(prop)
+            value = unit.props[prop] if value is None else value
             return Message.new_method_return(msg, "v", [Variant(SIGNATURES[prop], value)])
         if member == "GetUnitByPID":
             for unit in self.units.values():
@@ -140,7 +143,10 @@ class FakeSystemd:
             return Message.new_method_return(
                 msg, "a(sus)", [[[f"/{unit.name}", pid, ""] for pid in sorted(unit.pids)]])
         if member == "LoadUnit":
-            return Message.new_method_return(msg, "o", [self.units[body[0]].path])
+            # As systemd: any name loads; one without a unit is "not-found", defaults.
+            unit = self.units.get(body[0]) or self.not_found.setdefault(
+                body[0], FakeUnit(body[0], set(), load_state="not-found"))
+            return Message.new_method_return(msg, "o", [unit.path])
         if member == "SetUnitProperties":
             name, runtime, props = body
             unit = self.units[name]

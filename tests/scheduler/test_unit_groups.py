@@ -277,3 +277,16 @@ def test_the_verifier_sandbox_runs_in_scopes_of_its_own(
     assert touched == {worker}, fake.calls
     assert fake.calls[0][2] == {"CPUWeight": cgroups.shares_to_weight(2048)}
     assert fake.units[worker].props["CPUWeight"] == UNSET
+
+
+def test_a_stopped_transient_unit_is_gone_not_overridden(
+        fake: FakeSystemd, backend: Applier, spawn: Spawner) -> None:
+    """systemd loads any name; a collected unit reads "not-found" with defaults, not ours."""
+    proc = spawn.sleeper()
+    fake.add("run-u3.service", [proc.pid])
+    doc = policy_doc([{"name": "g", "match": {"pid": [proc.pid]}, "cgroup": {"cpus": "0"}}])
+    assert backend.apply(doc, {"owner": "dep-s"}, False)["problems"] == []
+    del fake.units["run-u3.service"]
+    assert backend.actuator.check_overrides() == []
+    states = {e.state for e in backend.actuator.journal.entries(owner="dep-s")}
+    assert states == {"skipped"}, states
