@@ -250,8 +250,13 @@ class Applier:
                 # ancestor passes the controller on (cgroup.subtree_control).
                 parents = ["/"] + ([f"/{self.cgroup_parent}"] if self.cgroup_parent else [])
                 for parent in parents:
-                    changes.append(self.actuator.enable_controller(
-                        reg.owner, controller, parent, dry_run=dry_run))
+                    change = self.actuator.enable_controller(reg.owner, controller, parent,
+                                                             dry_run=dry_run)
+                    changes.append(change)
+                    if change.status in ("error", "gone"):
+                        # Without it no cpu.*/cpuset.* file exists: say so, write nothing more.
+                        raise NotSupported(f"group {group.name}: cannot enable the {controller} "
+                                           f"controller below {parent}: {change.note}")
             changes.append(
                 self.actuator.set(
                     reg.owner,
