@@ -182,10 +182,12 @@ class SystemdClient:
         ``NoSuchUnit`` here.
         """
         (path,) = self.call("LoadUnit", "s", unit)
-        state = self._get(path, f"{SYSTEMD}.Unit", "LoadState")
-        if state == "not-found":
+        value = from_dbus(prop, self._get(path, interface_of(unit), prop))
+        # Asked after the value: a stopping transient unit collected between the
+        # two calls answers the value from a fresh "not-found" load.
+        if self._get(path, f"{SYSTEMD}.Unit", "LoadState") == "not-found":
             raise SystemdError(f"{SYSTEMD}.NoSuchUnit", f"unit {unit} not found")
-        return from_dbus(prop, self._get(path, interface_of(unit), prop))
+        return value
 
     def start_scope(self, name: str, pids: list[int], slice_: str, description: str) -> None:
         """Start transient scope ``name`` holding ``pids`` (our own children) in ``slice_``.
