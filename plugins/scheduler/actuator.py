@@ -10,6 +10,12 @@ name the target so a restart can find it again:
   cpuset rewrites the task's affinity);
 - ``cgroup_dir:<controller>:<path>`` - a cgroup we created (prior ``None``);
 - ``cgroup_value:<controller>:<path>:<file>`` - a value in our cgroup;
+- ``cgroup_controller:<controller>:<parent>:<owner>`` - on cgroup v2, whether
+  ``<parent>`` passes the controller on to its children (``"on"``/``"off"``
+  in its ``cgroup.subtree_control``); one key per owner, every owner saving
+  the state from before the first of them (see :meth:`Actuator.enable_controller`);
+- ``unit_property:<unit>:<property>`` - on a systemd host, a runtime
+  property of a target's unit (:mod:`plugins.scheduler.unit_groups`);
 - ``sysctl:<name>`` / ``debugfs:<name>``.
 
 Fault injection for the crash tests: with ``SCHEDCP_FAULT=after_journal_commit``
@@ -30,7 +36,9 @@ from typing import Any
 
 from plugins.scheduler import cgroups, sysctl, tasks
 from plugins.scheduler.cgroups import Hierarchy
+from plugins.scheduler.systemd import SystemdError
 from plugins.scheduler.tasks import TaskGone
+from plugins.scheduler.unit_groups import KIND_UNIT, Units, parse_unit_key
 from schedcpd.journal import APPLIED, OVERRIDDEN, PENDING, Journal, JournalEntry
 
 _LOGGER = logging.getLogger(__name__)
@@ -42,6 +50,7 @@ KIND_TASK = "task_attr"
 KIND_MEMBERSHIP = "cgroup_membership"
 KIND_DIR = "cgroup_dir"
 KIND_VALUE = "cgroup_value"
+KIND_CONTROLLER = "cgroup_controller"
 KIND_SYSCTL = "sysctl"
 KIND_DEBUGFS = "debugfs"
 
@@ -111,9 +120,11 @@ class Change:
 class Actuator:
     """Reads, writes and restores knobs by journal key; thread-safe."""
 
-    def __init__(self, journal: Journal, hierarchies: dict[str, Hierarchy]) -> None:
+    def __init__(self, journal: Journal, hierarchies: dict[str, Hierarchy],
+                 units: Units | None = None) -> None:
         self.journal = journal
         self.hierarchies = hierarchies
+        self.units = units
         self.lock = threading.RLock()
 
     # -- live values ------------------------------------------------------
@@ -138,8 +149,25 @@ class Actuator:
             raise Gone(f"{path} does not exist")
         return path
 
+    def _unit(self, key: str, value: Any = _UNSET) -> Any:
+        """Read (or write ``value`` to) a unit property through systemd."""
+        if self.units is None:
+            raise Gone(f"{key}: no systemd backend in this daemon")
+        unit, prop = parse_unit_key(key)
+        try:
+            if value is _UNSET:
+                return self.units.get(unit, prop)
+            self.units.set(unit, {prop: value})
+            return None
+        except SystemdError as exc:  # NoSuchUnit is "gone", the rest a failure
+            if exc.no_unit:
+                raise Gone(f"unit {unit}: {exc}") from exc
+            raise OSError(f"systemd: {exc}") from exc
+
     def read(self, kind: str, key: str) -> Any:
         """Live value for ``key`` (raises :class:`Gone`)."""
+        if kind == KIND_UNIT:
+            return self._unit(key)
         parts = key.split(":")
         try:
             if parts[0] == "task":
@@ -154,6 +182,12 @@ class Actuator:
             if kind == KIND_VALUE:
                 path = self._value_path(parts)
                 return cgroups.read_file(path)
+            if kind == KIND_CONTROLLER:
+                hierarchy = self._hierarchy(parts[1])
+                try:
+                    return "on" if cgroups.controller_enabled(hierarchy, parts[2]) else "off"
+                except FileNotFoundError as exc:
+                    raise Gone(str(exc)) from exc
             if kind == KIND_SYSCTL:
                 return sysctl.read_sysctl(parts[1])
             if kind == KIND_DEBUGFS:
@@ -164,6 +198,9 @@ class Actuator:
 
     def write(self, kind: str, key: str, value: Any) -> None:
         """Write ``value`` for ``key`` (no journal: callers use :meth:`set`)."""
+        if kind == KIND_UNIT:
+            self._unit(key, value)
+            return
         parts = key.split(":")
         try:
             if parts[0] == "task":
@@ -190,6 +227,12 @@ class Actuator:
             if kind == KIND_VALUE:
                 path = self._value_path(parts)
                 cgroups.write_file(path, str(value))
+                return
+            if kind == KIND_CONTROLLER:
+                hierarchy = self._hierarchy(parts[1])
+                if value == "on" and not hierarchy.path(parts[2]).is_dir():
+                    cgroups.create_group(hierarchy, parts[2])  # the configured cgroup_parent
+                cgroups.set_controller(hierarchy, parts[2], value == "on")
                 return
             if kind == KIND_SYSCTL:
                 sysctl.write_sysctl(parts[1], str(value))
@@ -266,6 +309,35 @@ class Actuator:
             _fault("after_write")
             self.journal.mark_applied(entry_id)
             return Change(key, knob, live, new, "changed")
+
+    def enable_controller(self, owner: str, controller: str, parent: str,
+                          dry_run: bool = False) -> Change:
+        """On cgroup v2: make ``parent`` pass ``controller`` on to its children, journaled.
+
+        The key is per owner, so two policies sharing a parent never
+        conflict; an owner that finds the controller on because another
+        owner turned it on saves that owner's prior ("off"), so whichever
+        restores last turns it off again (:meth:`_restore` leaves it on
+        while another owner's group still needs it).  Found on for any
+        other reason (systemd, the administrator), nothing is journaled.
+        """
+        key = f"{KIND_CONTROLLER}:{controller}:{parent}:{owner}"
+        with self.lock:
+            if self.journal.for_key(key, subsystem=SUBSYSTEM):
+                return Change(key, KIND_CONTROLLER, "on", "on", "unchanged", "journaled before")
+            if not dry_run:
+                try:
+                    live = self.read(KIND_CONTROLLER, key)
+                except (Gone, OSError):
+                    live = "off"  # the parent does not exist yet (a configured cgroup_parent)
+                if live == "on":
+                    prefix = f"{KIND_CONTROLLER}:{controller}:{parent}:"
+                    shared = [e for e in self.journal.for_key_prefix(prefix, subsystem=SUBSYSTEM)
+                              if e.prior == "off"]
+                    if not shared:
+                        return Change(key, KIND_CONTROLLER, "on", "on", "unchanged")
+                    return self.set(owner, KIND_CONTROLLER, key, "on", prior="off")
+        return self.set(owner, KIND_CONTROLLER, key, "on", dry_run=dry_run)
 
     def inherit(self, items: list[Inherited]) -> list[Change]:
         """Journal values forked children inherited from tasks we manage; one commit.
@@ -357,6 +429,12 @@ class Actuator:
             return "restored", "already at prior value"
         if not self.same(entry.kind, live, entry.new):
             return "overridden", f"live value {live!r} is neither ours nor the prior"
+        if entry.kind == KIND_CONTROLLER:
+            parts = entry.key.split(":")
+            users = cgroups.controller_users(self.hierarchies[parts[1]], parts[2], entry.owner)
+            if users:
+                # Another owner's group still uses it; that owner saved "off" too.
+                return "restored", f"left on: still used by {', '.join(users[:5])}"
         try:
             self.write(entry.kind, entry.key, entry.prior)
             back = self.read(entry.kind, entry.key)

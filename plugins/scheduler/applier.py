@@ -39,6 +39,7 @@ from plugins.scheduler.actuator import (
     task_key,
 )
 from plugins.scheduler.cgroups import Hierarchy
+from plugins.scheduler.unit_groups import KIND_UNIT, UnitGroups, UnitPlan, unit_key
 from schedcpd.errors import Conflict, InvalidArgument, NotSupported
 
 _LOGGER = logging.getLogger(__name__)
@@ -83,10 +84,14 @@ class Applier:
         hierarchies: dict[str, Hierarchy],
         cgroup_parent: str,
         inherit_delay: float = 0.1,
+        unit_groups: UnitGroups | None = None,
     ) -> None:
         self.actuator = actuator
         self.hierarchies = hierarchies
         self.cgroup_parent = cgroup_parent
+        # On a systemd host: cgroup knobs become properties of the targets'
+        # units, and the plugin creates no cgroup and moves no process.
+        self.unit_groups = unit_groups
         self.inherit_delay = inherit_delay
         self.registrations: dict[str, Registration] = {}
         # tid -> (owner, group name) for tasks we changed; lets forks inherit.
@@ -118,12 +123,20 @@ class Applier:
                 if other != compiled.name:
                     raise Conflict(f"owner {owner} already applies policy {other}")
             reg = Registration(owner, compiled, scope_pids, time.time())
-            for group in compiled.groups:
-                self._ensure_cgroup(reg, group, changes, dry_run)
+            found: dict[str, list[int]] = {}
             claimed: set[int] = set()
             for group in compiled.groups:
                 pids = [p for p in targets.scan(group.selector, scope_pids) if p not in claimed]
                 claimed.update(pids)
+                found[group.name] = pids
+            # Refuses a group whose unit holds other processes before anything is written.
+            plans = self._plan_units(compiled, found, scope_pids)
+            for group in compiled.groups:
+                self._ensure_cgroup(reg, group, changes, dry_run)
+            for plan in plans:
+                changes.extend(self._set_unit(owner, plan, dry_run))
+            for group in compiled.groups:
+                pids = found[group.name]
                 reg.targets[group.name] = set(pids)
                 for pid in pids:
                     for tid in tasks.threads(pid):
@@ -193,7 +206,38 @@ class Applier:
         return cgroups.group_relative(self.cgroup_parent, owner, group.name)
 
     def _controllers(self, group: policy.Group) -> list[str]:
+        """Controllers of the plugin's own cgroups for ``group`` (none on a systemd host)."""
+        if self.unit_groups is not None:
+            return []
         return sorted({cgroups.KNOB_CONTROLLER[k] for k in group.cgroup})
+
+    def _plan_units(self, compiled: policy.Policy, found: dict[str, list[int]],
+                    scope_pids: list[int] | None) -> list[UnitPlan]:
+        if self.unit_groups is None:
+            return []
+        plans: list[UnitPlan] = []
+        for group in compiled.groups:
+            if group.cgroup and found[group.name]:
+                matched = set(targets.scan(group.selector)) | set(found[group.name])
+                plans += self.unit_groups.plan(group, found[group.name], matched)
+        return plans
+
+    def _set_unit(self, owner: str, plan: UnitPlan, dry_run: bool) -> list[Change]:
+        return [self.actuator.set(owner, KIND_UNIT, unit_key(plan.unit, prop), value,
+                                  dry_run=dry_run)
+                for prop, value in plan.properties.items()]
+
+    def _new_in_unit(self, reg: Registration, group: policy.Group, tgid: int) -> None:
+        """A process that starts matching later: its unit gets the group's properties too."""
+        if self.unit_groups is None or not group.cgroup:
+            return
+        matched = reg.targets.get(group.name, set()) | {tgid}
+        try:
+            for plan in self.unit_groups.plan(group, [tgid], matched):
+                self._warn(self._set_unit(reg.owner, plan, False))
+        except NotSupported as exc:
+            _LOGGER.warning("new target %s of %s: cgroup knobs not applied: %s",
+                            tgid, reg.owner, exc)
 
     def _ensure_cgroup(
         self, reg: Registration, group: policy.Group, changes: list[Change], dry_run: bool
@@ -201,6 +245,18 @@ class Applier:
         rel = self.group_path(reg.owner, group)
         for controller in self._controllers(group):
             hierarchy = self.hierarchies[controller]
+            if hierarchy.version == 2:
+                # v2: a child has cpu.* / cpuset.* files only when every
+                # ancestor passes the controller on (cgroup.subtree_control).
+                parents = ["/"] + ([f"/{self.cgroup_parent}"] if self.cgroup_parent else [])
+                for parent in parents:
+                    change = self.actuator.enable_controller(reg.owner, controller, parent,
+                                                             dry_run=dry_run)
+                    changes.append(change)
+                    if change.status in ("error", "gone"):
+                        # Without it no cpu.*/cpuset.* file exists: say so, write nothing more.
+                        raise NotSupported(f"group {group.name}: cannot enable the {controller} "
+                                           f"controller below {parent}: {change.note}")
             changes.append(
                 self.actuator.set(
                     reg.owner,
@@ -334,6 +390,7 @@ class Applier:
                     continue  # a canary scope covers its pids and their descendants only
                 for group in reg.policy.groups:
                     if group.selector.matches(info):
+                        self._new_in_unit(reg, group, tgid)
                         for thread in tasks.threads(tgid):
                             self._apply_new(reg, group, thread, tgid)
                         return

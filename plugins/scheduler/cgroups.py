@@ -234,6 +234,51 @@ def create_group(hierarchy: Hierarchy, relative: str) -> bool:
     return True
 
 
+def controller_enabled(hierarchy: Hierarchy, relative: str) -> bool:
+    """Whether ``relative``'s children get the controller (v2 ``cgroup.subtree_control``).
+
+    Always true on v1, where a hierarchy is its controller.
+    """
+    if hierarchy.version == 1:
+        return True
+    path = hierarchy.path(relative) / "cgroup.subtree_control"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    return hierarchy.controller in read_file(path).split()
+
+
+def set_controller(hierarchy: Hierarchy, relative: str, enabled: bool) -> None:
+    """Enable (``+cpu``) or disable (``-cpu``) the controller for ``relative``'s children (v2)."""
+    if hierarchy.version == 1:
+        return
+    sign = "+" if enabled else "-"
+    write_file(hierarchy.path(relative) / "cgroup.subtree_control", sign + hierarchy.controller)
+
+
+def controller_users(hierarchy: Hierarchy, relative: str, owner: str) -> list[str]:
+    """Children of ``relative`` that still need its controller enabled (v2).
+
+    The plugin's groups of owners other than ``owner`` (whose own groups are
+    being restored with it) and any child that passes the controller on
+    itself (the kernel refuses ``-cpu`` then, EBUSY).
+    """
+    mine = f"{GROUP_PREFIX}{safe_name(owner)}."
+    users = []
+    try:
+        children = sorted(p for p in hierarchy.path(relative).iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []
+    for child in children:
+        try:
+            passes_on = hierarchy.controller in read_file(child / "cgroup.subtree_control").split()
+        except OSError:
+            passes_on = False
+        if (child.name.startswith(GROUP_PREFIX) and not child.name.startswith(mine)) \
+                or passes_on:
+            users.append(child.name)
+    return users
+
+
 def _init_cpuset(hierarchy: Hierarchy, path: Path) -> None:
     if hierarchy.controller != "cpuset" or hierarchy.version != 1:
         return

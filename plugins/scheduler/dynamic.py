@@ -134,7 +134,8 @@ def _observe(guards: list[_Guard], box: Sandbox, before: dict[str, WindowStats],
 
 
 def dynamic_check(doc: dict[str, Any], seconds: float, apply: Apply, restore: Restore,
-                  design: Design | None = None) -> list[dict[str, Any]]:
+                  design: Design | None = None,
+                  place: Callable[[str, str, int], None] | None = None) -> list[dict[str, Any]]:
     """Stage 4 findings: run the policy on its own synthetic workload.
 
     ``seconds`` is the time the shortest decision takes (its pairs of
@@ -146,7 +147,7 @@ def dynamic_check(doc: dict[str, Any], seconds: float, apply: Apply, restore: Re
                         "sandbox; global sysctls are not tested dynamically", "warning")]
     window = max(MIN_WINDOW, seconds / (2 * design.min_pairs))
     owner = f"verify-{uuid.uuid4().hex[:12]}"
-    box = Sandbox(doc, owner)
+    box = Sandbox(doc, owner, (lambda role, pid: place(owner, role, pid)) if place else None)
     try:
         try:
             box.start()
@@ -250,7 +251,7 @@ def _verdict(box: Sandbox, guards: list[_Guard], totals: dict[str, list[int]], p
         evidence={"verdict": verdict, "pairs": pairs, "window_seconds": round(window, 3),
                   "hogs": box.hogs, "foreign_load_cpus": round(foreign, 2),
                   "guards": [g.evidence() for g in guards]}))
-    if box.scratch is None:
+    if box.scratch is None and box.place is None:
         out.append(finding("no-scratch-cgroup", "group", f"{box.scratch_error}: the sandbox ran "
                            "in the daemon's own cgroup", "warning"))
     return out

@@ -5,7 +5,10 @@ What it changes, for the operator: per task the scheduling policy
 priority cap), nice, the EEVDF slice, CPU affinity, timer slack and
 autogroup nice; per cgroup ``cpu.shares``/``cpu.idle``/quota and ``cpuset``
 in cgroups it creates, ``schedcp.<owner>.<group>`` at the top of the
-hierarchy (it moves only the tasks a policy targets); and allow-listed
+hierarchy (it moves only the tasks a policy targets), or, where systemd
+owns a cgroup v2 tree, as runtime properties of the targets' own units
+(``CPUWeight``, ``CPUQuota``, ``AllowedCPUs``; no process leaves its unit);
+and allow-listed
 ``kernel.sched_*`` sysctls.  Every value is saved in the journal before it
 is written and is put back exactly on restore, on daemon stop and at
 start-up after a crash.  A value someone else changes
@@ -33,12 +36,14 @@ from plugins.scheduler import (
     sched_ext,
     scx_policy,
     sysctl,
+    unit_groups,
     verification,
 )
 from plugins.scheduler import policy as policy_mod
 from plugins.scheduler.actuator import SUBSYSTEM, Actuator
 from plugins.scheduler.applier import Applier
 from plugins.scheduler.scx_deploy import JOURNAL_SUBSYSTEM, ScxHost
+from plugins.scheduler.systemd import SystemdClient
 from plugins.scheduler.watcher import TaskWatcher
 from schedcpd.errors import InvalidArgument, NotSupported
 from schedcpd.hookspecs import PluginContext, hookimpl
@@ -48,6 +53,8 @@ _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "cgroup_parent": "",
+    "cgroup_backend": "auto",
+    "systemd_bus": "",
     "netlink": True,
     "scan_interval": 0.25,
     "override_check_interval": 2.0,
@@ -86,6 +93,8 @@ class SchedulerPlugin:
         self.scx: ScxHost | None = None
         self.watcher: TaskWatcher | None = None
         self._stop = threading.Event()
+        self.backend: tuple[str, str] = ("cgroupfs", "not started")
+        self.systemd: SystemdClient | None = None
         self._checker: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------
@@ -102,9 +111,16 @@ class SchedulerPlugin:
         self.journal = journal
         self.caps = capabilities.detect()
         hierarchies = cgroups.detect_hierarchies()
-        actuator = Actuator(journal, hierarchies)
+        self.backend = unit_groups.choose_backend(
+            str(self.config["cgroup_backend"]), unit_groups.systemd_booted(), hierarchies)
+        self.systemd = None
+        if self.backend[0] == "systemd":
+            self.systemd = SystemdClient(str(self.config["systemd_bus"]) or None)
+        actuator = Actuator(journal, hierarchies, self.systemd)
         self.applier = Applier(actuator, hierarchies, _cgroup_parent(self.config["cgroup_parent"]),
-                               _inherit_delay(self.config["inherit_delay"]))
+                               _inherit_delay(self.config["inherit_delay"]),
+                               unit_groups.UnitGroups(self.systemd) if self.systemd else None)
+        _LOGGER.info("cgroup knobs: %s backend (%s)", *self.backend)
         self.scx = ScxHost(journal, self.config, Path(context.state_dir))
         self._stop.clear()
         missing = sorted(name for name, cap in self.caps.items() if not cap["available"])
@@ -119,6 +135,9 @@ class SchedulerPlugin:
         self.journal = None
         self.applier = None
         self.scx = None
+        if self.systemd is not None:
+            self.systemd.close()
+            self.systemd = None
 
     def _start_background(self) -> None:
         assert self.applier is not None
@@ -196,6 +215,7 @@ class SchedulerPlugin:
                 c: {"mount": str(h.mount), "version": h.version}
                 for c, h in cgroups.detect_hierarchies().items()
             },
+            "cgroup_backend": {"name": self.backend[0], "reason": self.backend[1]},
             "sched_ext": sched_ext.detect(
                 self.scx.root if self.scx else sched_ext.SCHED_EXT_DIR),
             "watcher": self._watcher_state(),
@@ -339,6 +359,7 @@ class SchedulerPlugin:
             seconds,
             apply=lambda doc, owner: self.schedcp_apply(SUBSYSTEM, doc, {"owner": owner}, False),
             restore=lambda owner: self.schedcp_restore(SUBSYSTEM, {"owner": owner}),
+            place=self._place_sandbox if self.systemd is not None else None,
         )
 
     @hookimpl
@@ -354,6 +375,11 @@ class SchedulerPlugin:
         if subsystem not in (SUBSYSTEM, JOURNAL_SUBSYSTEM):
             return None
         return journal_keys.describe_key(key)
+
+    def _place_sandbox(self, owner: str, role: str, pid: int) -> None:
+        """On a systemd host: a sandbox process goes into a transient scope of its own."""
+        assert self.systemd is not None
+        unit_groups.place_in_scope(self.systemd, owner, role, pid)
 
     def _watcher_state(self) -> dict[str, Any]:
         if self.watcher is None:

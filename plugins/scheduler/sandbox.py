@@ -7,7 +7,11 @@ CPU spinner for the rest; beside them default-priority hogs on all CPUs but
 one.  All run in a scratch cgroup of the ``cpu`` controller
 (``/schedcp-<owner>``) so that together they weigh on the host like one
 task; a group with cgroup knobs leaves it for the plugin's own cgroup while
-the policy is applied, and comes back.
+the policy is applied, and comes back.  Where systemd owns the cgroup tree a
+``place`` callback puts each worker (and the hogs) in a transient scope of
+its own instead, all in one slice: no cgroup is made behind systemd's back,
+and each group's worker is a whole unit the policy's cgroup knobs can act on
+(:mod:`plugins.scheduler.unit_groups`).
 
 Each worker appends a record per completed step to its own log;
 :meth:`Sandbox.window` cuts the logs into windows of the verifier's clock.
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,7 +156,8 @@ def measure(path: Path, seconds: float) -> dict[str, float | int | None]:
 class Sandbox:
     """The synthetic workload of one dynamic test: processes the test owns."""
 
-    def __init__(self, doc: dict[str, Any], owner: str) -> None:
+    def __init__(self, doc: dict[str, Any], owner: str,
+                 place: Callable[[str, int], None] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="schedcp-verify-"))
         self.groups = groups_of(doc)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -161,8 +167,12 @@ class Sandbox:
         self._logs: dict[str, WorkerLog] = {}
         self.scratch: Path | None = None
         self.scratch_error = ""
+        # place(role, pid): ``role`` is the group name, or "hogs".
+        self.place = place
         cpu = cgroups_mod.detect_hierarchies().get("cpu")
-        if cpu is not None:
+        if place is not None:
+            pass  # systemd's scopes stand in for the scratch cgroup
+        elif cpu is not None:
             path = cpu.path(f"/schedcp-{owner}")
             try:
                 path.mkdir()
@@ -215,7 +225,12 @@ class Sandbox:
             env={**os.environ, "SCHEDCP_SANDBOX_PARENT": str(os.getpid())},
         )
         self.procs.append(proc)
-        if self.scratch is not None:
+        if self.place is not None:
+            try:
+                self.place(name if name is not None else "hogs", proc.pid)
+            except Exception as err:  # SystemdError, a timeout: no verdict without placement
+                raise SandboxError(f"cannot place sandbox process {proc.pid}: {err}") from err
+        elif self.scratch is not None:
             (self.scratch / "cgroup.procs").write_text(str(proc.pid))
         return proc
 

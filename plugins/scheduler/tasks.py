@@ -184,6 +184,12 @@ def start_time(tid: int) -> int | None:
     return None if fields is None else int(fields[19])
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` (0 for the kernel's own), or ``None`` if it does not exist."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
+
+
 def started_at(start: int) -> float:
     """Wall-clock time (``time.time()`` seconds) of a task start in clock ticks.
 

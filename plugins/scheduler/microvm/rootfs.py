@@ -195,8 +195,9 @@ class RootImage(NamedTuple):
         return f"PARTUUID={self.partuuid}"
 
 
-def _signature(digest: str) -> int:
-    return int(digest[:8], 16) | 1  # an MBR disk signature, never 0
+def disk_signature(digest: str) -> int:
+    """The MBR disk signature (part of the PARTUUID) for an image named by ``digest``."""
+    return int(digest[:8], 16) | 1  # never 0
 
 
 def _mbr(signature: int, fs_bytes: int) -> bytes:
@@ -506,33 +507,41 @@ def build(cache: Path, kernel: GuestKernel, artifacts: Artifacts,
     directory.mkdir(parents=True, exist_ok=True)
     tree = collect(kernel, artifacts, directory, venv)
     digest = tree.digest()
-    signature = _signature(digest)
+    signature = disk_signature(digest)
     out = RootImage(directory / f"rootfs-{digest}.img", f"{signature:08x}-01")
     if out.path.is_file():
         return out
-    mke2fs = shutil.which("mke2fs") or "/usr/sbin/mke2fs"
-    if not os.path.exists(mke2fs):
-        raise RootfsError("mke2fs not found (apt-get install e2fsprogs)")
     with tempfile.TemporaryDirectory(prefix="rootfs-", dir=directory) as tmp:
         staging = Path(tmp) / "root"
         staging.mkdir()
         tree.stage(staging)
         image = Path(tmp) / "image.img"
         size = (int(tree.blocks() * 4096 * 1.15) + (64 << 20)) // 4096 * 4096
-        with open(image, "wb") as disk:
-            disk.write(_mbr(signature, size))
-            disk.truncate(PARTITION_OFFSET + size)
-        inodes = len(tree.entries) + 4096
         _LOGGER.info("building the guest host image: %d entries, %.0f MiB",
                      len(tree.entries), size / 2**20)
-        proc = subprocess.run([mke2fs, "-q", "-F", *MKE2FS_OPTIONS, "-N", str(inodes),
-                               "-E", f"offset={PARTITION_OFFSET}", "-d", str(staging),
-                               str(image), f"{size // 1024}k"],
-                              capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            raise RootfsError(f"mke2fs failed: {(proc.stderr or proc.stdout)[-2000:]}")
+        partitioned_ext4(staging, image, signature, size, len(tree.entries) + 4096)
         image.rename(out.path)
     for old in sorted(directory.glob("rootfs-*.img"), key=lambda p: p.stat().st_mtime,
                       reverse=True)[KEEP_IMAGES:]:
         old.unlink()
     return out
+
+
+def partitioned_ext4(tree: Path, image: Path, signature: int, size: int, inodes: int) -> None:
+    """Write ``tree`` as an ext4 file system of ``size`` bytes in partition 1 of ``image``.
+
+    An MBR (disk ``signature``) with one Linux partition at PARTITION_OFFSET;
+    ``mke2fs -d`` copies the tree with its owners and modes.
+    """
+    mke2fs = shutil.which("mke2fs") or "/usr/sbin/mke2fs"
+    if not os.path.exists(mke2fs):
+        raise RootfsError("mke2fs not found (apt-get install e2fsprogs)")
+    with open(image, "wb") as disk:
+        disk.write(_mbr(signature, size))
+        disk.truncate(PARTITION_OFFSET + size)
+    proc = subprocess.run([mke2fs, "-q", "-F", *MKE2FS_OPTIONS, "-N", str(inodes),
+                           "-E", f"offset={PARTITION_OFFSET}", "-d", str(tree),
+                           str(image), f"{size // 1024}k"],
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RootfsError(f"mke2fs failed: {(proc.stderr or proc.stdout)[-2000:]}")
