@@ -1,0 +1,145 @@
+"""``schedcp-agent tune`` against a real schedcpd on a private bus, real processes, real kernel.
+
+Every trial is a real deployment (token, canary, breaker); the windows are
+the deployment tests' FAST ones, so a deployed trial takes ~8 s here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schedcp_agent.tune import TuneOptions, Tuner
+from tests.deploy.conftest import FAST, Workload
+from tests.harness import ROOT, call, wait_until
+
+
+def _policy(name: str, workload: Workload, batch_task: str, params: str,
+            extra: str = "") -> str:
+    """A policy with a probe group and a batch group (the hogs), and ``params``."""
+    hogs = [h.pid for h in workload.hogs]
+    return (f'[policy]\nname = "{name}"\ndescription = "tuning test policy {name}"\n'
+            f"{params}\n"
+            f'[[group]]\nname = "probe"\nmatch = {{ pid = [{workload.probe.pid}] }}\n'
+            f"task = {{ nice = 0 }}\ndescendants = false\n"
+            f'[[group]]\nname = "batch"\nmatch = {{ pid = {hogs} }}\n'
+            f"task = {batch_task}\ndescendants = false\n{extra}")
+
+
+NICE_PARAM = ('[parameters.batch_nice]\nfield = "group[1].task.nice"\nmin = 0\nmax = 19\n'
+              "default = 0\n")
+# The batch group must keep 90 % of its CPU share: with both hogs on one CPU,
+# the canary hog at any nice above 1 loses it to the other (the breaker trips);
+# at nice 0 nothing changes and the trial goes active.
+SHARE_GUARD = '\n[[guard]]\ngroup = "batch"\nmetric = "cpu_share"\nmin_ratio = 0.9\n'
+
+
+def _submit(address: str, text: str) -> str:
+    return str(call(address, "SubmitPolicy", "s", text))
+
+
+def _live(address: str) -> list[dict[str, Any]]:
+    return [d for d in json.loads(call(address, "ListDeployments"))
+            if d["state"] in ("pending", "canary", "active")]
+
+
+async def _tune(address: str, policy: str, goal: str, **kw: Any) -> dict[str, Any]:
+    opts = TuneOptions(policy=policy, goal=goal, bus=address, seed=1, **kw)
+    return await Tuner(opts, lambda line: print("tune:", line)).run()
+
+
+@pytest.mark.slow
+async def test_breaker_trip_is_a_failed_trial_and_the_search_stops_on_budget(
+        start_daemon, workload: Workload) -> None:
+    proc = start_daemon(FAST)
+    for h in workload.hogs:
+        os.sched_setaffinity(h.pid, {0})
+    base = _submit(proc.address, _policy("tune-trip", workload, "{ nice = 0 }", NICE_PARAM,
+                                         SHARE_GUARD))
+    report = await _tune(proc.address, base, "cpu:batch", trials=3, seconds=600,
+                         warm_start=False)
+    trials = report["trials"]
+    assert len(trials) == 3, trials  # the trial budget
+    # Trial 1 is the default point (nice 0): active, measured by the daemon.
+    assert trials[0]["point"] == {"batch_nice": 0} and trials[0]["state"] == "active", trials[0]
+    assert trials[0]["value"] is not None and trials[0]["value"] > 0
+    tripped = [t for t in trials if t["state"] == "reverted"]
+    assert tripped, [(t["point"], t["state"], t["reason"]) for t in trials]
+    for t in tripped:
+        assert t["point"]["batch_nice"] >= 2
+        assert "circuit breaker" in t["reason"] and "CPU share of 'batch'" in t["reason"]
+        assert t["metrics"]["trip"]["guard"], t["metrics"]  # the trip's figures
+        history = json.loads(call(proc.address, "GetPolicyHistory", "s", t["policy_id"]))
+        assert [o["outcome"] for o in history["outcomes"]] == ["reverted"]
+    # Every deployed trial is a version in the repository, tagged with the study.
+    for t in trials:
+        if t["state"] != "repeat":
+            doc = json.loads(call(proc.address, "GetPolicy", "s", t["policy_id"]))["document"]
+            assert f"tune:{report['study']}" in doc
+    assert report["best"]["point"] == {"batch_nice": 0}
+    assert report["best_version"]["verified"] is True
+    assert not _live(proc.address)  # nothing left applied
+    assert all(os.getpriority(os.PRIO_PROCESS, h.pid) == 0 for h in workload.hogs)
+    # The warm start finds the first run's measured default point in the
+    # repository (not deployed again); the time budget (1 s) is spent by the
+    # first deployed trial, so no trial starts after it.
+    again = await _tune(proc.address, base, "cpu:batch", trials=5, seconds=1)
+    assert {tuple(h["point"].items()) for h in again["warm_start"]} == {(("batch_nice", 0),)}
+    states = [t["state"] for t in again["trials"]]
+    assert states[0] == "repeat" and len(states) == 2, again["trials"]
+    assert again["trials"][0]["policy_id"] == trials[0]["policy_id"]
+    assert not _live(proc.address)
+
+
+async def test_a_refused_trial_is_recorded_with_its_reason(start_daemon, workload) -> None:
+    proc = start_daemon(FAST)
+    # The default quota is 1 % of a CPU: the verifier refuses it (quota-starves).
+    params = ('[parameters.batch_quota_us]\nfield = "group[1].cgroup.quota_us"\nmin = 1000\n'
+              "max = 100000\ndefault = 1000\n")
+    base = _submit(proc.address, _policy(
+        "tune-refused", workload, "{ nice = 0 }\ncgroup = { quota_us = 1000, period_us = 100000 }",
+        params))
+    report = await _tune(proc.address, base, "cpu:batch", trials=1, seconds=600)
+    [trial] = report["trials"]
+    assert trial["state"] == "refused", trial
+    assert trial["reason"].startswith("VerifyPolicy: ") and "quota-starves" in trial["reason"]
+    assert trial["value"] is None and not trial["deployment"]
+    assert report["best"] is None and not _live(proc.address)
+
+
+@pytest.mark.slow
+def test_killing_the_tuner_mid_trial_leaves_the_deployment_to_the_daemon(
+        start_daemon, workload: Workload, tmp_path: Path) -> None:
+    proc = start_daemon(FAST)
+    base = _submit(proc.address, _policy(
+        "tune-killed", workload, "{ nice = 7 }",
+        NICE_PARAM.replace("default = 0", "default = 7")))
+    tuner = subprocess.Popen(
+        [sys.executable, "-m", "schedcp_agent", "tune", base, "--goal", "cpu:batch",
+         "--trials", "5", "--bus", proc.address], cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        live = wait_until(lambda: _live(proc.address), 60, "a trial deployment")
+        dep = live[0]["id"]
+        # The trial is held by the tuner's connection while it runs.
+        wait_until(lambda: json.loads(call(proc.address, "GetDeployment", "s", dep))
+                   .get("held_by"), 20, "the hold")
+        tuner.send_signal(signal.SIGKILL)
+        tuner.wait(timeout=10)
+        info = wait_until(lambda: (i := json.loads(call(proc.address, "GetDeployment", "s",
+                                                        dep)))["state"] in ("reverted",
+                                                                             "failed") and i,
+                          30, "the daemon rolling the trial back")
+        assert info["state"] == "reverted", info
+        assert not _live(proc.address)
+        assert all(os.getpriority(os.PRIO_PROCESS, h.pid) == 0 for h in workload.hogs)
+    finally:
+        if tuner.poll() is None:
+            tuner.kill()
+            tuner.wait(timeout=10)
