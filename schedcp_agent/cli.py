@@ -96,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--trials", type=int, default=10, help="deployments at most (default 10)")
     t.add_argument("--seconds", type=float, default=600.0, help="wall time budget (default 600)")
     t.add_argument("--seed", type=int, help="sampler seed (reproducible proposals)")
+    t.add_argument("--try", dest="try_points", action="append", default=[],
+                   metavar="NAME=VALUE[,NAME=VALUE]",
+                   help="a point to try right after the default (repeatable)")
     t.add_argument("--no-warm-start", action="store_true",
                    help="ignore earlier runs' measurements in the repository")
     t.add_argument("--deploy-best", action="store_true",
@@ -120,6 +123,17 @@ def _bindings(items: list[str]) -> dict[str, list[int]]:
     return out
 
 
+def _point(text: str) -> dict[str, float]:
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError as err:
+            raise TuneError(f"--try {text!r}: expected NAME=VALUE[,NAME=VALUE]") from err
+    return out
+
+
 def tune_main(args: argparse.Namespace) -> int:
     """``schedcp-agent tune``."""
     # optuna (the agent extra) is imported only by the command that needs it.
@@ -130,7 +144,8 @@ def tune_main(args: argparse.Namespace) -> int:
         opts = TuneOptions(policy=args.policy, goal=args.goal, bus=args.bus,
                            trials=args.trials, seconds=args.seconds,
                            bindings=_bindings(args.bind), warm_start=not args.no_warm_start,
-                           seed=args.seed, out_dir=args.out, deploy_best=args.deploy_best)
+                           seed=args.seed, out_dir=args.out, deploy_best=args.deploy_best,
+                           first_points=[_point(p) for p in args.try_points])
         report = asyncio.run(Tuner(opts, say).run())
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,8 @@ class TuneOptions:
     out_dir: Path | None = None
     deploy_best: bool = False
     watch_timeout: float = 120.0
+    first_points: list[dict[str, float]] = field(default_factory=list)
+    """Points to try right after the default one (an operator's hunches), clipped to range."""
 
 
 def study_key(base_name: str, goal: Goal, bindings: dict[str, list[int]]) -> str:
@@ -133,6 +135,13 @@ class Tuner:
                      f"({self.goal.direction}); study {key}; ranges: "
                      + ", ".join(f"{p.name} {p.low:g}..{p.high:g}" for p in params))
             study = _study(self.goal, params, self.opts.seed)
+            names = {p.name for p in params}
+            for point in self.opts.first_points:
+                if set(point) - names:
+                    raise TuneError(f"unknown parameter(s) {sorted(set(point) - names)}; "
+                                    f"this policy has {sorted(names)}")
+                study.enqueue_trial({p.name: p.clip(point.get(p.name, p.default))
+                                     for p in params})
             if self.opts.warm_start:
                 await self._warm_start(client, study, params, key)
             runner = TrialRunner(client, self.goal, self.say, self.opts.watch_timeout)

@@ -35,10 +35,11 @@ def _policy(name: str, workload: Workload, batch_task: str, params: str,
 
 NICE_PARAM = ('[parameters.batch_nice]\nfield = "group[1].task.nice"\nmin = 0\nmax = 19\n'
               "default = 0\n")
-# The batch group must keep 90 % of its CPU share: with both hogs on one CPU,
-# the canary hog at any nice above 1 loses it to the other (the breaker trips);
-# at nice 0 nothing changes and the trial goes active.
-SHARE_GUARD = '\n[[guard]]\ngroup = "batch"\nmetric = "cpu_share"\nmin_ratio = 0.9\n'
+# The batch group must keep half its CPU share: with both hogs on one CPU, the
+# canary hog at nice 19 gets ~3 % of it beside the other (the breaker trips);
+# at nice 0 nothing changes (the trial goes active unless the shared host's
+# load halves the hogs' CPU meanwhile: then it is a revert like any other).
+SHARE_GUARD = '\n[[guard]]\ngroup = "batch"\nmetric = "cpu_share"\nmin_ratio = 0.5\n'
 
 
 def _submit(address: str, text: str) -> str:
@@ -64,16 +65,15 @@ async def test_breaker_trip_is_a_failed_trial_and_the_search_stops_on_budget(
     base = _submit(proc.address, _policy("tune-trip", workload, "{ nice = 0 }", NICE_PARAM,
                                          SHARE_GUARD))
     report = await _tune(proc.address, base, "cpu:batch", trials=3, seconds=600,
-                         warm_start=False)
+                         warm_start=False, first_points=[{"batch_nice": 19}])
     trials = report["trials"]
     assert len(trials) == 3, trials  # the trial budget
-    # Trial 1 is the default point (nice 0): active, measured by the daemon.
-    assert trials[0]["point"] == {"batch_nice": 0} and trials[0]["state"] == "active", trials[0]
-    assert trials[0]["value"] is not None and trials[0]["value"] > 0
-    tripped = [t for t in trials if t["state"] == "reverted"]
-    assert tripped, [(t["point"], t["state"], t["reason"]) for t in trials]
-    for t in tripped:
-        assert t["point"]["batch_nice"] >= 2
+    # Trial 1 is the default point (nice 0), trial 2 the point asked for (19).
+    assert [t["point"] for t in trials[:2]] == [{"batch_nice": 0}, {"batch_nice": 19}]
+    assert trials[1]["state"] == "reverted", trials[1]
+    # The search went on after the trip: trial 3 was proposed and run.
+    assert trials[2]["state"] in ("active", "reverted", "repeat"), trials[2]
+    for t in [t for t in trials if t["state"] == "reverted"]:
         assert "circuit breaker" in t["reason"] and "CPU share of 'batch'" in t["reason"]
         assert t["metrics"]["trip"]["guard"], t["metrics"]  # the trip's figures
         history = json.loads(call(proc.address, "GetPolicyHistory", "s", t["policy_id"]))
@@ -83,10 +83,14 @@ async def test_breaker_trip_is_a_failed_trial_and_the_search_stops_on_budget(
         if t["state"] != "repeat":
             doc = json.loads(call(proc.address, "GetPolicy", "s", t["policy_id"]))["document"]
             assert f"tune:{report['study']}" in doc
-    assert report["best"]["point"] == {"batch_nice": 0}
-    assert report["best_version"]["verified"] is True
     assert not _live(proc.address)  # nothing left applied
     assert all(os.getpriority(os.PRIO_PROCESS, h.pid) == 0 for h in workload.hogs)
+    if trials[0]["state"] != "active":
+        pytest.skip(f"the default point was reverted by the host's load ({trials[0]['reason']}):"
+                    " nothing measured to warm-start from")
+    assert trials[0]["value"] is not None and trials[0]["value"] > 0
+    assert report["best"]["value"] >= trials[0]["value"]
+    assert report["best_version"]["verified"] is True
     # The warm start finds the first run's measured default point in the
     # repository (not deployed again); the time budget (1 s) is spent by the
     # first deployed trial, so no trial starts after it.
