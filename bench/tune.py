@@ -24,7 +24,7 @@ latency_slice_us.
    deployment ended (reverted or rolled back), breaker trips are counted.
 
 Usage (root): bench/tune.py [--trials 8] [--seconds 400] [--reps 4] [--duration 5]
-                            [--wait-quiet 30] [--out DIR] [--seed N]
+                            [--wait-quiet 30] [--out DIR] [--seed N] [--range-verification]
 """
 
 from __future__ import annotations
@@ -139,6 +139,9 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--wait-quiet", type=float, default=30.0)
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "schedcp-tune")
+    p.add_argument("--range-verification", action="store_true",
+                   help="the tuning daemon verifies the parameter box once (corners and "
+                        "centre) and covers every trial's dynamic stage with it")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "schedcp-t1")
     args = p.parse_args()
     if os.geteuid() != 0:
@@ -146,7 +149,9 @@ def main() -> int:
         return 2
     probe, hog = build(args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
-    with PrivateBus() as bus, SchedcpdProcess(bus.address, TUNE_CONFIG):
+    config = TUNE_CONFIG.replace("[verifier]\n", "[verifier]\nrange_verification = true\n") \
+        if args.range_verification else TUNE_CONFIG
+    with PrivateBus() as bus, SchedcpdProcess(bus.address, config):
         t0 = time.monotonic()
         report = tune(bus.address, probe, hog, args)
         tune_seconds = time.monotonic() - t0
@@ -180,6 +185,8 @@ def main() -> int:
     finally:
         daemon.close()
     summary = {"tuning": {"seconds": round(tune_seconds, 1), "counts": report["counts"],
+                          "range_verification": args.range_verification,
+                          "verify_seconds": [t["verify_seconds"] for t in report["trials"]],
                           "seconds_per_trial": report["seconds_per_trial"],
                           "verify_seconds_per_trial": report["verify_seconds_per_trial"],
                           "default_point": report["default_point"], "best": report["best"]},
