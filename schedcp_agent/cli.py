@@ -99,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--try", dest="try_points", action="append", default=[],
                    metavar="NAME=VALUE[,NAME=VALUE]",
                    help="a point to try right after the default (repeatable)")
+    t.add_argument("--absolute", action="store_true",
+                   help="score the probation figure itself, not probation/baseline")
     t.add_argument("--no-warm-start", action="store_true",
                    help="ignore earlier runs' measurements in the repository")
     t.add_argument("--deploy-best", action="store_true",
@@ -145,7 +147,8 @@ def tune_main(args: argparse.Namespace) -> int:
                            trials=args.trials, seconds=args.seconds,
                            bindings=_bindings(args.bind), warm_start=not args.no_warm_start,
                            seed=args.seed, out_dir=args.out, deploy_best=args.deploy_best,
-                           first_points=[_point(p) for p in args.try_points])
+                           first_points=[_point(p) for p in args.try_points],
+                           relative=not args.absolute)
         report = asyncio.run(Tuner(opts, say).run())
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -173,9 +176,10 @@ def tune_main(args: argparse.Namespace) -> int:
 
 def render_tune(report: dict[str, Any]) -> str:
     """The tuning report as text."""
+    counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
     lines = [f"tuned {report['policy']['name']} for {report['goal']} "
-             f"({report['metric']}, {report['direction']}) in {report['seconds']} s; "
-             f"{report['counts']}"]
+             f"({report['metric']}, {report['direction']}) in {report['seconds']} s: "
+             f"{counts or 'no trial'}"]
     for t in report["trials"]:
         value = f"{t['value']:g}" if t["value"] is not None else "-"
         point = " ".join(f"{k}={v:g}" for k, v in t["point"].items())

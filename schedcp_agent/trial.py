@@ -160,14 +160,18 @@ class Goal:
 
     kind: str
     group: str
+    relative: bool = True
+    """Score = probation figure / baseline figure of the same deployment (the baseline is
+    the host just before the trial, without it): on a shared host the load drifts between
+    trials, and the ratio cancels most of that drift; False scores the probation figure."""
 
     @classmethod
-    def parse(cls, text: str) -> Goal:
+    def parse(cls, text: str, relative: bool = True) -> Goal:
         """``wait:latency`` -> Goal; TuneError for anything else."""
         kind, _, group = text.partition(":")
         if kind not in _GOAL_KEYS or not group:
             raise TuneError(f"goal {text!r}: expected wait:GROUP, wait-p90:GROUP or cpu:GROUP")
-        return cls(kind, group)
+        return cls(kind, group, relative)
 
     @property
     def direction(self) -> str:
@@ -179,6 +183,11 @@ class Goal:
         """The figure's key in the recorded metrics."""
         return _GOAL_KEYS[self.kind]
 
+    @property
+    def score_name(self) -> str:
+        """What a trial's value is."""
+        return f"{self.key} probation/baseline" if self.relative else self.key
+
     def __str__(self) -> str:
         return f"{self.kind}:{self.group}"
 
@@ -189,9 +198,16 @@ class Goal:
                 continue
             metrics = o.get("metrics") or {}
             if o.get("outcome") == "active":
-                fig = (metrics.get(self.group) or {}).get("probation") or {}
-                value = fig.get(self.key)
-                return (float(value) if isinstance(value, int | float) else None), metrics
+                group = metrics.get(self.group) or {}
+                value = (group.get("probation") or {}).get(self.key)
+                if not isinstance(value, int | float):
+                    return None, metrics
+                if not self.relative:
+                    return float(value), metrics
+                base = (group.get("baseline") or {}).get(self.key)
+                if not isinstance(base, int | float) or base <= 0:
+                    return None, metrics
+                return round(float(value) / float(base), 4), metrics
             if o.get("outcome") == "reverted" and metrics:
                 return None, metrics
         return None, {}

@@ -74,6 +74,8 @@ class TuneOptions:
     out_dir: Path | None = None
     deploy_best: bool = False
     watch_timeout: float = 120.0
+    relative: bool = True
+    """Score probation/baseline of each trial (see :class:`schedcp_agent.trial.Goal`)."""
     first_points: list[dict[str, float]] = field(default_factory=list)
     """Points to try right after the default one (an operator's hunches), clipped to range."""
 
@@ -93,7 +95,7 @@ class Tuner:
     def __init__(self, opts: TuneOptions, say: Callable[[str], None]) -> None:
         self.opts = opts
         self.say = say
-        self.goal = Goal.parse(opts.goal)
+        self.goal = Goal.parse(opts.goal, opts.relative)
         self.trials: list[TrialResult] = []
         self.history: list[TrialResult] = []
         self.best_version: dict[str, Any] = {}
@@ -184,8 +186,8 @@ class Tuner:
                 seen[trial.policy_id] = trial
             self._tell(study, ot, trial)
             self.trials.append(trial)
-            self.say(f"trial {number}: {trial.state}"
-                     + (f" {self.goal.key}={trial.value:g}" if trial.value is not None else "")
+            score = f" {self.goal.score_name}={trial.value:g}" if trial.value is not None else ""
+            self.say(f"trial {number}: {trial.state}{score}"
                      + (f" ({trial.reason})" if trial.reason and trial.state != "active"
                         else "") + f" in {trial.seconds:.1f} s")
         self.say(f"trial budget spent ({self.opts.trials} trials)")
@@ -261,7 +263,7 @@ class Tuner:
         except DaemonError as err:
             out["error"] = f"{err.method}: {err.short}: {err.message}"
         self.best_version = out
-        self.say(f"best {_fmt(best.point)} {self.goal.key}={best.value:g}: "
+        self.say(f"best {_fmt(best.point)} {self.goal.score_name}={best.value:g}: "
                  f"version {str(out.get('policy_id', '-'))[:12]} tagged tuned"
                  + (f", deployed {out['deployment']}" if "deployment" in out else ""))
 
@@ -273,7 +275,7 @@ class Tuner:
         best = self._best()
         return {
             "policy": {"id": base["id"], "name": base["name"]}, "goal": str(self.goal),
-            "metric": self.goal.key, "direction": self.goal.direction, "study": key,
+            "metric": self.goal.score_name, "direction": self.goal.direction, "study": key,
             "default_point": default, "seconds": round(seconds, 1),
             "trials": [t.as_dict() for t in self.trials],
             "warm_start": [t.as_dict() for t in self.history],
