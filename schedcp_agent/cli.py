@@ -154,7 +154,10 @@ def tune_main(args: argparse.Namespace) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "tune.json").write_text(json.dumps(report, indent=1, default=str))
             say(f"wrote {args.out / 'tune.json'}")
-            say(f"wrote {write_plot(report, args.out / 'trials.png')}")
+            try:
+                say(f"wrote {write_plot(report, args.out / 'trials.png')}")
+            except TuneError as err:  # no matplotlib: the report is written all the same
+                say(f"no plot: {err}")
     except TuneError as err:
         print(f"schedcp-agent: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -338,17 +338,19 @@ def write_plot(report: dict[str, Any], path: Path) -> Path:
              "reverted": ("x", "tab:red"), "failed": ("x", "tab:red"),
              "refused": ("s", "tab:orange"), "interrupted": ("^", "tab:purple")}
     values = [t["value"] for t in report["trials"] if t["value"] is not None]
-    floor = min(values) if values else 0.0
+    # Trials without a figure (reverts, refusals) are drawn at the worst figure seen.
+    worst = (max(values) if report["direction"] == "minimize" else min(values)) \
+        if values else 0.0
     for state, (marker, color) in marks.items():
         xs = [t["number"] for t in report["trials"] if t["state"] == state]
-        ys = [t["value"] if t["value"] is not None else floor for t in report["trials"]
+        ys = [t["value"] if t["value"] is not None else worst for t in report["trials"]
               if t["state"] == state]
         if xs:
             ax.scatter(xs, ys, marker=marker, color=color, label=state)
     best = report.get("best")
     if best and best.get("value") is not None:
         ax.axhline(best["value"], color="tab:green", linestyle="--", label="best")
-    ax.set_xlabel("trial")
+    ax.set_xlabel("trial (1: the default point; unmeasured trials at the worst figure)")
     ax.set_ylabel(f"{report['metric']} ({report['direction']})")
     ax.set_title(f"tune {report['policy']['name']} for {report['goal']}")
     ax.legend(fontsize="small")

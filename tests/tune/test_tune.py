@@ -102,7 +102,8 @@ async def test_breaker_trip_is_a_failed_trial_and_the_search_stops_on_budget(
     assert not _live(proc.address)
 
 
-async def test_a_refused_trial_is_recorded_with_its_reason(start_daemon, workload) -> None:
+async def test_a_refused_trial_is_recorded_with_its_reason(start_daemon, workload,
+                                                           tmp_path: Path) -> None:
     proc = start_daemon(FAST)
     # The default quota is 1 % of a CPU: the verifier refuses it (quota-starves).
     params = ('[parameters.batch_quota_us]\nfield = "group[1].cgroup.quota_us"\nmin = 1000\n'
@@ -116,6 +117,15 @@ async def test_a_refused_trial_is_recorded_with_its_reason(start_daemon, workloa
     assert trial["reason"].startswith("VerifyPolicy: ") and "quota-starves" in trial["reason"]
     assert trial["value"] is None and not trial["deployment"]
     assert report["best"] is None and not _live(proc.address)
+    # The command line: the same refusal, its report and plot written, exit 1 (no best).
+    out = subprocess.run(
+        [sys.executable, "-m", "schedcp_agent", "tune", base, "--goal", "cpu:batch",
+         "--trials", "1", "--bus", proc.address, "--out", str(tmp_path), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert json.loads(out.stdout)["trials"][0]["state"] == "refused"
+    assert json.loads((tmp_path / "tune.json").read_text())["counts"]["refused"] == 1
+    assert (tmp_path / "trials.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
