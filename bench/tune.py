@@ -161,7 +161,8 @@ def main() -> int:
     # The comparison deploys within t1_latency's 4 s settle time: its own daemon
     # with t1_latency's short windows (the tuning daemon has stopped).
     daemon = DaemonApplier()
-    runs = []
+    runs: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
     try:
         base = daemon.policy
         best = (report.get("best") or {}).get("point") or report["default_point"]
@@ -171,14 +172,22 @@ def main() -> int:
                 print(f"rep {rep}: waited {wait_quiet(args.wait_quiet):.1f} s for quiet",
                       flush=True)
             order = ["untuned", "tuned"] if rep % 2 == 0 else ["tuned", "untuned"]
+            pair = []
             for mode in order:
                 daemon.policy = docs[mode]
-                run = run_once(probe, hog, args.duration, "policy", daemon, rep)
+                try:
+                    run = run_once(probe, hog, args.duration, "policy", daemon, rep)
+                except RuntimeError as err:  # e.g. deploying outlasted the settle time
+                    print(f"rep {rep} {mode}: dropped the pair: {err}", flush=True)
+                    dropped.append({"rep": rep, "mode": mode, "error": str(err)})
+                    break
                 run["mode"] = mode
-                runs.append(run)
+                pair.append(run)
                 print(f"rep {rep} {mode:8s} wake p99 {run['wake_p99_us']:8.1f} us  p50 "
                       f"{run['wake_p50_us']:6.1f}  hog {run['hog_iter_per_s']:10.0f} it/s  "
                       f"foreign runnable {run['foreign_runnable_mean']:.1f}", flush=True)
+            if len(pair) == 2:
+                runs += pair
         live = [d["id"] for d in json.loads(daemon.call("ListDeployments"))
                 if d["state"] in ("pending", "canary", "active")]
         check["live_after_compare"] = live
@@ -191,6 +200,7 @@ def main() -> int:
                           "verify_seconds_per_trial": report["verify_seconds_per_trial"],
                           "default_point": report["default_point"], "best": report["best"]},
                "all": summarize(runs, None), "quiet": summarize(runs, 1.0),
+               "dropped_pairs": dropped,
                "restore": check}
     print(json.dumps(summary, indent=2, default=str))
     (args.out / "bench.json").write_text(json.dumps({"runs": runs, "summary": summary},
