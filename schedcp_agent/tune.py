@@ -99,6 +99,8 @@ class Tuner:
         self.trials: list[TrialResult] = []
         self.history: list[TrialResult] = []
         self.best_version: dict[str, Any] = {}
+        self.replaced = ""
+        """With ``deployed``: the live deployment the run replaces (rolled back at start)."""
 
     async def _base(self, client: SchedcpClient) -> dict[str, Any]:
         ref = self.opts.policy
@@ -107,7 +109,7 @@ class Tuner:
                     if d.get("state") in ("canary", "active")]
             if not live:
                 raise TuneError("no deployment is live: name the policy to tune")
-            ref = str(live[-1]["policy_id"])
+            ref, self.replaced = str(live[-1]["policy_id"]), str(live[-1]["id"])
         try:
             return dict(await client.call("GetPolicy", ref))
         except DaemonError as err:
@@ -146,6 +148,8 @@ class Tuner:
                                      for p in params})
             if self.opts.warm_start:
                 await self._warm_start(client, study, params, key)
+            if self.replaced:
+                await self._take_over(client)
             runner = TrialRunner(client, self.goal, self.say, self.opts.watch_timeout)
             await runner.start()
             seen: dict[str, TrialResult] = {r.policy_id: r for r in self.history}
@@ -156,6 +160,8 @@ class Tuner:
             best = self._best()
             if best is not None:
                 await self._promote(client, doc, params, best, tags)
+            elif self.replaced:  # nothing measured: put back what was live
+                await self._restore(client, base["id"])
         return self.report(base, params, key, time.monotonic() - t0)
 
     async def _loop(self, study: optuna.Study, params: list[Parameter], doc: dict[str, Any],
@@ -210,6 +216,33 @@ class Tuner:
             return math.inf if self.goal.direction == "minimize" else 0.0
         return max(values) * 2 if self.goal.direction == "minimize" else min(values) / 2
 
+    async def _take_over(self, client: SchedcpClient) -> None:
+        """Roll back the live deployment being tuned: trials need its targets free.
+
+        The best point is deployed at the end in its place (``deploy_best``).
+        """
+        try:
+            await client.call("Rollback", self.replaced)
+        except DaemonError as err:
+            if err.short == "NotOwner":
+                raise TuneError(f"deployment {self.replaced} is another user's: tuning it "
+                                "would need it rolled back (ask its owner or an admin)") from err
+            if err.short != "Conflict":  # Conflict: it ended meanwhile
+                raise
+        self.say(f"rolled back {self.replaced} for the trials; the best point replaces it "
+                 "at the end")
+
+    async def _restore(self, client: SchedcpClient, policy_id: str) -> None:
+        try:
+            token, _report = await client.call("VerifyPolicy", policy_id)
+            dep = await client.call("Deploy", token) if token else ""
+        except DaemonError as err:
+            dep, token = "", ""
+            self.say(f"could not redeploy {policy_id[:12]}: {err.short}: {err.message}")
+        self.best_version = {"restored": policy_id, "deployment": dep}
+        if dep:
+            self.say(f"no trial measured: redeployed the version that was live as {dep}")
+
     async def _warm_start(self, client: SchedcpClient, study: optuna.Study,
                           params: list[Parameter], key: str) -> None:
         try:
@@ -258,7 +291,7 @@ class Tuner:
             out["policy_id"] = await client.call("SubmitPolicy", text)
             token, _report = await client.call("VerifyPolicy", out["policy_id"])
             out["verified"] = bool(token)
-            if token and self.opts.deploy_best:
+            if token and (self.opts.deploy_best or self.replaced):
                 out["deployment"] = await client.call("Deploy", token)
         except DaemonError as err:
             out["error"] = f"{err.method}: {err.short}: {err.message}"
@@ -285,6 +318,7 @@ class Tuner:
             "verify_seconds_per_trial": round(sum(t.verify_seconds for t in ran) / len(ran), 2)
             if ran else None,
             "best": best.as_dict() if best else None, "best_version": self.best_version,
+            "replaced": self.replaced,
         }
 
 

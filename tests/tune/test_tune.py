@@ -166,3 +166,29 @@ def test_killing_the_tuner_mid_trial_leaves_the_deployment_to_the_daemon(
         if tuner.poll() is None:
             tuner.kill()
             tuner.wait(timeout=10)
+
+
+@pytest.mark.slow
+async def test_tuning_the_deployed_policy_replaces_it_with_the_best(start_daemon,
+                                                                    workload: Workload) -> None:
+    proc = start_daemon(FAST)
+    base = _submit(proc.address, _policy("tune-deployed", workload, "{ nice = 3 }",
+                                         NICE_PARAM.replace("default = 0", "default = 3")))
+    token, _ = call(proc.address, "VerifyPolicy", "s", base)
+    live = call(proc.address, "Deploy", "s", token)
+    wait_until(lambda: json.loads(call(proc.address, "GetDeployment", "s", live))["state"]
+               in ("active", "reverted", "failed"), 30, "the deployment to settle")
+    info = json.loads(call(proc.address, "GetDeployment", "s", live))
+    if info["state"] != "active":
+        pytest.skip(f"the host's load reverted the deployment to tune: {info['reason']}")
+    report = await _tune(proc.address, "deployed", "cpu:batch", trials=1, seconds=600)
+    assert report["policy"]["id"] == base and report["replaced"] == live
+    # The live deployment made way for the trials (the tuner rolled it back) ...
+    assert json.loads(call(proc.address, "GetDeployment", "s", live))["state"] == "reverted"
+    # ... and the best point (or, with nothing measured, the old version) took its place.
+    now = _live(proc.address)
+    assert len(now) == 1 and now[0]["id"] != live, now
+    expected = report["best_version"].get("policy_id") or base
+    assert now[0]["policy_id"] == expected, (now, report["best_version"])
+    call(proc.address, "Rollback", "s", now[0]["id"])
+    assert all(os.getpriority(os.PRIO_PROCESS, h.pid) == 0 for h in workload.hogs)
