@@ -6,6 +6,8 @@
         [--budget-usd X] [--bus ADDRESS]
         [--revert-at-end] [--json]
     schedcp-agent watch [--pid P | --cgroup C | --match REGEX] [--min-interval S] ...
+    schedcp-agent tune POLICY|deployed --goal wait:GROUP|wait-p90:GROUP|cpu:GROUP
+        [--bind GROUP=PID[,PID...]] [--trials N] [--seconds S] [--out DIR] ...
 
 Exit status: 0 the goal was met (or watch ended), 1 not met / stopped by the
 budget / no candidate, 2 usage, 3 schedcpd not reachable, 4 not authorized.
@@ -28,6 +30,7 @@ from schedcp_agent.execute import NotAuthorized, not_authorized
 from schedcp_agent.observe import GOALS
 from schedcp_agent.report import render
 from schedcp_agent.targets import Scope
+from schedcp_agent.trial import TuneError
 from schedcp_agent.watch import Watcher, WatchSettings
 
 EXIT_OK, EXIT_NOT_MET, EXIT_USAGE, EXIT_NO_DAEMON, EXIT_DENIED = 0, 1, 2, 3, 4
@@ -83,7 +86,117 @@ def parser() -> argparse.ArgumentParser:
                    help="cpu some avg10 (percent) that is a trigger")
     w.add_argument("--max-actions", type=int)
     w.add_argument("--duration", type=float, help="stop watching after this many seconds")
+    t = sub.add_parser("tune", help="search a policy's [parameters] ranges, one deployment "
+                                    "per trial")
+    t.add_argument("policy", help="policy id, name, or 'deployed' (the live deployment's)")
+    t.add_argument("--goal", required=True,
+                   help="wait:GROUP, wait-p90:GROUP (lower is better) or cpu:GROUP (higher)")
+    t.add_argument("--bind", action="append", default=[], metavar="GROUP=PID[,PID]",
+                   help="make a group select exactly these pids (repeatable)")
+    t.add_argument("--trials", type=int, default=10, help="deployments at most (default 10)")
+    t.add_argument("--seconds", type=float, default=600.0, help="wall time budget (default 600)")
+    t.add_argument("--seed", type=int, help="sampler seed (reproducible proposals)")
+    t.add_argument("--try", dest="try_points", action="append", default=[],
+                   metavar="NAME=VALUE[,NAME=VALUE]",
+                   help="a point to try right after the default (repeatable)")
+    t.add_argument("--absolute", action="store_true",
+                   help="score the probation figure itself, not probation/baseline")
+    t.add_argument("--no-warm-start", action="store_true",
+                   help="ignore earlier runs' measurements in the repository")
+    t.add_argument("--deploy-best", action="store_true",
+                   help="deploy the best point at the end and leave it active")
+    t.add_argument("--out", type=Path, help="write tune.json and trials.png here")
+    t.add_argument("--bus", default=os.environ.get("SCHEDCP_BUS", "system"))
+    t.add_argument("--json", action="store_true", help="print the report as JSON")
+    t.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _bindings(items: list[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for item in items:
+        group, _, pids = item.partition("=")
+        try:
+            out.setdefault(group, []).extend(int(p) for p in pids.split(",") if p)
+        except ValueError as err:
+            raise TuneError(f"--bind {item!r}: expected GROUP=PID[,PID...]") from err
+        if not group or not out[group]:
+            raise TuneError(f"--bind {item!r}: expected GROUP=PID[,PID...]")
+    return out
+
+
+def _point(text: str) -> dict[str, float]:
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError as err:
+            raise TuneError(f"--try {text!r}: expected NAME=VALUE[,NAME=VALUE]") from err
+    return out
+
+
+def tune_main(args: argparse.Namespace) -> int:
+    """``schedcp-agent tune``."""
+    # optuna (the agent extra) is imported only by the command that needs it.
+    from schedcp_agent.tune import TuneOptions, Tuner, write_plot
+
+    say = _progress(args.json)
+    try:
+        opts = TuneOptions(policy=args.policy, goal=args.goal, bus=args.bus,
+                           trials=args.trials, seconds=args.seconds,
+                           bindings=_bindings(args.bind), warm_start=not args.no_warm_start,
+                           seed=args.seed, out_dir=args.out, deploy_best=args.deploy_best,
+                           first_points=[_point(p) for p in args.try_points],
+                           relative=not args.absolute)
+        report = asyncio.run(Tuner(opts, say).run())
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "tune.json").write_text(json.dumps(report, indent=1, default=str))
+            say(f"wrote {args.out / 'tune.json'}")
+            try:
+                say(f"wrote {write_plot(report, args.out / 'trials.png')}")
+            except TuneError as err:  # no matplotlib: the report is written all the same
+                say(f"no plot: {err}")
+    except TuneError as err:
+        print(f"schedcp-agent: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except DaemonError as err:
+        if err.short == "AccessDenied":
+            print(f"schedcp-agent: not authorized: {not_authorized(err)}", file=sys.stderr)
+            return EXIT_DENIED
+        print(f"schedcp-agent: schedcpd error: {err}", file=sys.stderr)
+        return EXIT_NOT_MET
+    except (OSError, EOFError) as err:
+        print(f"schedcp-agent: cannot reach schedcpd on {args.bus}: {err}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    else:
+        print(render_tune(report))
+    return EXIT_OK if report.get("best") else EXIT_NOT_MET
+
+
+def render_tune(report: dict[str, Any]) -> str:
+    """The tuning report as text."""
+    counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
+    lines = [f"tuned {report['policy']['name']} for {report['goal']} "
+             f"({report['metric']}, {report['direction']}) in {report['seconds']} s: "
+             f"{counts or 'no trial'}"]
+    for t in report["trials"]:
+        value = f"{t['value']:g}" if t["value"] is not None else "-"
+        point = " ".join(f"{k}={v:g}" for k, v in t["point"].items())
+        lines.append(f"  #{t['number']:<3} {t['state']:<9} {value:>10}  {point}  "
+                     f"[{t['policy_id'][:12]}] {t['seconds']:.1f} s (verify "
+                     f"{t['verify_seconds']:.1f} s) {t['reason'][:100]}")
+    best = report.get("best")
+    if best:
+        lines.append(f"best: {' '.join(f'{k}={v:g}' for k, v in best['point'].items())} "
+                     f"-> {best['value']:g} (default point: "
+                     f"{' '.join(f'{k}={v:g}' for k, v in report['default_point'].items())})")
+    else:
+        lines.append("best: none measured")
+    return "\n".join(lines)
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -114,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "tune":
+        return tune_main(args)
     opts = options(args)
     if not (opts.scope.pids or opts.scope.cgroup or opts.scope.match or opts.command):
         print("schedcp-agent: give the targets: --pid, --cgroup, --match or -- CMD",

@@ -45,6 +45,7 @@ from schedcpd.metrics import Metrics
 from schedcpd.notify import Notifier
 from schedcpd.plugins import PluginHost
 from schedcpd.probes import ProbeManager
+from schedcpd.ranges import RangeCache
 from schedcpd.reports import ReportStore
 from schedcpd.repository import Repository, load_directory
 from schedcpd.schema import MIGRATIONS
@@ -259,7 +260,10 @@ class Daemon:
         self.manager.tokens = tokens
         self.manager.verifier = Verifier(self.plugins, repo, tokens,
                                          dynamic_seconds=verifier_settings["dynamic_seconds"],
-                                         reports=ReportStore(self.store))
+                                         reports=ReportStore(self.store),
+                                         ranges=RangeCache(
+                                             verifier_settings["range_lifetime_seconds"])
+                                         if verifier_settings["range_verification"] else None)
         try:
             self.manager.agent_uids = frozenset({pwd.getpwnam(settings["agent_user"]).pw_uid})
         except KeyError:

@@ -36,6 +36,7 @@ from typing import Any
 
 from schedcpd.errors import Conflict, NotSupported
 from schedcpd.plugins import PluginHost
+from schedcpd.ranges import MAX_DIMENSIONS, RangeCache, box_of, probe_points, template_digest
 from schedcpd.reports import ReportStore
 from schedcpd.repository import Repository, parse_document, policy_scope
 from schedcpd.tokens import ARTIFACT_CLAIMS, TokenAuthority, digest_of
@@ -101,7 +102,8 @@ class Verifier:
     def __init__(self, plugins: PluginHost, repository: Repository, tokens: TokenAuthority,
                  active_policies: ActivePolicies | None = None,
                  dynamic_seconds: float = DEFAULT_DYNAMIC_SECONDS,
-                 reports: ReportStore | None = None) -> None:
+                 reports: ReportStore | None = None,
+                 ranges: RangeCache | None = None) -> None:
         self._plugins = plugins
         self.reports = reports
         """Where reports of passed verifications are kept (by the digest a token signs)."""
@@ -111,6 +113,8 @@ class Verifier:
         self._active = active_policies or _no_active
         self.dynamic_seconds = dynamic_seconds
         self._running: set[str] = set()
+        self.ranges = ranges
+        """Verified parameter ranges (None: range verification is off)."""
         # One dynamic test at a time: two sandboxes (or micro-VMs) on one host
         # would each measure the other's load and blame it on their policy.
         self._dynamic = asyncio.Lock()
@@ -148,6 +152,12 @@ class Verifier:
             )
             if policy["state"] == "candidate":
                 await self._repo.set_state(policy["id"], "verified")
+            dynamic = report["stages"][-1]
+            if self.ranges is not None and "range" in dynamic and "covered_by" not in dynamic:
+                rng = dynamic["range"]
+                doc = parse_document(policy["document"], policy["id"][:12])
+                self.ranges.remember(rng["template_digest"], box_of(doc), report_digest,
+                                     policy["id"])
         _LOGGER.info("verification of %s (%s) for uid %d: %s", policy["name"],
                      policy["id"][:12], uid, "passed" if report["passed"] else
                      "failed at " + ", ".join(s["stage"] for s in report["stages"]
@@ -198,34 +208,7 @@ class Verifier:
                 stages.append(_stage("kernel", start, findings))
 
         if all(s["passed"] for s in stages):
-            queued = time.monotonic()
-            async with self._dynamic:
-                start, started_at = time.monotonic(), time.time()
-                attempts: list[dict[str, Any]] = []
-                # An inconclusive run (the subsystem measured but could not
-                # tell) is measured again, a bounded number of times; a pass
-                # or a fail is final.  Every attempt stays in the report.
-                for _ in range(DYNAMIC_ATTEMPTS):
-                    try:
-                        findings = await asyncio.to_thread(
-                            self._plugins.call_first, "schedcp_dynamic_check",
-                            subsystem=subsystem, policy=doc, seconds=self.dynamic_seconds)
-                    except NotSupported as err:
-                        findings = [_finding("unsupported", str(err))]
-                    if findings is None:
-                        findings = [_finding("no-dynamic-check",
-                                             f"subsystem {subsystem!r} offers no dynamic test")]
-                    attempts.append(_stage("dynamic", start, findings))
-                    if attempts[-1]["verdict"] != "inconclusive":
-                        break
-                    _LOGGER.info("dynamic stage of %s inconclusive: measuring again",
-                                 policy["id"][:12])
-                ended_at = time.time()  # before the next test may start
-            stages.append({**_stage("dynamic", start, findings),
-                           "attempts": [{"verdict": a["verdict"], "seconds": a["seconds"]}
-                                        for a in attempts],
-                           "waited_seconds": round(start - queued, 4),
-                           "started_at": started_at, "ended_at": ended_at})
+            stages.append(await self._dynamic_stage(policy, doc))
 
         for name in STAGES[len(stages):]:
             stages.append({"stage": name, "passed": False, "verdict": "skipped",
@@ -241,3 +224,64 @@ class Verifier:
             "scope": policy_scope(doc),
             "time": time.time(),
         }
+
+    async def _dynamic_stage(self, policy: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+        """The dynamic stage: once, or over a parameter range (its corners and centre)."""
+        box = box_of(doc) if self.ranges is not None and policy["track"] == "T1" else {}
+        if not box or len(box) > MAX_DIMENSIONS:
+            return await self._dynamic_run(policy["subsystem"], doc)
+        assert self.ranges is not None
+        template = template_digest(doc, box)
+        covered = self.ranges.covering(doc)
+        if covered is not None:
+            start = time.monotonic()
+            stage = _stage("dynamic", start, [_finding(
+                "range-covered", f"covered by the verified range of "
+                f"{covered.policy_id[:12]} (its corners and centre passed; report "
+                f"{covered.report_digest[:12]})", "parameters", severity="info")])
+            return {**stage, "covered_by": covered.as_dict()}
+        start = time.monotonic()
+        findings: list[dict[str, Any]] = []
+        points = []
+        for point, variant in probe_points(doc, box):
+            run = await self._dynamic_run(policy["subsystem"], variant)
+            where = ", ".join(f"{k}={v:g}" for k, v in point.items())
+            findings += [{**f, "message": f"at {where}: {f.get('message')}"}
+                         for f in run["findings"]]
+            points.append({"point": point, "verdict": run["verdict"], "seconds": run["seconds"]})
+            if run["verdict"] != "passed":
+                break  # one failing point fails the range; the rest would only cost time
+        stage = _stage("dynamic", start, findings)
+        return {**stage, "range": {"template_digest": template,
+                                   "box": {n: [lo, hi] for n, (_f, lo, hi) in box.items()},
+                                   "points": points}}
+
+    async def _dynamic_run(self, subsystem: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """One dynamic test of ``doc`` (measured again while inconclusive, a bounded number)."""
+        queued = time.monotonic()
+        async with self._dynamic:
+            start, started_at = time.monotonic(), time.time()
+            attempts: list[dict[str, Any]] = []
+            # An inconclusive run (the subsystem measured but could not
+            # tell) is measured again, a bounded number of times; a pass
+            # or a fail is final.  Every attempt stays in the report.
+            for _ in range(DYNAMIC_ATTEMPTS):
+                try:
+                    findings = await asyncio.to_thread(
+                        self._plugins.call_first, "schedcp_dynamic_check",
+                        subsystem=subsystem, policy=doc, seconds=self.dynamic_seconds)
+                except NotSupported as err:
+                    findings = [_finding("unsupported", str(err))]
+                if findings is None:
+                    findings = [_finding("no-dynamic-check",
+                                         f"subsystem {subsystem!r} offers no dynamic test")]
+                attempts.append(_stage("dynamic", start, findings))
+                if attempts[-1]["verdict"] != "inconclusive":
+                    break
+                _LOGGER.info("dynamic stage inconclusive: measuring again")
+            ended_at = time.time()  # before the next test may start
+        return {**_stage("dynamic", start, findings),
+                "attempts": [{"verdict": a["verdict"], "seconds": a["seconds"]}
+                             for a in attempts],
+                "waited_seconds": round(start - queued, 4),
+                "started_at": started_at, "ended_at": ended_at}

@@ -156,7 +156,8 @@ def check_installed_files() -> None:
     out = _run([str(VENV / "bin" / "python"), "-c",
                 "import importlib.util, sys; import dbus_fast.message, anthropic, "
                 "cryptography.hazmat.bindings._rust, pyroute2, schedcpd.daemon, "
-                "schedcp_agent.cli, schedcp_mcp.server, schedcp_mcp.http; "
+                "schedcp_agent.cli, schedcp_agent.tune, optuna, schedcp_mcp.server, "
+                "schedcp_mcp.http; "
                 "print(importlib.util.find_spec('pip'), sys.prefix)"], env={})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["None", str(VENV)]
