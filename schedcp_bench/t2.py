@@ -40,6 +40,8 @@ from schedcp_bench.workloads.hackbench import Hackbench
 from schedcp_bench.workloads.msglat import Msglat
 
 DEFAULT_ARMS = ("default", "policy:scx-vtime", "agent")
+GUEST_LOG = "guest-schedcpd.log"
+"""The guest's schedcpd log, kept in the results directory."""
 HOST_DAEMON_CONFIG = """[metrics]
 enabled = false
 [bus]
@@ -250,11 +252,14 @@ def run(opts: RunOptions, names: list[str], progress: Any = print) -> dict[str, 
             timeout=300 + 150 * len(windows), boot_timeout=240)
         guest = host.summary(result)
         guest["verify_seconds"] = round(verify_s, 1)
+        log = opts.out / GUEST_LOG
+        log.write_text("\n".join(result.output.get("schedcpd-log", [])) + "\n")
+        guest["schedcpd_log"] = log.name
         error = host.problem(result)
         measured, final = parse_console(result.output.get(host.COMMAND_STEP, []))
         if error is not None and not measured:
-            log = "\n".join(result.output.get("schedcpd-log", [])[-20:])
-            raise T2Error(f"the guest host failed: {error}\n{log}")
+            tail = "\n".join(result.output.get("schedcpd-log", [])[-20:])
+            raise T2Error(f"the guest host failed: {error}\n{tail}")
         guest["final_state"] = final
         guest["timing"] = ("emulated (TCG): compare ratios to the EEVDF arm of the same boot "
                            "only" if result.accel == "tcg" else f"{result.accel}: real timings")
