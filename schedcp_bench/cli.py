@@ -255,6 +255,10 @@ def cmd_run_t2(args: argparse.Namespace, suite: Suite) -> int:
         return EXIT_USAGE
     if not args.arms:
         args.arms = ",".join(t2.DEFAULT_ARMS)
+    if args.agent_backend != "offline" and "agent" in args.arms.split(","):
+        print("schedcp-bench: the T2 agent arm is the offline planner's derived program "
+              "(--agent-backend claude is not wired into T2)", file=sys.stderr)
+        return EXIT_USAGE
     if args.reps is None:
         args.reps = 1  # every deployment costs a verification (a token is used once)
     try:
