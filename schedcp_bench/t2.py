@@ -172,7 +172,9 @@ def workload_result(name: str, arms: list[str], windows: list[dict[str, Any]],
     """
     wl = GUEST_WORKLOADS[name].workload()
     result: dict[str, Any] = {
-        "name": name, "description": f"{wl.description} (in the sched_ext guest)",
+        "name": name, "description": (f"`{' '.join(GUEST_WORKLOADS[name].argv)}` in the "
+                                      f"sched_ext guest, {GUEST_WORKLOADS[name].units} runs "
+                                      f"per window"),
         "track": "T2", "goal": wl.goal, "quick": True,
         "command": list(GUEST_WORKLOADS[name].argv),
         "metrics": [{"name": m.name, "unit": m.unit, "better": m.better, "weight": m.weight,
