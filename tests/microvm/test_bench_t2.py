@@ -8,8 +8,8 @@ deploys each token through the guest's schedcpd, runs hackbench, rolls back,
 and writes results.json, results.md and the plots.  This test reads them:
 every arm measured, every deployment active while measured and rolled back,
 sched_ext disabled and no task left in SCHED_EXT after each window and at
-the end.  Measured on this 2-core host under TCG: 4.0 min at load ~5 and
-5.2 min at load 10-12 (other TCG guests): 60-80 s for the two
+the end.  Measured on this 2-core host under TCG: 2.7 min at load ~8, 4.0 min
+at load ~5, 5.2 min at load 10-12 (other TCG guests): 60-80 s for the two
 verifications (each boots the verifier's micro-VM twice), 30-50 s guest
 boot, ~25 s per window.
 """
