@@ -76,21 +76,18 @@ def registry() -> dict[str, type[Workload]]:
 def track_unavailable(track: str) -> str | None:
     """Why ``track`` cannot run here, or None.
 
-    T2 (sched_ext code in a micro-VM) needs ``plugins.scheduler.microvm`` to
-    provide ``available() -> str | None`` (None: a micro-VM with sched_ext can
-    run); until then it is "not available yet".  T3 is not built.
+    T2 (sched_ext code, in the guest host: a micro-VM with a sched_ext
+    kernel) needs what ``plugins.scheduler.microvm.available()`` checks.
+    T3 is not built.
     """
     if track == "T1":
         return None
     if track == "T2":
         try:
-            mod = importlib.import_module("plugins.scheduler.microvm")
-        except ImportError:
-            return "not available yet (the sched_ext micro-VM is not built)"
-        check = getattr(mod, "available", None)
-        if not callable(check):
-            return "not available yet (plugins.scheduler.microvm has no available() hook)"
-        why = check()
+            from plugins.scheduler.microvm import available
+        except ImportError as err:
+            return f"not available: the sched_ext micro-VM cannot be imported ({err})"
+        why = available()
         return f"not available: {why}" if why else None
     return "not available yet (multi-subsystem track T3 is future work)"
 
@@ -189,6 +186,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"schedcp-bench: track {args.track}: {why}", file=sys.stderr)
         return EXIT_USAGE
     suite = SUITES[args.suite]
+    if args.track == "T2":
+        return cmd_run_t2(args, suite)
     try:
         opts = _options(args, suite)
         workloads = select_workloads(args, suite)
@@ -241,6 +240,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     }, opts.out)
     print(summary_text(out, opts.out))
     return EXIT_FAILED if any(w["status"] == "error" for w in results) else EXIT_OK
+
+
+def cmd_run_t2(args: argparse.Namespace, suite: Suite) -> int:
+    """The T2 track: verify here, measure in one boot of the sched_ext guest host."""
+    from schedcp_bench import t2
+
+    names = ([w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads
+             else list(t2.GUEST_WORKLOADS))
+    unknown = [n for n in names if n not in t2.GUEST_WORKLOADS]
+    if unknown:
+        print(f"schedcp-bench: T2 workload(s) {', '.join(unknown)} unknown (T2 runs "
+              f"{', '.join(t2.GUEST_WORKLOADS)} in the guest)", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.arms:
+        args.arms = ",".join(t2.DEFAULT_ARMS)
+    if args.agent_backend != "offline" and "agent" in args.arms.split(","):
+        print("schedcp-bench: the T2 agent arm is the offline planner's derived program "
+              "(--agent-backend claude is not wired into T2)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.reps is None:
+        args.reps = 1  # every deployment costs a verification (a token is used once)
+    try:
+        opts = _options(args, suite)
+    except (ValueError, ConfigError) as err:
+        print(f"schedcp-bench: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    opts.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    env = environment.capture()
+    try:
+        part = t2.run(opts, names, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except t2.T2Error as err:
+        print(f"schedcp-bench: track T2: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("schedcp-bench: interrupted (no qemu outlives its caller)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    out = report.write({
+        "schema": 1, "tool": "schedcp-bench", "suite": args.suite, "track": "T2",
+        "arms": part["arms"], "heldout": None,
+        "options": {"reps": opts.reps, "window": None, "seed": opts.seed,
+                    "workloads": names, "units_per_window": {
+                        n: t2.GUEST_WORKLOADS[n].units for n in names}},
+        "config": opts.config.as_dict(), "env": env, "daemon": {"kind": "guest host"},
+        "guest": part["guest"], "emulated": part["emulated"],
+        "seconds": round(time.monotonic() - started, 1),
+        "workloads": part["workloads"], "scores": part["scores"],
+    }, opts.out)
+    print(summary_text(out, opts.out))
+    return EXIT_FAILED if any(w["status"] == "error" for w in out["workloads"]) else EXIT_OK
 
 
 def summary_text(results: dict[str, Any], out: Path) -> str:

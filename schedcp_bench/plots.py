@@ -45,7 +45,8 @@ def latency_metric(workload: dict[str, Any]) -> dict[str, Any] | None:
     return (lower or metrics or [None])[0]
 
 
-def ratio_plot(workload: dict[str, Any], baseline: str, path: Path) -> Path | None:
+def ratio_plot(workload: dict[str, Any], baseline: str, path: Path,
+               note: str = "") -> Path | None:
     """Grouped bars: I per metric, one bar per candidate arm; the line at 1 is the baseline."""
     cands = [a for a, s in workload.get("scores", {}).items() if a != baseline]
     if not cands:
@@ -67,7 +68,7 @@ def ratio_plot(workload: dict[str, Any], baseline: str, path: Path) -> Path | No
     ax.set_xticklabels(names, rotation=15, fontsize=8)
     ax.set_ylabel(f"I vs {baseline} (>1 better)")
     _log_axis(ax)
-    ax.set_title(f"{workload['name']}: ratio per metric (medians)", fontsize=10)
+    ax.set_title(f"{workload['name']}: ratio per metric (medians){note}", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -75,7 +76,7 @@ def ratio_plot(workload: dict[str, Any], baseline: str, path: Path) -> Path | No
     return path
 
 
-def distribution_plot(workload: dict[str, Any], path: Path) -> Path | None:
+def distribution_plot(workload: dict[str, Any], path: Path, note: str = "") -> Path | None:
     """Box plot of the latency metric over the windows, per arm."""
     metric = latency_metric(workload)
     if metric is None:
@@ -97,7 +98,7 @@ def distribution_plot(workload: dict[str, Any], path: Path) -> Path | None:
     for i, vals in enumerate(data, 1):
         ax.scatter([i] * len(vals), vals, s=10, alpha=0.6, zorder=3)
     ax.set_ylabel(f"{metric['name']} ({metric['unit']}, {metric['better']} is better)")
-    ax.set_title(f"{workload['name']}: {metric['name']} per window", fontsize=10)
+    ax.set_title(f"{workload['name']}: {metric['name']} per window{note}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -137,7 +138,8 @@ def summary_plot(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_xticklabels(wls, rotation=20, fontsize=8)
     _log_axis(ax)
     ax.set_ylabel(f"weighted mean I vs {baseline}")
-    ax.set_title("per workload (hatched: a hard SLO missed)", fontsize=10)
+    ax.set_title(f"per workload (hatched: a hard SLO missed){emulated_note(results)}",
+                 fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=True))
     ax.legend(uniq.values(), uniq.keys(), fontsize=7)
@@ -147,9 +149,15 @@ def summary_plot(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def emulated_note(results: dict[str, Any]) -> str:
+    """A title suffix for figures measured in an emulated (TCG) guest; "" otherwise."""
+    return "\n[emulated (TCG) guest: ratios only]" if results.get("emulated") else ""
+
+
 def render_all(results: dict[str, Any], out: Path) -> list[Path]:
     """Every plot of ``results`` into ``out``; returns the files written."""
     baseline = results.get("config", {}).get("baseline", "default")
+    note = emulated_note(results)
     written: list[Path] = []
     p = summary_plot(results, out / "ratios.png")
     if p:
@@ -158,8 +166,8 @@ def render_all(results: dict[str, Any], out: Path) -> list[Path]:
         if wl.get("status") != "ok":
             continue
         s = slug(wl["name"])
-        for made in (ratio_plot(wl, baseline, out / f"ratio-{s}.png"),
-                     distribution_plot(wl, out / f"dist-{s}.png")):
+        for made in (ratio_plot(wl, baseline, out / f"ratio-{s}.png", note),
+                     distribution_plot(wl, out / f"dist-{s}.png", note)):
             if made:
                 written.append(made)
     return written

@@ -45,7 +45,9 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"{env.get('governor')}, sched_ext {env.get('sched_ext')}",
         f"- suite {results.get('suite')}, track {results.get('track')}, arms "
         f"{', '.join(results.get('arms', []))}; {opts.get('reps')} repetitions of "
-        f"{opts.get('window')} s windows (ABBA order), seed {opts.get('seed')}",
+        + (f"{opts.get('window')} s windows" if opts.get("window") is not None else
+           f"windows of {opts.get('units_per_window')} runs")
+        + f" (ABBA order), seed {opts.get('seed')}",
         f"- daemon: {results.get('daemon', {}).get('kind')}; total "
         f"{fmt(results.get('seconds'))} s",
     ]
@@ -141,10 +143,53 @@ def _workload(wl: dict[str, Any], baseline: str) -> list[str]:
     return [*lines, ""]
 
 
+def _t2(results: dict[str, Any]) -> list[str]:
+    """The T2 track's guest, its timing label and the ratio table (arm / EEVDF)."""
+    guest = results.get("guest") or {}
+    label = guest.get("timing", "no guest run")
+    lines = ["## T2: in the sched_ext guest host", "",
+             f"- **{label}**; guest kernel {guest.get('kernel')}, accelerator "
+             f"{guest.get('accel')}; `default` = EEVDF (no BPF scheduler)",
+             f"- verification here {fmt(guest.get('verify_seconds'))} s; guest boot to schedcpd "
+             f"{fmt(guest.get('boot_to_schedcpd_s'))} s; guest run {fmt(guest.get('run_s'))} s; "
+             f"qemu max RSS {fmt(guest.get('qemu_max_rss_mb'))} MB"]
+    final = (guest.get("final_state") or {}).get("final")
+    if final:
+        lines.append(f"- after the last window: sched_ext {final.get('state')}, "
+                     f"{len(final.get('in_ext', []))} threads in SCHED_EXT, "
+                     f"{len(final.get('loaders', []))} loaders")
+    if guest.get("problem"):
+        lines.append(f"- guest problem: {guest['problem']}")
+    rows = [(wl["name"], m, wl.get("ratio_to_eevdf") or {})
+            for wl in results.get("workloads", []) for m in wl.get("metrics", [])]
+    arms = sorted({a for _, _, r in rows for a in r})
+    if arms:
+        lines += ["", f"Ratio arm / EEVDF of the medians ({label.split(':')[0]}; latency and "
+                  "time: < 1 is better; throughput: > 1 is better):", "",
+                  "| workload | metric | better | " + " | ".join(arms) + " |",
+                  "|---|---|---|" + "---|" * len(arms)]
+        for name, m, ratios in rows:
+            vals = [(ratios.get(a) or {}).get(m["name"]) for a in arms]
+            if any(v is not None for v in vals):
+                lines.append(f"| {name} | {m['name']} | {m['better']} | "
+                             + " | ".join(fmt(v) for v in vals) + " |")
+    for wl in results.get("workloads", []):
+        for e in (wl.get("arms") or {}).values():
+            info = e.get("info") or {}
+            if e.get("kind") == "agent-derived" and info:
+                lines.append(f"- {wl['name']}: agent ({info.get('backend')}) picked "
+                             f"`{info.get('base')}` for profile {info.get('profile')}: "
+                             f"{info.get('reasoning')}")
+    return [*lines, ""]
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """results.md: header, scores, then a table per workload."""
     baseline = results.get("config", {}).get("baseline", "default")
-    lines = _header(results) + _scores(results)
+    lines = _header(results)
+    if results.get("track") == "T2":
+        lines += _t2(results)
+    lines += _scores(results)
     skipped = [w for w in results.get("workloads", []) if w.get("status") == "skipped"]
     for wl in results.get("workloads", []):
         if wl.get("status") != "skipped":

@@ -12,6 +12,8 @@ See docs/sched_ext.md.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,7 +22,12 @@ from plugins.scheduler.microvm.apt import FetchError
 from plugins.scheduler.microvm.build import Artifacts, BuildError
 from plugins.scheduler.microvm.guest import GuestResult
 
-__all__ = ["BuildError", "FetchError", "GuestResult", "MicroVM", "job"]
+__all__ = ["BuildError", "FetchError", "GuestResult", "MicroVM", "available", "job"]
+
+# What preparing the cache runs on this machine (toolchain.fetch, kernel.fetch,
+# rootfs.build): apt-get for the private apt state, dpkg-deb to unpack, mke2fs
+# for the guest host's root image.
+_PREPARE_TOOLS = ("apt-get", "dpkg-deb", "mke2fs")
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,3 +87,25 @@ class MicroVM:
             initrd = initramfs.combined(self.base, archive, Path(tmp) / "initrd.cpio.gz")
             return guest.run(self.cache, self.kernel.vmlinuz, initrd, timeout=timeout,
                              boot_timeout=boot_timeout, append=append, cpus=cpus)
+
+
+def available(cache: Path | None = None) -> str | None:
+    """Why a sched_ext micro-VM cannot run here, or None (cheap: no download, no boot).
+
+    Needs qemu, and a cache that is prepared (the guest kernel unpacked) or
+    preparable (the cache directory writable and the tools that fill it
+    present; the download itself needs the network, which is not tried here).
+    """
+    if shutil.which(guest.QEMU) is None:
+        return f"{guest.QEMU} not found (apt-get install qemu-system-x86)"
+    cache = cache or paths.cache_dir()
+    if any((d / "ready").is_file() for d in (cache / "kernel").glob("*")):
+        return None
+    missing = [t for t in _PREPARE_TOOLS if shutil.which(t) is None]
+    if missing:
+        return (f"the micro-VM cache {cache} is not prepared and {', '.join(missing)} "
+                f"(needed to prepare it) not found")
+    parent = next((p for p in (cache, *cache.parents) if p.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK):
+        return f"the micro-VM cache {cache} is not prepared and cannot be written here"
+    return None
