@@ -1,9 +1,13 @@
-"""Shared fixtures: a private system-like bus, schedcpd, test users (helpers: tests/harness.py)."""
+"""Shared fixtures: a private system-like bus, schedcpd, test users, this build's .deb.
+
+Helpers: tests/harness.py.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import grp
+import os
 import pwd
 import subprocess
 import tempfile
@@ -13,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness import PrivateBus, SchedcpdProcess
+from schedcpd import __version__
+from tests.harness import ROOT, PrivateBus, SchedcpdProcess
 
 TEST_GROUP = "schedcp"
 TEST_USER = "schedcp-test"
@@ -101,3 +106,21 @@ def test_users() -> Iterator[dict[str, int]]:
                     if markers[name].exists():
                         subprocess.run([command, name], check=False, capture_output=True)
                         markers[name].unlink()
+
+
+@pytest.fixture(scope="session")
+def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This build's .deb, built once per session (or ``$SCHEDCP_DEB``, one built before).
+
+    The package tests and the systemd guest tests all install it: one
+    packaging/build-deb (a minute or two) serves them all.
+    """
+    if os.environ.get("SCHEDCP_DEB"):
+        return Path(os.environ["SCHEDCP_DEB"])
+    out_dir = tmp_path_factory.mktemp("deb")
+    out = subprocess.run([str(ROOT / "packaging" / "build-deb"), str(out_dir)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    deb = Path(out.stdout.strip().splitlines()[-1])
+    assert deb.is_file() and deb.name == f"schedcp_{__version__}_amd64.deb", deb
+    return deb

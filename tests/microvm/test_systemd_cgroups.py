@@ -15,8 +15,6 @@ by the restart after ``systemctl kill -s KILL schedcpd``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ import pytest
 
 from plugins.scheduler.microvm import FetchError, guest
 from plugins.scheduler.microvm import systemd_guest as sg
-from tests.harness import ROOT, PrivateBus, SchedcpdProcess
+from tests.harness import PrivateBus, SchedcpdProcess
 from tests.microvm.test_cgroup_v2_guest import CONFINE, WEIGHTS
 from tests.microvm.test_t2_guest import _call
 
@@ -76,18 +74,6 @@ def systemd_guest() -> sg.SystemdGuest:
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This build's .deb (packaging/build-deb, or ``$SCHEDCP_DEB``)."""
-    if os.environ.get("SCHEDCP_DEB"):
-        return Path(os.environ["SCHEDCP_DEB"])
-    out = subprocess.run([str(ROOT / "packaging" / "build-deb"),
-                          str(tmp_path_factory.mktemp("deb"))],
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
 def verified() -> Iterator[dict[str, Any]]:
     """The host's daemon verifies the policies (weights twice: a token is used once)."""
     config = "[metrics]\nenabled = false\n[bus]\ncall_timeout_seconds = 400\n" \
@@ -107,10 +93,10 @@ def verified() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def scenario(systemd_guest: sg.SystemdGuest, deb: Path,
+def scenario(systemd_guest: sg.SystemdGuest, built_deb: Path,
              verified: dict[str, Any]) -> dict[str, Any]:
     files: dict[str, Path | bytes] = {
-        deb.name: deb,
+        built_deb.name: built_deb,
         "systemd_cgroup_scenario.py": HERE / "systemd_cgroup_scenario.py",
         "t2_guest_scenario.py": HERE / "t2_guest_scenario.py",
         "weights.toml": WEIGHTS.encode(), "confine.toml": CONFINE.encode(),

@@ -97,19 +97,13 @@ def purge() -> None:
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The .deb, built once from the current tree (or $SCHEDCP_DEB, one built before)."""
+def deb(request: pytest.FixtureRequest) -> Path:
+    """The session's .deb (tests/conftest.py ``built_deb``), unless the package is installed."""
     state = package_state()
     if state and "not-installed" not in state:
         pytest.skip(f"{PACKAGE} is already on this machine ({state}); these tests would purge it")
-    if os.environ.get("SCHEDCP_DEB"):
-        return Path(os.environ["SCHEDCP_DEB"])
-    out_dir = tmp_path_factory.mktemp("deb")
-    out = _run([str(ROOT / "packaging" / "build-deb"), str(out_dir)], timeout=900)
-    assert out.returncode == 0, out.stderr[-4000:]
-    deb = Path(out.stdout.strip().splitlines()[-1])
-    assert deb.is_file() and deb.name == f"{PACKAGE}_{__version__}_amd64.deb"
-    return deb
+    built: Path = request.getfixturevalue("built_deb")
+    return built
 
 
 @pytest.fixture(scope="module")
