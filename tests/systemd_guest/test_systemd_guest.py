@@ -1,0 +1,228 @@
+"""schedcp as users run it: the .deb in a Debian 12 guest with systemd as PID 1.
+
+One boot (module fixture) of the systemd guest
+(plugins/scheduler/microvm/systemd_guest.py: the sched_ext guest kernel,
+a Debian 12 image with systemd, udev, dbus and polkitd, cgroup v2 unified)
+runs scenario.sh as its job: install the previous build with apt, upgrade to
+this build, then drive schedcpd.service with systemctl (ready, reload,
+stop restores, watchdog, kill -9 and restart), deploy a verified policy
+through D-Bus, run ``systemd-analyze security``, the polkit matrix with the
+real polkitd, and ``apt purge``.  The tests read its report.  Under TCG here
+the boot takes ~40 s and the whole run a few minutes (docs/packaging.md has
+the figures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugins.scheduler.microvm import systemd_guest as sg
+from plugins.scheduler.microvm.guest import GuestResult
+from schedcpd import __version__
+from tests.harness import ROOT
+from tests.packaging.conftest import unit_capabilities
+from tests.systemd_guest.conftest import PREVIOUS_SUFFIX, repack_previous
+
+pytestmark = [pytest.mark.slow, pytest.mark.tcg, pytest.mark.timeout(2400)]
+
+HERE = Path(__file__).resolve().parent
+UNIT_FILE = ROOT / "systemd" / "schedcpd.service"
+POLICY = ROOT / "policies" / "latency-protect.toml"
+CAP_NUMBERS = {"dac_override": 1, "net_admin": 12, "sys_ptrace": 19, "sys_nice": 23,
+               "perfmon": 38, "bpf": 39}
+
+
+@pytest.fixture(scope="module")
+def booted(systemd_guest: sg.SystemdGuest, guest_deb: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> GuestResult:
+    previous = repack_previous(guest_deb, tmp_path_factory.mktemp("previous"))
+    files: dict[str, Path | bytes] = {f"prev/{previous.name}": previous,
+                                      f"new/{guest_deb.name}": guest_deb,
+                                      "policy.toml": POLICY}
+    # The guest's output as it comes, and its whole report at the end, for diagnosis.
+    base = tmp_path_factory.getbasetemp()
+    with open(base / "systemd-guest.log", "w") as live:
+        def show(step: str, text: str) -> None:
+            live.write(f"{time.monotonic():.1f} {step} {text}\n")
+            live.flush()
+
+        result = systemd_guest.run((HERE / "scenario.sh").read_text(), files, timeout=1500,
+                                   on_output=show)
+    (base / "systemd-guest.json").write_text(json.dumps(dataclasses.asdict(result), indent=1))
+    figures = sg.summary(result)
+    start, unit = result.first("start", "start"), result.first("start", "unit")
+    if start and unit:  # `systemctl start` to active (READY=1), guest clock
+        figures["schedcpd_start_s"] = round(int(unit["active_us"]) / 1e6 - start["uptime_s"], 2)
+    for step in ("install-prev", "upgrade", "purge"):
+        began, ended = result.first(step, "start"), result.first(step, "exit")
+        if began and ended and result.arrived.get(step):
+            figures[f"{step}_s"] = round(result.arrived[step][-1] - result.arrived[step][0], 1)
+    print("systemd guest figures:", json.dumps(figures))
+    error = sg.problem(result)
+    assert error is None, f"{error}\n" + "\n".join(result.console_tail[-20:])
+    return result
+
+
+def out(result: GuestResult, step: str, status: int | None = 0) -> list[str]:
+    """The output of a ``run`` step (checking its exit status unless None)."""
+    exit_event = result.first(step, "exit")
+    assert exit_event is not None, (step, sorted(result.events))
+    if status is not None:
+        assert exit_event["status"] == status, (step, result.output.get(step))
+    return result.output.get(step, [])
+
+
+def event(result: GuestResult, step: str, name: str) -> dict[str, Any]:
+    found = result.first(step, name)
+    assert found is not None, (step, name, result.step(step), result.output.get(step))
+    return found
+
+
+def test_debian_boots_with_systemd_as_pid1_and_cgroup_v2(booted: GuestResult) -> None:
+    lines = out(booted, "system")
+    assert lines[0] == "systemd"
+    assert lines[1] == "cgroup2fs"
+    assert lines[2].startswith("12.")
+    assert lines[3] in ("running", "degraded"), lines
+    assert lines[4:6] == ["active", "active"], lines  # dbus.service, polkit.service
+    boot = event(booted, "init", "boot")
+    assert int(boot["multi_user_us"]) > int(boot["userspace_us"]) > 0
+
+
+def test_previous_build_installs_with_apt_and_starts(booted: GuestResult) -> None:
+    out(booted, "install-prev")
+    unit = event(booted, "install-prev", "unit")
+    assert unit["version"] == __version__ + PREVIOUS_SUFFIX
+    assert (unit["active"], unit["sub"], unit["type"]) == ("active", "running", "notify")
+
+
+def test_upgrade_to_this_build_restarts_the_service(booted: GuestResult) -> None:
+    before = event(booted, "install-prev", "unit")
+    lines = out(booted, "upgrade")
+    assert any("Unpacking schedcp" in line for line in lines), lines
+    unit = event(booted, "upgrade", "unit")
+    assert unit["version"] == __version__
+    assert (unit["active"], unit["sub"]) == ("active", "running")
+    assert unit["pid"] != before["pid"] and unit["restarts"] == 0
+
+
+def test_ready_through_notify_means_the_name_is_owned(booted: GuestResult) -> None:
+    # Type=notify: systemd marks the unit active only on READY=1, which
+    # schedcpd sends after it owns its name; STATUS= came through too.
+    unit = event(booted, "upgrade", "unit")
+    status_text = out(booted, "status-text")
+    assert status_text and status_text[0].strip(), status_text
+    owner = dict(line.split("=", 1) for line in out(booted, "owner") if "=" in line)
+    assert owner["PID"] == str(unit["pid"]), owner
+    assert owner["Unit"] == "schedcpd.service", owner
+    reply = json.loads("".join(out(booted, "getstatus")))
+    status = json.loads(reply["data"][0])
+    assert status["authorization"] == "polkit"
+    assert status["state_dir"] == "/var/lib/schedcp"
+
+
+def test_runs_in_its_unit_with_the_shipped_hardening(booted: GuestResult) -> None:
+    lines = out(booted, "cgroup")
+    assert lines == ["0::/system.slice/schedcpd.service", "/system.slice/schedcpd.service"]
+    fields = dict(line.split(":\t", 1) for line in out(booted, "caps"))
+    wanted = sum(1 << CAP_NUMBERS[c] for c in unit_capabilities(UNIT_FILE))
+    assert int(fields["CapBnd"], 16) == wanted and int(fields["CapEff"], 16) == wanted
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"  # SystemCallFilter= in force
+
+
+def test_reload_rereads_the_configuration_in_the_same_process(booted: GuestResult) -> None:
+    out(booted, "reload")
+    after = event(booted, "reload", "after")
+    assert after["pid_after"] == after["pid_before"]
+    assert after["logged"] == 0 and after["active"] == "active"
+
+
+def test_stop_restores_what_a_deployment_changed(booted: GuestResult) -> None:
+    before = event(booted, "targets", "pids")["before"]
+    assert before == "SCHED_OTHER"
+    verified = event(booted, "deploy1", "verified")
+    assert verified["status"] == 0, booted.output.get("deploy1")
+    applied = event(booted, "deploy1", "applied")
+    assert applied["hog1"] == applied["hog2"] == "SCHED_IDLE", booted.output.get("deploy1")
+    out(booted, "stop")
+    stopped = event(booted, "stop", "after")
+    assert (stopped["active"], stopped["result"]) == ("inactive", "success")
+    assert stopped["hog1"] == stopped["hog2"] == before
+
+
+def test_watchdog_pings_arrive_and_nothing_is_killed(booted: GuestResult) -> None:
+    pinged = event(booted, "watchdog", "pinged")
+    assert int(pinged["now_us"]) > int(pinged["first_us"])
+    unit = event(booted, "watchdog", "unit")
+    assert unit["watchdog"] == "30s"
+    assert unit["active"] == "active" and unit["restarts"] == 0
+    assert unit["pid"] == event(booted, "start", "unit")["pid"]
+
+
+def test_kill_9_restart_reconciles_the_journal(booted: GuestResult) -> None:
+    applied = event(booted, "deploy2", "applied")
+    assert applied["hog1"] == "SCHED_IDLE", booted.output.get("deploy2")
+    out(booted, "kill")
+    unit = event(booted, "killed", "unit")
+    restored = event(booted, "killed", "restored")
+    assert unit["active"] == "active" and unit["restarts"] == 1
+    assert unit["pid"] != restored["pid_before"]
+    assert restored["hog1"] == restored["hog2"] == "SCHED_OTHER"
+    journal = "\n".join(out(booted, "journal"))
+    assert "restored" in journal, journal[-3000:]
+
+
+def test_systemd_analyze_security_of_the_running_unit(booted: GuestResult) -> None:
+    lines = out(booted, "security")
+    overall = next(line for line in lines if "Overall exposure level" in line)
+    score = float(re.search(r":\s*([0-9.]+)", overall).group(1))  # type: ignore[union-attr]
+    print(f"systemd-analyze security: {overall.strip()}")
+    assert score < 5.0, "\n".join(lines)
+
+
+def _calls(result: GuestResult, step: str) -> dict[tuple[str, str], int]:
+    return {(e["user"], e["method"]): e["status"] for e in result.step(step)
+            if e.get("event") == "call"}
+
+
+def test_polkit_decides_for_real_users(booted: GuestResult) -> None:
+    calls = _calls(booted, "polkit")
+    assert calls, booted.step("polkit")
+    for user in ("root", "member", "stranger"):
+        assert calls[(user, "GetStatus")] == 0  # observe: everyone
+    assert calls[("root", "SubmitPolicy")] == 0 and calls[("root", "Reload")] == 0
+    # No rule: auth_admin_keep without an agent is a no for everyone but root.
+    for user in ("member", "stranger"):
+        assert calls[(user, "SubmitPolicy")] != 0 and calls[(user, "Reload")] != 0, calls
+    refusals = [e["error"] for e in booted.step("polkit")
+                if e.get("event") == "call" and e["status"] != 0]
+    assert all("not authorized" in text and "(polkit)" in text for text in refusals), refusals
+    assert event(booted, "polkit-rule", "loaded")["status"] == 0
+    granted = _calls(booted, "polkit-granted")
+    assert granted[("member", "SubmitPolicy")] == 0 and granted[("member", "Reload")] == 0
+    assert granted[("stranger", "SubmitPolicy")] != 0 and granted[("stranger", "Reload")] != 0
+
+
+# What apt and dpkg themselves keep (logs, lists, status), not the package.
+PACKAGE_MANAGER_PATHS = ("/var/lib/dpkg/", "/var/lib/apt/", "/var/cache/apt/", "/var/log/",
+                         "/var/cache/debconf/", "/var/cache/ldconfig/")
+
+
+def test_purge_removes_everything_and_leaves_the_kernel_as_found(booted: GuestResult) -> None:
+    out(booted, "purge")
+    state = out(booted, "purge-state")
+    assert not any("ok installed" in line for line in state) and state[-1] == "not-found", state
+    assert out(booted, "kernel-diff") == []
+    assert out(booted, "accounts-diff") == []
+    changed = [line for line in out(booted, "files-diff", status=None)
+               if line[:2] in ("< ", "> ")
+               and not line[2:].startswith(PACKAGE_MANAGER_PATHS)]
+    assert changed == [], changed
