@@ -3,6 +3,7 @@
     python -m plugins.scheduler.microvm prepare
     python -m plugins.scheduler.microvm try vtime slice_us=3000 [--seconds 3]
     python -m plugins.scheduler.microvm host [--cpus N] [--memory MB] [-- CMD ...]
+    python -m plugins.scheduler.microvm systemd [--deb FILE] [-- CMD ...]
 
 ``prepare`` downloads and builds what is missing (run it once as root, e.g.
 before starting a sandboxed schedcpd) and prints what the cache holds.
@@ -12,6 +13,10 @@ boots this machine's schedcp on the sched_ext guest kernel (system bus,
 schedcpd), runs CMD there as root once schedcpd owns its bus name, prints
 CMD's output as it comes and a summary on stderr, and
 exits with CMD's status (3 when the guest host failed; the error is named).
+``systemd`` boots the Debian 12 guest with systemd as PID 1
+(:mod:`systemd_guest`), installs FILE there with ``apt install`` when
+given, runs CMD as root, prints its output and the boot figures, and exits
+the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
-from plugins.scheduler.microvm import MicroVM, host, job
+from plugins.scheduler.microvm import MicroVM, host, job, systemd_guest
 
 
 def _host(vm: MicroVM, args: argparse.Namespace, command: list[str]) -> int:
@@ -43,6 +49,29 @@ def _host(vm: MicroVM, args: argparse.Namespace, command: list[str]) -> int:
     return int(status) if command and status is not None else 0
 
 
+def _systemd(args: argparse.Namespace, command: list[str]) -> int:
+    files: dict[str, Path | bytes] = {}
+    script = f". {systemd_guest.LIB}\n"
+    if args.deb:
+        deb = Path(args.deb)
+        files[deb.name] = deb
+        script += f"cd /run/job && run install apt-get install -y ./{deb.name}; cd /tmp\n"
+    script += host.command_script(command) if command else ""
+
+    def show(step: str, text: str) -> None:
+        print(f"{step}: {text}" if step != host.COMMAND_STEP else text, flush=True)
+
+    result = systemd_guest.SystemdGuest().run(script, files, timeout=args.timeout,
+                                              on_output=show)
+    info = systemd_guest.summary(result)
+    print(json.dumps(info, indent=1), file=sys.stderr)
+    if info["error"]:
+        print(f"error: {info['problem']}", file=sys.stderr)
+        return 3
+    exit_event = result.first(host.COMMAND_STEP, "exit")
+    return int(exit_event["status"]) if command and exit_event else 0
+
+
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m plugins.scheduler.microvm",
@@ -61,16 +90,22 @@ def main() -> None:
     guest_host.add_argument("--timeout", type=float, default=600.0,
                             help="seconds before the guest is killed (default %(default)s)")
     guest_host.add_argument("--boot-timeout", type=float, default=120.0)
+    booted = sub.add_parser("systemd", help="boot the Debian guest with systemd as PID 1 "
+                            "and run -- CMD there")
+    booted.add_argument("--deb", help="a .deb to install with apt first")
+    booted.add_argument("--timeout", type=float, default=900.0)
     argv = sys.argv[1:]
     command: list[str] = []
     if "--" in argv:
         command, argv = argv[argv.index("--") + 1:], argv[:argv.index("--")]
     args = parser.parse_args(argv)
-    if command and args.command != "host":
-        parser.error("-- CMD is only for the host command")
+    if command and args.command not in ("host", "systemd"):
+        parser.error("-- CMD is only for the host and systemd commands")
     if args.command == "host" and (args.cpus < 1 or args.memory < 256):
         parser.error(f"--cpus must be >= 1 and --memory >= 256 (got {args.cpus}, {args.memory})")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "systemd":
+        sys.exit(_systemd(args, command))
     vm = MicroVM().prepare()
     assert vm.kernel is not None and vm.artifacts is not None and vm.tools is not None
     if args.command == "prepare":
