@@ -1,8 +1,9 @@
 # The job of tests/systemd_guest: run in the Debian guest as root, in /tmp,
 # with systemd as PID 1.  Every check is a step reported on the console
 # (lib.sh: `report STEP EVENT [JSON-FIELD...]`, `run STEP CMD...`); the
-# tests read the report.  Files: /run/job/prev/schedcp_*.deb (the previous
-# build), /run/job/new/schedcp_*.deb (this build), /run/job/policy.toml.
+# tests read the report.  Files: /run/job/new/schedcp_*.deb (this build),
+# /run/job/policy.toml, and with SCHEDCP_GUEST_UPGRADE=1
+# /run/job/prev/schedcp_*.deb (the previous build, installed first).
 . /usr/local/lib/schedcp-guest/lib.sh
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -71,12 +72,14 @@ cp /usr/bin/sleep /tmp/t1_hog
 /tmp/t1_hog 100000 & HOG2=$!
 report targets pids "\"hog1\":$HOG1" "\"hog2\":$HOG2" "\"before\":\"$(policy_of $HOG1)\""
 
-# -- install the previous build, then upgrade to this one -----------------------
-cd /run/job/prev && run install-prev stamped apt-get install -y ./schedcp_*.deb
-unit_report install-prev
-cd /run/job/new && run upgrade stamped apt install -y ./schedcp_*.deb
+# -- install this build (upgrading the previous one when the job brings it) ------
+if [ -d /run/job/prev ]; then
+    cd /run/job/prev && run install-prev stamped apt-get install -y ./schedcp_*.deb
+    unit_report install-prev
+fi
+cd /run/job/new && run install stamped apt install -y ./schedcp_*.deb
 cd /tmp
-unit_report upgrade
+unit_report install
 report ready boot "\"multi_user_us\":$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)" \
     "\"schedcpd_us\":$(prop ActiveEnterTimestampMonotonic)"
 run status-text prop StatusText
