@@ -1,4 +1,4 @@
-"""Fixtures for the systemd guest: the .deb (this build; a previous one to upgrade from) and the image.
+"""Fixtures for the systemd guest: the .deb (this build, a previous one) and the image.
 
 The .deb is built once per session with packaging/build-deb (or taken from
 ``$SCHEDCP_DEB``).  "The previous build" is the same package repacked with
