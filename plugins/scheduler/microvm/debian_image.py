@@ -68,9 +68,9 @@ report() {{
 run() {{
     _step=$1; shift
     report "$_step" start "\"uptime_s\":$(up)"
-    "$@" > "/tmp/.out.$_step" 2>&1
+    "$@" > "${{TMPDIR:-/tmp}}/.out.$_step" 2>&1
     _rc=$?
-    sed "s/^/@@OUT:$_step /" "/tmp/.out.$_step"
+    sed "s/^/@@OUT:$_step /" "${{TMPDIR:-/tmp}}/.out.$_step"
     report "$_step" exit "\"status\":$_rc"
     return $_rc
 }}
