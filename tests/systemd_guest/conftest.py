@@ -1,7 +1,7 @@
 """Fixtures for the systemd guest: the .deb (this build, a previous one) and the image.
 
-The .deb is built once per session with packaging/build-deb (or taken from
-``$SCHEDCP_DEB``).  "The previous build" is the same package repacked with
+The .deb is tests/conftest.py's ``built_deb`` (one packaging/build-deb per
+session, or ``$SCHEDCP_DEB``).  "The previous build" is the same package repacked with
 a lower version (``<version>~prev1``): what an upgrade exercises is dpkg's
 and the maintainer scripts' handling of a running schedcpd.service, which
 does not depend on the code differing.  The tests skip, with the reason,
@@ -20,26 +20,12 @@ import pytest
 from plugins.scheduler.microvm import FetchError
 from plugins.scheduler.microvm.systemd_guest import SystemdGuest
 from schedcpd import __version__
-from tests.harness import ROOT
 
 PREVIOUS_SUFFIX = "~prev1"
 
 
 def _run(argv: list[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def guest_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This build's .deb (built once, or ``$SCHEDCP_DEB``)."""
-    if os.environ.get("SCHEDCP_DEB"):
-        return Path(os.environ["SCHEDCP_DEB"])
-    out_dir = tmp_path_factory.mktemp("guest-deb")
-    out = _run([str(ROOT / "packaging" / "build-deb"), str(out_dir)])
-    assert out.returncode == 0, out.stderr[-4000:]
-    deb = Path(out.stdout.strip().splitlines()[-1])
-    assert deb.is_file() and deb.name == f"schedcp_{__version__}_amd64.deb"
-    return deb
 
 
 def repack_previous(deb: Path, dest: Path) -> Path:

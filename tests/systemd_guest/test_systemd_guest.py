@@ -45,12 +45,12 @@ CAP_NUMBERS = {"dac_override": 1, "net_admin": 12, "sys_ptrace": 19, "sys_nice":
 
 
 @pytest.fixture(scope="module")
-def booted(systemd_guest: sg.SystemdGuest, guest_deb: Path,
+def booted(systemd_guest: sg.SystemdGuest, built_deb: Path,
            tmp_path_factory: pytest.TempPathFactory) -> GuestResult:
-    files: dict[str, Path | bytes] = {f"new/{guest_deb.name}": guest_deb,
+    files: dict[str, Path | bytes] = {f"new/{built_deb.name}": built_deb,
                                       "policy.toml": POLICY}
     if os.environ.get(UPGRADE_ENV) == "1":
-        previous = repack_previous(guest_deb, tmp_path_factory.mktemp("previous"))
+        previous = repack_previous(built_deb, tmp_path_factory.mktemp("previous"))
         files[f"prev/{previous.name}"] = previous
     # The guest's output as it comes, and its whole report at the end, for diagnosis.
     base = tmp_path_factory.getbasetemp()
