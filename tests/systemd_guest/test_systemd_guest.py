@@ -181,14 +181,21 @@ def test_watchdog_pings_arrive_and_nothing_is_killed(booted: GuestResult) -> Non
 def test_kill_9_restart_reconciles_the_journal(booted: GuestResult) -> None:
     applied = event(booted, "deploy2", "applied")
     assert applied["hog1"] == "SCHED_IDLE", booted.output.get("deploy2")
-    out(booted, "kill")
+    # systemctl's own status is not checked: systemd 252 kills the main process
+    # first, and when the rest of the cgroup (its forked helpers) is gone by
+    # the time their turn comes it answers "Failed to send signal SIGKILL to
+    # auxiliary processes: Input/output error" and exits 1 (seen once in 5
+    # runs).  What matters is checked instead: the main process died of
+    # SIGKILL and systemd restarted the unit.
+    out(booted, "kill", status=None)
+    journal = "\n".join(out(booted, "journal"))
+    assert "Main process exited, code=killed, status=9/KILL" in journal, journal[-3000:]
     unit = event(booted, "killed", "unit")
     restored = event(booted, "killed", "restored")
     assert unit["active"] == "active" and unit["restarts"] == 1
     assert unit["pid"] != restored["pid_before"]
     assert restored["hog1"] == restored["hog2"] == "SCHED_OTHER"
-    journal = "\n".join(out(booted, "journal"))
-    assert "restored" in journal, journal[-3000:]
+    assert "restored scheduler at start-up" in journal, journal[-3000:]
 
 
 def test_systemd_analyze_security_of_the_running_unit(booted: GuestResult) -> None:
