@@ -9,7 +9,7 @@ then drive schedcpd.service with systemctl (ready, reload, stop restores,
 watchdog, kill -9 and restart), deploy a verified policy through D-Bus, run
 ``systemd-analyze security``, the polkit matrix with the real polkitd, and
 ``apt purge``.  The tests read its report.  Under TCG here the boot to
-multi-user takes 22-32 s and the whole run 5 min alone on this host (more
+multi-user takes 13 s and the whole run 3.5 min on a quiet host (up to 6
 under load, 2-4 min more with the upgrade)
 (docs/packaging.md has the figures).
 """
