@@ -27,7 +27,8 @@ from tests.harness import PrivateBus, SchedcpdProcess
 from tests.microvm.test_cgroup_v2_guest import CONFINE, WEIGHTS
 from tests.microvm.test_t2_guest import _call
 
-pytestmark = [pytest.mark.slow, pytest.mark.tcg, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.tcg, pytest.mark.systemd_guest,
+              pytest.mark.timeout(2400)]
 
 HERE = Path(__file__).resolve().parent
 MIXED = """[policy]

@@ -33,7 +33,8 @@ from tests.harness import ROOT
 from tests.packaging.conftest import unit_capabilities
 from tests.systemd_guest.conftest import PREVIOUS_SUFFIX, repack_previous
 
-pytestmark = [pytest.mark.slow, pytest.mark.tcg, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.tcg, pytest.mark.systemd_guest,
+              pytest.mark.timeout(2400)]
 
 HERE = Path(__file__).resolve().parent
 UNIT_FILE = ROOT / "systemd" / "schedcpd.service"
