@@ -161,15 +161,8 @@ def tune_main(args: argparse.Namespace) -> int:
     except TuneError as err:
         print(f"schedcp-agent: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except DaemonError as err:
-        if err.short == "AccessDenied":
-            print(f"schedcp-agent: not authorized: {not_authorized(err)}", file=sys.stderr)
-            return EXIT_DENIED
-        print(f"schedcp-agent: schedcpd error: {err}", file=sys.stderr)
-        return EXIT_NOT_MET
-    except (OSError, EOFError) as err:
-        print(f"schedcp-agent: cannot reach schedcpd on {args.bus}: {err}", file=sys.stderr)
-        return EXIT_NO_DAEMON
+    except (DaemonError, OSError, EOFError) as err:
+        return _daemon_failure(err, args.bus)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
@@ -247,18 +240,24 @@ def main(argv: list[str] | None = None) -> int:
     except NotAuthorized as err:
         print(f"schedcp-agent: not authorized: {err}", file=sys.stderr)
         return EXIT_DENIED
-    except DaemonError as err:
+    except (DaemonError, OSError, EOFError) as err:
+        return _daemon_failure(err, opts.bus)
+    print(json.dumps(report, indent=1, default=str) if args.json else render(report))
+    return EXIT_OK if report.get("status") == "goal met" else EXIT_NOT_MET
+
+
+def _daemon_failure(err: Exception, bus: str) -> int:
+    """Say why a call to schedcpd failed; the exit status for it."""
+    if isinstance(err, DaemonError):
         if err.short == "AccessDenied":
             print(f"schedcp-agent: not authorized: {not_authorized(err)}", file=sys.stderr)
             return EXIT_DENIED
         print(f"schedcp-agent: schedcpd error: {err}", file=sys.stderr)
         return EXIT_NOT_MET
-    except (OSError, EOFError) as err:
-        print(f"schedcp-agent: cannot reach schedcpd on {opts.bus}: {err}", file=sys.stderr)
-        return EXIT_NO_DAEMON
-    print(json.dumps(report, indent=1, default=str) if args.json else render(report))
-    return EXIT_OK if report.get("status") == "goal met" else EXIT_NOT_MET
+    print(f"schedcp-agent: cannot reach schedcpd on {bus}: {err}", file=sys.stderr)
+    return EXIT_NO_DAEMON
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
