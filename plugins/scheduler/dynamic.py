@@ -135,7 +135,8 @@ def _observe(guards: list[_Guard], box: Sandbox, before: dict[str, WindowStats],
 
 def dynamic_check(doc: dict[str, Any], seconds: float, apply: Apply, restore: Restore,
                   design: Design | None = None,
-                  place: Callable[[str, str, int], None] | None = None) -> list[dict[str, Any]]:
+                  place: Callable[[str, str, int], None] | None = None,
+                  release: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Stage 4 findings: run the policy on its own synthetic workload.
 
     ``seconds`` is the time the shortest decision takes (its pairs of
@@ -147,7 +148,8 @@ def dynamic_check(doc: dict[str, Any], seconds: float, apply: Apply, restore: Re
                         "sandbox; global sysctls are not tested dynamically", "warning")]
     window = max(MIN_WINDOW, seconds / (2 * design.min_pairs))
     owner = f"verify-{uuid.uuid4().hex[:12]}"
-    box = Sandbox(doc, owner, (lambda role, pid: place(owner, role, pid)) if place else None)
+    box = Sandbox(doc, owner, (lambda role, pid: place(owner, role, pid)) if place else None,
+                  (lambda: release(owner)) if release else None)
     try:
         try:
             box.start()

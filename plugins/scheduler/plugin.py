@@ -360,6 +360,7 @@ class SchedulerPlugin:
             apply=lambda doc, owner: self.schedcp_apply(SUBSYSTEM, doc, {"owner": owner}, False),
             restore=lambda owner: self.schedcp_restore(SUBSYSTEM, {"owner": owner}),
             place=self._place_sandbox if self.systemd is not None else None,
+            release=self._release_sandbox if self.systemd is not None else None,
         )
 
     @hookimpl
@@ -380,6 +381,12 @@ class SchedulerPlugin:
         """On a systemd host: a sandbox process goes into a transient scope of its own."""
         assert self.systemd is not None
         unit_groups.place_in_scope(self.systemd, owner, role, pid)
+
+    def _release_sandbox(self, owner: str) -> None:
+        """The end of a run placed by :meth:`_place_sandbox`: its slices are stopped."""
+        assert self.systemd is not None
+        stopped = unit_groups.release_sandbox(self.systemd, owner)
+        _LOGGER.debug("verifier sandbox %s: stopped %s", owner, ", ".join(stopped))
 
     def _watcher_state(self) -> dict[str, Any]:
         if self.watcher is None:

@@ -9,9 +9,9 @@ one.  All run in a scratch cgroup of the ``cpu`` controller
 task; a group with cgroup knobs leaves it for the plugin's own cgroup while
 the policy is applied, and comes back.  Where systemd owns the cgroup tree a
 ``place`` callback puts each worker (and the hogs) in a transient scope of
-its own instead, all in one slice: no cgroup is made behind systemd's back,
-and each group's worker is a whole unit the policy's cgroup knobs can act on
-(:mod:`plugins.scheduler.unit_groups`).
+its own instead, all in one slice that ``release`` stops at the end: no
+cgroup is made behind systemd's back, and each group's worker is a whole
+unit the policy's cgroup knobs can act on (:mod:`plugins.scheduler.unit_groups`).
 
 Each worker appends a record per completed step to its own log;
 :meth:`Sandbox.window` cuts the logs into windows of the verifier's clock.
@@ -19,6 +19,7 @@ Each worker appends a record per completed step to its own log;
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -35,6 +36,8 @@ from schedcpd.analysis import procfs
 
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 READY_TIMEOUT = 15.0
+
+_LOGGER = logging.getLogger(__name__)
 
 
 class SandboxError(Exception):
@@ -157,7 +160,8 @@ class Sandbox:
     """The synthetic workload of one dynamic test: processes the test owns."""
 
     def __init__(self, doc: dict[str, Any], owner: str,
-                 place: Callable[[str, int], None] | None = None) -> None:
+                 place: Callable[[str, int], None] | None = None,
+                 release: Callable[[], None] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="schedcp-verify-"))
         self.groups = groups_of(doc)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -169,6 +173,8 @@ class Sandbox:
         self.scratch_error = ""
         # place(role, pid): ``role`` is the group name, or "hogs".
         self.place = place
+        # release(): after the processes are gone, what ``place`` made (slices)
+        self.release = release
         cpu = cgroups_mod.detect_hierarchies().get("cpu")
         if place is not None:
             pass  # systemd's scopes stand in for the scratch cgroup
@@ -281,6 +287,11 @@ class Sandbox:
         for path in self.dir.iterdir():
             path.unlink()
         self.dir.rmdir()
+        if self.release is not None:
+            try:
+                self.release()
+            except Exception as err:  # teardown reports it, never masks the verdict
+                _LOGGER.warning("verifier sandbox: cannot release its units: %s", err)
         if self.scratch is not None:
             for _ in range(50):  # the kernel may take a moment to let go of the tasks
                 try:

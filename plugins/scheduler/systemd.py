@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -200,6 +201,34 @@ class SystemdClient:
                  ["Description", Variant("s", description)],
                  ["CollectMode", Variant("s", "inactive-or-failed")]]
         self.call("StartTransientUnit", "ssa(sv)a(sa(sv))", name, "fail", props, [])
+
+    def stop(self, unit: str) -> None:
+        """Stop ``unit`` and wait until systemd reports it inactive or gone.
+
+        Raises :class:`SystemdError` (``Timeout``) if it is still active
+        after the client's timeout.
+        """
+        try:
+            self.call("StopUnit", "ss", unit, "replace")
+        except SystemdError as err:
+            if err.no_unit:
+                return
+            raise
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                (path,) = self.call("GetUnit", "s", unit)
+                state = self._get(path, f"{SYSTEMD}.Unit", "ActiveState")
+            except SystemdError as err:
+                if err.no_unit:
+                    return  # collected
+                raise
+            if state in ("inactive", "failed"):
+                return
+            if time.monotonic() > deadline:
+                raise SystemdError("org.freedesktop.DBus.Error.Timeout",
+                                   f"{unit} still {state} after {self.timeout} s")
+            time.sleep(0.02)
 
     def set(self, unit: str, values: dict[str, Any]) -> None:
         """Set properties for this boot only (``runtime = true``)."""

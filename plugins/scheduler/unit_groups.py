@@ -80,6 +80,9 @@ class Units(Protocol):
     def start_scope(self, name: str, pids: list[int], slice_: str, description: str) -> None:
         """Start a transient scope holding ``pids``."""
 
+    def stop(self, unit: str) -> None:
+        """Stop ``unit`` and wait until it is inactive or gone."""
+
 
 def systemd_booted(runtime_dir: Path = SYSTEMD_RUNTIME_DIR) -> bool:
     """Whether systemd is the init system (``sd_booted()``: /run/systemd/system exists)."""
@@ -248,6 +251,34 @@ def place_in_scope(units: Units, owner: str, role: str, pid: int,
             raise SystemdError("org.freedesktop.DBus.Error.Timeout",
                                f"pid {pid} not in {scope} after {timeout} s")
         time.sleep(0.02)
+
+
+def release_sandbox(units: Units, owner: str) -> list[str]:
+    """Stop the slices :func:`place_in_scope` made for ``owner``'s run; return them.
+
+    A scope goes away with its last process, but the slices systemd made for
+    it (``schedcp-verify-<id>.slice`` and its parents) stay active until
+    stopped: left alone, every verification would add one to the tree.  The
+    run's slice is stopped; then each parent that holds no process (the
+    verifier runs one dynamic stage at a time, so an empty parent is ours
+    and idle).
+    """
+    _, slice_ = sandbox_units(owner, "-")
+    levels = slice_.removesuffix(".slice").split("-")
+    stopped = []
+    for depth in range(len(levels), 0, -1):
+        unit = "-".join(levels[:depth]) + ".slice"
+        if depth < len(levels):
+            try:
+                if units.processes(unit):
+                    break
+            except SystemdError as err:
+                if not err.no_unit:
+                    raise
+                continue
+        units.stop(unit)
+        stopped.append(unit)
+    return stopped
 
 
 def _comm(pid: int) -> str:

@@ -180,9 +180,13 @@ async def sandbox(client: Client) -> None:
         verdict = {"token": bool(token), "report": json.loads(text)}
     journal = sh("journalctl", "-b", "--no-pager", "-o", "cat", "--grep",
                  "schedcp verifier sandbox")
+    slices = sh("systemctl", "list-units", "--all", "--plain", "--no-legend",
+                "schedcp*.slice", "schedcp-verify-*")
     report("sandbox", {"call": {k: v for k, v in result.items() if k != "ok"}, "verdict": verdict,
                        "seconds": round(seconds, 1), "journal": journal.splitlines()[-20:],
-                       "ours": ours()})
+                       "ours": ours(), "units_left": slices.splitlines(),
+                       "cgroups_left": sorted(p.name for p in CGROUP.iterdir()
+                                              if p.name.startswith("schedcp"))})
 
 
 STEPS = {"weights": weights, "crash": crash, "confine": confine, "mixed": mixed,

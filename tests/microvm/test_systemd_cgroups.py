@@ -200,3 +200,6 @@ def test_the_guest_verifier_runs_its_sandbox_in_transient_scopes(
              for f in stage.get("findings", [])}
     assert "sandbox-failed" not in codes and "no-scratch-cgroup" not in codes, codes
     assert data["ours"] == []
+    # The run's scopes went with their processes, and its slices were stopped:
+    # nothing of the sandbox stays in systemd's tree (apt purge checks this too).
+    assert data["units_left"] == [] and data["cgroups_left"] == [], data

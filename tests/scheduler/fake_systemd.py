@@ -4,7 +4,9 @@ This host has no systemd as PID 1, so the parts of org.freedesktop.systemd1
 that :class:`plugins.scheduler.systemd.SystemdClient` calls are answered by
 this FAKE: ``GetUnitByPID``, ``GetUnitProcesses``, ``LoadUnit``,
 ``SetUnitProperties``, ``StartTransientUnit`` (a scope: the FAKE unit
-takes the PIDs, nothing moves) and ``Properties.Get`` of a unit's ``Id`` and its
+takes the PIDs, nothing moves; its slice and the slice's parents appear as
+systemd makes them), ``GetUnit``, ``StopUnit`` (a slice goes with everything
+below it) and ``Properties.Get`` of a unit's ``Id``, states and its
 ``CPUWeight`` / ``CPUQuotaPerSecUSec`` / ``CPUQuotaPeriodUSec`` /
 ``AllowedCPUs``.  Units are what the test declares (name -> pids); the FAKE
 checks arguments the way systemd 252 does (weight range, known properties,
@@ -31,7 +33,7 @@ UNSET = 2**64 - 1
 DEFAULTS: dict[str, Any] = {"CPUWeight": UNSET, "CPUQuotaPerSecUSec": UNSET,
                             "CPUQuotaPeriodUSec": UNSET, "AllowedCPUs": b""}
 SIGNATURES = {"CPUWeight": "t", "CPUQuotaPerSecUSec": "t", "CPUQuotaPeriodUSec": "t",
-              "AllowedCPUs": "ay", "Id": "s", "LoadState": "s"}
+              "AllowedCPUs": "ay", "Id": "s", "LoadState": "s", "ActiveState": "s"}
 
 
 # As systemd's own bus policy (org.freedesktop.systemd1.conf) does for root.
@@ -63,6 +65,7 @@ class FakeUnit:
     pids: set[int]
     props: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
     load_state: str = "loaded"
+    slice: str = ""  # the slice it runs in ("" for units declared with add())
 
     @property
     def path(self) -> str:
@@ -79,6 +82,8 @@ class FakeSystemd:
         self.calls: list[tuple[str, bool, dict[str, Any]]] = []
         self.transient: list[tuple[str, dict[str, Any]]] = []
         self.not_found: dict[str, FakeUnit] = {}
+        self.stopped: list[str] = []
+        self.collected: dict[str, FakeUnit] = {}  # units StopUnit removed, by name
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._bus: MessageBus | None = None
@@ -106,7 +111,14 @@ class FakeSystemd:
         self.units[name] = unit
         return unit
 
-    # -- the bus side ---------------------------------------------------------
+    def in_slice(self, name: str) -> list[FakeUnit]:
+        """Units below slice ``name``: its scopes, and its child slices and theirs."""
+        prefix = name.removesuffix(".slice") + "-"
+        return [u for u in self.units.values()
+                if u.slice == name or (u.name.endswith(".slice") and u.name.startswith(prefix))
+                or u.slice.startswith(prefix)]
+
+        # -- the bus side ---------------------------------------------------------
 
     def _handle(self, msg: Message) -> Message | None:
         if msg.message_type != MessageType.METHOD_CALL or msg.destination != NAME:
@@ -129,7 +141,8 @@ class FakeSystemd:
         if msg.interface == "org.freedesktop.DBus.Properties" and member == "Get":
             unit = self._by_path(msg.path or "")
             prop = body[1]
-            value = {"Id": unit.name, "LoadState": unit.load_state}.get(prop)
+            value = {"Id": unit.name, "LoadState": unit.load_state,
+                     "ActiveState": "active"}.get(prop)
             value = unit.props[prop] if value is None else value
             return Message.new_method_return(msg, "v", [Variant(SIGNATURES[prop], value)])
         if member == "GetUnitByPID":
@@ -140,8 +153,21 @@ class FakeSystemd:
                                      f"PID {body[0]} does not belong to any loaded unit.")
         if member == "GetUnitProcesses":
             unit = self.units[body[0]]
+            below = self.in_slice(unit.name) if unit.name.endswith(".slice") else []
             return Message.new_method_return(
-                msg, "a(sus)", [[[f"/{unit.name}", pid, ""] for pid in sorted(unit.pids)]])
+                msg, "a(sus)", [[[f"/{u.name}", pid, ""]
+                                 for u in [unit, *below] for pid in sorted(u.pids)]])
+        if member == "GetUnit":
+            return Message.new_method_return(msg, "o", [self.units[body[0]].path])
+        if member == "StopUnit":
+            # As systemd: stopping a slice stops everything below it; stopped
+            # units without a unit file are collected at once.
+            unit = self.units[body[0]]
+            below = self.in_slice(unit.name) if unit.name.endswith(".slice") else []
+            for gone in [unit, *below]:
+                self.collected[gone.name] = self.units.pop(gone.name)
+            self.stopped.append(unit.name)
+            return Message.new_method_return(msg, "o", [f"{MANAGER_PATH}/job/2"])
         if member == "LoadUnit":
             # As systemd: any name loads; one without a unit is "not-found", defaults.
             unit = self.units.get(body[0]) or self.not_found.setdefault(
@@ -166,7 +192,11 @@ class FakeSystemd:
             values = {prop: variant.value for prop, variant in props}
             for unit in self.units.values():  # a process is in one unit at a time
                 unit.pids -= set(values.get("PIDs", []))
-            self.add(name, list(values.get("PIDs", [])))
+            self.add(name, list(values.get("PIDs", []))).slice = values.get("Slice", "")
+            levels = values.get("Slice", "").removesuffix(".slice").split("-")
+            for depth in range(1, len(levels) + 1):  # systemd makes the slice and its parents
+                self.units.setdefault("-".join(levels[:depth]) + ".slice",
+                                      FakeUnit("-".join(levels[:depth]) + ".slice", set()))
             self.transient.append((name, values))
             return Message.new_method_return(msg, "o", [f"{MANAGER_PATH}/job/1"])
         return Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod", str(member))

@@ -29,6 +29,7 @@ from plugins.scheduler.unit_groups import (
     choose_backend,
     parse_unit_key,
     place_in_scope,
+    release_sandbox,
     sandbox_units,
     systemd_booted,
     unit_key,
@@ -262,7 +263,8 @@ def test_the_verifier_sandbox_runs_in_scopes_of_its_own(
     findings = dynamic.dynamic_check(
         doc, 0.5,
         apply=lambda policy, owner: backend.apply(policy, {"owner": owner}, False),
-        restore=lambda owner: backend.restore(owner), place=place)
+        restore=lambda owner: backend.restore(owner), place=place,
+        release=lambda owner: release_sandbox(client, owner))
     codes = {f["code"] for f in findings}
     assert "measurement" in codes and "no-scratch-cgroup" not in codes, findings
     assert "sandbox-failed" not in codes, findings
@@ -276,7 +278,26 @@ def test_the_verifier_sandbox_runs_in_scopes_of_its_own(
     touched = {name for name, _, _ in fake.calls}
     assert touched == {worker}, fake.calls
     assert fake.calls[0][2] == {"CPUWeight": cgroups.shares_to_weight(2048)}
-    assert fake.units[worker].props["CPUWeight"] == UNSET
+    assert fake.collected[worker].props["CPUWeight"] == UNSET
+    # The end of the run stopped its slice and the (then empty) parents:
+    # nothing of the sandbox is left in systemd's tree.
+    run_slice = sandbox_units(owner, "w")[1]
+    assert fake.stopped == [run_slice, "schedcp-verify.slice", "schedcp.slice"], fake.stopped
+    assert not [u for u in fake.units if u.startswith("schedcp")], sorted(fake.units)
+
+
+def test_releasing_a_sandbox_leaves_a_parent_that_still_holds_a_process(
+        fake: FakeSystemd, spawn: Spawner) -> None:
+    client = SystemdClient(fake.address)
+    try:
+        other, ours = spawn.sleeper(), spawn.sleeper()
+        place_in_scope(client, "verify-other", "w", other.pid)
+        place_in_scope(client, "verify-ours", "w", ours.pid)
+        assert release_sandbox(client, "verify-ours") == ["schedcp-verify-ours.slice"]
+        assert "schedcp-verify-other-w.scope" in fake.units
+        assert {"schedcp-verify.slice", "schedcp.slice"} <= set(fake.units)
+    finally:
+        client.close()
 
 
 def test_a_stopped_transient_unit_is_gone_not_overridden(
