@@ -1,9 +1,9 @@
 """The T2 track's arms, verified on this host: one signed token per deployment in the guest.
 
 - ``default``: EEVDF, nothing deployed (the baseline);
-- ``policy:<name>``: a T2 policy of the project (policies/t2: ``scx-vtime``,
-  the scheduler-language programs ``scxl-*``), from the host daemon's
-  repository when it has it as a built-in, else from the shipped file;
+- ``policy:<name>``: a T2 built-in of the daemon (policies/t2: ``scx-vtime``,
+  the scheduler-language programs ``scxl-*``), as the host daemon's
+  repository holds it;
 - ``agent``: the offline agent's pick for the workload: the program
   :func:`schedcp_agent.synth.derived_candidate` derives by rules from the
   workload's profile (its shape and goal, declared by the workload in
@@ -26,7 +26,6 @@ import base64
 import hashlib
 import json
 import re
-import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ from typing import Any
 from schedcp_agent.client import DaemonError, SchedcpClient
 from schedcp_agent.observe import WorkloadProfile
 from schedcp_bench.arms import builtin_policies
-from schedcp_bench.services import checkout_root
 
 _NAME_LINE = re.compile(r'^name\s*=\s*"[^"]*"\s*$', re.MULTILINE)
 
@@ -96,20 +94,6 @@ def agent_text(workload: str, shape: str, goal: str, description: str) -> tuple[
     return cand.text, cand.reasoning
 
 
-def t2_policy_files() -> dict[str, Path]:
-    """The project's T2 policies by name: policies/t2 of the checkout or the install.
-
-    (schedcpd loads only policies/*.toml as built-ins so far; when it loads
-    the T2 ones too, :func:`policy_text` takes them from its repository.)
-    """
-    root = checkout_root()
-    dirs = [root / "policies" / "t2"] if root else []
-    dirs += [Path(sys.prefix) / "share" / "schedcp" / "policies" / "t2",
-             Path("/usr/share/schedcp/policies/t2")]
-    found = next((d for d in dirs if d.is_dir()), None)
-    return {p.stem: p for p in sorted(found.glob("*.toml"))} if found else {}
-
-
 def find_object(objects_dir: Path, digest: str) -> Path | None:
     """The object the verifier loaded, by its sha256 (the micro-VM cache keeps them)."""
     for path in sorted(objects_dir.glob("*.bpf.o")):
@@ -129,18 +113,12 @@ async def policy_text(client: SchedcpClient, spec: str, workload: str, shape: st
     elif spec.startswith("policy:"):
         base = spec[7:]
         builtin = await builtin_policies(client)
-        if base in builtin and builtin[base].get("track") == "T2":
-            text = str((await client.call("GetPolicy", builtin[base]["id"]))["document"])
-            info = {"base": base, "source": "built-in"}
-        else:
-            shipped = t2_policy_files()
-            if base not in shipped:
-                known = sorted({*shipped, *(n for n, p in builtin.items()
-                                            if p.get("track") == "T2")})
-                raise T2ArmError(f"arm {spec}: no T2 policy {base!r} (known: "
-                                 f"{', '.join(known) or 'none'})")
-            text = shipped[base].read_text()
-            info = {"base": base, "source": str(shipped[base])}
+        if base not in builtin or builtin[base].get("track") != "T2":
+            known = sorted(n for n, p in builtin.items() if p.get("track") == "T2")
+            raise T2ArmError(f"arm {spec}: no T2 built-in {base!r} (known: "
+                             f"{', '.join(known) or 'none'})")
+        text = str((await client.call("GetPolicy", builtin[base]["id"]))["document"])
+        info = {"base": base, "source": "built-in", "policy_id": builtin[base]["id"]}
     else:
         raise T2ArmError(f"arm {spec!r}: T2 arms are default, policy:NAME and agent")
     return renamed(text, f"bench-{workload}-{base}"[:60]), info

@@ -252,7 +252,8 @@ class Daemon:
         builtin = settings["builtin_dir"]
         self.builtin_dir = (_default_builtin_dir() if builtin == "auto" else Path(builtin))
         self.dropin_dir = Path(settings["dropin_dir"])
-        loaded = await load_directory(repo, self.builtin_dir, "builtin", self.policy_errors)
+        loaded = await load_directory(repo, self.builtin_dir, "builtin", self.policy_errors,
+                                      recursive=True)
         loaded += await load_directory(repo, self.dropin_dir, "user", self.policy_errors)
         _LOGGER.info("%d policies loaded from %s and %s; %d rejected", len(loaded),
                      self.builtin_dir, self.dropin_dir, len(self.policy_errors))

@@ -375,15 +375,18 @@ class Repository:
 
 
 async def load_directory(repo: Repository, directory: Path, provenance: str,
-                         errors: dict[str, str]) -> list[str]:
+                         errors: dict[str, str], recursive: bool = False) -> list[str]:
     """Store every ``*.toml`` in ``directory``; retire versions of files now gone.
 
-    An invalid file is reported in ``errors`` (path -> reason) and the
-    others still load.  Returns the ids stored.
+    With ``recursive``, files in its subdirectories too (the built-ins keep
+    their T2 schedulers in ``t2/``).  An invalid file is reported in
+    ``errors`` (path -> reason) and the others still load.  Returns the ids
+    stored.
     """
     ids = []
     seen = set()
-    for path in sorted(directory.glob("*.toml")) if directory.is_dir() else []:
+    pattern = "**/*.toml" if recursive else "*.toml"
+    for path in sorted(directory.glob(pattern)) if directory.is_dir() else []:
         seen.add(str(path))
         try:
             ids.append(await repo.add(path.read_text(), provenance, str(path), replaces=True))

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from schedcp_bench import t2
-from schedcp_bench.t2_arms import T2ArmError, VerifiedArm, renamed, t2_policy_files
+from schedcp_bench.t2_arms import T2ArmError, VerifiedArm, renamed
+from tests.harness import ROOT
 
 
 def test_windows_alternate_arms_abba_per_workload() -> None:
@@ -33,7 +34,7 @@ def test_every_policy_window_gets_its_own_token() -> None:
 
 
 def test_renamed_changes_the_policy_name_only() -> None:
-    text = t2_policy_files()["scx-vtime"].read_text()
+    text = (ROOT / "policies" / "t2" / "scx-vtime.toml").read_text()
     out = renamed(text, "bench-hackbench-scx-vtime")
     assert 'name = "bench-hackbench-scx-vtime"' in out and "scheduler = \"vtime\"" in out
     with pytest.raises(T2ArmError, match="cannot rename"):

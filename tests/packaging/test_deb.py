@@ -180,8 +180,10 @@ def check_installed_files() -> None:
     }
     for installed, source in same.items():
         assert Path(installed).read_bytes() == (ROOT / source).read_bytes(), installed
-    assert sorted(p.name for p in Path("/usr/share/schedcp/policies").iterdir()) == \
-        sorted(p.name for p in (ROOT / "policies").glob("*.toml"))
+    installed_policies = Path("/usr/share/schedcp/policies")
+    assert sorted(str(p.relative_to(installed_policies)) for p in installed_policies.rglob("*")
+                  if p.is_file()) == \
+        sorted(str(p.relative_to(ROOT / "policies")) for p in (ROOT / "policies").rglob("*.toml"))
     assert sorted(p.name for p in Path("/usr/lib/schedcp/bpf").iterdir()) == \
         ["cswitch.bpf.o", "offcpu.bpf.o", "runqlat.bpf.o"]
     # The sched_ext sources the micro-VM builds (and T2 policies name), and
@@ -403,6 +405,16 @@ def run_installed_daemon(bus: PrivateBus, tmp_path: Path) -> None:
         assert root["caller"]["uid"] == 0
         assert root["authorization"] == "polkit"
         assert root["state_dir"] == str(STATE)
+        # Every built-in is in the repository, the T2 schedulers of t2/ too.
+        assert root["policy_files"]["rejected"] == {}, root["policy_files"]
+        listed = run_as(0, ["busctl", f"--address={bus.address}", "--json=short", "call",
+                            BUS_NAME, OBJECT_PATH, MANAGER_INTERFACE, "ListPolicies", "s", ""])
+        assert listed.returncode == 0, listed.stderr
+        tracks = {p["name"]: p["track"]
+                  for p in json.loads(json.loads(listed.stdout)["data"][0])}
+        builtins = {p.stem for p in (ROOT / "policies").rglob("*.toml")}
+        assert set(tracks) == builtins, tracks
+        assert {tracks[p.stem] for p in (ROOT / "policies" / "t2").glob("*.toml")} == {"T2"}
         nobody = status_of(busctl(bus.address, NOBODY, "GetStatus"))
         assert nobody["caller"]["uid"] == NOBODY
         check_bus_policy(bus.address)

@@ -171,8 +171,12 @@ def ctl(address: str, *args: str, stdin: str | None = None) -> subprocess.Comple
 def test_cli_policy_commands(daemon, tmp_path: Path) -> None:
     listed = ctl(daemon.address, "policy", "list", "kernel", "compile", "make")
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.splitlines()[1].split()[1] == "parallel-build"
-    top = json.loads(ctl(daemon.address, "--json", "policy", "list", "make -j").stdout)[0]
+    # The build policies of both tracks lead the list, each with its track.
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert {(r[1], r[2]) for r in rows[:2]} == {("parallel-build", "T1"), ("scxl-build", "T2")}, \
+        listed.stdout
+    found = json.loads(ctl(daemon.address, "--json", "policy", "list", "make -j").stdout)
+    top = next(p for p in found if p["track"] == "T1")
     assert top["name"] == "parallel-build" and top["score"] > 0
     shown = ctl(daemon.address, "policy", "show", top["id"][:12])
     assert shown.returncode == 0 and 'name = "parallel-build"' in shown.stdout

@@ -56,13 +56,29 @@ def run(coro):
 
 def test_builtins_load_and_are_idempotent(repo: Repository) -> None:
     errors: dict[str, str] = {}
-    first = run(load_directory(repo, POLICIES, "builtin", errors))
+    first = run(load_directory(repo, POLICIES, "builtin", errors, recursive=True))
     assert errors == {}
     assert len(first) >= 6
-    assert run(load_directory(repo, POLICIES, "builtin", errors)) == first
+    assert run(load_directory(repo, POLICIES, "builtin", errors, recursive=True)) == first
     listed = run(repo.search(""))
     assert {p["provenance"] for p in listed} == {"builtin"}
     assert len(listed) == len(first)
+    # The T2 schedulers of policies/t2/ are built-ins too.
+    t2 = {path.stem for path in (POLICIES / "t2").glob("*.toml")}
+    assert t2 and t2 <= {p["name"] for p in listed}, sorted(p["name"] for p in listed)
+
+
+def test_a_subdirectory_s_files_are_not_retired_by_the_top_level_load(
+        repo: Repository, tmp_path: Path) -> None:
+    """Loading a directory retires files gone from it; its subdirectory's are not gone."""
+    (tmp_path / "t2").mkdir()
+    for path in (POLICIES / "latency-protect.toml", POLICIES / "t2" / "scx-vtime.toml"):
+        (tmp_path / path.relative_to(POLICIES)).write_text(path.read_text())
+    errors: dict[str, str] = {}
+    ids = run(load_directory(repo, tmp_path, "builtin", errors, recursive=True))
+    assert len(ids) == 2 and errors == {}
+    run(load_directory(repo, tmp_path, "builtin", errors, recursive=True))
+    assert {p["name"] for p in run(repo.search(""))} == {"latency-protect", "scx-vtime"}
 
 
 def test_one_callers_submissions_do_not_retire_each_other(repo: Repository) -> None:
