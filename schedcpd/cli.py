@@ -8,7 +8,7 @@
     schedcpctl policy list [QUERY] | show ID | history ID | submit FILE|- | verify ID
     schedcpctl policy promote|retire ID | report DIGEST
     schedcpctl token inspect TOKEN|-
-    schedcpctl keys list | trusted | export [--kid KID] [-o FILE]
+    schedcpctl keys list | trusted | rotate | export [--kid KID] [-o FILE]
     schedcpctl bundle export ID [--token TOKEN] -o FILE|- | bundle import FILE|-
     schedcpctl deployments [--live] | deployment show ID
     schedcpctl plan TOKEN | deploy TOKEN [--plan] [--wait [--timeout S]]

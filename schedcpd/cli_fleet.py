@@ -1,6 +1,6 @@
 """schedcpctl commands for many hosts: verifier keys and policy bundles (docs/fleet.md).
 
-    schedcpctl keys list | trusted | export [--kid KID] [-o FILE]
+    schedcpctl keys list | trusted | rotate | export [--kid KID] [-o FILE]
     schedcpctl bundle export ID [--token TOKEN|FILE|-] -o FILE|-
     schedcpctl bundle import FILE|-
 """
@@ -26,6 +26,8 @@ def add_parsers(sub: Any) -> None:
     ksub = keys.add_subparsers(dest="action", required=True)
     ksub.add_parser("list", help="this daemon's signing keys (current and retired)")
     ksub.add_parser("trusted", help="trusted verifier keys, revocations, unusable files")
+    ksub.add_parser("rotate", help="make a new signing key; the old one verifies its tokens "
+                                   "until they expire (admin)")
     export = ksub.add_parser("export", help="this host's public verifier key (PEM), for "
                                             "other hosts' trusted-keys.d")
     export.add_argument("--kid", help="another key than the current one")
@@ -58,7 +60,11 @@ def _write(path: str, text: str, mode: int) -> None:
 
 
 async def keys(client: Client, args: argparse.Namespace) -> Outcome:
-    """``keys list | trusted | export``."""
+    """``keys list | trusted | rotate | export``."""
+    if args.action == "rotate":
+        kid = await client.call("RotateVerifierKey")
+        return Outcome({"kid": kid}, f"new signing key {kid}; export it to the hosts that "
+                                     "trust this one (schedcpctl keys export)")
     if args.action == "trusted":
         info = await client.call_json("GetTrustedKeys")
         lines = [f"trusted keys:  {info['trusted_dir'] or '(none: trusted_keys_dir is empty)'}",

@@ -201,3 +201,34 @@ def test_bundles_signed_by_an_unknown_key_or_expired_are_refused(
     result = json.loads(call(b.address, "ImportBundle", "s",
                              _edit(json.dumps(parts), token=fresh)))
     assert (result["policy_id"], result["kid"]) == (policy_id, rogue_kid)
+
+
+def test_a_verifier_rotates_its_key_and_hosts_trust_both_for_a_while(
+        start_daemon, second_bus: PrivateBus, sleeper: subprocess.Popen[bytes],
+        tmp_path: Path) -> None:
+    trusted = tmp_path / "trusted-keys.d"
+    trusted.mkdir()
+    a = start_daemon(FAST)
+    b = start_daemon(FAST.replace("[verifier]\n", f'[verifier]\ntrusted_keys_dir = "{trusted}"\n'),
+                     address=second_bus.address)
+    policy_id = call(a.address, "SubmitPolicy", "s", POLICY.format(tag="three", pid=sleeper.pid))
+    old_kid = ctl_json(a.address, "keys", "export", "-o", str(trusted / "a-1.pub"))["kid"]
+    before = tmp_path / "before.bundle"
+    ctl_ok(a.address, "bundle", "export", policy_id, "-o", str(before))
+    old_token = ctl_json(b.address, "bundle", "import", str(before))["token"]
+
+    new_kid = ctl_json(a.address, "keys", "rotate")["kid"]
+    assert new_kid != old_kid
+    assert [(k["kid"], k["current"]) for k in ctl_json(a.address, "keys", "list")] == \
+        [(old_kid, False), (new_kid, True)]
+    after = tmp_path / "after.bundle"
+    ctl_ok(a.address, "bundle", "export", policy_id, "-o", str(after))
+    # The new key is not on B yet; once it is, both keys verify side by side.
+    assert call_error(b.address, "ImportBundle", "s", after.read_text()) == ERR + "UnknownKey"
+    assert ctl_ok(a.address, "keys", "export").startswith("-----BEGIN PUBLIC KEY-----")
+    ctl_ok(a.address, "keys", "export", "-o", str(trusted / "a-2.pub"))
+    assert ctl_json(b.address, "bundle", "import", str(after))["kid"] == new_kid
+    assert call(b.address, "PlanDeployment", "s", old_token)  # the old key's token still works
+    # The old key's file goes (its tokens have run out, or the operator says so).
+    (trusted / "a-1.pub").unlink()
+    assert call_error(b.address, "PlanDeployment", "s", old_token) == ERR + "UnknownKey"
