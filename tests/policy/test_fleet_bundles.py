@@ -161,7 +161,7 @@ def test_a_bundle_verified_on_one_host_deploys_on_another(
 
 def test_bundles_signed_by_an_unknown_key_or_expired_are_refused(
         start_daemon, second_bus: PrivateBus, sleeper: subprocess.Popen[bytes],
-        tmp_path: Path) -> None:
+        tmp_path: Path, test_users: dict[str, int]) -> None:
     """A key the test holds signs a bundle of A's policy and report: refused until B
     trusts it; an expired token is refused even then."""
     trusted = tmp_path / "trusted-keys.d"
@@ -197,10 +197,19 @@ def test_bundles_signed_by_an_unknown_key_or_expired_are_refused(
         call(b.address, "GetTrustedKeys"))["keys"]})
     assert call_error(b.address, "ImportBundle", "s", _edit(json.dumps(parts), token=stale)) \
         == ERR + "TokenExpired"
-    # Trusted and fresh: accepted (the same policy and report, another signer).
+    # Trusted and fresh: accepted (the same policy and report, another signer), but only
+    # for a caller with the verify action: a member of group schedcp has observe and submit.
+    fresh_bundle = _edit(json.dumps(parts), token=fresh)
+    assert call_error(b.address, "ImportBundle", "s", fresh_bundle,
+                      uid=test_users["member"]) == ERR + "AccessDenied"
+    assert call_error(b.address, "ExportBundle", "s", token,
+                      uid=test_users["member"]) == ERR + "AccessDenied"
+    assert json.loads(call(b.address, "GetTrustedKeys", uid=test_users["member"]))["keys"]
     result = json.loads(call(b.address, "ImportBundle", "s",
                              _edit(json.dumps(parts), token=fresh)))
     assert (result["policy_id"], result["kid"]) == (policy_id, rogue_kid)
+    audit = json.loads(call(b.address, "GetAudit", "us", 1000, "ImportBundle"))
+    assert {r["result"] for r in audit} >= {"ok", ERR + "UnknownKey", ERR + "TokenExpired"}
 
 
 def test_a_verifier_rotates_its_key_and_hosts_trust_both_for_a_while(
