@@ -8,6 +8,8 @@
     schedcpctl policy list [QUERY] | show ID | history ID | submit FILE|- | verify ID
     schedcpctl policy promote|retire ID | report DIGEST
     schedcpctl token inspect TOKEN|-
+    schedcpctl keys list | trusted | rotate | export [--kid KID] [-o FILE]
+    schedcpctl bundle export ID [--token TOKEN] -o FILE|- | bundle import FILE|-
     schedcpctl deployments [--live] | deployment show ID
     schedcpctl plan TOKEN | deploy TOKEN [--plan] [--wait [--timeout S]]
     schedcpctl rollback ID | hold ID [--release-on-exit] [--timeout S]
@@ -31,7 +33,7 @@ import os
 import sys
 from typing import Any
 
-from schedcpd import cli_deploy, cli_explain, cli_observe
+from schedcpd import cli_deploy, cli_explain, cli_fleet, cli_observe
 from schedcpd.cli_output import (
     EXIT_DENIED,
     EXIT_ERROR,
@@ -203,6 +205,10 @@ async def _command(client: Client, args: argparse.Namespace, progress: Progress)
         return Outcome(*await _policy(client, args, progress))
     if command == "token":
         return Outcome(*await _inspect_token(client, read_arg(args.token)))
+    if command == "keys":
+        return await cli_fleet.keys(client, args)
+    if command == "bundle":
+        return await cli_fleet.bundle(client, args, progress)
     if command == "summary":
         return await cli_observe.summary(client, args)
     if command == "probe":
@@ -316,6 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     tsub = token.add_subparsers(dest="action", required=True)
     tsub.add_parser("inspect", help="decode a token and check its signature").add_argument(
         "token", help="the token, or - for stdin")
+    cli_fleet.add_parsers(sub)
     deployments = sub.add_parser("deployments", help="the newest deployments")
     deployments.add_argument("--live", action="store_true", help="only those not ended")
     dep = sub.add_parser("deployment", help="one deployment")

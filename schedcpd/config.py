@@ -148,6 +148,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "token_lifetime_seconds": Key((int, float), 900.0, _positive),
         "dynamic_seconds": Key((int, float), 3.0, _dynamic_seconds),
         "trusted_keys_dir": Key(str, "/etc/schedcp/trusted-keys.d"),
+        "revoked_keys_file": Key(str, "/etc/schedcp/revoked-keys"),
         "range_verification": Key(bool, False),
         "range_lifetime_seconds": Key((int, float), 3600.0, _positive),
     },

@@ -244,8 +244,10 @@ class Daemon:
         settings = self.config["repository"]
         verifier_settings = self.config["verifier"]
         trusted = verifier_settings["trusted_keys_dir"]
+        revoked = verifier_settings["revoked_keys_file"]
         keys = KeyStore(self.state_dir / "keys", verifier_settings["token_lifetime_seconds"],
-                        trusted_dir=Path(trusted) if trusted else None)
+                        trusted_dir=Path(trusted) if trusted else None,
+                        revoked_file=Path(revoked) if revoked else None)
         tokens = TokenAuthority(keys, self.store)
         repo = Repository(self.store, self._validate_policy)
         self.policy_errors: dict[str, str] = {}

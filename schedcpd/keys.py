@@ -33,7 +33,19 @@ never from the file name (a file named ``<16 hex>.pub`` that holds another
 key is refused, with the reason, in :attr:`KeyStore.trusted_errors`).  The
 directory is re-read when its modification time changes, so adding or
 removing a file takes effect at the next token check.  Trusted keys never
-sign: they only verify, for as long as their file is there.
+sign: they only verify, for as long as their file is there.  Several files
+may be there at once: a verifier host that rotates its key hands out the new
+public half while the old one still verifies the tokens it signed.
+
+**Revoked keys** (``revoked_file``, ``[verifier] revoked_keys_file``, default
+``/etc/schedcp/revoked-keys``): one key per line, as its 16-hex key id or its
+64-hex fingerprint (the SHA-256 of the raw public key, whose first 16 digits
+are the id); ``#`` starts a comment.  A revoked key verifies nothing — a
+trusted key and this daemon's own alike — even while its file is still in
+``trusted_dir``: tokens it signed are refused as ``KeyRevoked``.  The file is
+re-read when it changes; a line that is no key id is reported in
+:attr:`KeyStore.revoked_errors` and ignored.  An unreadable file (it exists,
+but cannot be read) revokes every trusted key, failing closed.
 
 The clock is a parameter so tests can rotate hundreds of times through
 simulated hours without sleeping.
@@ -60,15 +72,30 @@ _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_LIFETIME = 15 * 60.0
 DEFAULT_TRUSTED_DIR = Path("/etc/schedcp/trusted-keys.d")
+DEFAULT_REVOKED_FILE = Path("/etc/schedcp/revoked-keys")
 _KID_NAME = re.compile(r"^[0-9a-f]{16}$")
+_REVOKED_LINE = re.compile(r"^(?:[0-9a-f]{16}|[0-9a-f]{64})$")
+ALL_TRUSTED = "*"
+"""In :meth:`KeyStore.revoked`: the revocation list is unreadable, no trusted key counts."""
 
 Clock = Callable[[], float]
 
 
-def key_id(public: Ed25519PublicKey) -> str:
-    """A key's id: the first 16 hex digits of the SHA-256 of its raw public bytes."""
+def fingerprint(public: Ed25519PublicKey) -> str:
+    """A key's fingerprint: the SHA-256 (hex) of its raw public bytes."""
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return hashlib.sha256(raw).hexdigest()
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A key's id: the first 16 hex digits of its fingerprint."""
+    return fingerprint(public)[:16]
+
+
+def public_pem(public: Ed25519PublicKey) -> str:
+    """The public key as PEM (SubjectPublicKeyInfo): the form ``trusted_dir`` reads."""
+    return public.public_bytes(serialization.Encoding.PEM,
+                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 @dataclass
@@ -96,14 +123,22 @@ class KeyStore:
     """Ed25519 keys in ``<dir>``; see the module docstring for the files."""
 
     def __init__(self, directory: Path, lifetime: float = DEFAULT_LIFETIME,
-                 clock: Clock = time.time, trusted_dir: Path | None = None) -> None:
+                 clock: Clock = time.time, trusted_dir: Path | None = None,
+                 revoked_file: Path | None = None) -> None:
         self.dir = directory
         self.trusted_dir = trusted_dir
         """Public keys of other verifiers whose tokens are accepted (None: none)."""
         self._trusted: dict[str, Ed25519PublicKey] = {}
+        self._trusted_files: dict[str, str] = {}
         self._trusted_stamp: tuple[int, tuple[str, ...]] | None = None
         self.trusted_errors: dict[str, str] = {}
         """File name -> why a file in ``trusted_dir`` was not loaded."""
+        self.revoked_file = revoked_file
+        """The revocation list (None: no key is revoked)."""
+        self._revoked: frozenset[str] = frozenset()
+        self._revoked_stamp: tuple[int, int, int] | None = None
+        self.revoked_errors: dict[str, str] = {}
+        """``<file>:<line>`` -> why a line of ``revoked_file`` revokes nothing."""
         self.lifetime = lifetime
         """The longest a token may live; a retired key verifies this long after retiring."""
         self.clock = clock
@@ -292,32 +327,119 @@ class KeyStore:
         except OSError:
             stamp = (-1, ())
         if stamp != self._trusted_stamp:
-            self._trusted, self.trusted_errors = load_trusted(directory)
+            self._trusted, self.trusted_errors, self._trusted_files = load_trusted(directory)
             self._trusted_stamp = stamp
         return self._trusted
+
+    def revoked(self) -> frozenset[str]:
+        """The revoked key ids (:data:`ALL_TRUSTED` among them: the list is unreadable).
+
+        Re-read when the file changes (inode, size or modification time).
+        """
+        path = self.revoked_file
+        if path is None:
+            return frozenset()
+        try:
+            st = path.stat()
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = (0, 0, 0)
+        except OSError:
+            stamp = (-1, -1, -1)
+        if stamp != self._revoked_stamp:
+            self._revoked, self.revoked_errors = load_revoked(path)
+            self._revoked_stamp = stamp
+        return self._revoked
+
+    def is_revoked(self, kid: str) -> bool:
+        """Whether ``kid`` is on the revocation list (or the list is unreadable and
+        ``kid`` is not this daemon's own key)."""
+        revoked = self.revoked()
+        return kid in revoked or (ALL_TRUSTED in revoked and kid not in self._keys)
+
+    def trusted_keys(self) -> dict[str, Any]:
+        """The trusted keys, revocations and problems, for operators (``GetTrustedKeys``)."""
+        keys = self.trusted()
+        revoked = self.revoked()
+        return {
+            "trusted_dir": None if self.trusted_dir is None else str(self.trusted_dir),
+            "revoked_file": None if self.revoked_file is None else str(self.revoked_file),
+            "keys": [{"kid": kid, "fingerprint": fingerprint(public),
+                      "file": self._trusted_files.get(kid, ""),
+                      "revoked": kid in revoked or ALL_TRUSTED in revoked}
+                     for kid, public in sorted(keys.items())],
+            "revoked": sorted(revoked),
+            "errors": {**self.trusted_errors, **self.revoked_errors},
+        }
 
     def held(self) -> list[str]:
         """The ids of every key held in memory (current and retired), oldest first."""
         return [k.kid for k in sorted(self._keys.values(), key=lambda k: k.created)]
 
     def public_keys(self) -> list[dict[str, Any]]:
-        """Every key's id, raw public key (base64) and dates, for export."""
+        """Every key's id, public key (raw base64, and PEM), fingerprint and dates.
+
+        ``current`` marks the signing key; its ``public_key_pem`` is what other
+        hosts put in their ``trusted_dir`` (``schedcpctl keys export``).
+        """
+        current = self.current()
         return [
             {"kid": k.kid, "created": k.created, "retired": k.retired,
+             "current": current is not None and k.kid == current.kid,
+             "fingerprint": fingerprint(k.public), "public_key_pem": public_pem(k.public),
              "public_key": base64.b64encode(k.public.public_bytes(
                  serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()}
             for k in sorted(self._keys.values(), key=lambda k: k.created)
         ]
 
 
-def load_trusted(directory: Path) -> tuple[dict[str, Ed25519PublicKey], dict[str, str]]:
-    """Ed25519 public keys (PEM) in ``directory/*.pub``: (kid -> key, file -> error)."""
+def load_revoked(path: Path) -> tuple[frozenset[str], dict[str, str]]:
+    """The key ids a revocation list names: (ids, ``file:line`` -> error).
+
+    A missing file revokes nothing; an unreadable one revokes every trusted
+    key (:data:`ALL_TRUSTED`): a list nobody can read must not let through
+    the key it was written to stop.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return frozenset(), {}
+    except (OSError, UnicodeDecodeError) as err:
+        _LOGGER.error("revocation list %s is unreadable (%s): every trusted verifier key "
+                      "is refused until it can be read", path, err)
+        return frozenset({ALL_TRUSTED}), {str(path): f"unreadable, every trusted key is "
+                                                     f"refused: {err}"}
+    revoked: set[str] = set()
+    problems: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].strip().lower()
+        if not entry:
+            continue
+        if not _REVOKED_LINE.match(entry):
+            problems[f"{path.name}:{number}"] = (f"{entry[:40]!r} is neither a key id (16 hex "
+                                                 "digits) nor a fingerprint (64)")
+            _LOGGER.error("revocation list %s line %d revokes nothing: %s", path, number,
+                          problems[f"{path.name}:{number}"])
+            continue
+        revoked.add(entry[:16])
+    if revoked:
+        _LOGGER.info("revoked verifier keys (%s): %s", path, ", ".join(sorted(revoked)))
+    return frozenset(revoked), problems
+
+
+def load_trusted(directory: Path) -> tuple[dict[str, Ed25519PublicKey], dict[str, str],
+                                           dict[str, str]]:
+    """Ed25519 public keys (PEM) in ``directory/*.pub``.
+
+    Returns (kid -> key, file -> error, kid -> file name).
+    """
     keys: dict[str, Ed25519PublicKey] = {}
     problems: dict[str, str] = {}
+    files_of: dict[str, str] = {}
     try:
         files = sorted(directory.glob("*.pub"))
     except OSError as err:
-        return {}, {str(directory): str(err)}
+        return {}, {str(directory): str(err)}, {}
     for path in files:
         try:
             loaded = serialization.load_pem_public_key(path.read_bytes())
@@ -331,6 +453,7 @@ def load_trusted(directory: Path) -> tuple[dict[str, Ed25519PublicKey], dict[str
             _LOGGER.error("trusted verifier key %s is not used: %s", path, err)
             continue
         keys[kid] = loaded
+        files_of[kid] = path.name
     if keys:
         _LOGGER.info("trusted verifier keys from %s: %s", directory, ", ".join(sorted(keys)))
-    return keys, problems
+    return keys, problems, files_of

@@ -24,6 +24,7 @@ from schedcpd.audit import AuditLog
 from schedcpd.const import ACTION_ADMIN, ACTION_OBSERVE, API_VERSION
 from schedcpd.deploy_api import DeployAPI
 from schedcpd.errors import InvalidArgument
+from schedcpd.fleet_api import FleetAPI
 from schedcpd.plugins import PluginHost
 from schedcpd.policy_api import PolicyAPI
 
@@ -31,11 +32,12 @@ _MAX_AUDIT_ROWS = 1000
 
 
 
-class Manager(AnalysisAPI, PolicyAPI, DeployAPI):
+class Manager(AnalysisAPI, PolicyAPI, DeployAPI, FleetAPI):
     """The ``org.schedcp.Control1.Manager`` API, transport-neutral.
 
     Methods are grouped by concept in mixins (:class:`AnalysisAPI`,
-    :class:`PolicyAPI`, :class:`DeployAPI`); the transport sees one object.
+    :class:`PolicyAPI`, :class:`DeployAPI`, :class:`FleetAPI`); the transport sees
+    one object.
     """
 
     SIGNALS = (

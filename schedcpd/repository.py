@@ -10,7 +10,9 @@ Lifecycle: ``candidate`` (stored) → ``verified`` (passed the verifier) →
 ``proven`` (deployed and measured good), or ``retired`` (withdrawn; a drop-in
 file removed; superseded).  Provenance: ``builtin`` (policies/), ``user``
 (drop-in file or an admin's submission), ``agent`` (submitted by the agent's
-uid), always with the source (file path or caller uid).
+uid), ``bundle`` (imported from a policy bundle another host verified,
+:mod:`schedcpd.bundles`), always with the source (file path, caller uid, or
+the key that signed the bundle).
 
 Full-text search (SQLite FTS5, porter stemming, BM25 with the name and the
 target workloads weighted above the prose) answers natural descriptions of
@@ -37,7 +39,7 @@ from schedcpd.tokens import digest_of
 _LOGGER = logging.getLogger(__name__)
 
 STATES = ("candidate", "verified", "proven", "retired")
-PROVENANCES = ("builtin", "user", "agent")
+PROVENANCES = ("builtin", "user", "agent", "bundle")
 TRACKS = ("T1", "T2", "T3")
 MAX_DOCUMENT_BYTES = 64 * 1024
 

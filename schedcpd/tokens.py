@@ -24,7 +24,8 @@ the object it is about to load and with the running kernel's BTF
 
 A token may be signed by this daemon's key or by a *trusted verifier key*
 (another daemon's public key, :mod:`schedcpd.keys`); any other key is
-:class:`UnknownKey`.
+:class:`UnknownKey`, and a key on the revocation list is :class:`KeyRevoked`
+whoever holds or trusts it.
 
 Every issued payload is kept (table ``token_issued``, until the token would
 have expired) so a signature failure can be told apart: a token this daemon
@@ -85,6 +86,12 @@ class UnknownKey(errors.SchedcpError):
     """The token was signed by a key this daemon neither holds nor trusts (or no longer)."""
 
     name = "UnknownKey"
+
+
+class KeyRevoked(errors.SchedcpError):
+    """The token was signed by a key on the revocation list (``[verifier] revoked_keys_file``)."""
+
+    name = "KeyRevoked"
 
 
 class TokenExpired(errors.SchedcpError):
@@ -237,9 +244,13 @@ class TokenAuthority:
                             "(forged)")
 
     def check(self, token: str, now: float | None = None) -> dict[str, Any]:
-        """Verify form, signature and expiry (not the nonce); return the claims."""
+        """Verify form, key (not revoked, held or trusted), signature and expiry (not the
+        nonce); return the claims."""
         claims, signed, signature = decode(token)
         now = self.keys.clock() if now is None else now
+        if self.keys.is_revoked(claims["kid"]):
+            raise KeyRevoked(f"token was signed by key {claims['kid']}, which is revoked "
+                             f"(listed in {self.keys.revoked_file}, or the list is unreadable)")
         public = self.keys.verifying_key(claims["kid"], now)
         if public is None:
             where = self.keys.trusted_dir

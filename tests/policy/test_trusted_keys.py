@@ -115,3 +115,77 @@ def test_an_artifact_claim_must_be_two_sha256_digests(
     body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     with pytest.raises(tokens.InvalidToken, match="artifact"):
         tokens.decode(f"{head}.{body}.{signature}")
+
+
+def test_two_trusted_keys_at_once_cover_a_verifier_rotation(
+        tmp_path: Path, stores: tuple[StateStore, StateStore]) -> None:
+    """A verifier rotates: the host trusts old and new until the old one's file goes."""
+    verifier = TokenAuthority(KeyStore(tmp_path / "verifier-keys"), stores[0])
+    trusted = tmp_path / "trusted-keys.d"
+    trusted.mkdir()
+    old = verifier.keys.held()[0]
+    shutil.copy(tmp_path / "verifier-keys" / f"{old}.pub", trusted / "verifier-old.pub")
+    before = issue(verifier)
+    new = verifier.keys.rotate()
+    (trusted / "verifier-new.pub").write_text(
+        next(k["public_key_pem"] for k in verifier.keys.public_keys() if k["current"]))
+    after = issue(verifier)
+    keys = KeyStore(tmp_path / "host-keys", trusted_dir=trusted)
+    host = TokenAuthority(keys, stores[1])
+    assert {k["kid"]: k["file"] for k in keys.trusted_keys()["keys"]} == {
+        old: "verifier-old.pub", new: "verifier-new.pub"}
+    assert redeem(host, before)["kid"] == old
+    assert redeem(host, after)["kid"] == new
+    (trusted / "verifier-old.pub").unlink()  # the old key's tokens have run out
+    with pytest.raises(tokens.UnknownKey, match=old):
+        host.check(before)
+    assert host.check(issue(verifier))["kid"] == new
+
+
+def test_a_revoked_key_is_refused_by_id_or_fingerprint_even_while_trusted(
+        tmp_path: Path, stores: tuple[StateStore, StateStore]) -> None:
+    verifier = TokenAuthority(KeyStore(tmp_path / "verifier-keys"), stores[0])
+    trusted = tmp_path / "trusted-keys.d"
+    trusted.mkdir()
+    kid = verifier.keys.held()[0]
+    shutil.copy(tmp_path / "verifier-keys" / f"{kid}.pub", trusted / f"{kid}.pub")
+    revoked = tmp_path / "revoked-keys"
+    keys = KeyStore(tmp_path / "host-keys", trusted_dir=trusted, revoked_file=revoked)
+    host = TokenAuthority(keys, stores[1])
+    token = issue(verifier)
+    assert host.check(token)["kid"] == kid  # no list: nothing revoked
+    fingerprint = next(k["fingerprint"] for k in verifier.keys.public_keys())
+    assert fingerprint.startswith(kid)
+    for entry in (kid, fingerprint.upper()):
+        revoked.write_text(f"# compromised 2026-12-07\n{entry}  # verifier-a\nnot-a-key\n")
+        with pytest.raises(tokens.KeyRevoked, match=kid):
+            host.check(token)
+        assert keys.trusted_keys()["keys"][0]["revoked"] is True
+        assert "revoked-keys:3" in keys.revoked_errors
+        revoked.write_text("")
+        assert host.check(token)["kid"] == kid  # the list is re-read when it changes
+    # This daemon's own key is refused too once revoked.
+    own = asyncio.run(host.issue(policy_id=DIGEST, policy_digest=DIGEST, subsystem="scheduler",
+                                 scope={"groups": []}, report_digest="cd" * 32, uid=0))
+    revoked.write_text(keys.held()[0] + "\n")
+    with pytest.raises(tokens.KeyRevoked):
+        host.check(own)
+
+
+def test_an_unreadable_revocation_list_refuses_every_trusted_key(
+        tmp_path: Path, stores: tuple[StateStore, StateStore]) -> None:
+    verifier = TokenAuthority(KeyStore(tmp_path / "verifier-keys"), stores[0])
+    trusted = tmp_path / "trusted-keys.d"
+    trusted.mkdir()
+    kid = verifier.keys.held()[0]
+    shutil.copy(tmp_path / "verifier-keys" / f"{kid}.pub", trusted / f"{kid}.pub")
+    revoked = tmp_path / "revoked-keys"
+    revoked.mkdir()  # exists, but cannot be read as a file
+    keys = KeyStore(tmp_path / "host-keys", trusted_dir=trusted, revoked_file=revoked)
+    host = TokenAuthority(keys, stores[1])
+    with pytest.raises(tokens.KeyRevoked):
+        host.check(issue(verifier))
+    assert "unreadable" in keys.trusted_keys()["errors"][str(revoked)]
+    own = asyncio.run(host.issue(policy_id=DIGEST, policy_digest=DIGEST, subsystem="scheduler",
+                                 scope={"groups": []}, report_digest="cd" * 32, uid=0))
+    assert host.check(own)  # this daemon's own key is not failed closed with the others
