@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.deploy.conftest import FAST, policy_text, verified_token
-from tests.harness import call, call_error, wait_deployment, wait_until
+from tests.deploy.conftest import FAST, forced_token, policy_text, verified_token
+from tests.harness import call, call_error, calls_as, wait_deployment, wait_until
 
 SUB = "scheduler"
 METRICS = FAST.replace("[metrics]\nenabled = false\n", "[metrics]\nport = 0\n")
@@ -157,3 +159,35 @@ def test_safety_chain_metrics_after_deploy_override_rollback_and_trip(start_daem
     check = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True,
                            text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.slow
+def test_after_a_crash_the_gauges_are_right_and_the_restart_is_a_trip(
+        start_daemon, workload, tmp_path: Path) -> None:
+    """kill -9 with a deployment active; the next daemon's /metrics tells what happened."""
+    state = tmp_path / "state"
+    first = start_daemon(FAST + "[debug]\nfault_injection = true\n", state_dir=state,
+                         env={"SCHEDCP_FAULT_AT": "after_active"})
+    hogs = [h.pid for h in workload.hogs]
+    policy_id = call(first.address, "SubmitPolicy", "s",
+                     policy_text("metrics-crash", [("batch", hogs, "{ nice = 7 }")]))
+    # A forced token (test only, as in test_crash.py): the crash is under test here.
+    token = forced_token(state, first.address, policy_id)
+    assert "ok" in calls_as(0, first.address, [["Deploy", "s", [token]]])[0]
+    assert first.proc.wait(60) == -signal.SIGKILL, first.log_text()
+
+    second = start_daemon(METRICS, address=first.address, state_dir=state)
+    text = scrape(second.address)
+    # Read from the database: the deployment the first daemon recorded.
+    assert value(text, "schedcp_deployments", subsystem=SUB, state="reverted") == 1
+    assert value(text, "schedcp_deployments", subsystem=SUB, state="active") == 0
+    # The journal restored every value at start-up: nothing is left open.
+    assert value(text, "schedcp_journal_entries_outstanding", subsystem=SUB,
+                 state="applied") == 0
+    assert value(text, "schedcp_breaker_trips_total", subsystem=SUB,
+                 reason="daemon_restart") == 1
+    assert value(text, "schedcp_rollbacks_total", subsystem=SUB, cause="restart") == 1
+    # Restored before the deployer ran: not timed.
+    assert value(text, "schedcp_restore_duration_seconds_count", subsystem=SUB,
+                 cause="restart") is None
+    assert all(os.getpriority(os.PRIO_PROCESS, p) == 0 for p in hogs)
