@@ -117,9 +117,12 @@ class Daemon:
         self.store = StateStore(self.state_dir / "schedcpd.db", MIGRATIONS)
         # The one save-before-write journal every plugin's kernel writes go through.
         self.journal = Journal(self.state_dir / "journal.db")
+        self.journal.events = self.metrics.safety
+        self.metrics.state.bind(self.store, self.journal)
         try:
             return await self._run(loop)
         finally:
+            self.metrics.state.unbind()
             self.journal.close()
             self.store.close()
 
@@ -132,6 +135,9 @@ class Daemon:
         self._restore_all("start-up (restoring anything a previous run left applied)")
         self.manager = Manager(self.plugins, audit, self._status_extras, self.reload)
         self.metrics.plugins_enabled.set(sum(r.enabled for r in self.plugins.records.values()))
+        subsystems = set(self.plugins.subsystems())
+        self.metrics.safety.declare(subsystems)
+        self.metrics.state.subsystems = subsystems
         await self._start_policies()
 
         self.bus = bus_from_spec(self.bus_spec)
@@ -249,6 +255,7 @@ class Daemon:
                         trusted_dir=Path(trusted) if trusted else None,
                         revoked_file=Path(revoked) if revoked else None)
         tokens = TokenAuthority(keys, self.store)
+        tokens.events = self.metrics.safety
         repo = Repository(self.store, self._validate_policy)
         self.policy_errors: dict[str, str] = {}
         builtin = settings["builtin_dir"]
@@ -267,6 +274,7 @@ class Daemon:
                                          ranges=RangeCache(
                                              verifier_settings["range_lifetime_seconds"])
                                          if verifier_settings["range_verification"] else None)
+        self.manager.verifier.events = self.metrics.safety
         try:
             self.manager.agent_uids = frozenset({pwd.getpwnam(settings["agent_user"]).pw_uid})
         except KeyError:
@@ -283,6 +291,7 @@ class Daemon:
                 "DeploymentChanged", dep, state, reason),
         )
         deployer.on_live_change = lambda: self.service.properties_changed(["ActivePolicies"])
+        deployer.events = self.metrics.safety
         recovered = await deployer.recover()
         if recovered:
             _LOGGER.warning("%d deployment(s) were in flight when the daemon stopped; marked "

@@ -29,7 +29,8 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +47,10 @@ from schedcpd.breaker import (
     policy_guards,
     role_of,
 )
-from schedcpd.errors import Conflict, InvalidArgument, NotFound
+from schedcpd.errors import Conflict, InvalidArgument, NotFound, SchedcpError
 from schedcpd.plugins import PluginHost
 from schedcpd.repository import Repository, parse_document, policy_scope
+from schedcpd.safety_events import NO_EVENTS, SafetyEvents
 from schedcpd.state import StateStore
 from schedcpd.tokens import TokenAuthority, digest_of
 
@@ -131,6 +133,8 @@ class Deployer:
         self.on_live_change: Callable[[], None] = lambda: None
         self.on_targets: Callable[[list[int]], None] = lambda pids: None
         """Told the target pids before the baseline (the analyzer watches them)."""
+        self.events: SafetyEvents = NO_EVENTS
+        """Told of refused tokens, trips and restores (the daemon's metrics)."""
 
     # -- persistence ----------------------------------------------------
 
@@ -247,20 +251,24 @@ class Deployer:
 
     async def deploy(self, token: str, uid: int) -> str:
         """Redeem ``token`` and start the deployment; return its id at once."""
-        claims = self._tokens.check(token)
+        with self._refusal():
+            claims = self._tokens.check(token)
         left = await self.backoff_left(claims["policy_digest"])
         if left > 0:
+            self.events.token_refused("BackingOff")
             raise Conflict(f"policy {claims['policy_id'][:12]} tripped the breaker recently; "
                            f"backing off for {left:.0f} more seconds")
-        claims, policy = await self._redeem(token, uid, consume=False)
-        if policy.get("track", "T1") != "T1":
-            # A policy that runs an artifact (T2: a BPF object): the subsystem
-            # checks the token's binding before the token is consumed, so an
-            # object it does not bind (ObjectMismatch) leaves it usable.
-            doc = parse_document(policy["document"], policy["id"][:12])
-            await asyncio.to_thread(self._apply, claims["subsystem"], doc,
-                                    {"owner": "plan", "artifact": claims.get("artifact")}, True)
-        claims, policy = await self._redeem(token, uid, consume=True)
+        with self._refusal():
+            claims, policy = await self._redeem(token, uid, consume=False)
+            if policy.get("track", "T1") != "T1":
+                # A policy that runs an artifact (T2: a BPF object): the subsystem
+                # checks the token's binding before the token is consumed, so an
+                # object it does not bind (ObjectMismatch) leaves it usable.
+                doc = parse_document(policy["document"], policy["id"][:12])
+                await asyncio.to_thread(self._apply, claims["subsystem"], doc,
+                                        {"owner": "plan", "artifact": claims.get("artifact")},
+                                        True)
+            claims, policy = await self._redeem(token, uid, consume=True)
         dep_id = f"dep-{uuid.uuid4().hex[:12]}"
         now = self._clock()
         row = {"id": dep_id, "policy_id": policy["id"], "policy_digest": claims["policy_digest"],
@@ -286,6 +294,15 @@ class Deployer:
             self._run(dep_id, policy, doc, claims["subsystem"], claims.get("artifact")))
         return dep_id
 
+    @contextmanager
+    def _refusal(self) -> Iterator[None]:
+        """Count a named error raised inside as a refused token (by its name)."""
+        try:
+            yield
+        except SchedcpError as err:
+            self.events.token_refused(err.name)
+            raise
+
     def _apply(self, subsystem: str, doc: dict[str, Any], scope: dict[str, Any],
                dry_run: bool = False) -> dict[str, Any]:
         result = self._plugins.call_first("schedcp_apply", subsystem=subsystem, policy=doc,
@@ -294,9 +311,13 @@ class Deployer:
             raise Conflict(f"subsystem {subsystem!r} is not available")
         return dict(result)
 
-    def _restore(self, subsystem: str, dep_id: str) -> Any:
-        return self._plugins.call_first("schedcp_restore", subsystem=subsystem,
-                                        scope={"owner": dep_id})
+    def _restore(self, subsystem: str, dep_id: str, cause: str) -> Any:
+        """Restore ``dep_id``'s values; report the rollback and its time (``cause``: CAUSES)."""
+        start = time.monotonic()
+        report = self._plugins.call_first("schedcp_restore", subsystem=subsystem,
+                                          scope={"owner": dep_id})
+        self.events.rolled_back(subsystem, cause, time.monotonic() - start)
+        return report
 
     async def _run(self, dep_id: str, policy: dict[str, Any], doc: dict[str, Any],
                    subsystem: str, artifact: dict[str, str] | None = None) -> None:
@@ -377,7 +398,7 @@ class Deployer:
             raise
         except Exception as err:
             _LOGGER.exception("deployment %s failed", dep_id)
-            await asyncio.to_thread(self._restore, subsystem, dep_id)
+            await asyncio.to_thread(self._restore, subsystem, dep_id, "error")
             await self._set_state(dep_id, "failed", f"{type(err).__name__}: {err}; restored")
         finally:
             self._tasks.pop(dep_id, None)
@@ -431,7 +452,8 @@ class Deployer:
             if trip is None and sampler.groups and not sampler.alive():
                 if seconds is None and fixed:
                     await self._set_state(dep_id, "reverted", "every target process exited")
-                    await asyncio.to_thread(self._restore, subsystem, dep_id)
+                    await asyncio.to_thread(self._restore, subsystem, dep_id,
+                                            "targets_exited")
                     return True
                 continue  # a selector may match processes that start later
             if trip is not None:
@@ -456,8 +478,9 @@ class Deployer:
     async def _trip(self, dep_id: str, subsystem: str, policy: dict[str, Any],
                     trip: Trip) -> None:
         decided = time.monotonic()
+        self.events.breaker_trip(subsystem, trip.guard)
         self._fault("after_trip_decision")
-        await asyncio.to_thread(self._restore, subsystem, dep_id)
+        await asyncio.to_thread(self._restore, subsystem, dep_id, "breaker")
         restored = time.monotonic()
         record = {**trip.as_dict(), "decision_to_restore_s": round(restored - decided, 4),
                   "decided_at": self._clock() - (restored - decided)}
@@ -470,8 +493,9 @@ class Deployer:
 
     # -- rollback, holds, lifecycle -------------------------------------
 
-    async def rollback(self, dep_id: str, reason: str = "rollback requested") -> dict[str, Any]:
-        """Stop watching ``dep_id`` and restore what it changed."""
+    async def rollback(self, dep_id: str, reason: str = "rollback requested",
+                       cause: str = "requested") -> dict[str, Any]:
+        """Stop watching ``dep_id`` and restore what it changed (``cause``: for the metrics)."""
         dep = await self.get(dep_id)
         if dep["state"] in FINAL:
             raise Conflict(f"deployment {dep_id} is already {dep['state']}")
@@ -479,7 +503,7 @@ class Deployer:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        report = await asyncio.to_thread(self._restore, dep["subsystem"], dep_id)
+        report = await asyncio.to_thread(self._restore, dep["subsystem"], dep_id, cause)
         self._holds.pop(dep_id, None)
         await self._set_state(dep_id, "reverted", reason)
         # Not the policy's fault: history shows it, the reuse rules skip it.
@@ -509,7 +533,8 @@ class Deployer:
                 holders.discard(sender)
                 if not holders:
                     asyncio.get_running_loop().create_task(
-                        self.rollback(dep_id, f"the holder {sender} disconnected"))
+                        self.rollback(dep_id, f"the holder {sender} disconnected",
+                                      "holder_gone"))
 
     async def recover(self) -> int:
         """At start: deployments live when the daemon died were restored by the journal.
@@ -527,6 +552,8 @@ class Deployer:
                       "observed": None, "ratio": None, "detail": detail,
                       "decision_to_restore_s": None, "decided_at": self._clock()}
             self.trips.append({"deployment": dep["id"], **record})
+            self.events.breaker_trip(dep["subsystem"], "daemon_restart")
+            self.events.rolled_back(dep["subsystem"], "restart", None)
             await self._set_state(dep["id"], "reverted",
                                   "the daemon restarted mid-deployment; every journaled "
                                   "value was restored at start-up", trip=json.dumps(record))

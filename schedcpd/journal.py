@@ -38,6 +38,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from schedcpd.safety_events import NO_EVENTS, SafetyEvents
+
 _LOGGER = logging.getLogger(__name__)
 
 PENDING = "pending"
@@ -122,6 +124,8 @@ class Journal:
         )
         self._conn = conn
         self.db = Database(conn, execute_plugins=False)
+        self.events: SafetyEvents = NO_EVENTS
+        """Told of every override (the daemon's metrics)."""
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is fsync'd, so "recorded" means "on disk" before the
         # caller touches the kernel.
@@ -256,6 +260,13 @@ class Journal:
     def mark_overridden(self, entry_id: int, note: str) -> None:
         """Record that someone else changed the value; we no longer manage it."""
         self._set_state([entry_id], OVERRIDDEN, note)
+        self.events.override_detected(self.get(entry_id).subsystem)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Entries by (subsystem, state): what the metrics report at each scrape."""
+        sql = f"SELECT subsystem, state, COUNT(*) FROM {_TABLE} GROUP BY subsystem, state"
+        with self._lock:
+            return {(row[0], row[1]): int(row[2]) for row in self._conn.execute(sql)}
 
     def get(self, entry_id: int) -> JournalEntry:
         """Return one entry by id (``KeyError`` if absent)."""

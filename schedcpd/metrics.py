@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import start_http_server
 
 from schedcpd import __version__
+from schedcpd.metrics_safety import SafetyMetrics, StateCollector
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ class Metrics:
         self.config_reloads = Counter(
             "schedcp_config_reloads", "Configuration reloads", ["result"], registry=r
         )
+        self.safety = SafetyMetrics(r)
+        """The safety chain's event counters (the engine's :class:`SafetyEvents`)."""
+        self.state = StateCollector()
+        """Deployments and journal entries, read at each scrape."""
+        r.register(self.state)
         self._server: Any = None
 
     def serve(self, address: str, port: int) -> None:

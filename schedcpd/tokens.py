@@ -49,6 +49,7 @@ from sqlite_utils import Database
 
 from schedcpd import errors
 from schedcpd.keys import DEFAULT_LIFETIME, KeyStore, key_id
+from schedcpd.safety_events import NO_EVENTS, SafetyEvents
 from schedcpd.state import StateStore
 
 __all__ = ["DEFAULT_LIFETIME", "PREFIX", "KeyStore", "TokenAuthority", "decode", "digest_of",
@@ -182,6 +183,8 @@ class TokenAuthority:
     def __init__(self, keys: KeyStore, store: StateStore) -> None:
         self.keys = keys
         self._store = store
+        self.events: SafetyEvents = NO_EVENTS
+        """Told of every token issued and redeemed (the daemon's metrics)."""
 
     async def issue(self, *, policy_id: str, policy_digest: str, subsystem: str,
                     scope: dict[str, Any], report_digest: str, uid: int,
@@ -223,6 +226,7 @@ class TokenAuthority:
                            [claims["nonce"], payload, claims["exp"]])
 
         await self._store.run(record)
+        self.events.token_issued(subsystem)
         return token
 
     def _signature_error(self, claims: dict[str, Any]) -> errors.SchedcpError:
@@ -311,6 +315,7 @@ class TokenAuthority:
 
         if not await self._store.run(consume):
             raise TokenReplayed("token was already used")
+        self.events.token_redeemed(subsystem)
         return claims
 
 

@@ -39,6 +39,7 @@ from schedcpd.plugins import PluginHost
 from schedcpd.ranges import MAX_DIMENSIONS, RangeCache, box_of, probe_points, template_digest
 from schedcpd.reports import ReportStore
 from schedcpd.repository import Repository, parse_document, policy_scope
+from schedcpd.safety_events import NO_EVENTS, SafetyEvents
 from schedcpd.tokens import ARTIFACT_CLAIMS, TokenAuthority, digest_of
 
 _LOGGER = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ class Verifier:
         # One dynamic test at a time: two sandboxes (or micro-VMs) on one host
         # would each measure the other's load and blame it on their policy.
         self._dynamic = asyncio.Lock()
+        self.events: SafetyEvents = NO_EVENTS
+        """Told of every verification that ends (the daemon's metrics)."""
 
     async def verify(self, policy_id: str, uid: int,
                      active: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
@@ -137,6 +140,9 @@ class Verifier:
             if active is None:
                 active = await self._active()
             report = await self._run(policy, active)
+        except Exception:
+            self.events.verification(policy["subsystem"], "error", [])
+            raise
         finally:
             self._running.discard(policy["id"])
         token = ""
@@ -158,6 +164,8 @@ class Verifier:
                 doc = parse_document(policy["document"], policy["id"][:12])
                 self.ranges.remember(rng["template_digest"], box_of(doc), report_digest,
                                      policy["id"])
+        self.events.verification(policy["subsystem"], "passed" if report["passed"] else "failed",
+                                 report["stages"])
         _LOGGER.info("verification of %s (%s) for uid %d: %s", policy["name"],
                      policy["id"][:12], uid, "passed" if report["passed"] else
                      "failed at " + ", ".join(s["stage"] for s in report["stages"]
