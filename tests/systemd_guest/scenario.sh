@@ -116,8 +116,10 @@ deploy deploy1
 run stop systemctl stop "$UNIT"
 report stop after "\"active\":\"$(prop ActiveState)\"" "\"result\":\"$(prop Result)\"" \
     "\"hog1\":\"$(policy_of $HOG1)\"" "\"hog2\":\"$(policy_of $HOG2)\""
-run start systemctl start "$UNIT"
+# -- D-Bus activation: the first call to the stopped daemon starts the unit ------
+run start call GetStatus
 unit_report start
+run activation sh -c "journalctl -b -u dbus.service --no-pager -o cat | grep 'org.schedcp.Control1'"
 
 # -- the watchdog: systemd sees pings (the timestamp moves), nothing is killed ---
 FIRST=$(prop WatchdogTimestampMonotonic)

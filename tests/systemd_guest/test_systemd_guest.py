@@ -170,6 +170,18 @@ def test_stop_restores_what_a_deployment_changed(booted: GuestResult) -> None:
     assert stopped["hog1"] == stopped["hog2"] == before
 
 
+def test_a_call_to_the_stopped_daemon_starts_it_through_systemd(booted: GuestResult) -> None:
+    """D-Bus activation: dbus-daemon asks systemd for schedcpd.service (SystemdService=)."""
+    status = json.loads(json.loads(out(booted, "start")[-1])["data"][0])
+    assert status["authorization"] == "polkit", status
+    unit = event(booted, "start", "unit")
+    assert (unit["active"], unit["sub"], unit["restarts"]) == ("active", "running", 0), unit
+    assert unit["pid"] != event(booted, "install", "unit")["pid"]
+    logged = out(booted, "activation")
+    assert any("Activating via systemd" in line and "schedcpd.service" in line
+               for line in logged), logged
+
+
 def test_watchdog_pings_arrive_and_nothing_is_killed(booted: GuestResult) -> None:
     pinged = event(booted, "watchdog", "pinged")
     assert int(pinged["now_us"]) > int(pinged["first_us"])
