@@ -20,27 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.conftest import FAST, forced_token, policy_text, verified_token
 from tests.harness import call, call_error, calls_as, wait_deployment, wait_until
+from tests.policy.test_policy_dbus import STARVING as DBUS_STARVING
 
 SUB = "scheduler"
 METRICS = FAST.replace("[metrics]\nenabled = false\n", "[metrics]\nport = 0\n")
 
 # Fails the static stage: the latency group's dependency at SCHED_IDLE.
-STARVING = """
-[policy]
-name = "metrics-starve-dep"
-description = "a web server whose database is put at SCHED_IDLE"
-
-[[group]]
-name = "web"
-match = { comm = ["schedcp-web"] }
-task = { nice = -5 }
-depends_on = ["db"]
-
-[[group]]
-name = "db"
-match = { comm = ["schedcp-db"] }
-task = { policy = "idle" }
-"""
+STARVING = DBUS_STARVING.replace("dbus-test-starve", "metrics-starve-dep")
 
 
 def scrape(address: str) -> str:

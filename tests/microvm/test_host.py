@@ -7,11 +7,13 @@ The fault tests start qemu but never wait for a boot.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -225,3 +227,15 @@ def test_job_files_must_stay_inside_the_job_directory() -> None:
         host.job_archive("true", {"/etc/passwd": b"x"})
     with pytest.raises(ValueError, match="relative path"):
         host.job_archive("true", {"../x": b"x"})
+
+
+def test_job_files_keep_the_executable_bit_of_a_program(tmp_path: Path) -> None:
+    program, data = tmp_path / "prog", tmp_path / "data"
+    program.write_bytes(b"\x7fELF")
+    program.chmod(0o755)
+    data.write_bytes(b"x")
+    data.chmod(0o600)
+    archive = host.job_archive("true", {"bin/prog": program, "data": data, "raw": b"x"})
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        modes = {m.name: m.mode for m in tar.getmembers() if m.isfile()}
+    assert modes == {"run.sh": 0o755, "bin/prog": 0o755, "data": 0o644, "raw": 0o644}

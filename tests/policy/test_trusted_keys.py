@@ -45,6 +45,18 @@ def redeem(auth: TokenAuthority, token: str) -> dict:
                                    scope={"groups": []}))
 
 
+def trusting(tmp_path: Path, stores: tuple[StateStore, StateStore],
+             revoked: Path | None = None) -> tuple[TokenAuthority, str, KeyStore, TokenAuthority]:
+    """A verifier, its key id, and a host that trusts that key (its .pub copied over)."""
+    verifier = TokenAuthority(KeyStore(tmp_path / "verifier-keys"), stores[0])
+    trusted = tmp_path / "trusted-keys.d"
+    trusted.mkdir()
+    kid = verifier.keys.held()[0]
+    shutil.copy(tmp_path / "verifier-keys" / f"{kid}.pub", trusted / f"{kid}.pub")
+    keys = KeyStore(tmp_path / "host-keys", trusted_dir=trusted, revoked_file=revoked)
+    return verifier, kid, keys, TokenAuthority(keys, stores[1])
+
+
 def test_a_token_of_a_trusted_verifier_is_accepted_once(
         tmp_path: Path, stores: tuple[StateStore, StateStore]) -> None:
     verifier = TokenAuthority(KeyStore(tmp_path / "verifier-keys"), stores[0])
@@ -88,12 +100,7 @@ def test_a_trusted_key_file_must_hold_the_key_it_is_named_for(
 
 def test_a_forged_token_naming_a_trusted_key_is_a_bad_signature(
         tmp_path: Path, stores: tuple[StateStore, StateStore]) -> None:
-    verifier = TokenAuthority(KeyStore(tmp_path / "verifier-keys"), stores[0])
-    trusted = tmp_path / "trusted-keys.d"
-    trusted.mkdir()
-    kid = verifier.keys.held()[0]
-    shutil.copy(tmp_path / "verifier-keys" / f"{kid}.pub", trusted / f"{kid}.pub")
-    host = TokenAuthority(KeyStore(tmp_path / "host-keys", trusted_dir=trusted), stores[1])
+    verifier, _, _, host = trusting(tmp_path, stores)
     head, payload, signature = issue(verifier).split(".")
     forged_claims = tokens.decode(f"{head}.{payload}.{signature}")[0]
     forged_claims["artifact"] = {**ARTIFACT, "object_sha256": "ff" * 32}
@@ -144,14 +151,8 @@ def test_two_trusted_keys_at_once_cover_a_verifier_rotation(
 
 def test_a_revoked_key_is_refused_by_id_or_fingerprint_even_while_trusted(
         tmp_path: Path, stores: tuple[StateStore, StateStore]) -> None:
-    verifier = TokenAuthority(KeyStore(tmp_path / "verifier-keys"), stores[0])
-    trusted = tmp_path / "trusted-keys.d"
-    trusted.mkdir()
-    kid = verifier.keys.held()[0]
-    shutil.copy(tmp_path / "verifier-keys" / f"{kid}.pub", trusted / f"{kid}.pub")
     revoked = tmp_path / "revoked-keys"
-    keys = KeyStore(tmp_path / "host-keys", trusted_dir=trusted, revoked_file=revoked)
-    host = TokenAuthority(keys, stores[1])
+    verifier, kid, keys, host = trusting(tmp_path, stores, revoked)
     token = issue(verifier)
     assert host.check(token)["kid"] == kid  # no list: nothing revoked
     fingerprint = next(k["fingerprint"] for k in verifier.keys.public_keys())
@@ -174,15 +175,9 @@ def test_a_revoked_key_is_refused_by_id_or_fingerprint_even_while_trusted(
 
 def test_an_unreadable_revocation_list_refuses_every_trusted_key(
         tmp_path: Path, stores: tuple[StateStore, StateStore]) -> None:
-    verifier = TokenAuthority(KeyStore(tmp_path / "verifier-keys"), stores[0])
-    trusted = tmp_path / "trusted-keys.d"
-    trusted.mkdir()
-    kid = verifier.keys.held()[0]
-    shutil.copy(tmp_path / "verifier-keys" / f"{kid}.pub", trusted / f"{kid}.pub")
     revoked = tmp_path / "revoked-keys"
     revoked.mkdir()  # exists, but cannot be read as a file
-    keys = KeyStore(tmp_path / "host-keys", trusted_dir=trusted, revoked_file=revoked)
-    host = TokenAuthority(keys, stores[1])
+    verifier, _, keys, host = trusting(tmp_path, stores, revoked)
     with pytest.raises(tokens.KeyRevoked):
         host.check(issue(verifier))
     assert "unreadable" in keys.trusted_keys()["errors"][str(revoked)]

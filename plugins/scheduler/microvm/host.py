@@ -115,8 +115,14 @@ def command_script(argv: list[str], step: str = COMMAND_STEP) -> str:
 
 
 def job_archive(script: str, files: dict[str, Path | bytes]) -> bytes:
-    """The tar the guest unpacks into /run/job: ``run.sh`` and ``files`` (names relative)."""
+    """The tar the guest unpacks into /run/job: ``run.sh`` and ``files`` (names relative).
+
+    Files are 0644, but run.sh and a file given as a :class:`Path` that is
+    executable (a program the job runs): 0755.
+    """
     buf = io.BytesIO()
+    executable = {"run.sh"} | {name for name, c in files.items()
+                               if isinstance(c, Path) and c.stat().st_mode & 0o111}
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         members = {"run.sh": ("#!/bin/sh\n" + script).encode(),
                    **{name: (c.read_bytes() if isinstance(c, Path) else c)
@@ -132,7 +138,7 @@ def job_archive(script: str, files: dict[str, Path | bytes]) -> bytes:
                     folder.type, folder.mode = tarfile.DIRTYPE, 0o755
                     tar.addfile(folder)
             info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755 if name == "run.sh" else 0o644
+            info.size, info.mode = len(data), 0o755 if name in executable else 0o644
             tar.addfile(info, io.BytesIO(data))
     data = buf.getvalue()
     return data + b"\0" * (-len(data) % 4096)
