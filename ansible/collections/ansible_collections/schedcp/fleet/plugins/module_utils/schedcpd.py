@@ -87,12 +87,20 @@ async def wait_settled(client: Client, dep_id: str, timeout: float,
         await asyncio.sleep(interval)
 
 
-async def deployment_of_token(client: Client, token: str) -> dict[str, Any] | None:
-    """The deployment on this host that redeemed ``token`` (its SHA-256), if any."""
+async def deployment_of_token(client: Client, token: str, policy_id: str
+                              ) -> dict[str, Any] | None:
+    """The deployment of ``policy_id`` on this host that redeemed ``token``, if any.
+
+    ``ListDeployments`` does not carry the token: each of the policy's
+    deployments is read for its token's SHA-256.
+    """
     digest = hashlib.sha256(token.encode()).hexdigest()
-    for dep in json.loads(await client.call("ListDeployments")):
+    for listed in json.loads(await client.call("ListDeployments")):
+        if listed["policy_id"] != policy_id:
+            continue
+        dep: dict[str, Any] = await client.call_json("GetDeployment", "s", listed["id"])
         if (dep.get("token") or {}).get("digest") == digest:
-            return await client.call_json("GetDeployment", "s", dep["id"])
+            return dep
     return None
 
 

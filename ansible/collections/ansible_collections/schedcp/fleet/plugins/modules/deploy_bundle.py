@@ -113,7 +113,7 @@ def deploy(bus_address: str, bundle: str, timeout: float) -> dict[str, Any]:
         except CallFailed as err:
             if err.name != ERR + "TokenReplayed":
                 raise
-            before = await deployment_of_token(client, imported["token"])
+            before = await deployment_of_token(client, imported["token"], imported["policy_id"])
             if before is None:
                 raise
             dep_id, result["changed"] = before["id"], False
