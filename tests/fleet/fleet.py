@@ -102,6 +102,13 @@ class Host:
                    .split(), 10, f"{argv[0]} in {self.name}'s {where}")
         return proc
 
+    def kill(self, pid: int) -> None:
+        """Kill (and reap) the process ``pid`` that :meth:`start` started."""
+        [proc] = [p for p in self.procs if p.pid == pid]
+        proc.kill()
+        proc.wait(timeout=10)
+        self.procs.remove(proc)
+
     def stop_processes(self) -> None:
         """Kill what :meth:`start` started."""
         for proc in self.procs:

@@ -92,6 +92,7 @@ def test_a_breaker_trip_in_wave_two_stops_the_rollout_and_rolls_that_wave_back(
     # autogroup; nice 10 leaves it a tenth of what it had.  Elsewhere the
     # application is alone and the policy harms nothing.
     h3 = fleet.hosts["h3"]
+    h3.kill(apps["h3"])  # the spinner alone is h3's application: its canary is the spinner
     spinner = h3.start(worker_argv(fleet.dir, "spin"))
     hog = h3.start(worker_argv(fleet.dir, "spin"), where="other")
     for proc in (spinner, hog):
