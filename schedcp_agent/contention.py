@@ -25,8 +25,11 @@ from typing import Any
 from schedcp_agent.targets import read_proc
 
 COMPETING = ("cpu-bound", "churn")
-MIN_CPU = 0.3
-"""Cores a process outside the scope must use to count as a competitor."""
+MIN_DEMAND = 0.3
+"""Cores a process outside the scope must want (CPU used + run-queue wait) to compete.
+
+Wanted, not used: on a saturated machine a CPU-bound loop may get 0.2 cores
+and wait 0.75 s per second for the rest."""
 WAITING = 0.05
 """Run-queue wait (s per s) of a target that counts as waiting for a CPU."""
 PRESSURE = 10.0
@@ -47,12 +50,15 @@ class Competitor:
     session: str
     """Process group leader as ``pgid:comm`` (a shell job, a service)."""
     cmdline: str = ""
+    wait: float = 0.0
+    """Its own run-queue wait (s per s): it wants that much more CPU."""
     may_act: bool = False
     """Whether this run may act on it (``--may-act-on neighbours``)."""
 
     def describe(self) -> str:
         """``comm[pid] 0.66 cores, cpu-bound, in unit``."""
-        return (f"{self.comm}[{self.pid}] {self.cpu:.2f} cores, {self.cls}, {self.threads} "
+        return (f"{self.comm}[{self.pid}] {self.cpu:.2f} cores (+{self.wait:.2f} waiting), "
+                f"{self.cls}, {self.threads} "
                 f"thread(s), in {self.unit or self.cgroup or '?'} (session {self.session})")
 
     def as_dict(self) -> dict[str, Any]:
@@ -73,14 +79,16 @@ def unit_of(cgroup: str) -> str:
 
 
 def competitors(summary: dict[str, Any], scope: set[int], exclude: set[int]) -> list[Competitor]:
-    """CPU-bound or churning processes of the summary's top outside ``scope``, busiest first."""
+    """CPU-bound or churning processes of the summary's top outside ``scope``, neediest first."""
     out = []
     for e in summary.get("top", []):
         pid = e.get("pid")
         if not isinstance(pid, int) or pid in scope or pid in exclude:
             continue
         cls, cpu = str(e.get("cls") or ""), float(e.get("cpu") or 0.0)
-        if str(e.get("root", "")).startswith("kernel") or cls not in COMPETING or cpu < MIN_CPU:
+        wait = float(e.get("wait") or 0.0)
+        if (str(e.get("root", "")).startswith("kernel") or cls not in COMPETING
+                or cpu + wait < MIN_DEMAND):
             continue
         proc = read_proc(pid)
         if proc is None:
@@ -88,8 +96,8 @@ def competitors(summary: dict[str, Any], scope: set[int], exclude: set[int]) -> 
         cg = str(e.get("cg") or "")
         out.append(Competitor(pid, str(e.get("comm") or proc.comm), cls, round(cpu, 3),
                               int(e.get("thr") or proc.threads), cg, unit_of(cg),
-                              str(e.get("root") or ""), proc.cmdline[:200]))
-    return sorted(out, key=lambda c: -c.cpu)
+                              str(e.get("root") or ""), proc.cmdline[:200], round(wait, 3)))
+    return sorted(out, key=lambda c: -(c.cpu + c.wait))
 
 
 def pressure(summary: dict[str, Any]) -> dict[str, float]:
