@@ -118,6 +118,7 @@ class Agent:
                              load_prices(opts.prices))
         self.proc: asyncio.subprocess.Process | None = None
         self.sched_ext: tuple[bool, str] = (False, "not asked yet")
+        self.daemon_pid = 0
 
     async def optimize(self) -> dict[str, Any]:
         """The whole loop; returns the report (see docs/agent.md)."""
@@ -128,6 +129,7 @@ class Agent:
         try:
             status = await check_access(self.client)
             self.sched_ext = synth.sched_ext_offer(status)
+            self.daemon_pid = int(status.get("pid") or 0)
             report["sched_ext"] = {"available": self.sched_ext[0], "reason": self.sched_ext[1]}
             if opts.command:
                 self.proc = await asyncio.create_subprocess_exec(*opts.command)
@@ -155,7 +157,8 @@ class Agent:
         self.progress(f"observing {opts.scope.describe()} for {opts.observe_seconds:.0f} s")
         profile = await Observer(self.client, tracker, opts.observe_seconds,
                                  may_act_on_neighbours=opts.may_act_on_neighbours,
-                                 neighbours_match=opts.neighbours_match).observe(opts.goal)
+                                 neighbours_match=opts.neighbours_match,
+                                 protected={1, self.daemon_pid}).observe(opts.goal)
         report["saw"] = profile.as_dict()
         report["goal"] = profile.goal
         report["advice"] = profile.advice

@@ -131,13 +131,16 @@ class Observer:
 
     def __init__(self, client: SchedcpClient, tracker: ScopeTracker,
                  seconds: float = 3.0, deep: bool = True, may_act_on_neighbours: bool = False,
-                 neighbours_match: str | None = None) -> None:
+                 neighbours_match: str | None = None,
+                 protected: set[int] | None = None) -> None:
         self.client = client
         self.tracker = tracker
         self.seconds = seconds
         self.deep = deep
         self.may_act = may_act_on_neighbours
         self.neighbours_match = neighbours_match
+        self.protected = (protected or set()) | {1}
+        """Never competitors: init, schedcpd itself (and the agent's own lineage)."""
         self.found: list[contention.Competitor] = []
         self.allowed: list[contention.Competitor] = []
         self.batches: list[JobBatch] = []
@@ -206,7 +209,7 @@ class Observer:
         tr = self.tracker
         waits = {pid: w for pid in current if (w := tr.wait(pid)) is not None}
         scope = set(current) | {s.proc.pid for s in tr.seen.values()}
-        found = contention.competitors(summary, scope, own_lineage())
+        found = contention.competitors(summary, scope, own_lineage() | self.protected)
         if found and not contention.contended(waits, summary):
             evidence.append(f"{len(found)} busy process(es) outside the scope, but the targets "
                             f"did not wait for a CPU and there is no pressure: not competitors")
