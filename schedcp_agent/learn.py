@@ -16,7 +16,8 @@ before window's own spread (its p10..p90, sampled by the daemon in the
 minute before the first write), and the after window's median must lie
 outside that band on the better side *and* be at least :data:`MIN_GAIN`
 better than the before median.  Anything else -- inside the noise, worse,
-too few samples, no figure at all, a deployment the daemon ended -- is "no
+too few samples, no figure at all, only the machine-wide run-queue wait
+(it moves with every other tenant), a deployment the daemon ended -- is "no
 gain" (or "worse", or the state it ended in): the deployment is rolled
 back and the next candidate is tried, within the budget.  The daemon itself
 records outcomes and antipatterns in the repository (every deployment's
@@ -185,5 +186,10 @@ def judge(profile: WorkloadProfile, state: str, feedback: dict[str, Any] | None)
                        f"the daemon ended the deployment: {state}", f"ended {state}",
                        fig.before_band)
     outcome, why = assess(better, fig)
+    if outcome == IMPROVED and metric.startswith("system"):
+        # The machine-wide figure moves with every other tenant's load: it is no
+        # evidence about the targets (their own figure was not sampled).
+        outcome, why = NO_GAIN, (f"{why}; but only the machine-wide figure was measured "
+                                 f"(the targets' own was not sampled): no evidence about them")
     return Verdict(metric, fig.before, fig.after, better, improved, outcome == IMPROVED,
                    f"{metric}: {why}", outcome, fig.before_band)

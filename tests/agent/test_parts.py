@@ -195,6 +195,12 @@ def test_judge_keeps_only_a_gain_beyond_the_noise_of_the_same_run() -> None:
     few = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03], n=2))
     assert not few.goal_met and "too few" in few.reason
     assert judge(prof, "active", None).outcome == "no gain"
+    # Only the machine-wide wait (the targets were not sampled): never evidence.
+    rq = {"median": 0.2, "p10": 0.1, "p90": 0.3, "n": 20}
+    system = judge(prof, "active", {"pids": {}, "metrics": {"rq_wait": {
+        "before": rq, "after": {**rq, "median": 0.01, "p10": 0.0, "p90": 0.02}}}})
+    assert system.metric.startswith("system") and not system.goal_met
+    assert "no evidence about them" in system.reason
     ended = judge(prof, "reverted", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03]))
     assert not ended.goal_met and ended.outcome == "ended reverted"
 
