@@ -144,14 +144,15 @@ def test_without_the_flag_the_report_proposes_acting_on_the_competitors(
     [advice] = report["advice"]
     assert advice.startswith("proposed, not done") and "SCHED_IDLE" in advice
     assert "--may-act-on neighbours" in advice
-    assert all(f"sh[{pid}]" in advice for pid in loop_pids), advice
+    # The advice names the neediest competitors (other tenants' may outrank a loop).
+    assert any(f"sh[{pid}]" in advice for pid in loop_pids), advice
     # Nothing outside the scope was touched; whatever ran on the probe was undone.
     for pid in loop_pids:
         assert not watch.saw(pid, policy=os.SCHED_IDLE), watch.seen.get(pid)
         assert {p for p, _, _ in watch.seen.get(pid, set())} <= {os.SCHED_OTHER}
-    if report["attempts"]:
-        notes = report["attempts"][0]["candidate"]["notes"]
-        assert any("competitors are outside the scope" in n for n in notes), notes
+    cand = report["attempts"][0]["candidate"] if report["attempts"] else {}
+    if cand.get("base") == "latency-protect" and cand.get("rung") in ("configure", "patch"):
+        assert any("competitors are outside the scope" in n for n in cand["notes"]), cand
     assert report["kept_deployment"] is None and rc in (0, 1)
     # The text report says the same.
     out = subprocess.run([sys.executable, "-c", "import json,sys\n"
