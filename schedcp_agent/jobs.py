@@ -5,10 +5,12 @@ them apart is what those processes are and how they start:
 
 - a **short-job batch** (a test runner, sysbench looped, a set of jobs
   started at once): a parent starts *jobs* -- leaves of the tree that fork
-  nothing themselves, running *one command* -- either several at the same
-  moment (a burst: :data:`MIN_BURST` or more within :data:`BURST_SECONDS`)
-  or one after another, each running through at least one snapshot period
-  (it does real work, it is not a helper that execs and exits);
+  nothing themselves (no child seen, no CPU of reaped children), running
+  *one command* -- either several at the same moment (a burst:
+  :data:`MIN_BURST` or more within :data:`BURST_SECONDS`), or one after
+  another or :data:`MIN_BURST` or more side by side, each running through
+  at least one snapshot period (it does real work, it is not a helper that
+  execs and exits);
 - **fork churn** (``make -j``, a shell script's pipelines): a tree of
   short-lived helpers -- intermediate processes that fork their own
   children (make -> sh -> cc -> cc1), several commands, each living less
@@ -116,7 +118,9 @@ def job_batches(tracker: ScopeTracker, ticks: int | None = None) -> list[JobBatc
         kids.setdefault(s.proc.ppid, []).append(s)
     out = []
     for parent, group in kids.items():
-        leaves = [s for s in group if s.proc.pid not in parents_of]
+        # A leaf forked nothing: no child seen, and no CPU of reaped children (a make
+        # whose sh helpers lived too briefly for any snapshot still has their CPU).
+        leaves = [s for s in group if s.proc.pid not in parents_of and not s.proc.child_ticks]
         if len(leaves) < MIN_JOBS or len(leaves) < len(group) * HOMOGENEOUS:
             continue
         command, count = Counter(s.proc.comm for s in leaves).most_common(1)[0]
@@ -128,7 +132,9 @@ def job_batches(tracker: ScopeTracker, ticks: int | None = None) -> list[JobBatc
         frames = statistics.median(s.frames for s in jobs)
         peak = max(s.peak for s in jobs)
         bursty = inside / len(jobs) >= 0.5
-        runs = frames >= 2 and peak <= 1  # serial jobs that each run a while
+        # Jobs that each run a while (seen in two snapshots or more), one after
+        # another or a set side by side (however slowly a loaded host spawned them).
+        runs = frames >= 2 and (peak <= 1 or peak >= MIN_BURST)
         if not (bursty or runs):
             continue
         parent_comm = by_pid[parent].comm if parent in by_pid else \
@@ -138,3 +144,19 @@ def job_batches(tracker: ScopeTracker, ticks: int | None = None) -> list[JobBatc
                             max(s.proc.threads for s in jobs),
                             _root(parent, by_pid, tracker.current)))
     return sorted(out, key=lambda b: -b.jobs)
+
+
+def helpers_that_fork(tracker: ScopeTracker) -> list[Proc]:
+    """Processes that came and went and forked children of their own (make -> sh).
+
+    The mark of fork churn that does not depend on a rate: a build's steps
+    are short-lived processes that start helpers (their children are seen,
+    or their reaped children's CPU shows), however slowly a loaded host runs
+    them.
+    """
+    seen = list(tracker.seen.values())
+    parents_of = {s.proc.ppid for s in seen}
+    gone = {(p.pid, p.start) for p in tracker.vanished()}
+    return [s.proc for s in seen
+            if (s.proc.pid, s.proc.start) in gone and not s.alive_at_start
+            and (s.proc.child_ticks > 0 or s.proc.pid in parents_of)]

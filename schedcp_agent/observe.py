@@ -21,7 +21,7 @@ from typing import Any
 
 from schedcp_agent import contention
 from schedcp_agent.client import DaemonError, SchedcpClient
-from schedcp_agent.jobs import JobBatch, job_batches
+from schedcp_agent.jobs import JobBatch, helpers_that_fork, job_batches
 from schedcp_agent.targets import Proc, ScopeTracker, own_lineage
 
 _LOGGER = logging.getLogger(__name__)
@@ -328,10 +328,15 @@ class Observer:
             return "job-batch", {"batch": roots}, [b.describe() for b in batches[:3]]
         churn_roots = sorted({p.ppid for p in appeared if p.ppid in current} |
                              {t.pid for t in targets.values() if t.cls == "churn"})
-        if rate >= CHURN_RATE or any(t.cls == "churn" for t in targets.values()):
+        forkers = helpers_that_fork(tr)
+        if (rate >= CHURN_RATE or any(t.cls == "churn" for t in targets.values())
+                or len(forkers) >= 2):
             roots = [p for p in churn_roots if current.get(p) and
                      current[p].ppid not in current] or churn_roots
-            return "fork-churn", {"build": roots or sorted(current)}, []
+            helpers = [f"{len(forkers)} short-lived processes forked helpers of their own ("
+                       + ", ".join(f"{f.comm}[{f.pid}]" for f in forkers[:4]) + ")"
+                       ] if forkers else []
+            return "fork-churn", {"build": roots or sorted(current)}, helpers
         return None
 
     def _shape(self, targets: dict[int, Target],

@@ -35,6 +35,8 @@ class Proc:
     start: int
     cgroups: tuple[str, ...]
     threads: int = 1
+    child_ticks: int = 0
+    """CPU of its reaped children (cutime + cstime, clock ticks): it forked helpers."""
 
 
 @dataclass
@@ -73,7 +75,8 @@ def read_proc(pid: int) -> Proc | None:
     cgroups = tuple(line.split(":", 2)[2] for line in cg.splitlines() if line.count(":") >= 2)
     return Proc(pid=pid, ppid=int(rest[1]), comm=comm,
                 cmdline=raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace"),
-                start=int(rest[19]), cgroups=cgroups, threads=int(rest[17]))
+                start=int(rest[19]), cgroups=cgroups, threads=int(rest[17]),
+                child_ticks=int(rest[13]) + int(rest[14]))
 
 
 def read_schedstat(pid: int) -> tuple[int, int] | None:

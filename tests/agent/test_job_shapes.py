@@ -99,8 +99,8 @@ def test_make_j_is_still_fork_churn(tmp_path: Path) -> None:
 
 
 def _seen(pid: int, ppid: int, comm: str, start: int, frames: int, peak: int,
-          at_start: bool = False) -> Seen:
-    proc = Proc(pid, ppid, comm, comm, start, ("/",))
+          at_start: bool = False, child_ticks: int = 0) -> Seen:
+    proc = Proc(pid, ppid, comm, comm, start, ("/",), child_ticks=child_ticks)
     return Seen(proc, 0.0, 0.0, at_start, frames, peak)
 
 
@@ -121,6 +121,13 @@ def test_job_shape_rules_on_well_defined_trees() -> None:
     serial = [_seen(100 + i, 10, "sysbench", 100 * i, 5, 1) for i in range(4)]
     got = job_batches(_tracker([driver, *serial], [10]), ticks=100)
     assert len(got) == 1 and got[0].serial and got[0].root == 10
+    # ...unless each reaped children of its own (make runs whose sh helpers no
+    # snapshot caught): those are build steps, not jobs.
+    makes = [_seen(100 + i, 10, "make", 100 * i, 3, 1, child_ticks=6) for i in range(4)]
+    assert job_batches(_tracker([driver, *makes], [10]), ticks=100) == []
+    # A set side by side, spawned slowly (no burst), each running a while: a batch.
+    slow = [_seen(100 + i, 10, "spinjob", 500 + 30 * i, 4, 6) for i in range(6)]
+    assert job_batches(_tracker([driver, *slow], [10]), ticks=100)[0].peak == 6
     # Six started within two ticks of each other: a burst, whatever their lifetime.
     burst = [_seen(100 + i, 10, "spinjob", 500 + (i % 2), 1, 6) for i in range(6)]
     got = job_batches(_tracker([driver, *burst], [10]), ticks=100)
