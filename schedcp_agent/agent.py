@@ -20,7 +20,7 @@ from schedcp_agent import synth
 from schedcp_agent.budget import Budget, BudgetSpent, load_prices
 from schedcp_agent.client import DaemonError, SchedcpClient
 from schedcp_agent.execute import NOT_DEPLOYABLE, ExecResult, Executor, check_access
-from schedcp_agent.learn import Verdict, judge
+from schedcp_agent.learn import IMPROVED, NO_GAIN, Verdict, judge
 from schedcp_agent.observe import Observer
 from schedcp_agent.offline import OfflinePlanner
 from schedcp_agent.plan import Attempt, Candidate, Planner, RepositoryView, repository_hit
@@ -58,6 +58,10 @@ class Options:
     (T2 first when the host offers sched_ext, then T1)."""
     max_programs: int = 4
     """How many programs the model may submit (SubmitProgram) in one run."""
+    may_act_on_neighbours: bool = False
+    """Whether competitors outside the scope may be acted on (``--may-act-on neighbours``)."""
+    neighbours_match: str | None = None
+    """Only competitors whose command line matches this may be acted on."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,6 +118,7 @@ class Agent:
                              load_prices(opts.prices))
         self.proc: asyncio.subprocess.Process | None = None
         self.sched_ext: tuple[bool, str] = (False, "not asked yet")
+        self.daemon_pid = 0
 
     async def optimize(self) -> dict[str, Any]:
         """The whole loop; returns the report (see docs/agent.md)."""
@@ -124,6 +129,7 @@ class Agent:
         try:
             status = await check_access(self.client)
             self.sched_ext = synth.sched_ext_offer(status)
+            self.daemon_pid = int(status.get("pid") or 0)
             report["sched_ext"] = {"available": self.sched_ext[0], "reason": self.sched_ext[1]}
             if opts.command:
                 self.proc = await asyncio.create_subprocess_exec(*opts.command)
@@ -149,15 +155,27 @@ class Agent:
         await self.client.watch_deployments(executor.on_signal)
         tracker = ScopeTracker(opts.scope)
         self.progress(f"observing {opts.scope.describe()} for {opts.observe_seconds:.0f} s")
-        profile = await Observer(self.client, tracker, opts.observe_seconds).observe(opts.goal)
+        profile = await Observer(self.client, tracker, opts.observe_seconds,
+                                 may_act_on_neighbours=opts.may_act_on_neighbours,
+                                 neighbours_match=opts.neighbours_match,
+                                 protected={1, self.daemon_pid}).observe(opts.goal)
         report["saw"] = profile.as_dict()
         report["goal"] = profile.goal
+        report["advice"] = profile.advice
         self.progress(f"profile: {profile.text} (shape {profile.shape}; "
                       f"{len(profile.targets)} targets)")
         for line in profile.evidence:
             self.progress(f"  evidence: {line}")
+        for line in profile.advice:
+            self.progress(f"advice: {line}")
         if not profile.targets:
             report["status"] = "no targets: nothing in the scope is running"
+            return
+        if profile.nothing_to_gain:
+            # Do no harm: a deployment here could only cost something.
+            report["status"] = profile.nothing_to_gain
+            self.progress(profile.nothing_to_gain)
+            report["kept_deployment"] = None
             return
         repo = RepositoryView(self.client)
         planner = _planner(opts, self.client, repo, self.budget, report, t2)
@@ -188,11 +206,10 @@ class Agent:
             if res.deployment:
                 feedback = await _feedback(self.client, res.deployment)
                 verdict = judge(profile, res.state, feedback)
-                self.progress(f"learn: {'goal met' if verdict.goal_met else 'goal not met'}: "
-                              f"{verdict.reason}")
+                self.progress(f"learn: {verdict.outcome}: {verdict.reason}")
             report["attempts"].append(_attempt_record(cand, res, verdict, feedback))
             outcome = "refused" if not res.verified else (
-                "goal met" if verdict and verdict.goal_met else f"goal not met ({res.state})")
+                verdict.outcome if verdict else f"not deployed ({res.state or res.error})")
             attempts.append(Attempt(cand, outcome, (verdict.reason if verdict else res.error),
                                     res.deployment, feedback or {},
                                     {"state": res.state, "reason": res.reason}))
@@ -204,14 +221,21 @@ class Agent:
                 break
             if verdict is not None and verdict.goal_met:
                 kept = res.deployment
-                report["status"] = "goal met"
+                report["status"] = IMPROVED
                 report["measured"] = verdict.as_dict()
                 break
             if res.deployment and res.state not in ("reverted", "failed"):
                 await executor.rollback(res.deployment)
-                self.progress(f"rolled back {res.deployment}: it did not meet the goal")
+                self.progress(f"rolled back {res.deployment}: "
+                              f"{verdict.outcome if verdict else 'no measurement'}")
         else:
             report["status"] = report["status"] or "iterations used up"
+        judged = [a for a in report["attempts"] if a["verdict"]]
+        if kept is None and judged and not report["status"].startswith(("stopped", "verified")):
+            # Every deployment was rolled back: say so, whatever ended the loop.
+            report["status"] = (f"{NO_GAIN}: {len(judged)} deployment(s) tried, none improved "
+                                f"{judged[-1]['verdict']['metric']} beyond the noise measured "
+                                f"in the same run; rolled back")
         synthesis = getattr(planner, "program_attempts", None)
         if synthesis:
             report["synthesis"] = synthesis

@@ -108,6 +108,19 @@ def scope_problem(text: str, allowed: set[int]) -> str | None:
     return None
 
 
+def _neighbours(profile: WorkloadProfile) -> str:
+    """The competitors outside the scope, and whether the model may select them."""
+    if not profile.competitors:
+        return ""
+    brief = [{k: c.get(k) for k in ("pid", "comm", "cls", "cpu", "wait", "unit", "may_act")}
+             for c in profile.competitors[:8]]
+    rule = ("those with may_act true are among the targets (the user passed --may-act-on "
+            "neighbours)" if profile.may_act_on_neighbours else
+            "they are outside the scope: do not select them (the report proposes acting on "
+            "them to the user)")
+    return f"Competitors outside the scope: {json.dumps(brief)}; {rule}.\n"
+
+
 class ClaudePlanner:
     """Planner backend driving a Claude model with the schedcpd tools."""
 
@@ -156,8 +169,8 @@ class ClaudePlanner:
                 f"Shape: {profile.shape}; roles (group name -> pids): "
                 f"{json.dumps(profile.roles)}\nTargets (the only pids you may select): "
                 f"{json.dumps(targets)}\nEvidence: {json.dumps(profile.evidence[-8:])}\n"
-                f"Host: {json.dumps(profile.summary)}\nFind a policy, verify it, answer "
-                f"with POLICY: <id>.")
+                f"Host: {json.dumps(profile.summary)}\n{_neighbours(profile)}"
+                f"Find a policy, verify it, answer with POLICY: <id>.")
 
     @staticmethod
     def _attempt_message(last: Attempt) -> str:

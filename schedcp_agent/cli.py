@@ -3,14 +3,16 @@
     schedcp-agent optimize --goal latency|throughput|makespan|fairness
         [--pid P ... | --cgroup C | --match REGEX | -- CMD ...]
         [--backend offline|claude] [--track auto|T1|T2] [--max-programs N]
+        [--may-act-on neighbours [--neighbours-match REGEX]]
         [--budget-usd X] [--bus ADDRESS]
         [--revert-at-end] [--json]
     schedcp-agent watch [--pid P | --cgroup C | --match REGEX] [--min-interval S] ...
     schedcp-agent tune POLICY|deployed --goal wait:GROUP|wait-p90:GROUP|cpu:GROUP
         [--bind GROUP=PID[,PID...]] [--trials N] [--seconds S] [--out DIR] ...
 
-Exit status: 0 the goal was met (or watch ended), 1 not met / stopped by the
-budget / no candidate, 2 usage, 3 schedcpd not reachable, 4 not authorized.
+Exit status: 0 a deployment improved the goal beyond noise, nothing to gain
+(or watch ended), 1 no gain / stopped by the budget / no candidate, 2 usage,
+3 schedcpd not reachable, 4 not authorized.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from typing import Any
 from schedcp_agent.agent import Agent, Options
 from schedcp_agent.client import DaemonError
 from schedcp_agent.execute import NotAuthorized, not_authorized
+from schedcp_agent.learn import IMPROVED
 from schedcp_agent.observe import GOALS
 from schedcp_agent.report import render
 from schedcp_agent.targets import Scope
@@ -61,6 +65,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "auto: T2 first when the host offers sched_ext (default)")
     p.add_argument("--max-programs", type=int, default=4,
                    help="programs the model may submit in one run (claude backend)")
+    p.add_argument("--may-act-on", choices=("neighbours",), action="append", default=[],
+                   help="neighbours: the agent may deploy on competitors it finds outside "
+                        "the scope (default: it only proposes that in the report)")
+    p.add_argument("--neighbours-match", metavar="REGEX",
+                   help="with --may-act-on neighbours: only competitors whose command line "
+                        "matches REGEX")
     p.add_argument("--revert-at-end", action="store_true",
                    help="roll back what was deployed when the run ends (and hold it meanwhile)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -205,7 +215,9 @@ def options(args: argparse.Namespace) -> Options:
         budget_tokens=args.budget_tokens, budget_seconds=args.budget_seconds,
         model=args.model, base_url=args.base_url, prices=args.prices,
         transcript_dir=args.transcript_dir, track=args.track,
-        max_programs=args.max_programs)
+        max_programs=args.max_programs,
+        may_act_on_neighbours="neighbours" in args.may_act_on,
+        neighbours_match=args.neighbours_match)
 
 
 def _progress(json_out: bool) -> Any:
@@ -227,6 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         print("schedcp-agent: give the targets: --pid, --cgroup, --match or -- CMD",
               file=sys.stderr)
         return EXIT_USAGE
+    if opts.neighbours_match is not None:
+        if not opts.may_act_on_neighbours:
+            print("schedcp-agent: --neighbours-match needs --may-act-on neighbours",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            re.compile(opts.neighbours_match)
+        except re.error as err:
+            print(f"schedcp-agent: --neighbours-match: not a regular expression: {err}",
+                  file=sys.stderr)
+            return EXIT_USAGE
     say = _progress(args.json)
     try:
         if args.command == "watch":
@@ -243,7 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     except (DaemonError, OSError, EOFError) as err:
         return _daemon_failure(err, opts.bus)
     print(json.dumps(report, indent=1, default=str) if args.json else render(report))
-    return EXIT_OK if report.get("status") == "goal met" else EXIT_NOT_MET
+    return EXIT_OK if succeeded(report) else EXIT_NOT_MET
+
+
+def succeeded(report: dict[str, Any]) -> bool:
+    """Exit 0: a deployment improved the goal, or the agent saw nothing to gain."""
+    status = str(report.get("status", ""))
+    return status == IMPROVED or status.startswith("nothing to gain")
 
 
 def _daemon_failure(err: Exception, bus: str) -> int:

@@ -1,4 +1,4 @@
-"""Learning role: measured feedback per goal, and the decision to stop or iterate.
+"""Learning role: measured feedback per goal, and the decision to keep or roll back.
 
 ``GetFeedback`` compares the minute before a deployment's first write with
 the time since, per target pid.  The goal decides which figure counts:
@@ -10,14 +10,19 @@ the time since, per target pid.  The goal decides which figure counts:
 | makespan | CPU of the critical path (the long job; else every target) | higher |
 | fairness | min/max CPU across targets | higher |
 
-A candidate meets the goal when its deployment reached ``active`` and the
-figure did not get worse by more than :data:`TOLERANCE` *and* beyond the
-spread (the after window's p10..p90 entirely on the bad side of the
-baseline's); otherwise the next
-candidate is tried, within the budget.  The daemon itself records outcomes
-and antipatterns in the repository (every deployment's history); the
-learner keeps the session's attempts in memory so the planner does not
-repeat itself.
+**Do no harm.**  A deployment is kept only on evidence that it improved
+the figure beyond the noise measured in the same run: the noise is the
+before window's own spread (its p10..p90, sampled by the daemon in the
+minute before the first write), and the after window's median must lie
+outside that band on the better side *and* be at least :data:`MIN_GAIN`
+better than the before median.  Anything else -- inside the noise, worse,
+too few samples, no figure at all, only the machine-wide run-queue wait
+(it moves with every other tenant), a deployment the daemon ended -- is "no
+gain" (or "worse", or the state it ended in): the deployment is rolled
+back and the next candidate is tried, within the budget.  The daemon itself
+records outcomes and antipatterns in the repository (every deployment's
+history); the learner keeps the session's attempts in memory so the planner
+does not repeat itself.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ from typing import Any
 
 from schedcp_agent.observe import WorkloadProfile
 
-TOLERANCE = 0.10
+MIN_GAIN = 0.03
+"""The smallest relative improvement kept, even when the before window had no spread."""
+MIN_SAMPLES = 3
+"""Samples each window needs before its spread says anything about noise."""
+IMPROVED, NO_GAIN, WORSE = "improved", "no gain", "worse"
 _ROLES = {"latency": ("latency", "foreground"), "throughput": ("batch", "build", "all"),
           "makespan": ("long", "build", "batch", "short", "all"), "fairness": ()}
 
@@ -42,8 +51,14 @@ class Verdict:
     after: float | None
     better: str
     improved: bool | None
+    """Whether the median moved the good way at all (noise or not)."""
     goal_met: bool
+    """Kept: improved beyond the noise measured in the same run."""
     reason: str
+    outcome: str = NO_GAIN
+    """``improved``, ``no gain``, ``worse``, or ``ended <state>`` (the daemon ended it)."""
+    noise: tuple[float, float] | None = None
+    """The before window's p10..p90 band of the figure: the noise it had to beat."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -57,12 +72,21 @@ def _stat(stat: dict[str, Any] | None, key: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-Figure = tuple[float | None, float | None, tuple[float, float] | None, tuple[float, float] | None]
+@dataclass
+class Figure:
+    """One goal figure over both windows: medians, p10..p90 bands, fewest samples."""
+
+    before: float | None = None
+    after: float | None = None
+    before_band: tuple[float, float] | None = None
+    after_band: tuple[float, float] | None = None
+    samples: int | None = None
 
 
 def _combine(pairs: list[tuple[dict[str, Any], dict[str, Any]]], agg: str) -> Figure:
-    """Aggregate per-pid spreads: (before, after, before p10..p90, after p10..p90)."""
+    """Aggregate per-pid spreads into one figure (sum, mean, or min/max for fairness)."""
     cols: dict[str, list[float]] = {k: [] for k in ("bm", "am", "b10", "b90", "a10", "a90")}
+    counts: list[int] = []
     for b, a in pairs:
         vals = {"bm": _stat(b, "median"), "am": _stat(a, "median"), "b10": _stat(b, "p10"),
                 "b90": _stat(b, "p90"), "a10": _stat(a, "p10"), "a90": _stat(a, "p90")}
@@ -71,15 +95,21 @@ def _combine(pairs: list[tuple[dict[str, Any], dict[str, Any]]], agg: str) -> Fi
         for k, v in vals.items():
             assert v is not None
             cols[k].append(v)
+        counts += [int(x["n"]) for x in (b, a) if isinstance(x.get("n"), int)]
     if not cols["bm"]:
-        return None, None, None, None
+        return Figure()
+    samples = min(counts) if counts else None
     if agg == "fair":
-        def ratio(xs: list[float]) -> float:
-            return min(xs) / max(max(xs), 1e-9)
-        return ratio(cols["bm"]), ratio(cols["am"]), None, None
+        def ratio(lo: list[float], hi: list[float]) -> float:
+            return min(lo) / max(max(hi), 1e-9)
+        # The band: the least and the most even split the per-pid spreads allow.
+        return Figure(ratio(cols["bm"], cols["bm"]), ratio(cols["am"], cols["am"]),
+                      (ratio(cols["b10"], cols["b90"]), min(1.0, ratio(cols["b90"], cols["b10"]))),
+                      (ratio(cols["a10"], cols["a90"]), min(1.0, ratio(cols["a90"], cols["a10"]))),
+                      samples)
     f = sum if agg == "sum" else statistics.fmean
-    return (f(cols["bm"]), f(cols["am"]), (f(cols["b10"]), f(cols["b90"])),
-            (f(cols["a10"]), f(cols["a90"])))
+    return Figure(f(cols["bm"]), f(cols["am"]), (f(cols["b10"]), f(cols["b90"])),
+                  (f(cols["a10"]), f(cols["a90"])), samples)
 
 
 def _pid_figure(feedback: dict[str, Any], pids: list[int], kind: str, agg: str) -> Figure:
@@ -99,50 +129,67 @@ def goal_pids(profile: WorkloadProfile) -> list[int]:
     return pids or sorted(profile.targets)
 
 
-def judge(profile: WorkloadProfile, state: str, feedback: dict[str, Any] | None) -> Verdict:
-    """Goal met, or why not, from the deployment's final state and its feedback."""
-    goal = profile.goal
-    pids = goal_pids(profile)
+def goal_figure(profile: WorkloadProfile,
+                feedback: dict[str, Any] | None) -> tuple[str, str, Figure]:
+    """(metric name, which way is better, the figure) for the profile's goal."""
+    goal, pids, fb = profile.goal, goal_pids(profile), feedback or {}
     if goal == "latency":
-        metric, better = "run-queue wait (s/s) of the latency targets", "lower"
-        before, after, bs, as_ = _pid_figure(feedback or {}, pids, "wait", "mean")
-        if before is None and feedback:
-            metric = "system run-queue wait (s/s)"
+        fig = _pid_figure(fb, pids, "wait", "mean")
+        if fig.before is None and feedback:
             rq = feedback.get("metrics", {}).get("rq_wait", {})
-            before, after, bs, as_ = _combine([(rq.get("before") or {}, rq.get("after") or {})],
-                                              "mean")
-    elif goal == "fairness":
-        metric, better = "min/max CPU across targets", "higher"
-        before, after, bs, as_ = _pid_figure(feedback or {}, pids, "cpu", "fair")
-    else:
-        metric, better = f"CPU (cores) of the {goal} targets", "higher"
-        before, after, bs, as_ = _pid_figure(feedback or {}, pids, "cpu", "sum")
-    improved: bool | None = None
-    worse = beyond_tolerance = False
-    if before is not None and after is not None:
-        # Worse means beyond the tolerance AND beyond the spread: on a shared host
-        # medians move by noise; only separated windows count as a regression.
-        if better == "lower":
-            improved = after < before
-            beyond_tolerance = after > before * (1 + TOLERANCE) + 1e-4
-            worse = beyond_tolerance and (bs is None or as_ is None or as_[0] > bs[1])
-        else:
-            improved = after > before
-            beyond_tolerance = after < before * (1 - TOLERANCE) - 1e-4
-            worse = beyond_tolerance and (bs is None or as_ is None or as_[1] < bs[0])
+            return ("system run-queue wait (s/s)", "lower",
+                    _combine([(rq.get("before") or {}, rq.get("after") or {})], "mean"))
+        return "run-queue wait (s/s) of the latency targets", "lower", fig
+    if goal == "fairness":
+        return "min/max CPU across targets", "higher", _pid_figure(fb, pids, "cpu", "fair")
+    return f"CPU (cores) of the {goal} targets", "higher", _pid_figure(fb, pids, "cpu", "sum")
+
+
+def assess(better: str, fig: Figure) -> tuple[str, str]:
+    """(outcome, why) of one figure: ``improved`` only beyond the before window's noise.
+
+    Lower is better: the after median must be below the before window's p10
+    and at least :data:`MIN_GAIN` below its median (higher: above its p90 and
+    :data:`MIN_GAIN` above).  ``worse``: the after median beyond the band the
+    other way.  Everything else is ``no gain``.
+    """
+    if fig.before is None or fig.after is None:
+        return NO_GAIN, "no measurement: no evidence of a gain"
+    b, a = fig.before, fig.after
+    moved = f"{b:.4g} -> {a:.4g}"
+    if fig.before_band is None:
+        return NO_GAIN, f"{moved}, but no spread was measured to tell it from noise"
+    if fig.samples is not None and fig.samples < MIN_SAMPLES:
+        return NO_GAIN, f"{moved}, but from {fig.samples} sample(s): too few to judge noise"
+    lo, hi = fig.before_band
+    band = f"the before window's noise band {lo:.4g}..{hi:.4g}"
+    sign = 1.0 if better == "higher" else -1.0
+    gain = sign * (a - b)
+    outside_good = a > hi if better == "higher" else a < lo
+    outside_bad = a < lo if better == "higher" else a > hi
+    if outside_good and gain >= MIN_GAIN * abs(b) and gain > 0:
+        return IMPROVED, f"{moved}: beyond {band} ({gain / max(abs(b), 1e-12):+.0%})"
+    if outside_bad:
+        return WORSE, f"{moved}: worse, beyond {band}"
+    if outside_good:
+        return NO_GAIN, f"{moved}: outside {band} but below the {MIN_GAIN:.0%} minimum gain"
+    return NO_GAIN, f"{moved}: inside {band}"
+
+
+def judge(profile: WorkloadProfile, state: str, feedback: dict[str, Any] | None) -> Verdict:
+    """Keep (improved beyond noise) or roll back, from the deployment's state and feedback."""
+    metric, better, fig = goal_figure(profile, feedback)
+    improved = None if fig.before is None or fig.after is None else (
+        fig.after < fig.before if better == "lower" else fig.after > fig.before)
     if state != "active":
-        return Verdict(metric, before, after, better, improved, False,
-                       f"deployment ended {state}")
-    if worse:
-        return Verdict(metric, before, after, better, improved, False,
-                       f"{metric} got worse: {before:.4g} -> {after:.4g}")
-    if improved is None:
-        why = "no measurement"
-    else:
-        why = f"{metric}: {before:.4g} -> {after:.4g}"
-        if beyond_tolerance:  # worse by more than TOLERANCE, but the windows overlap
-            why += (f" (worse by more than {TOLERANCE:.0%}, but inside the before window's "
-                    "spread: not counted as a regression)")
-        elif not improved:
-            why += f" (within the {TOLERANCE:.0%} tolerance)"
-    return Verdict(metric, before, after, better, improved, True, why)
+        return Verdict(metric, fig.before, fig.after, better, improved, False,
+                       f"the daemon ended the deployment: {state}", f"ended {state}",
+                       fig.before_band)
+    outcome, why = assess(better, fig)
+    if outcome == IMPROVED and metric.startswith("system"):
+        # The machine-wide figure moves with every other tenant's load: it is no
+        # evidence about the targets (their own figure was not sampled).
+        outcome, why = NO_GAIN, (f"{why}; but only the machine-wide figure was measured "
+                                 f"(the targets' own was not sampled): no evidence about them")
+    return Verdict(metric, fig.before, fig.after, better, improved, outcome == IMPROVED,
+                   f"{metric}: {why}", outcome, fig.before_band)

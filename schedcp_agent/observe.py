@@ -15,24 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from schedcp_agent import contention
 from schedcp_agent.client import DaemonError, SchedcpClient
-from schedcp_agent.targets import Proc, ScopeTracker
+from schedcp_agent.jobs import JobBatch, helpers_that_fork, job_batches
+from schedcp_agent.targets import Proc, ScopeTracker, own_lineage
 
 _LOGGER = logging.getLogger(__name__)
 
 GOALS = ("latency", "throughput", "makespan", "fairness")
-SHAPES = ("latency-beside-cpu-hogs", "fork-churn", "long-tail-batch", "cpu-batch",
-          "interactive", "io-bound", "unclear")
+SHAPES = ("latency-beside-cpu-hogs", "fork-churn", "long-tail-batch", "job-batch",
+          "cpu-batch", "interactive", "io-bound", "unclear")
 MAX_PERF = 4
 PERF_SECONDS = 1.0
 CHURN_RATE = 2.0  # processes appearing per second in the scope
 _SNAPSHOT_PERIOD = 0.2
+FITS = 0.1
+"""Run-queue wait per second of run time below which the scope's threads fit the CPUs."""
 
 _DEFAULT_GOAL = {"latency-beside-cpu-hogs": "latency", "fork-churn": "makespan",
-                 "long-tail-batch": "makespan", "cpu-batch": "throughput",
+                 "long-tail-batch": "makespan", "job-batch": "makespan",
+                 "cpu-batch": "throughput",
                  "interactive": "latency", "io-bound": "latency", "unclear": "fairness"}
 
 _DESCRIPTION = {
@@ -42,6 +48,8 @@ _DESCRIPTION = {
                   "fork churn)",
     "long-tail-batch": "batch set of jobs with a long-tail job: short jobs come and go while "
                        "one long job persists",
+    "job-batch": "short-job batch: a driver runs jobs of one command (a set at once, or one "
+                 "after another), each a leaf that forks nothing",
     "cpu-batch": "CPU-bound batch processes, nothing latency-sensitive",
     "interactive": "interactive/latency-sensitive tasks without CPU-bound neighbours",
     "io-bound": "I/O-bound processes",
@@ -74,6 +82,13 @@ class WorkloadProfile:
     evidence: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     deep_profiling: list[str] = field(default_factory=list)
+    competitors: list[dict[str, Any]] = field(default_factory=list)
+    """Processes outside the scope the targets compete with (contention.Competitor)."""
+    may_act_on_neighbours: bool = False
+    nothing_to_gain: str = ""
+    """Why there is nothing to decide (one CPU-bound thread per CPU, nothing else), or ""."""
+    advice: list[str] = field(default_factory=list)
+    """Actions proposed but not taken (outside the scope without the flag)."""
 
     @property
     def key(self) -> str:
@@ -115,11 +130,20 @@ class Observer:
     """Builds a :class:`WorkloadProfile` of the scope through schedcpd."""
 
     def __init__(self, client: SchedcpClient, tracker: ScopeTracker,
-                 seconds: float = 3.0, deep: bool = True) -> None:
+                 seconds: float = 3.0, deep: bool = True, may_act_on_neighbours: bool = False,
+                 neighbours_match: str | None = None,
+                 protected: set[int] | None = None) -> None:
         self.client = client
         self.tracker = tracker
         self.seconds = seconds
         self.deep = deep
+        self.may_act = may_act_on_neighbours
+        self.neighbours_match = neighbours_match
+        self.protected = (protected or set()) | {1}
+        """Never competitors: init, schedcpd itself (and the agent's own lineage)."""
+        self.found: list[contention.Competitor] = []
+        self.allowed: list[contention.Competitor] = []
+        self.batches: list[JobBatch] = []
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,7 +181,11 @@ class Observer:
         for t in targets.values():
             if t.source == "summary":
                 evidence.append(f"{t.comm}[{t.pid}]: {t.cls} ({t.cpu} cores) per GetSummary")
+        self._contention(summary, current, evidence)
         shape, roles = self._shape(targets, evidence)
+        for c in self.allowed:
+            if c.pid in roles.get("batch", []):
+                targets[c.pid] = Target(c.pid, c.comm, c.cls, c.cpu, "neighbour")
         chosen_goal, goal_source = (goal, "given") if goal else (_DEFAULT_GOAL[shape], "inferred")
         if goal is None:
             evidence.append(f"goal {chosen_goal} inferred from the shape {shape}")
@@ -165,11 +193,81 @@ class Observer:
             for pid in pids:
                 if pid in targets:
                     targets[pid].role = role
-        text = f"{_DESCRIPTION[shape]}; goal: {chosen_goal}"
+        text = f"{_DESCRIPTION[shape]}{self._neighbours_text()}; goal: {chosen_goal}"
         brief = {k: summary.get(k) for k in ("util", "load", "rqwait", "cs", "forks")}
         brief["psi_cpu_some"] = summary.get("psi", {}).get("cpu", {}).get("some")
-        return WorkloadProfile(shape, chosen_goal, goal_source, text, targets, roles, evidence,
-                               brief, deep)
+        profile = WorkloadProfile(shape, chosen_goal, goal_source, text, targets, roles,
+                                  evidence, brief, deep,
+                                  [c.as_dict() for c in self.found], self.may_act)
+        profile.nothing_to_gain = self._nothing_to_gain(profile)
+        profile.advice = self._advice(profile)
+        return profile
+
+    def _contention(self, summary: dict[str, Any], current: dict[int, Proc],
+                    evidence: list[str]) -> None:
+        """Name what the targets compete with outside the scope (module contention)."""
+        tr = self.tracker
+        waits = {pid: w for pid in current if (w := tr.wait(pid)) is not None}
+        scope = set(current) | {s.proc.pid for s in tr.seen.values()}
+        found = contention.competitors(summary, scope, own_lineage() | self.protected)
+        if found and not contention.contended(waits, summary):
+            evidence.append(f"{len(found)} busy process(es) outside the scope, but the targets "
+                            f"did not wait for a CPU and there is no pressure: not competitors")
+            found = []
+        self.found = found
+        self.allowed = contention.allow(found, self.may_act, self.neighbours_match)
+        names = {pid: p.comm for pid, p in current.items()}
+        evidence.extend(contention.contention_evidence(waits, names, summary, found))
+        if found:
+            evidence.append(
+                f"may act on {len(self.allowed)} of them (--may-act-on neighbours)" if self.may_act
+                else "not acting on them: outside the scope (--may-act-on neighbours allows it)")
+
+    def _neighbours_text(self) -> str:
+        if not self.found:
+            return ""
+        names = ", ".join(f"{c.comm}[{c.pid}]" for c in self.found[:4])
+        more = f" and {len(self.found) - 4} more" if len(self.found) > 4 else ""
+        return (f", competing with {len(self.found)} CPU-bound process(es) outside the scope "
+                f"({names}{more})")
+
+    def _nothing_to_gain(self, profile: WorkloadProfile) -> str:
+        """Why the profile offers nothing to decide, or "".
+
+        Only for CPU-bound batch work (``cpu-batch``, ``job-batch``) with no
+        latency-sensitive task and nothing else competing on the machine,
+        whose threads did not wait for each other: run-queue wait under
+        :data:`FITS` of their run time means at most one runnable thread per
+        CPU.  No scheduling decision makes such work run faster.
+        """
+        if self.found or profile.shape not in ("cpu-batch", "job-batch"):
+            return ""
+        run, wait = self.tracker.demand()
+        if run <= 0.05 or wait > FITS * run:
+            return ""
+        ncpu = os.cpu_count() or 1
+        what = (", ".join(f"{b.command} jobs" for b in self.batches[:3])
+                if profile.shape == "job-batch" else "CPU-bound processes")
+        return (f"nothing to gain here: {what} ran {run:.2f} cores on {ncpu} CPUs and waited "
+                f"{wait:.3f} s/s for a CPU (at most one runnable thread per CPU), nothing "
+                f"latency-sensitive and nothing else competing on the machine")
+
+    def _advice(self, profile: WorkloadProfile) -> list[str]:
+        """What the agent would do outside the scope if it were allowed to."""
+        not_allowed = [c for c in self.found if not c.may_act]
+        if not not_allowed:
+            return []
+        names = "; ".join(c.describe() for c in not_allowed[:8])
+        if profile.goal == "latency" and (profile.roles.get("latency") or
+                                         profile.roles.get("foreground")):
+            return [f"proposed, not done: protect the latency targets from their competitors "
+                    f"by putting them at SCHED_IDLE (latency-protect, 'batch' group): {names}. "
+                    f"Acting outside the scope needs --may-act-on neighbours (and the "
+                    f"daemon's authorization)"]
+        return [f"proposed, not done: the targets compete with {names}; lowering those "
+                f"(SCHED_BATCH/nice, or a lower cpu.shares for their unit) would give the "
+                f"targets more CPU. Acting outside the scope needs --may-act-on neighbours; "
+                f"for goal {profile.goal} the offline rules do not act on neighbours yet"]
 
     @staticmethod
     def _by_age(current: dict[int, Proc]) -> list[int]:
@@ -223,12 +321,22 @@ class Observer:
                 short = [k.pid for k in kids if k.pid in current and k not in stay]
                 return "long-tail-batch", {"long": [k.pid for k in stay],
                                            "driver": [parent], "short": short}, [why]
+        batches = [b for b in job_batches(tr) if b.root]
+        if batches:
+            self.batches = batches
+            roots = sorted({b.root for b in batches})
+            return "job-batch", {"batch": roots}, [b.describe() for b in batches[:3]]
         churn_roots = sorted({p.ppid for p in appeared if p.ppid in current} |
                              {t.pid for t in targets.values() if t.cls == "churn"})
-        if rate >= CHURN_RATE or any(t.cls == "churn" for t in targets.values()):
+        forkers = helpers_that_fork(tr)
+        if (rate >= CHURN_RATE or any(t.cls == "churn" for t in targets.values())
+                or len(forkers) >= 2):
             roots = [p for p in churn_roots if current.get(p) and
                      current[p].ppid not in current] or churn_roots
-            return "fork-churn", {"build": roots or sorted(current)}, []
+            helpers = [f"{len(forkers)} short-lived processes forked helpers of their own ("
+                       + ", ".join(f"{f.comm}[{f.pid}]" for f in forkers[:4]) + ")"
+                       ] if forkers else []
+            return "fork-churn", {"build": roots or sorted(current)}, helpers
         return None
 
     def _shape(self, targets: dict[int, Target],
@@ -245,8 +353,12 @@ class Observer:
             return structure[0], structure[1]
         hogs = sorted(t.pid for t in targets.values() if t.cls == "cpu-bound")
         inter = sorted(t.pid for t in targets.values() if t.cls == "interactive")
-        if hogs and inter:
-            return "latency-beside-cpu-hogs", {"latency": inter, "batch": hogs}
+        if inter and (hogs or self.found):
+            # The hogs may be competitors outside the scope: named in the profile,
+            # in the batch role only where the run may act on them.
+            batch = sorted(set(hogs) | {c.pid for c in self.allowed})
+            return "latency-beside-cpu-hogs", {"latency": inter, **({"batch": batch} if batch
+                                                                   else {})}
         if hogs:
             return "cpu-batch", {"batch": hogs}
         if inter:

@@ -51,6 +51,14 @@ RULES: dict[tuple[str, str], list[Rule]] = {
     ("long-tail-batch", "throughput"): [
         ("batch-throughput", "SCHED_BATCH with a long slice for every job", {}),
     ],
+    ("job-batch", "makespan"): [
+        ("batch-throughput", "a short-job batch: its jobs share the CPUs; SCHED_BATCH and a "
+         "longer slice cut the switches among them, and jobs started later inherit it", {}),
+    ],
+    ("job-batch", "throughput"): [
+        ("batch-throughput", "a short-job batch: SCHED_BATCH and a longer slice for the "
+         "driver's jobs, which inherit it", {}),
+    ],
     ("cpu-batch", "throughput"): [
         ("batch-throughput", "CPU-bound batch: SCHED_BATCH and a 12 ms slice cut context "
          "switches and cache refills; nice 5 keeps the rest of the host responsive", {}),

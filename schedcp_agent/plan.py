@@ -96,7 +96,7 @@ def bindings_for(profile: WorkloadProfile) -> dict[str, list[int]]:
 
 def descendant_groups(profile: WorkloadProfile) -> dict[str, bool]:
     """Which groups must cover children forked later (trees) and which must not."""
-    tree = profile.shape in ("fork-churn", "long-tail-batch")
+    tree = profile.shape in ("fork-churn", "long-tail-batch", "job-batch")
     return {g: tree for g in ("build", "short", "batch", "latency", "long", "foreground", "all")}
 
 
@@ -203,7 +203,10 @@ async def configure(repo: RepositoryView, profile: WorkloadProfile, base_name: s
     kept = {g["name"] for g in bound["group"]}
     dropped = [g.get("name") for g in base.get("group", []) if g.get("name") not in kept]
     rung = "patch" if dropped or "driver" in profile.roles else "configure"
-    notes = [f"group {d!r} dropped: no such processes among the targets" for d in dropped]
+    notes = [f"group {d!r} dropped: no such processes among the targets" +
+             (" (its competitors are outside the scope: see the advice)"
+              if d == "batch" and profile.competitors and not profile.may_act_on_neighbours
+              else "") for d in dropped]
     if "driver" in profile.roles:
         notes.append("the job pool's driver joins 'short' so jobs it starts later get it")
     for name, value in (settings or {}).items():

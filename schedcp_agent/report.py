@@ -22,6 +22,12 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"          {role}: pids {pids}")
         if saw.get("deep_profiling"):
             lines.append(f"          deeper profiling: {', '.join(saw['deep_profiling'])}")
+        for c in saw.get("competitors") or []:
+            acted = "may act on it" if c.get("may_act") else "outside the scope, not touched"
+            lines.append(f"          competitor: {c['comm']}[{c['pid']}] {c['cpu']} cores "
+                         f"{c['cls']} in {c.get('unit') or c.get('cgroup')} ({acted})")
+    for advice in report.get("advice") or []:
+        lines.append(f"advice:   {advice}")
     for i, att in enumerate(report.get("attempts", []), 1):
         cand, ex = att["candidate"], att["execution"]
         lines.append(f"did #{i}:   {cand['rung']} {cand['base']} -> policy "
@@ -36,6 +42,11 @@ def render(report: dict[str, Any]) -> str:
         if plan:
             lines.append(f"          wrote {plan.get('n_changes', 0)} values; targets "
                          f"{plan.get('targets')}")
+        verdict = att.get("verdict") or {}
+        if verdict:
+            kept = "kept" if verdict.get("goal_met") else "rolled back"
+            lines.append(f"          learned: {verdict.get('outcome')} ({kept}): "
+                         f"{verdict.get('reason')}")
     for prog in report.get("synthesis") or []:
         lines.append(f"program #{prog['attempt']}: {prog.get('name', '?')} "
                      f"{(prog.get('policy_id') or '-')[:12]}: {prog.get('outcome', '?')}")

@@ -34,6 +34,9 @@ class Proc:
     cmdline: str
     start: int
     cgroups: tuple[str, ...]
+    threads: int = 1
+    child_ticks: int = 0
+    """CPU of its reaped children (cutime + cstime, clock ticks): it forked helpers."""
 
 
 @dataclass
@@ -72,7 +75,24 @@ def read_proc(pid: int) -> Proc | None:
     cgroups = tuple(line.split(":", 2)[2] for line in cg.splitlines() if line.count(":") >= 2)
     return Proc(pid=pid, ppid=int(rest[1]), comm=comm,
                 cmdline=raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace"),
-                start=int(rest[19]), cgroups=cgroups)
+                start=int(rest[19]), cgroups=cgroups, threads=int(rest[17]),
+                child_ticks=int(rest[13]) + int(rest[14]))
+
+
+def read_schedstat(pid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns waiting on a run queue) of ``pid``'s threads so far, or None.
+
+    ``/proc/PID/schedstat`` is world-readable like ``stat``: how long the
+    process waited for a CPU is the first sign of what it competes with.
+    """
+    run = wait = 0
+    try:
+        for task in os.scandir(_PROC / str(pid) / "task"):  # every thread
+            fields = (Path(task.path) / "schedstat").read_text().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return run, wait
 
 
 def process_table() -> dict[int, Proc]:
@@ -86,7 +106,7 @@ def process_table() -> dict[int, Proc]:
     return out
 
 
-def _own_lineage() -> set[int]:
+def own_lineage() -> set[int]:
     """This process and its ancestors: a --match must never select the agent itself."""
     out, pid = set(), os.getpid()
     while pid > 1:
@@ -101,7 +121,7 @@ def _own_lineage() -> set[int]:
 def resolve(scope: Scope, table: dict[int, Proc] | None = None) -> dict[int, Proc]:
     """The processes in ``scope`` now (the agent and its ancestors excluded)."""
     table = process_table() if table is None else table
-    mine = _own_lineage()
+    mine = own_lineage()
     chosen: set[int] = set()
     if scope.pids:
         children: dict[int, list[int]] = {}
@@ -131,6 +151,10 @@ class Seen:
     first: float
     last: float
     alive_at_start: bool
+    frames: int = 1
+    """How many snapshots saw it (a job that runs is seen in more than one)."""
+    peak: int = 0
+    """The most processes of the same parent alive in one snapshot with it."""
 
 
 class ScopeTracker:
@@ -143,6 +167,8 @@ class ScopeTracker:
         self.started = 0.0
         self.ended = 0.0
         self.current: dict[int, Proc] = {}
+        self.schedstat: dict[int, tuple[float, tuple[int, int], float, tuple[int, int]]] = {}
+        """pid -> (first time, first schedstat, last time, last schedstat)."""
 
     def snapshot(self) -> dict[int, Proc]:
         """Take one snapshot; return the scope now."""
@@ -150,13 +176,23 @@ class ScopeTracker:
         if not self.snapshots:
             self.started = now
         procs = resolve(self.scope)
+        siblings: dict[int, int] = {}
+        for p in procs.values():
+            siblings[p.ppid] = siblings.get(p.ppid, 0) + 1
         for p in procs.values():
             key = (p.pid, p.start)
             s = self.seen.get(key)
             if s is None:
-                self.seen[key] = Seen(p, now, now, alive_at_start=not self.snapshots)
+                s = self.seen[key] = Seen(p, now, now, alive_at_start=not self.snapshots)
             else:
                 s.last = now
+                s.frames += 1
+                s.proc = p  # the latest view: a forked child's comm changes at exec
+            s.peak = max(s.peak, siblings[p.ppid])
+            st = read_schedstat(p.pid)
+            if st is not None:
+                old = self.schedstat.get(p.pid)
+                self.schedstat[p.pid] = (old[0], old[1], now, st) if old else (now, st, now, st)
         self.snapshots += 1
         self.ended = now
         self.current = procs
@@ -166,6 +202,26 @@ class ScopeTracker:
     def seconds(self) -> float:
         """How long the observation has lasted."""
         return max(self.ended - self.started, 1e-9)
+
+    def wait(self, pid: int) -> float | None:
+        """Run-queue wait of ``pid`` during the observation (s per s), None if unknown."""
+        got = self.schedstat.get(pid)
+        if got is None or got[2] - got[0] < 0.5:
+            return None
+        return max(0.0, (got[3][1] - got[1][1]) / 1e9 / (got[2] - got[0]))
+
+    def demand(self) -> tuple[float, float]:
+        """(cores run, cores waiting for a CPU) of the whole scope over the observation.
+
+        Summed over every process seen, each between its first and last
+        snapshot (a short job's part before the first snapshot is missed).
+        """
+        run = wait = 0.0
+        for first_t, first, last_t, last in self.schedstat.values():
+            if last_t > first_t:
+                run += max(0, last[0] - first[0]) / 1e9
+                wait += max(0, last[1] - first[1]) / 1e9
+        return run / self.seconds, wait / self.seconds
 
     def persisted(self) -> list[Proc]:
         """Processes alive from the first to the last snapshot."""

@@ -14,11 +14,12 @@ import pytest
 from schedcp_agent import document
 from schedcp_agent.budget import Budget, BudgetSpent, price_for
 from schedcp_agent.claude import scope_problem
+from schedcp_agent.contention import Competitor, allow, competitors, contended, unit_of
 from schedcp_agent.execute import fix_document
 from schedcp_agent.learn import judge
-from schedcp_agent.observe import WorkloadProfile, classify_perf
+from schedcp_agent.observe import Observer, WorkloadProfile, classify_perf
 from schedcp_agent.report import render
-from schedcp_agent.targets import Scope, read_proc, resolve
+from schedcp_agent.targets import Scope, ScopeTracker, read_proc, resolve
 from schedcp_agent.tools import TOOLS, check_arguments, claude_tools, tool
 from schedcp_agent.transcript import Transcript, default_dir
 from schedcpd.api import collect
@@ -162,27 +163,85 @@ def test_perf_classification() -> None:
     assert classify_perf(perf(1, 0))[0] == "idle"
 
 
-def _fb(before: list[float], after: list[float]) -> dict[str, object]:
+def _fb(before: list[float], after: list[float], n: int = 20) -> dict[str, object]:
     def s(v: list[float]) -> dict[str, float]:
-        return {"median": v[1], "p10": v[0], "p90": v[2], "mean": v[1]}
+        return {"median": v[1], "p10": v[0], "p90": v[2], "mean": v[1], "n": n}
     return {"pids": {"7": {"wait": {"before": s(before), "after": s(after)},
                            "cpu": {"before": s(before), "after": s(after)}}}}
 
 
-def test_judge_needs_a_separated_regression_to_call_it_worse() -> None:
+def test_judge_keeps_only_a_gain_beyond_the_noise_of_the_same_run() -> None:
     prof = WorkloadProfile("latency-beside-cpu-hogs", "latency", "given", "t",
                            roles={"latency": [7]})
-    assert judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03])).goal_met
-    noisy = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.15, 0.25, 0.35]))
-    assert noisy.goal_met and noisy.improved is False
-    # The reason says which: beyond the tolerance but inside the spread...
-    assert "inside the before window's spread" in noisy.reason, noisy.reason
-    # ...or within the tolerance.
-    slight = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.1, 0.205, 0.3]))
-    assert slight.goal_met and "within the 10% tolerance" in slight.reason, slight.reason
+    # Lower is better: the after median below the before window's p10.
+    kept = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03]))
+    assert kept.goal_met and kept.outcome == "improved" and kept.noise == (0.1, 0.3)
+    assert "beyond the before window's noise band 0.1..0.3" in kept.reason, kept.reason
+    # Better median, but inside the band: noise, rolled back as "no gain".
+    inside = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.12, 0.15, 0.2]))
+    assert not inside.goal_met and inside.outcome == "no gain" and inside.improved
+    assert "inside the before window's noise band" in inside.reason
+    # The old rule kept a regression within 10 %: now it is no gain, and rolled back.
+    slight = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.1, 0.21, 0.3]))
+    assert not slight.goal_met and slight.outcome == "no gain"
     worse = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.5, 0.6, 0.7]))
-    assert not worse.goal_met and "got worse" in worse.reason
-    assert not judge(prof, "reverted", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03])).goal_met
+    assert not worse.goal_met and worse.outcome == "worse"
+    # A band with no width: the gain must still reach MIN_GAIN (3 %).
+    flat = WorkloadProfile("cpu-batch", "throughput", "given", "t", roles={"batch": [7]})
+    tiny = judge(flat, "active", _fb([2.0, 2.0, 2.0], [2.0, 2.01, 2.02]))
+    assert not tiny.goal_met and "minimum gain" in tiny.reason, tiny.reason
+    assert judge(flat, "active", _fb([1.0, 1.0, 1.0], [1.5, 1.6, 1.7])).goal_met
+    # Too few samples, no figure, or a deployment the daemon ended: never kept.
+    few = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03], n=2))
+    assert not few.goal_met and "too few" in few.reason
+    assert judge(prof, "active", None).outcome == "no gain"
+    # Only the machine-wide wait (the targets were not sampled): never evidence.
+    rq = {"median": 0.2, "p10": 0.1, "p90": 0.3, "n": 20}
+    system = judge(prof, "active", {"pids": {}, "metrics": {"rq_wait": {
+        "before": rq, "after": {**rq, "median": 0.01, "p10": 0.0, "p90": 0.02}}}})
+    assert system.metric.startswith("system") and not system.goal_met
+    assert "no evidence about them" in system.reason
+    ended = judge(prof, "reverted", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03]))
+    assert not ended.goal_met and ended.outcome == "ended reverted"
+
+
+def test_nothing_to_gain_needs_fitting_threads_and_no_competitor() -> None:
+    tracker = ScopeTracker(Scope(pids=[7]))
+    tracker.started, tracker.ended = 0.0, 4.0
+    prof = WorkloadProfile("job-batch", "throughput", "given", "t", roles={"batch": [7]})
+    obs = Observer(None, tracker)  # type: ignore[arg-type]
+    # Two cores run, almost no wait: one thread per CPU.
+    tracker.schedstat = {7: (0.0, (0, 0), 4.0, (8 * 10**9, 10**8))}
+    assert obs._nothing_to_gain(prof).startswith("nothing to gain here")
+    # The threads waited for each other (4 jobs on 2 CPUs): something to decide.
+    tracker.schedstat = {7: (0.0, (0, 0), 4.0, (8 * 10**9, 8 * 10**9))}
+    assert obs._nothing_to_gain(prof) == ""
+    # Something else competes on the machine, or a latency task is there: decide.
+    tracker.schedstat = {7: (0.0, (0, 0), 4.0, (8 * 10**9, 10**8))}
+    obs.found = [Competitor(9, "sh", "cpu-bound", 0.9, 1, "/", "/", "9:sh")]
+    assert obs._nothing_to_gain(prof) == ""
+    obs.found = []
+    prof.shape = "latency-beside-cpu-hogs"
+    assert obs._nothing_to_gain(prof) == ""
+
+
+def test_competitors_come_from_the_summary_outside_the_scope() -> None:
+    me = os.getpid()
+    summary = {"top": [
+        {"pid": me, "comm": "python3", "cls": "cpu-bound", "cpu": 0.9, "thr": 1,
+         "cg": "/user.slice/user-0.slice/session-3.scope", "root": f"{me}:python3"},
+        {"pid": 1, "comm": "init", "cls": "interactive", "cpu": 0.9, "cg": "/init.scope"},
+        {"pid": 2, "comm": "kthreadd", "cls": "cpu-bound", "cpu": 0.9, "root": "kernel"},
+    ], "psi": {"cpu": {"some": [40.0, 30.0]}}}
+    found = competitors(summary, scope=set(), exclude=set())
+    assert [c.pid for c in found] == [me]
+    assert found[0].unit == "session-3.scope" and found[0].cmdline
+    assert competitors(summary, scope={me}, exclude=set()) == []
+    assert unit_of("/system.slice/nginx.service/x") == "nginx.service"
+    assert allow(found, False, None) == [] and not found[0].may_act
+    assert allow(found, True, "no-such-command") == []
+    assert allow(found, True, None) == found and found[0].may_act
+    assert contended({}, summary) and not contended({7: 0.01}, {"psi": {}})
 
 
 def test_transcripts_go_to_the_units_state_directory(monkeypatch: pytest.MonkeyPatch,
