@@ -22,6 +22,7 @@ from typing import Any
 
 import pluggy
 
+from schedcpd.breaker import Guards
 from schedcpd.const import PLUGIN_PROJECT
 
 hookspec = pluggy.HookspecMarker(PLUGIN_PROJECT)
@@ -128,6 +129,22 @@ def schedcp_health(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | No
     may carry ``"targets": {group: [pid, ...]}``, the processes the
     deployment covers now (selectors match processes that start later): the
     breaker then watches those instead of the ones resolved at deploy time.
+    """
+
+
+@hookspec(firstresult=True)
+def schedcp_guards(
+    subsystem: str, policy: dict[str, Any], targets: dict[str, list[int]]
+) -> Guards | None:
+    """The guards the circuit breaker judges one deployment of ``policy`` by.
+
+    ``targets`` (group -> pids) are the processes the dry-run apply named.
+    Return a :class:`~schedcpd.breaker.Guards`: it samples each group's
+    metrics into a :class:`~schedcpd.breaker.GroupSample`, names them and
+    words their trip messages (:class:`~schedcpd.breaker.GuardMetrics`), and
+    gives each group its role from the baseline and from what the policy
+    does to it.  ``None`` when ``subsystem`` is not this plugin's; a
+    subsystem with no guards is judged by ``schedcp_health`` alone.
     """
 
 

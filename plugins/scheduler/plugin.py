@@ -32,6 +32,7 @@ from plugins.scheduler import (
     capabilities,
     cgroups,
     dynamic,
+    guards,
     journal_keys,
     sched_ext,
     scx_policy,
@@ -248,7 +249,10 @@ class SchedulerPlugin:
             return None
         doc = {k: v for k, v in policy.items() if k != "_source"}
         if scx_policy.is_t2(doc):
-            return self._require_scx().apply(doc, scope, dry_run)
+            result = self._require_scx().apply(doc, scope, dry_run)
+            if not dry_run and "pids" in scope:  # a canary: the deployer's state reason
+                result.update(_scx_canary_reasons(result))
+            return result
         applier = self._require()
         result = applier.apply(doc, scope, dry_run)
         if not dry_run:
@@ -288,6 +292,15 @@ class SchedulerPlugin:
             return health
         targets = self._require().targets(owner)
         return {"healthy": True} if targets is None else {"healthy": True, "targets": targets}
+
+    @hookimpl
+    def schedcp_guards(
+        self, subsystem: str, policy: dict[str, Any], targets: dict[str, list[int]]
+    ) -> guards.CpuGuards | None:
+        """CPU guard metrics of the targets, and roles from what the policy does to them."""
+        if subsystem != SUBSYSTEM:
+            return None
+        return guards.guards_for(policy, targets)
 
     @hookimpl
     def schedcp_state(self, subsystem: str) -> dict[str, Any] | None:
@@ -389,6 +402,19 @@ class SchedulerPlugin:
                 "children_waiting": waiting}
 
 
+def _scx_canary_reasons(applied: dict[str, Any]) -> dict[str, str]:
+    """What the deployer records for a sched_ext canary, in this subsystem's words."""
+    if applied.get("partial"):
+        reason = (f"sched_ext scheduler {applied.get('ops')!r} enabled for the targets "
+                  f"only: {applied.get('note')}")
+    else:
+        reason = (f"sched_ext scheduler {applied.get('ops')!r} enabled "
+                  f"({applied.get('note')}); a BPF scheduler runs every task: its "
+                  "narrowest scope is the machine")
+    return {"reason": reason, "full_scope_reason": "full-scope probation (the scheduler "
+            "has run machine-wide since the canary)"}
+
+
 plugin = SchedulerPlugin()
 
 
@@ -439,6 +465,14 @@ def schedcp_apply(
 def schedcp_restore(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | None:
     """See :meth:`SchedulerPlugin.schedcp_restore`."""
     return plugin.schedcp_restore(subsystem, scope)
+
+
+@hookimpl
+def schedcp_guards(
+    subsystem: str, policy: dict[str, Any], targets: dict[str, list[int]]
+) -> guards.CpuGuards | None:
+    """Delegate to :data:`plugin`."""
+    return plugin.schedcp_guards(subsystem, policy, targets)
 
 
 @hookimpl
