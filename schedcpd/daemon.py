@@ -247,7 +247,7 @@ class Daemon:
         keys = KeyStore(self.state_dir / "keys", verifier_settings["token_lifetime_seconds"],
                         trusted_dir=Path(trusted) if trusted else None)
         tokens = TokenAuthority(keys, self.store)
-        repo = Repository(self.store, self._validate_policy)
+        repo = Repository(self.store, self._validate_policy, settings["default_subsystem"])
         self.policy_errors: dict[str, str] = {}
         builtin = settings["builtin_dir"]
         self.builtin_dir = (_default_builtin_dir() if builtin == "auto" else Path(builtin))
