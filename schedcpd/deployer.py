@@ -46,6 +46,7 @@ from schedcpd.breaker import (
     guard_figures,
 )
 from schedcpd.errors import Conflict, InvalidArgument, NotFound
+from schedcpd.payloads import ApplyResult, Health, RestoreReport, Scope
 from schedcpd.plugins import PluginHost
 from schedcpd.repository import Repository, parse_document, policy_scope
 from schedcpd.state import StateStore
@@ -285,22 +286,22 @@ class Deployer:
             self._run(dep_id, policy, doc, claims["subsystem"], claims.get("artifact")))
         return dep_id
 
-    def _apply(self, subsystem: str, doc: dict[str, Any], scope: dict[str, Any],
-               dry_run: bool = False) -> dict[str, Any]:
-        result = self._plugins.call_first("schedcp_apply", subsystem=subsystem, policy=doc,
-                                          scope=scope, dry_run=dry_run)
+    def _apply(self, subsystem: str, doc: dict[str, Any], scope: Scope,
+               dry_run: bool = False) -> ApplyResult:
+        result: ApplyResult | None = self._plugins.call_first(
+            "schedcp_apply", subsystem=subsystem, policy=doc, scope=scope, dry_run=dry_run)
         if result is None:
             raise Conflict(f"subsystem {subsystem!r} is not available")
-        return dict(result)
+        return result
 
-    def _restore(self, subsystem: str, dep_id: str) -> Any:
+    def _restore(self, subsystem: str, dep_id: str) -> RestoreReport | None:
         return self._plugins.call_first("schedcp_restore", subsystem=subsystem,
                                         scope={"owner": dep_id})
 
     async def _run(self, dep_id: str, policy: dict[str, Any], doc: dict[str, Any],
                    subsystem: str, artifact: dict[str, str] | None = None) -> None:
         # The token's artifact binding goes with every write of a T2 policy.
-        bound = {"artifact": artifact} if artifact is not None else {}
+        bound: Scope = {"artifact": artifact} if artifact is not None else {}
         try:
             planned = await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id},
                                               True)
@@ -444,8 +445,8 @@ class Deployer:
     def _health(self, subsystem: str,
                 dep_id: str) -> tuple[Trip | None, dict[str, list[int]] | None]:
         """(a trip when the subsystem reports the deployment broken, its targets now)."""
-        health = self._plugins.call_first("schedcp_health", subsystem=subsystem,
-                                          scope={"owner": dep_id})
+        health: Health | None = self._plugins.call_first(
+            "schedcp_health", subsystem=subsystem, scope={"owner": dep_id})
         if not health:
             return None, None
         if health.get("healthy", True):

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from schedcpd.errors import Conflict, NotSupported
+from schedcpd.payloads import Finding, Severity
 from schedcpd.plugins import PluginHost
 from schedcpd.ranges import MAX_DIMENSIONS, RangeCache, box_of, probe_points, template_digest
 from schedcpd.reports import ReportStore
@@ -55,11 +56,12 @@ async def _no_active() -> list[dict[str, Any]]:
     return []
 
 
-def _finding(code: str, message: str, field: str = "", severity: str = "error") -> dict[str, Any]:
+def _finding(code: str, message: str, field: str = "",
+             severity: Severity = "error") -> Finding:
     return {"code": code, "severity": severity, "field": field, "message": message}
 
 
-def _stage(name: str, start: float, findings: list[dict[str, Any]] | None,
+def _stage(name: str, start: float, findings: list[Any] | None,
            skipped: str = "") -> dict[str, Any]:
     findings = findings or []
     passed = not any(f.get("severity", "error") == "error" for f in findings)
