@@ -207,6 +207,22 @@ def schedcp_static_check(
 
 
 @hookspec(firstresult=True)
+def schedcp_kernel_check(subsystem: str, policy: dict[str, Any]) -> list[Finding] | None:
+    """Load a policy's kernel artifacts into the kernel's own verifier, without attaching.
+
+    Verifier stage 3, asked only for a policy whose track carries artifacts
+    (T2; a T1 policy has none and the stage is skipped).  The scheduler
+    plugin compiles the policy's sched_ext scheduler and loads it in its
+    micro-VM.  Return findings (empty when the kernel accepted everything);
+    an ``info`` finding with code ``artifact`` and a ``binding``
+    ``{"object_sha256", "btf_sha256", ...}`` names what was loaded, and the
+    token binds it.  Runs on a worker thread; may block.  ``None`` when
+    ``subsystem`` is not this plugin's; a subsystem without it cannot verify
+    such a policy (the stage fails closed).
+    """
+
+
+@hookspec(firstresult=True)
 def schedcp_dynamic_check(
     subsystem: str, policy: dict[str, Any], seconds: float
 ) -> list[Finding] | None:

@@ -2,9 +2,9 @@
 
 Each is a ``TypedDict``: at run time a plain JSON-able ``dict`` (what the
 hooks always exchanged, and what reaches D-Bus clients), for mypy a checked
-shape.  Keys marked ``NotRequired`` may be left out; a plugin may add keys
-of its own to an apply result or a restore report (the engine passes them on
-to clients untouched), never to the others.  Plugins import these from
+shape.  Keys marked ``NotRequired`` (or of a ``total=False`` dict) may be
+left out; a plugin may add keys of its own to a finding, an apply result or
+a restore report (the engine passes them on to clients untouched).  Plugins import these from
 :mod:`schedcpd.plugin_api`.
 """
 
@@ -21,7 +21,9 @@ class Finding(TypedDict):
     ``field`` is the dotted path in the policy document (``group[1].task.nice``,
     or ``""`` for the whole document).  A finding with severity ``error``
     fails its stage; code ``inconclusive`` marks a measurement that could not
-    decide.  ``evidence`` carries the figures behind a verdict.
+    decide.  ``evidence`` carries the figures behind a verdict; the kernel
+    stage's ``artifact`` finding carries the ``binding`` the token signs.  A
+    plugin may add detail keys of its own (the scheduler: ``log``, ``stage``).
     """
 
     code: str
@@ -29,6 +31,7 @@ class Finding(TypedDict):
     field: str
     message: str
     evidence: NotRequired[dict[str, Any]]
+    binding: NotRequired[dict[str, str]]
 
 
 class Capability(TypedDict):

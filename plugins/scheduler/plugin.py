@@ -353,19 +353,27 @@ class SchedulerPlugin:
         return verification.static_check(policy, active)
 
     @hookimpl
+    def schedcp_kernel_check(
+        self, subsystem: str, policy: dict[str, Any]
+    ) -> list[dict[str, Any]] | None:
+        """Verifier stage 3: a T2 policy's scheduler loaded into the micro-VM's BPF verifier."""
+        if subsystem != SUBSYSTEM:
+            return None
+        if not scx_policy.is_t2(policy):
+            return []  # a T1 policy loads nothing into the kernel
+        return scx_policy.kernel_check(policy)
+
+    @hookimpl
     def schedcp_dynamic_check(
         self, subsystem: str, policy: dict[str, Any], seconds: float
     ) -> list[dict[str, Any]] | None:
         """Verifier stage 4: the policy on its own synthetic workload, then restored.
 
-        A T2 policy runs in the sched_ext micro-VM; there ``seconds == 0`` asks
-        for stage 3 instead (load into the guest's BPF verifier, no attach).
+        A T2 policy runs in the sched_ext micro-VM.
         """
         if subsystem != SUBSYSTEM:
             return None
         if scx_policy.is_t2(policy):
-            if seconds <= 0:
-                return scx_policy.kernel_check(policy)
             return scx_policy.dynamic_check(policy, seconds)
         return dynamic.dynamic_check(
             policy,
@@ -493,6 +501,12 @@ def schedcp_static_check(
 ) -> list[dict[str, Any]] | None:
     """See :meth:`SchedulerPlugin.schedcp_static_check`."""
     return plugin.schedcp_static_check(subsystem, policy, active)
+
+
+@hookimpl
+def schedcp_kernel_check(subsystem: str, policy: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """See :meth:`SchedulerPlugin.schedcp_kernel_check`."""
+    return plugin.schedcp_kernel_check(subsystem, policy)
 
 
 @hookimpl
