@@ -5,9 +5,11 @@ object with ``@hookimpl``-decorated functions.  Built-ins are registered on
 the same manager as third-party plugins (entry-point group
 ``schedcp.plugins``), so this API is exercised by the project itself.
 
-Routing: hooks that act on one subsystem take ``subsystem`` first; an
-implementation returns ``None`` for a subsystem that is not its own, and the
-host uses ``firstresult`` to take the owner's answer.
+Routing: hooks that act on one subsystem take ``subsystem`` first and are
+``firstresult``; the host (:mod:`schedcpd.plugins`) asks the plugin whose
+``schedcp_describe`` names that subsystem, and every plugin only for a name
+none describes, so an implementation returns ``None`` for a subsystem that
+is not its own.
 
 Payloads are typed (:mod:`schedcpd.payloads`; plugins import them, and
 everything else they may use, from :mod:`schedcpd.plugin_api`).  Every hook
