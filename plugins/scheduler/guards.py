@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schedcpd.breaker import BreakerSettings, GroupSample, GuardMetrics, GuardRoles, Samples
+from schedcpd.plugin_api import BreakerSettings, GroupSample, GuardMetrics, GuardRoles, Samples
 
 PROC = Path("/proc")
 # Fewer baseline context switches than this say nothing about how a group runs.

@@ -46,9 +46,14 @@ from plugins.scheduler.applier import Applier
 from plugins.scheduler.scx_deploy import JOURNAL_SUBSYSTEM, ScxHost
 from plugins.scheduler.systemd import SystemdClient
 from plugins.scheduler.watcher import TaskWatcher
-from schedcpd.errors import InvalidArgument, NotSupported
-from schedcpd.hookspecs import PluginContext, hookimpl
-from schedcpd.journal import OVERRIDDEN, Journal
+from schedcpd.plugin_api import (
+    OVERRIDDEN,
+    InvalidArgument,
+    Journal,
+    NotSupported,
+    PluginContext,
+    hookimpl,
+)
 
 _LOGGER = logging.getLogger(__name__)
 

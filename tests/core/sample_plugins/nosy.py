@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schedcpd.hookspecs import hookimpl
+from schedcpd.plugin_api import hookimpl
 
 ASKED: list[str] = []
 
