@@ -261,7 +261,7 @@ class NoGuards:
     metrics = GuardMetrics("latency", "throughput", "latency", "", "throughput", "",
                            "made no progress")
 
-    def __init__(self, groups: dict[str, list[int]] | None = None) -> None:
+    def __init__(self) -> None:
         self.groups: dict[str, list[int]] = {}
 
     def sample(self) -> dict[str, GroupSample]:

@@ -335,7 +335,9 @@ class Deployer:
             self._fault("after_canary_apply")
             # A partial canary is judged on progress (stalls) and the plugin's
             # health; performance from the full scope on.
-            canary_roles = {g: "progress" if partial else roles[g] for g in canary}
+            # A group the plugin gives no role is not guarded (only its health can trip).
+            canary_roles = {g: "progress" if partial else roles[g] for g in canary
+                            if partial or g in roles}
             breaker = Breaker(canary_roles, sampler.metrics, self.breaker_settings, limits)
             if await self._probation(dep_id, subsystem, policy, sampler.subset(canary),
                                      baseline, breaker, self.settings.canary_seconds):
@@ -353,8 +355,8 @@ class Deployer:
                 await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id})
                 await self._set_state(dep_id, "canary", "widened to the full scope")
             self._fault("after_widen_apply")
-            breaker = Breaker({g: roles[g] for g in targets if targets[g]}, sampler.metrics,
-                              self.breaker_settings, limits)
+            breaker = Breaker({g: roles[g] for g in targets if targets[g] and g in roles},
+                              sampler.metrics, self.breaker_settings, limits)
             seen: Samples = []
             if await self._probation(dep_id, subsystem, policy, sampler, baseline, breaker,
                                      self.settings.full_seconds, seen=seen):

@@ -66,6 +66,7 @@ class Setup:
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     toy_plugin.KNOBS.clear()
     toy_plugin.PRIOR.clear()
+    toy_plugin.GUARDED[:] = [True]
     s = Setup(tmp_path)
     try:
         yield s
@@ -99,3 +100,14 @@ async def test_a_toy_regression_trips_on_the_plugins_metric_and_is_restored(
     assert toy_plugin.KNOBS == {"reader": ""}  # the plugin put the prior value back
     [anti] = (await setup.repo.history(dep["policy_id"]))["antipatterns"]
     assert anti["metric"] == "read_latency_us"
+
+
+async def test_a_subsystem_without_guards_is_judged_by_its_health_alone(setup: Setup) -> None:
+    toy_plugin.GUARDED[:] = [False]
+    dep_id = await setup.deploy("toy-unguarded", "slow")
+    dep = await setup.until(dep_id, ("active", "reverted", "failed"))
+    # Nothing measured the slow reads: no trip, and no guard figures.
+    assert dep["state"] == "active", dep["events"]
+    history = await setup.repo.history(dep["policy_id"])
+    [outcome] = [o for o in history["outcomes"] if o["outcome"] == "active"]
+    assert outcome["metrics"] == {}

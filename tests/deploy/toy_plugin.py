@@ -27,6 +27,8 @@ from schedcpd.plugin_api import (
 )
 
 SUBSYSTEM = "toy"
+GUARDED = [True]
+"""Whether schedcp_guards answers (a test sets it False: a subsystem without guards)."""
 KNOBS: dict[str, str] = {}
 """group -> the knob's value now (FAKE kernel state)."""
 PRIOR: dict[str, dict[str, str]] = {}
@@ -97,4 +99,4 @@ def schedcp_restore(subsystem: str, scope: Scope) -> RestoreReport | None:
 @hookimpl
 def schedcp_guards(subsystem: str, policy: dict[str, Any],
                    targets: dict[str, list[int]]) -> Guards | None:
-    return ToyGuards(dict(targets)) if subsystem == SUBSYSTEM else None
+    return ToyGuards(dict(targets)) if subsystem == SUBSYSTEM and GUARDED[0] else None
