@@ -48,6 +48,7 @@ from plugins.scheduler.systemd import SystemdClient
 from plugins.scheduler.watcher import TaskWatcher
 from schedcpd.plugin_api import (
     OVERRIDDEN,
+    Guards,
     InvalidArgument,
     Journal,
     NotSupported,
@@ -301,7 +302,7 @@ class SchedulerPlugin:
     @hookimpl
     def schedcp_guards(
         self, subsystem: str, policy: dict[str, Any], targets: dict[str, list[int]]
-    ) -> guards.CpuGuards | None:
+    ) -> Guards | None:
         """CPU guard metrics of the targets, and roles from what the policy does to them."""
         if subsystem != SUBSYSTEM:
             return None
@@ -483,7 +484,7 @@ def schedcp_restore(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | N
 @hookimpl
 def schedcp_guards(
     subsystem: str, policy: dict[str, Any], targets: dict[str, list[int]]
-) -> guards.CpuGuards | None:
+) -> Guards | None:
     """Delegate to :data:`plugin`."""
     return plugin.schedcp_guards(subsystem, policy, targets)
 
