@@ -123,6 +123,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "builtin_dir": Key(str, "auto"),
         "dropin_dir": Key(str, "/etc/schedcp/policies.d"),
         "agent_user": Key(str, "schedcp-agent"),
+        # Of a policy document whose [policy] table names no subsystem (every
+        # document written before the io and dvfs plugins).
+        "default_subsystem": Key(str, "scheduler"),
     },
     "deployer": {
         "baseline_seconds": Key((int, float), 2.0, _positive),

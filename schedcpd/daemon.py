@@ -256,7 +256,7 @@ class Daemon:
                         revoked_file=Path(revoked) if revoked else None)
         tokens = TokenAuthority(keys, self.store)
         tokens.events = self.metrics.safety
-        repo = Repository(self.store, self._validate_policy)
+        repo = Repository(self.store, self._validate_policy, settings["default_subsystem"])
         self.policy_errors: dict[str, str] = {}
         builtin = settings["builtin_dir"]
         self.builtin_dir = (_default_builtin_dir() if builtin == "auto" else Path(builtin))

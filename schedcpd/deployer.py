@@ -6,7 +6,8 @@
     to the full scope) ──▶ active          … or reverted / failed
 
 Before anything is written, a baseline of the targets' guard metrics is
-sampled (:mod:`schedcpd.breaker`).  Each probation window compares samples
+sampled with the guards the owning plugin provides (hook ``schedcp_guards``;
+the verdicts are :mod:`schedcpd.breaker`'s).  Each probation window compares samples
 with that baseline; a trip restores the deployment's values through the
 owning plugin (which journaled every prior value) at once, records the
 antipattern on the policy, and backs the policy's digest off exponentially.
@@ -39,15 +40,14 @@ from sqlite_utils import Database
 from schedcpd.breaker import (
     Breaker,
     BreakerSettings,
-    GroupSample,
-    GuardSampler,
+    Guards,
+    NoGuards,
+    Samples,
     Trip,
-    classify,
     guard_figures,
-    policy_guards,
-    role_of,
 )
 from schedcpd.errors import Conflict, InvalidArgument, NotFound, SchedcpError
+from schedcpd.payloads import ApplyResult, Health, RestoreReport, Scope
 from schedcpd.plugins import PluginHost
 from schedcpd.repository import Repository, parse_document, policy_scope
 from schedcpd.safety_events import NO_EVENTS, SafetyEvents
@@ -303,42 +303,41 @@ class Deployer:
             self.events.token_refused(err.name)
             raise
 
-    def _apply(self, subsystem: str, doc: dict[str, Any], scope: dict[str, Any],
-               dry_run: bool = False) -> dict[str, Any]:
-        result = self._plugins.call_first("schedcp_apply", subsystem=subsystem, policy=doc,
-                                          scope=scope, dry_run=dry_run)
+    def _apply(self, subsystem: str, doc: dict[str, Any], scope: Scope,
+               dry_run: bool = False) -> ApplyResult:
+        result: ApplyResult | None = self._plugins.call_first(
+            "schedcp_apply", subsystem=subsystem, policy=doc, scope=scope, dry_run=dry_run)
         if result is None:
             raise Conflict(f"subsystem {subsystem!r} is not available")
-        return dict(result)
+        return result
 
-    def _restore(self, subsystem: str, dep_id: str, cause: str) -> Any:
+    def _restore(self, subsystem: str, dep_id: str, cause: str) -> RestoreReport | None:
         """Restore ``dep_id``'s values; report the rollback and its time (``cause``: CAUSES)."""
         start = time.monotonic()
-        report = self._plugins.call_first("schedcp_restore", subsystem=subsystem,
-                                          scope={"owner": dep_id})
+        report: RestoreReport | None = self._plugins.call_first(
+            "schedcp_restore", subsystem=subsystem, scope={"owner": dep_id})
         self.events.rolled_back(subsystem, cause, time.monotonic() - start)
         return report
 
     async def _run(self, dep_id: str, policy: dict[str, Any], doc: dict[str, Any],
                    subsystem: str, artifact: dict[str, str] | None = None) -> None:
         # The token's artifact binding goes with every write of a T2 policy.
-        bound = {"artifact": artifact} if artifact is not None else {}
-        knob_roles = {g["name"]: role_of(g) for g in doc.get("group", []) if isinstance(g, dict)}
+        bound: Scope = {"artifact": artifact} if artifact is not None else {}
         try:
             planned = await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id},
                                               True)
             targets: dict[str, list[int]] = planned.get("targets", {})
-            machine = planned.get("scope") == "machine"  # a sched_ext scheduler
-            # With targets, a sched_ext canary runs the targets alone on the
-            # scheduler (partial switch): all of them, not a subset.
+            # A change whose narrowest scope is the whole machine (the plugin
+            # says so); its canary may run all the targets in a restricted
+            # mode (``canary = "partial"``), judged on progress alone.
+            machine = planned.get("scope") == "machine"
             partial = machine and planned.get("canary") == "partial"
             self.on_targets(sorted({p for pids in targets.values() for p in pids})[:64])
-            sampler = GuardSampler(targets)
+            sampler = await asyncio.to_thread(self._guards, subsystem, doc, targets)
             baseline = await self._watch(sampler, self.settings.baseline_seconds
                                          if targets else 0.0)
-            # The policy's own guards win over the defaults from behaviour.
-            declared, limits = policy_guards(doc)
-            roles = {**classify(baseline, knob_roles, self.breaker_settings), **declared}
+            guard_roles = sampler.roles(baseline, self.breaker_settings)
+            roles, limits = guard_roles.roles, guard_roles.limits
             _LOGGER.info("deployment %s guards: %s", dep_id, roles)
             self._fault("after_baseline")
             canary = {g: pids if partial else pids[: max(1, len(pids) // 2)]
@@ -346,47 +345,47 @@ class Deployer:
             applied = await asyncio.to_thread(self._apply, subsystem, doc,
                                               {"owner": dep_id, **bound, "pids": sorted(
                                                   p for pids in canary.values() for p in pids)})
-            if partial and applied.get("partial"):
-                reason = (f"sched_ext scheduler {applied.get('ops')!r} enabled for the targets "
-                          f"only: {applied.get('note')}")
+            if applied.get("reason"):  # the plugin's own words for what it did
+                reason = str(applied["reason"])
             elif machine:
-                reason = (f"sched_ext scheduler {applied.get('ops')!r} enabled "
-                          f"({applied.get('note')}); a BPF scheduler runs every task: its "
-                          "narrowest scope is the machine")
+                reason = f"applied machine-wide ({applied.get('note')})"
             else:
                 reason = (f"applied to {sum(map(len, canary.values()))} of "
                           f"{sum(map(len, targets.values()))} target processes")
             await self._set_state(dep_id, "canary", reason, targets=json.dumps(targets))
             self._fault("after_canary_apply")
-            # A partial-switch canary runs the targets below every fair-class
-            # task (the kernel's class order): their wait measures the fair
-            # load as much as the scheduler.  It is judged on progress (stalls)
-            # and the loader's health; performance from the full scope on.
-            canary_roles = {g: "progress" if partial else roles[g] for g in canary}
-            breaker = Breaker(canary_roles, self.breaker_settings, limits)
-            if await self._probation(dep_id, subsystem, policy, GuardSampler(canary),
+            # A partial canary is judged on progress (stalls) and the plugin's
+            # health; performance from the full scope on.
+            # A group the plugin gives no role is not guarded (only its health can trip).
+            canary_roles = {g: "progress" if partial else roles[g] for g in canary
+                            if partial or g in roles}
+            breaker = Breaker(canary_roles, sampler.metrics, self.breaker_settings, limits)
+            if await self._probation(dep_id, subsystem, policy, sampler.subset(canary),
                                      baseline, breaker, self.settings.canary_seconds):
                 return
             if partial:
                 widened = await asyncio.to_thread(self._apply, subsystem, doc,
                                                   {"owner": dep_id, **bound})
-                await self._set_state(dep_id, "canary", str(widened.get("note")))
+                await self._set_state(dep_id, "canary", str(widened.get("reason")
+                                                             or widened.get("note")))
             elif machine:
-                await self._set_state(dep_id, "canary", "full-scope probation (the scheduler "
-                                      "has run machine-wide since the canary)")
+                await self._set_state(dep_id, "canary", str(
+                    applied.get("full_scope_reason") or "full-scope probation (the change "
+                    "has applied machine-wide since the canary)"))
             else:
                 await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id})
                 await self._set_state(dep_id, "canary", "widened to the full scope")
             self._fault("after_widen_apply")
-            breaker = Breaker({g: roles[g] for g in targets if targets[g]},
-                              self.breaker_settings, limits)
-            seen: list[dict[str, GroupSample]] = []
+            breaker = Breaker({g: roles[g] for g in targets if targets[g] and g in roles},
+                              sampler.metrics, self.breaker_settings, limits)
+            seen: Samples = []
             if await self._probation(dep_id, subsystem, policy, sampler, baseline, breaker,
                                      self.settings.full_seconds, seen=seen):
                 return
             await self._set_state(dep_id, "active", "probation passed on the full scope")
             await self._repo.record_outcome(policy["id"], dep_id, "active",
-                                            guard_figures(breaker.roles, baseline, seen),
+                                            guard_figures(breaker.roles, sampler.metrics,
+                                                          baseline, seen),
                                             "probation passed on the full scope")
             if policy["state"] in ("candidate", "verified"):
                 await self._repo.set_state(policy["id"], "proven")
@@ -403,7 +402,14 @@ class Deployer:
         finally:
             self._tasks.pop(dep_id, None)
 
-    async def _watch(self, sampler: GuardSampler, seconds: float) -> list[dict[str, GroupSample]]:
+    def _guards(self, subsystem: str, doc: dict[str, Any],
+                targets: dict[str, list[int]]) -> Guards:
+        """The owning plugin's guards for ``targets`` (none: only its health can trip)."""
+        guards = self._plugins.call_first("schedcp_guards", subsystem=subsystem, policy=doc,
+                                          targets=targets)
+        return NoGuards() if guards is None else guards
+
+    async def _watch(self, sampler: Guards, seconds: float) -> Samples:
         period = 1.0 / self.breaker_settings.rate_hz
         sampler.sample()
         samples = []
@@ -414,9 +420,9 @@ class Deployer:
         return samples
 
     async def _probation(self, dep_id: str, subsystem: str, policy: dict[str, Any],
-                         sampler: GuardSampler, baseline: list[dict[str, GroupSample]],
+                         sampler: Guards, baseline: Samples,
                          breaker: Breaker, seconds: float | None, fixed: bool = True,
-                         seen: list[dict[str, GroupSample]] | None = None) -> bool:
+                         seen: Samples | None = None) -> bool:
         """Watch for ``seconds`` (forever for None); True if the breaker tripped.
 
         ``seen``, when given, receives every sample taken (a bounded probation).
@@ -426,14 +432,13 @@ class Deployer:
         only, so once they have all exited an active deployment ends.
 
         Guard metrics are sampled at ``rate_hz``; the subsystem's own health
-        (``schedcp_health``: e.g. a sched_ext loader that died, an ejected
-        scheduler, error events) is asked every ``health_seconds``.
+        (``schedcp_health``: e.g. a scheduler loader that died) is asked every ``health_seconds``.
         """
         b = self.breaker_settings
         period = 1.0 / b.rate_hz
         # Enough samples for the judged window and for a stall over stall_seconds.
         keep = max(4 * b.window, int((b.stall_seconds + 1) * b.rate_hz))
-        window: list[dict[str, GroupSample]] = []
+        window: Samples = []
         sampler.sample()
         end = None if seconds is None else time.monotonic() + seconds
         next_health = 0.0
@@ -464,8 +469,8 @@ class Deployer:
     def _health(self, subsystem: str,
                 dep_id: str) -> tuple[Trip | None, dict[str, list[int]] | None]:
         """(a trip when the subsystem reports the deployment broken, its targets now)."""
-        health = self._plugins.call_first("schedcp_health", subsystem=subsystem,
-                                          scope={"owner": dep_id})
+        health: Health | None = self._plugins.call_first(
+            "schedcp_health", subsystem=subsystem, scope={"owner": dep_id})
         if not health:
             return None, None
         if health.get("healthy", True):

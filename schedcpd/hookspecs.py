@@ -5,11 +5,15 @@ object with ``@hookimpl``-decorated functions.  Built-ins are registered on
 the same manager as third-party plugins (entry-point group
 ``schedcp.plugins``), so this API is exercised by the project itself.
 
-Routing: hooks that act on one subsystem take ``subsystem`` first; an
-implementation returns ``None`` for a subsystem that is not its own, and the
-host uses ``firstresult`` to take the owner's answer.
+Routing: hooks that act on one subsystem take ``subsystem`` first and are
+``firstresult``; the host (:mod:`schedcpd.plugins`) asks the plugin whose
+``schedcp_describe`` names that subsystem, and every plugin only for a name
+none describes, so an implementation returns ``None`` for a subsystem that
+is not its own.
 
-Every hook is documented in docs/plugins.md; a test fails when one is not.
+Payloads are typed (:mod:`schedcpd.payloads`; plugins import them, and
+everything else they may use, from :mod:`schedcpd.plugin_api`).  Every hook
+is documented in docs/plugins.md; a test fails when one is not.
 Agent-side plugins use the separate marker in :mod:`schedcpd.agent_hookspecs`
 (another pluggy project name), so they can never bind to these hooks.
 """
@@ -22,7 +26,18 @@ from typing import Any
 
 import pluggy
 
+from schedcpd.breaker import Guards
 from schedcpd.const import PLUGIN_PROJECT
+from schedcpd.payloads import (
+    ActivePolicy,
+    ApplyResult,
+    Description,
+    Finding,
+    Health,
+    KeyDescription,
+    RestoreReport,
+    Scope,
+)
 
 hookspec = pluggy.HookspecMarker(PLUGIN_PROJECT)
 hookimpl = pluggy.HookimplMarker(PLUGIN_PROJECT)
@@ -64,12 +79,11 @@ def schedcp_shutdown() -> None:
 
 
 @hookspec
-def schedcp_describe() -> dict[str, Any] | None:
+def schedcp_describe() -> Description | None:
     """Describe the subsystem this plugin provides, or ``None`` if it provides none.
 
-    Return ``{"name": str, "description": str, "capabilities": {...}}``.
-    ``capabilities`` maps each knob or backend to
-    ``{"available": bool, "reason": str}`` (the reason says why something is
+    ``capabilities`` maps each knob or backend to a
+    :class:`~schedcpd.payloads.Capability` (the reason says why something is
     absent, e.g. "kernel has no /sys/kernel/sched_ext").  Must be cheap: it is
     called for every ``GetStatus``.
     """
@@ -84,30 +98,31 @@ def schedcp_observe(subsystem: str) -> dict[str, Any] | None:
 
 
 @hookspec(firstresult=True)
-def schedcp_validate(subsystem: str, policy: dict[str, Any]) -> list[dict[str, Any]] | None:
+def schedcp_validate(subsystem: str, policy: dict[str, Any]) -> list[Finding] | None:
     """Check a parsed policy document for this subsystem without changing anything.
 
-    Return a list of findings ``{"code": str, "severity": "error"|"warning",
-    "field": str, "message": str}``; an empty list means valid.  Return
+    Return a list of :class:`~schedcpd.payloads.Finding`; an empty list means valid.  Return
     ``None`` when ``subsystem`` is not this plugin's.
     """
 
 
 @hookspec(firstresult=True)
 def schedcp_apply(
-    subsystem: str, policy: dict[str, Any], scope: dict[str, Any], dry_run: bool
-) -> dict[str, Any] | None:
+    subsystem: str, policy: dict[str, Any], scope: Scope, dry_run: bool
+) -> ApplyResult | None:
     """Apply ``policy`` to ``scope`` and return what was changed.
 
     Every write must be journaled (prior value committed) before it is made.
-    With ``dry_run`` true, nothing is written and the result lists each
-    value as ``{"target", "knob", "before", "after"}``.  Return ``None``
-    when ``subsystem`` is not this plugin's.
+    With ``dry_run`` true, nothing is written and ``changes`` lists each
+    value the apply would write.  The result's ``targets``, ``scope`` and
+    ``canary`` tell the deployer how to roll the policy out
+    (:class:`~schedcpd.payloads.ApplyResult`).  Return ``None`` when
+    ``subsystem`` is not this plugin's.
     """
 
 
 @hookspec(firstresult=True)
-def schedcp_restore(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | None:
+def schedcp_restore(subsystem: str, scope: Scope) -> RestoreReport | None:
     """Restore every value this plugin changed within ``scope`` from the journal.
 
     Report what was restored and what was skipped (e.g. exited tasks) and
@@ -117,17 +132,33 @@ def schedcp_restore(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | N
 
 
 @hookspec(firstresult=True)
-def schedcp_health(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | None:
+def schedcp_health(subsystem: str, scope: Scope) -> Health | None:
     """Whether what ``scope["owner"]`` applied still works as applied.
 
     The deployer calls it every few hundred ms during probation and while a
     deployment is active.  Return ``{"healthy": True}``, or ``{"healthy":
-    False, "guard": str, "baseline": float, "observed": float, "detail":
-    str}`` (e.g. a scheduler loader that died): the circuit breaker trips on
-    it.  ``None`` when ``subsystem`` is not this plugin's.  A healthy answer
-    may carry ``"targets": {group: [pid, ...]}``, the processes the
-    deployment covers now (selectors match processes that start later): the
-    breaker then watches those instead of the ones resolved at deploy time.
+    False, "guard", "baseline", "observed", "detail"}`` (e.g. a scheduler
+    loader that died): the circuit breaker trips on it.  ``None`` when
+    ``subsystem`` is not this plugin's.  A healthy answer may carry
+    ``"targets": {group: [pid, ...]}``, the processes the deployment covers
+    now (selectors match processes that start later): the breaker then
+    watches those instead of the ones resolved at deploy time.
+    """
+
+
+@hookspec(firstresult=True)
+def schedcp_guards(
+    subsystem: str, policy: dict[str, Any], targets: dict[str, list[int]]
+) -> Guards | None:
+    """The guards the circuit breaker judges one deployment of ``policy`` by.
+
+    ``targets`` (group -> pids) are the processes the dry-run apply named.
+    Return a :class:`~schedcpd.breaker.Guards`: it samples each group's
+    metrics into a :class:`~schedcpd.breaker.GroupSample`, names them and
+    words their trip messages (:class:`~schedcpd.breaker.GuardMetrics`), and
+    gives each group its role from the baseline and from what the policy
+    does to it.  ``None`` when ``subsystem`` is not this plugin's; a
+    subsystem with no guards is judged by ``schedcp_health`` alone.
     """
 
 
@@ -153,7 +184,7 @@ def schedcp_explain_keys(subsystem: str, pid: int) -> list[str] | None:
 
 
 @hookspec(firstresult=True)
-def schedcp_describe_key(subsystem: str, key: str) -> dict[str, Any] | None:
+def schedcp_describe_key(subsystem: str, key: str) -> KeyDescription | None:
     """Name what a journal key of this subsystem stands for, for an operator.
 
     Return ``{"target": str, "knob": str}`` (e.g. ``task:4242:17`` and
@@ -164,23 +195,39 @@ def schedcp_describe_key(subsystem: str, key: str) -> dict[str, Any] | None:
 
 @hookspec(firstresult=True)
 def schedcp_static_check(
-    subsystem: str, policy: dict[str, Any], active: list[dict[str, Any]]
-) -> list[dict[str, Any]] | None:
+    subsystem: str, policy: dict[str, Any], active: list[ActivePolicy]
+) -> list[Finding] | None:
     """Analyse a schema-valid policy's scheduling logic without running it.
 
     Verifier stage 2: starvation risks (a class with no guaranteed share that
     others depend on), real-time without caps, CPU sets that leave tasks no
-    CPU, starving quotas, and conflicts with the ``active`` policies (each
-    ``{"policy_id", "name", "document"}``).  Return findings as for
+    CPU, starving quotas, and conflicts with the ``active`` policies (of live
+    deployments of this subsystem).  Return findings as for
     :func:`schedcp_validate`, or ``None`` when ``subsystem`` is not this
     plugin's.
     """
 
 
 @hookspec(firstresult=True)
+def schedcp_kernel_check(subsystem: str, policy: dict[str, Any]) -> list[Finding] | None:
+    """Load a policy's kernel artifacts into the kernel's own verifier, without attaching.
+
+    Verifier stage 3, asked only for a policy whose track carries artifacts
+    (T2; a T1 policy has none and the stage is skipped).  The scheduler
+    plugin compiles the policy's sched_ext scheduler and loads it in its
+    micro-VM.  Return findings (empty when the kernel accepted everything);
+    an ``info`` finding with code ``artifact`` and a ``binding``
+    ``{"object_sha256", "btf_sha256", ...}`` names what was loaded, and the
+    token binds it.  Runs on a worker thread; may block.  ``None`` when
+    ``subsystem`` is not this plugin's; a subsystem without it cannot verify
+    such a policy (the stage fails closed).
+    """
+
+
+@hookspec(firstresult=True)
 def schedcp_dynamic_check(
     subsystem: str, policy: dict[str, Any], seconds: float
-) -> list[dict[str, Any]] | None:
+) -> list[Finding] | None:
     """Run the policy on a synthetic workload in a sandbox for about ``seconds``.
 
     Verifier stage 4.  Start the workload itself (only processes and cgroups

@@ -7,6 +7,13 @@ unregistered, the failure is logged, counted in a metric and shown in
 ``GetStatus``; the daemon stays up.  A :class:`~schedcpd.errors.SchedcpError`
 (e.g. ``NotSupported``, ``Conflict``) is a deliberate answer, not a fault: it
 reaches the caller and the plugin stays enabled.
+
+pluggy dispatches every call (argument checks against the spec,
+``firstresult``), one plugin at a time through a subset hook caller, so a
+fault is always one plugin's.  A routed hook (``subsystem=`` first) goes to
+the plugin that describes that subsystem (``schedcp_describe``), and to
+every plugin only for a name none describes (e.g. a plugin's own journal
+subsystem in ``schedcp_describe_key``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
+from pluggy import HookCaller
 
 from schedcpd import hookspecs
 from schedcpd.const import PLUGIN_ENTRY_POINT_GROUP, PLUGIN_PROJECT
@@ -56,6 +64,7 @@ class PluginHost:
         self.pm = pluggy.PluginManager(PLUGIN_PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
+        self._owners: dict[str, str] = {}  # subsystem -> plugin name, from schedcp_describe
         self._disabled_by_config = set(disabled or ())
         self._on_failure = on_failure
         for name, module in (DEFAULT_PLUGINS if builtins is None else builtins).items():
@@ -101,8 +110,35 @@ class PluginHost:
     def _disable(self, name: str, hook: str, err: BaseException) -> None:
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
+        self._owners = {s: n for s, n in self._owners.items() if n != name}
         _LOGGER.debug("%s", "".join(traceback.format_exception(err)))
         self._fail(self.records[name], f"raised in {hook}: {type(err).__name__}: {err}")
+
+    def _callers(self, hook: str, only: str | None = None) -> list[tuple[str, HookCaller]]:
+        """(plugin, pluggy caller of ``hook`` on that plugin alone) for each implementer."""
+        plugins = list(self.pm.list_name_plugin())
+        out = []
+        for name in (n for n, _ in plugins if only is None or n == only):
+            caller = self.pm.subset_hook_caller(
+                hook, remove_plugins=[p for n, p in plugins if n != name])
+            if caller.get_hookimpls():
+                out.append((name, caller))
+        return out
+
+    def _call(self, name: str, hook: str, caller: HookCaller, kwargs: dict[str, Any],
+              ) -> tuple[bool, Any]:
+        """(answered, result) of one plugin; a fault disables it (answered False)."""
+        try:
+            result = caller(**kwargs)
+        except SchedcpError:
+            raise  # a deliberate refusal (NotSupported, Conflict, ...): the caller's answer
+        except Exception as err:  # a plugin can fail in any way; isolate it
+            self._disable(name, hook, err)
+            return False, None
+        spec = caller.spec
+        if spec is not None and not spec.opts.get("firstresult"):
+            result = result[0] if result else None  # pluggy's list of one plugin's answer
+        return True, result
 
     def call_each(self, hook: str, **kwargs: Any) -> dict[str, Any]:
         """Call ``hook`` on every enabled plugin separately; return name -> result.
@@ -111,32 +147,38 @@ class PluginHost:
         other plugins are still called.
         """
         results: dict[str, Any] = {}
-        for name, plugin in list(self.pm.list_name_plugin()):
-            impl = getattr(plugin, hook, None)
-            if impl is None or not hasattr(impl, f"{PLUGIN_PROJECT}_impl"):
-                continue
-            try:
-                results[name] = impl(**kwargs)
-            except SchedcpError:
-                raise  # a deliberate refusal (NotSupported, Conflict, ...): the caller's answer
-            except Exception as err:
-                self._disable(name, hook, err)
+        for name, caller in self._callers(hook):
+            answered, result = self._call(name, hook, caller, kwargs)
+            if answered:
+                results[name] = result
         return results
 
+    def owner(self, subsystem: str) -> str | None:
+        """The enabled plugin that describes ``subsystem``, if any."""
+        if subsystem not in self._owners:
+            self.subsystems()
+        name = self._owners.get(subsystem)
+        return name if name is not None and self.pm.has_plugin(name) else None
+
     def call_first(self, hook: str, **kwargs: Any) -> Any:
-        """Call a routed (``firstresult``) hook; the first non-None answer wins."""
-        return next(
-            (r for r in self.call_each(hook, **kwargs).values() if r is not None), None
-        )
+        """Call a routed (``firstresult``) hook; the first non-None answer wins.
+
+        With ``subsystem``, only the plugin that describes it is asked (all
+        of them for a subsystem no plugin describes).
+        """
+        subsystem = kwargs.get("subsystem")
+        owner = self.owner(subsystem) if isinstance(subsystem, str) else None
+        for name, caller in self._callers(hook, only=owner):
+            answered, result = self._call(name, hook, caller, kwargs)
+            if answered and result is not None:
+                return result
+        return None
 
     def startup(self, context_for: Callable[[str], PluginContext]) -> None:
         """Run every plugin's ``schedcp_startup`` with its own context."""
-        for name, plugin in list(self.pm.list_name_plugin()):
-            impl = getattr(plugin, "schedcp_startup", None)
-            if impl is None:
-                continue
+        for name, caller in self._callers("schedcp_startup"):
             try:
-                impl(context=context_for(name))
+                caller(context=context_for(name))
             except Exception as err:
                 self._disable(name, "schedcp_startup", err)
 
@@ -150,6 +192,7 @@ class PluginHost:
         for plugin_name, desc in self.call_each("schedcp_describe").items():
             if isinstance(desc, dict) and "name" in desc:
                 out[desc["name"]] = {**desc, "plugin": plugin_name}
+        self._owners = {name: desc["plugin"] for name, desc in out.items()}
         return out
 
     def status(self) -> list[dict[str, Any]]:

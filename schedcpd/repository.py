@@ -110,7 +110,7 @@ def policy_scope(doc: dict[str, Any]) -> dict[str, Any]:
     return {"groups": [g.get("name") for g in doc.get("group", []) if isinstance(g, dict)]}
 
 
-def _metadata(doc: dict[str, Any], source: str) -> dict[str, Any]:
+def _metadata(doc: dict[str, Any], source: str, default_subsystem: str) -> dict[str, Any]:
     meta = doc.get("policy")
     if not isinstance(meta, dict):
         raise InvalidArgument(f"{source}: policy: a [policy] table is required")
@@ -120,7 +120,7 @@ def _metadata(doc: dict[str, Any], source: str) -> dict[str, Any]:
     track = meta.get("track", "T1")
     if track not in TRACKS:
         raise InvalidArgument(f"{source}: policy.track: must be one of {', '.join(TRACKS)}")
-    subsystem = meta.get("subsystem", "scheduler")
+    subsystem = meta.get("subsystem", default_subsystem)
     if not isinstance(subsystem, str):
         raise InvalidArgument(f"{source}: policy.subsystem: must be a string")
     for key in ("workloads", "tags"):
@@ -188,16 +188,19 @@ def _row_out(row: dict[str, Any], full: bool = False) -> dict[str, Any]:
 class Repository:
     """Policy versions in the daemon's database."""
 
-    def __init__(self, store: StateStore, validator: Validator) -> None:
+    def __init__(self, store: StateStore, validator: Validator, default_subsystem: str) -> None:
+        """``default_subsystem``: of a document whose ``[policy]`` names none
+        (``[repository] default_subsystem`` in schedcpd.toml)."""
         self._store = store
         self._validate = validator
+        self._default_subsystem = default_subsystem
 
     # -- adding ---------------------------------------------------------
 
     def check(self, text: str, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Parse and validate a document; return (document, metadata) or raise."""
         doc = parse_document(text, source)
-        meta = _metadata(doc, source)
+        meta = _metadata(doc, source, self._default_subsystem)
         findings = self._validate(meta["subsystem"], doc)
         if findings is None:
             raise InvalidArgument(f"{source}: policy.subsystem: no enabled subsystem "

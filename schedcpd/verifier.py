@@ -15,7 +15,8 @@ why) fails closed, and says so rather than pretending to a verdict:
    CPU sets that leave a task nowhere to run, starving quotas, conflicts
    with active policies (``schedcp_static_check``);
 3. ``kernel`` — load BPF artifacts into the kernel verifier without
-   attaching (T2; a T1 policy has none and the stage is skipped);
+   attaching (``schedcp_kernel_check``; T2, a T1 policy has none and the
+   stage is skipped);
 4. ``dynamic`` — run the policy on a synthetic workload in a sandbox for a
    bounded time and check every task progresses and guards hold
    (``schedcp_dynamic_check``).
@@ -35,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from schedcpd.errors import Conflict, NotSupported
+from schedcpd.payloads import Finding, Severity
 from schedcpd.plugins import PluginHost
 from schedcpd.ranges import MAX_DIMENSIONS, RangeCache, box_of, probe_points, template_digest
 from schedcpd.reports import ReportStore
@@ -56,11 +58,12 @@ async def _no_active() -> list[dict[str, Any]]:
     return []
 
 
-def _finding(code: str, message: str, field: str = "", severity: str = "error") -> dict[str, Any]:
+def _finding(code: str, message: str, field: str = "",
+             severity: Severity = "error") -> Finding:
     return {"code": code, "severity": severity, "field": field, "message": message}
 
 
-def _stage(name: str, start: float, findings: list[dict[str, Any]] | None,
+def _stage(name: str, start: float, findings: list[Any] | None,
            skipped: str = "") -> dict[str, Any]:
     findings = findings or []
     passed = not any(f.get("severity", "error") == "error" for f in findings)
@@ -201,12 +204,11 @@ class Verifier:
             if policy["track"] == "T1":
                 stages.append(_stage("kernel", start, [], skipped="T1 policy: no BPF artifacts"))
             else:
-                # The subsystem's dynamic hook with seconds=0 is its kernel-verifier
-                # load (no attach): for T2 the scheduler plugin's micro-VM.
+                # Load without attaching (the scheduler plugin: in its micro-VM).
                 try:
                     findings = await asyncio.to_thread(
-                        self._plugins.call_first, "schedcp_dynamic_check", subsystem=subsystem,
-                        policy=doc, seconds=0.0)
+                        self._plugins.call_first, "schedcp_kernel_check", subsystem=subsystem,
+                        policy=doc)
                 except NotSupported as err:
                     findings = [_finding("unsupported", str(err))]
                 if findings is None:

@@ -39,7 +39,7 @@ from plugins.scheduler.cgroups import Hierarchy
 from plugins.scheduler.systemd import SystemdError
 from plugins.scheduler.tasks import TaskGone
 from plugins.scheduler.unit_groups import KIND_UNIT, Units, parse_unit_key
-from schedcpd.journal import APPLIED, OVERRIDDEN, PENDING, Journal, JournalEntry
+from schedcpd.plugin_api import APPLIED, OVERRIDDEN, PENDING, Journal, JournalEntry
 
 _LOGGER = logging.getLogger(__name__)
 

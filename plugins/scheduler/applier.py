@@ -40,7 +40,7 @@ from plugins.scheduler.actuator import (
 )
 from plugins.scheduler.cgroups import Hierarchy
 from plugins.scheduler.unit_groups import KIND_UNIT, UnitGroups, UnitPlan, unit_key
-from schedcpd.errors import Conflict, InvalidArgument, NotSupported
+from schedcpd.plugin_api import Conflict, InvalidArgument, NotSupported
 
 _LOGGER = logging.getLogger(__name__)
 

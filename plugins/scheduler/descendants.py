@@ -36,7 +36,7 @@ from typing import Any
 
 from plugins.scheduler import tasks
 from plugins.scheduler.actuator import SUBSYSTEM, Actuator, Gone, task_key
-from schedcpd.journal import APPLIED, OVERRIDDEN, PENDING, RESTORED, SKIPPED
+from schedcpd.plugin_api import APPLIED, OVERRIDDEN, PENDING, RESTORED, SKIPPED
 
 _LOGGER = logging.getLogger(__name__)
 

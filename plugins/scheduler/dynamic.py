@@ -38,10 +38,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from plugins.scheduler.guards import role_of
 from plugins.scheduler.sandbox import Sandbox, SandboxError, WindowStats, groups_of, metric
-from schedcpd.analysis import procfs
-from schedcpd.breaker import role_of
-from schedcpd.sequential import Design, SignTest
+from schedcpd.plugin_api import Design, SignTest, procfs
 
 Apply = Callable[[dict[str, Any], str], Any]
 Restore = Callable[[str], Any]

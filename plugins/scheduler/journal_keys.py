@@ -17,7 +17,7 @@ from typing import Any
 
 from plugins.scheduler import tasks
 from plugins.scheduler.actuator import KIND_MEMBERSHIP, SUBSYSTEM
-from schedcpd.journal import STATES, Journal
+from schedcpd.plugin_api import STATES, Journal
 
 MEMBERSHIP_PREFIX = "cgroup."
 

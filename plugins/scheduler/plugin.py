@@ -32,6 +32,7 @@ from plugins.scheduler import (
     capabilities,
     cgroups,
     dynamic,
+    guards,
     journal_keys,
     sched_ext,
     scx_policy,
@@ -45,9 +46,15 @@ from plugins.scheduler.applier import Applier
 from plugins.scheduler.scx_deploy import JOURNAL_SUBSYSTEM, ScxHost
 from plugins.scheduler.systemd import SystemdClient
 from plugins.scheduler.watcher import TaskWatcher
-from schedcpd.errors import InvalidArgument, NotSupported
-from schedcpd.hookspecs import PluginContext, hookimpl
-from schedcpd.journal import OVERRIDDEN, Journal
+from schedcpd.plugin_api import (
+    OVERRIDDEN,
+    Guards,
+    InvalidArgument,
+    Journal,
+    NotSupported,
+    PluginContext,
+    hookimpl,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -248,7 +255,10 @@ class SchedulerPlugin:
             return None
         doc = {k: v for k, v in policy.items() if k != "_source"}
         if scx_policy.is_t2(doc):
-            return self._require_scx().apply(doc, scope, dry_run)
+            result = self._require_scx().apply(doc, scope, dry_run)
+            if not dry_run and "pids" in scope:  # a canary: the deployer's state reason
+                result.update(_scx_canary_reasons(result))
+            return result
         applier = self._require()
         result = applier.apply(doc, scope, dry_run)
         if not dry_run:
@@ -288,6 +298,15 @@ class SchedulerPlugin:
             return health
         targets = self._require().targets(owner)
         return {"healthy": True} if targets is None else {"healthy": True, "targets": targets}
+
+    @hookimpl
+    def schedcp_guards(
+        self, subsystem: str, policy: dict[str, Any], targets: dict[str, list[int]]
+    ) -> Guards | None:
+        """CPU guard metrics of the targets, and roles from what the policy does to them."""
+        if subsystem != SUBSYSTEM:
+            return None
+        return guards.guards_for(policy, targets)
 
     @hookimpl
     def schedcp_state(self, subsystem: str) -> dict[str, Any] | None:
@@ -340,19 +359,27 @@ class SchedulerPlugin:
         return verification.static_check(policy, active)
 
     @hookimpl
+    def schedcp_kernel_check(
+        self, subsystem: str, policy: dict[str, Any]
+    ) -> list[dict[str, Any]] | None:
+        """Verifier stage 3: a T2 policy's scheduler loaded into the micro-VM's BPF verifier."""
+        if subsystem != SUBSYSTEM:
+            return None
+        if not scx_policy.is_t2(policy):
+            return []  # a T1 policy loads nothing into the kernel
+        return scx_policy.kernel_check(policy)
+
+    @hookimpl
     def schedcp_dynamic_check(
         self, subsystem: str, policy: dict[str, Any], seconds: float
     ) -> list[dict[str, Any]] | None:
         """Verifier stage 4: the policy on its own synthetic workload, then restored.
 
-        A T2 policy runs in the sched_ext micro-VM; there ``seconds == 0`` asks
-        for stage 3 instead (load into the guest's BPF verifier, no attach).
+        A T2 policy runs in the sched_ext micro-VM.
         """
         if subsystem != SUBSYSTEM:
             return None
         if scx_policy.is_t2(policy):
-            if seconds <= 0:
-                return scx_policy.kernel_check(policy)
             return scx_policy.dynamic_check(policy, seconds)
         return dynamic.dynamic_check(
             policy,
@@ -394,6 +421,19 @@ class SchedulerPlugin:
         waiting = len(self.applier.children) if self.applier is not None else 0
         return {"mode": self.watcher.mode, "reason": self.watcher.reason,
                 "children_waiting": waiting}
+
+
+def _scx_canary_reasons(applied: dict[str, Any]) -> dict[str, str]:
+    """What the deployer records for a sched_ext canary, in this subsystem's words."""
+    if applied.get("partial"):
+        reason = (f"sched_ext scheduler {applied.get('ops')!r} enabled for the targets "
+                  f"only: {applied.get('note')}")
+    else:
+        reason = (f"sched_ext scheduler {applied.get('ops')!r} enabled "
+                  f"({applied.get('note')}); a BPF scheduler runs every task: its "
+                  "narrowest scope is the machine")
+    return {"reason": reason, "full_scope_reason": "full-scope probation (the scheduler "
+            "has run machine-wide since the canary)"}
 
 
 plugin = SchedulerPlugin()
@@ -449,6 +489,14 @@ def schedcp_restore(subsystem: str, scope: dict[str, Any]) -> dict[str, Any] | N
 
 
 @hookimpl
+def schedcp_guards(
+    subsystem: str, policy: dict[str, Any], targets: dict[str, list[int]]
+) -> Guards | None:
+    """Delegate to :data:`plugin`."""
+    return plugin.schedcp_guards(subsystem, policy, targets)
+
+
+@hookimpl
 def schedcp_state(subsystem: str) -> dict[str, Any] | None:
     """See :meth:`SchedulerPlugin.schedcp_state`."""
     return plugin.schedcp_state(subsystem)
@@ -466,6 +514,12 @@ def schedcp_static_check(
 ) -> list[dict[str, Any]] | None:
     """See :meth:`SchedulerPlugin.schedcp_static_check`."""
     return plugin.schedcp_static_check(subsystem, policy, active)
+
+
+@hookimpl
+def schedcp_kernel_check(subsystem: str, policy: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """See :meth:`SchedulerPlugin.schedcp_kernel_check`."""
+    return plugin.schedcp_kernel_check(subsystem, policy)
 
 
 @hookimpl

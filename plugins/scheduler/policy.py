@@ -433,7 +433,7 @@ def compile_policy(doc: dict[str, Any]) -> Policy:
 
 def load(path: Path) -> dict[str, Any]:
     """Parse a policy file; raise ``InvalidArgument`` naming file and field on any error."""
-    from schedcpd.errors import InvalidArgument
+    from schedcpd.plugin_api import InvalidArgument
 
     try:
         doc = tomllib.loads(Path(path).read_text())

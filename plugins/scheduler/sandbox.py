@@ -32,7 +32,7 @@ from typing import Any
 
 from plugins.scheduler import cgroups as cgroups_mod
 from plugins.scheduler.sandbox_worker import PERIOD_NS, RECORD
-from schedcpd.analysis import procfs
+from schedcpd.plugin_api import procfs
 
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 READY_TIMEOUT = 15.0

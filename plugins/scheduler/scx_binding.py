@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from schedcpd.errors import ObjectMismatch
+from schedcpd.plugin_api import ObjectMismatch
 
 _BTF_DIGESTS: dict[tuple[str, int, int], str] = {}
 

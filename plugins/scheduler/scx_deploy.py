@@ -46,8 +46,7 @@ from typing import Any
 from plugins.scheduler import sched_ext, scx_policy, scx_rules, scx_targets, tasks
 from plugins.scheduler import scx_binding as binding
 from plugins.scheduler.sched_ext import LoaderError, LoaderSpec, SupervisedLoader
-from schedcpd.errors import Conflict, InvalidArgument, NotSupported
-from schedcpd.journal import Journal, JournalEntry
+from schedcpd.plugin_api import Conflict, InvalidArgument, Journal, JournalEntry, NotSupported
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from typing import Any
 from plugins.scheduler import policy as policy_mod
 from plugins.scheduler import tasks
 from plugins.scheduler.targets import Selector, scan
-from schedcpd.journal import Journal, JournalEntry
+from schedcpd.plugin_api import Journal, JournalEntry
 
 _LOGGER = logging.getLogger(__name__)
 

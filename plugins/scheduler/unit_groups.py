@@ -48,7 +48,7 @@ from typing import Any, Protocol
 from plugins.scheduler import cgroups, policy, tasks
 from plugins.scheduler.cgroups import Hierarchy
 from plugins.scheduler.systemd import SystemdError
-from schedcpd.errors import InvalidArgument, NotSupported
+from schedcpd.plugin_api import InvalidArgument, NotSupported
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -161,3 +161,23 @@ def test_third_party_plugins_from_entry_points_failing_keep_daemon_up(
     enabled = sum(p["enabled"] for p in plugins.values())
     assert f"schedcp_plugins_enabled {enabled:.1f}" in text
     assert proc.proc.poll() is None
+
+
+def test_a_routed_hook_asks_only_the_owner_of_the_subsystem() -> None:
+    from tests.core.sample_plugins import nosy
+
+    failures: list[tuple[str, str]] = []
+    h = host("nosy", "good", failures=failures)
+    nosy.ASKED.clear()
+    # pluggy dispatches to the plugin that describes "good" alone: nosy's
+    # broken hook is not run, and it stays enabled.
+    assert h.call_first("schedcp_state", subsystem="good") == {"managed": []}
+    assert nosy.ASKED == [] and h.records["nosy"].enabled and not failures
+    assert h.owner("good") == "good" and h.owner("nosy") == "nosy"
+    # Asked for its own subsystem it fails, and only it is disabled.
+    assert h.call_first("schedcp_state", subsystem="nosy") is None
+    assert nosy.ASKED == ["nosy"]
+    assert [n for n, _ in failures] == ["nosy"] and "state exploded" in failures[0][1]
+    assert h.owner("nosy") is None and set(h.subsystems()) == {"good"}
+    # A subsystem nobody describes is asked of every enabled plugin.
+    assert h.call_first("schedcp_state", subsystem="unknown") is None

@@ -42,7 +42,8 @@ class Setup:
         self.clock = Clock(T0)
         self.store = StateStore(tmp / "schedcpd.db", MIGRATIONS)
         self.tokens = TokenAuthority(KeyStore(tmp / "keys"), self.store)
-        self.repo = Repository(self.store, lambda _subsystem, _doc: [])  # valid everywhere
+        self.repo = Repository(self.store, lambda _subsystem, _doc: [],  # valid everywhere
+                               "scheduler")
         self.deployer = Deployer(self.store, PluginHost(builtins={}, load_entry_points=False),
                                  self.repo, self.tokens, DeployerSettings(backoff_seconds=BASE),
                                  clock=self.clock)

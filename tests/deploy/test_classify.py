@@ -13,12 +13,13 @@ import time
 
 import pytest
 
-from schedcpd.breaker import BreakerSettings, GroupSample, GuardSampler, classify
+from plugins.scheduler.guards import CpuGuards, CpuSample, classify
+from schedcpd.breaker import BreakerSettings, GroupSample
 from tests.harness import Procs, wait_workers_ready
 
 
 def _baseline(groups: dict[str, list[int]], seconds: float) -> list[dict[str, GroupSample]]:
-    sampler = GuardSampler(groups)
+    sampler = CpuGuards(groups)
     sampler.sample()
     out = []
     end = time.monotonic() + seconds
@@ -38,7 +39,7 @@ def test_contended_hog_is_throughput_and_waker_is_latency() -> None:
             os.sched_setaffinity(proc.pid, {0})
         wait_workers_ready(procs)
         baseline = _baseline({"hog": [procs[0].pid], "waker": [procs[1].pid]}, 3.0)
-    hog_share = sorted(x["hog"].cpu_share for x in baseline)[len(baseline) // 2]
+    hog_share = sorted(x["hog"].throughput for x in baseline)[len(baseline) // 2]
     settings = BreakerSettings()
     assert hog_share < settings.interactive_share, "the hog was not contended"
     roles = classify(baseline, {"hog": "beneficiary", "waker": "beneficiary"}, settings)
@@ -49,7 +50,7 @@ def test_contended_hog_is_throughput_and_waker_is_latency() -> None:
 
 def test_too_few_switches_fall_back_to_cpu_share() -> None:
     def sample(share: float) -> dict[str, GroupSample]:
-        return {"g": GroupSample(0.0, None, share, 1, 1, voluntary=1, involuntary=0)}
+        return {"g": CpuSample(0.0, None, share, 1, 1, voluntary=1, involuntary=0)}
 
     settings = BreakerSettings()
     assert classify([sample(0.95)] * 10, {"g": "beneficiary"}, settings) == {"g": "throughput"}

@@ -30,7 +30,7 @@ def verifier(tmp_path: Path) -> Iterator[tuple[Verifier, Repository]]:
                                             config={"cgroup_parent": parent}))
     store = StateStore(tmp_path / "db.sqlite", MIGRATIONS)
     repo = Repository(store, lambda s, d: host.call_first("schedcp_validate", subsystem=s,
-                                                           policy=d))
+                                                           policy=d), "scheduler")
     tokens = TokenAuthority(KeyStore(tmp_path / "keys"), store)
     try:
         yield Verifier(host, repo, tokens, dynamic_seconds=1.0), repo

@@ -141,7 +141,7 @@ def test_random_documents_are_stored_or_rejected_by_field(doc: dict[str, Any]) -
     with tempfile.TemporaryDirectory() as d:
         store = StateStore(Path(d) / "db.sqlite", MIGRATIONS)
         repo = Repository(store, lambda s, p: _HOST.call_first(
-            "schedcp_validate", subsystem=s, policy=p))
+            "schedcp_validate", subsystem=s, policy=p), "scheduler")
         try:
             pid = asyncio.run(repo.add(text, "user", "uid 0", 0))
         except InvalidArgument as err:

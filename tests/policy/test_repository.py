@@ -46,7 +46,7 @@ def plugins() -> PluginHost:
 def repo(tmp_path: Path, plugins: PluginHost) -> Iterator[Repository]:
     store = StateStore(tmp_path / "db.sqlite", MIGRATIONS)
     yield Repository(store, lambda s, d: plugins.call_first("schedcp_validate", subsystem=s,
-                                                             policy=d))
+                                                             policy=d), "scheduler")
     store.close()
 
 
@@ -252,7 +252,7 @@ def test_random_documents_never_crash_and_name_a_field(text: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         store = StateStore(Path(d) / "db.sqlite", MIGRATIONS)
         repo = Repository(store, lambda s, doc: host.call_first(
-            "schedcp_validate", subsystem=s, policy=doc))
+            "schedcp_validate", subsystem=s, policy=doc), "scheduler")
         try:
             run(repo.add(text, "user", "uid 0"))
         except InvalidArgument as err:

@@ -56,7 +56,7 @@ from plugins.scheduler.microvm.build import Artifacts
 from plugins.scheduler.microvm.initramfs import MARK, shared_libraries
 from plugins.scheduler.microvm.kernel import GuestKernel
 from schedcp_bench.services import POLICY_FILE, find_policy_dir, system_like_bus_config
-from schedcpd.const import BUS_NAME, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
+from schedcpd.plugin_api import BUS_NAME, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
 
 _LOGGER = logging.getLogger(__name__)
 

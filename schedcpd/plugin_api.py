@@ -1,0 +1,96 @@
+"""The public plugin API: everything a subsystem plugin may import from schedcpd.
+
+A plugin (built in under ``plugins/`` or third party) imports from this module
+only; the layering contract (``[tool.importlinter]`` in pyproject.toml, run by
+``lint-imports`` in CI and by tests/core/test_layering.py) refuses any other
+import of ``schedcpd``.  What is here is kept stable for plugins; the rest of
+the engine may change under them.  docs/plugins.md describes each part.
+"""
+
+from __future__ import annotations
+
+from schedcpd.analysis import procfs
+from schedcpd.breaker import (
+    BreakerSettings,
+    GroupSample,
+    GuardMetrics,
+    GuardRoles,
+    Guards,
+    Samples,
+)
+from schedcpd.const import BUS_NAME, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
+from schedcpd.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    NotSupported,
+    ObjectMismatch,
+    SchedcpError,
+)
+from schedcpd.hookspecs import PluginContext, hookimpl
+from schedcpd.journal import (
+    APPLIED,
+    OVERRIDDEN,
+    PENDING,
+    RESTORED,
+    SKIPPED,
+    STATES,
+    Journal,
+    JournalEntry,
+)
+from schedcpd.payloads import (
+    ActivePolicy,
+    ApplyResult,
+    Capability,
+    Change,
+    Description,
+    Finding,
+    Health,
+    KeyDescription,
+    RestoreReport,
+    Scope,
+    Severity,
+)
+from schedcpd.sequential import Design, SignTest
+
+__all__ = [
+    "APPLIED",
+    "BUS_NAME",
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_STATE_DIR",
+    "OVERRIDDEN",
+    "PENDING",
+    "RESTORED",
+    "SKIPPED",
+    "STATES",
+    "ActivePolicy",
+    "ApplyResult",
+    "BreakerSettings",
+    "Capability",
+    "Change",
+    "Conflict",
+    "Description",
+    "Design",
+    "Finding",
+    "GroupSample",
+    "GuardMetrics",
+    "GuardRoles",
+    "Guards",
+    "Health",
+    "InvalidArgument",
+    "Journal",
+    "JournalEntry",
+    "KeyDescription",
+    "NotFound",
+    "NotSupported",
+    "ObjectMismatch",
+    "PluginContext",
+    "RestoreReport",
+    "Samples",
+    "SchedcpError",
+    "Scope",
+    "Severity",
+    "SignTest",
+    "hookimpl",
+    "procfs",
+]
