@@ -11,8 +11,9 @@ and CPUWeight=idle, rolled back), ``confine`` (AllowedCPUs and CPUQuota;
 ``systemctl stop`` of the target's unit while the policy is active),
 ``mixed`` (a unit with another process: refused), ``crash`` (schedcpd
 killed with SIGKILL, restarted by systemd, restores), ``sandbox`` (the
-guest's own verifier runs a cgroup policy in transient scopes).  Each step
-prints ``RESULT <step> <json>``.
+guest's own verifier runs a cgroup policy in transient scopes), ``good``
+(t2_guest_scenario's: a T2 vtime deployment through the packaged unit's
+loader, rolled back).  Each step prints ``RESULT <step> <json>``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from t2_guest_scenario import JOB, Client, read, report
+from t2_guest_scenario import JOB, Client, good, read, report
 
 CGROUP = Path("/sys/fs/cgroup")
 PROPS = ("CPUWeight", "CPUQuotaPerSecUSec", "CPUQuotaPeriodUSec", "AllowedCPUs",
@@ -190,7 +191,7 @@ async def sandbox(client: Client) -> None:
 
 
 STEPS = {"weights": weights, "crash": crash, "confine": confine, "mixed": mixed,
-         "sandbox": sandbox}
+         "sandbox": sandbox, "good": good}
 
 
 async def main(steps: list[str]) -> int:

@@ -14,18 +14,21 @@ by the restart after ``systemctl kill -s KILL schedcpd``.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from plugins.scheduler.microvm import FetchError, guest
+from plugins.scheduler.microvm import FetchError, MicroVM, guest
 from plugins.scheduler.microvm import systemd_guest as sg
 from tests.harness import PrivateBus, SchedcpdProcess
 from tests.microvm.test_cgroup_v2_guest import CONFINE, WEIGHTS
-from tests.microvm.test_t2_guest import _call
+from tests.microvm.test_t2_guest import SCHED_BATCH, SCHED_EXT, SCHED_OTHER, VTIME, _call, policies
 
 pytestmark = [pytest.mark.slow, pytest.mark.tcg, pytest.mark.systemd_guest,
               pytest.mark.timeout(2400)]
@@ -57,11 +60,19 @@ add deployer 'baseline_seconds = 2.0'
 add deployer 'canary_seconds = 4.0'
 add deployer 'full_seconds = 3.0'
 add metrics 'enabled = false'
+# T2 as a user with a filled micro-VM cache has it: the loader and the object
+# the host's verifier loaded (found by its digest, as the token binds it).
+cat >> "$CONF" <<'END'
+[plugins.scheduler]
+scx_loader = "/run/job/scx_loader"
+scx_object_dir = "/run/job/verified"
+scx_verified_objects = "/run/job/verified"
+END
 run config sh -c "grep -v '^#' $CONF | grep -v '^\\$'"
 run restart systemctl restart schedcpd.service
 run backend sh -c 'systemctl is-active schedcpd.service;
     journalctl -b -u schedcpd.service -o cat --no-pager | grep "cgroup knobs"'
-run scenario {VENV_PYTHON} /run/job/systemd_cgroup_scenario.py
+run scenario {VENV_PYTHON} /run/job/systemd_cgroup_scenario.py $(cat /run/job/steps)
 run journal sh -c 'journalctl -b -u schedcpd.service -o cat --no-pager | tail -n 60'
 """
 
@@ -75,14 +86,18 @@ def systemd_guest() -> sg.SystemdGuest:
 
 
 @pytest.fixture(scope="module")
-def verified() -> Iterator[dict[str, Any]]:
-    """The host's daemon verifies the policies (weights twice: a token is used once)."""
+def verified(vm: MicroVM) -> Iterator[dict[str, Any]]:
+    """The host's daemon verifies the policies (weights twice: a token is used once).
+
+    vtime (T2) is verified in the micro-VM; the job brings the loader and
+    the object that verification loaded.
+    """
     config = "[metrics]\nenabled = false\n[bus]\ncall_timeout_seconds = 400\n" \
              "[verifier]\ndynamic_seconds = 1.0\n"
     with PrivateBus() as bus, SchedcpdProcess(bus.address, config) as proc:
         out: dict[str, Any] = {}
         for name, text in (("weights", WEIGHTS), ("weights2", WEIGHTS), ("confine", CONFINE),
-                           ("mixed", MIXED)):
+                           ("mixed", MIXED), ("vtime", VTIME)):
             policy_id = _call(bus.address, "SubmitPolicy", "s", text)
             token, report = _call(bus.address, "VerifyPolicy", "s", policy_id, timeout=420)
             assert token, report[:4000]
@@ -90,23 +105,34 @@ def verified() -> Iterator[dict[str, Any]]:
         keys = sorted((proc.state_dir / "keys").glob("*.pub"))
         assert len(keys) == 1, keys
         out["key"] = (keys[0].name, keys[0].read_bytes())
+        assert vm.artifacts is not None
+        vtime = vm.artifacts.objects["vtime"].read_bytes()
+        out[f"verified/{hashlib.sha256(vtime).hexdigest()}.bpf.o"] = vtime
+        out["scx_loader"] = Path(vm.artifacts.binaries["scx_loader"])
         yield out
 
 
 @pytest.fixture(scope="module")
-def scenario(systemd_guest: sg.SystemdGuest, built_deb: Path,
-             verified: dict[str, Any]) -> dict[str, Any]:
+def scenario(systemd_guest: sg.SystemdGuest, built_deb: Path, verified: dict[str, Any],
+             tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     files: dict[str, Path | bytes] = {
         built_deb.name: built_deb,
         "systemd_cgroup_scenario.py": HERE / "systemd_cgroup_scenario.py",
         "t2_guest_scenario.py": HERE / "t2_guest_scenario.py",
         "weights.toml": WEIGHTS.encode(), "confine.toml": CONFINE.encode(),
-        "mixed.toml": MIXED.encode(),
+        "mixed.toml": MIXED.encode(), "vtime.toml": VTIME.encode(),
         **{f"{name}.token": verified[name].encode()
-           for name in ("weights", "weights2", "confine", "mixed")},
+           for name in ("weights", "weights2", "confine", "mixed", "vtime")},
+        **{k: v for k, v in verified.items() if k.startswith("verified/")},
+        "scx_loader": verified["scx_loader"],
         f"keys/{verified['key'][0]}": verified["key"][1],
     }
+    # SCHEDCP_GUEST_STEPS="good crash" runs only those steps (diagnosis).
+    files["steps"] = os.environ.get("SCHEDCP_GUEST_STEPS", "").encode()
     result = systemd_guest.run(JOB, files, timeout=1800)
+    # The whole report, for diagnosis (the schedcpd journal is in "journal").
+    (tmp_path_factory.getbasetemp() / "systemd-cgroups.json").write_text(
+        json.dumps(dataclasses.asdict(result), indent=1))
     error = sg.problem(result)
     steps: dict[str, Any] = {"_result": result, "_summary": sg.summary(result)}
     print("systemd guest:", json.dumps(steps["_summary"]))  # the figures, with -rP
@@ -203,3 +229,24 @@ def test_the_guest_verifier_runs_its_sandbox_in_transient_scopes(
     # The run's scopes went with their processes, and its slices were stopped:
     # nothing of the sandbox stays in systemd's tree (apt purge checks this too).
     assert data["units_left"] == [] and data["cgroups_left"] == [], data
+
+
+def test_a_t2_scheduler_runs_under_the_hardened_unit_and_rolls_back(
+        scenario: dict[str, Any]) -> None:
+    """The package's schedcpd.service, as shipped, starts the sched_ext loader.
+
+    Its capabilities (no CAP_SYS_ADMIN), seccomp filter and
+    MemoryDenyWriteExecute all apply to the loader it forks; the deployment
+    goes canary (the targets only, partial switch) -> widened -> active,
+    and the rollback gives every task its class back.
+    """
+    data = step(scenario, "good")
+    canary = data["canary"]
+    assert canary["state"] == "enabled" and canary["ops"] == "schedcp_vtime", canary
+    assert policies(canary, "probe") == {SCHED_EXT} and policies(canary, "other") == {SCHED_OTHER}
+    assert data["active"]["state"] == "active", data["active"]["events"]
+    assert data["widened"]["switch_all"] == "1", data["widened"]
+    after = data["after"]
+    assert after["state"] == "disabled" and after["loaders"] == [] and after["in_ext"] == []
+    assert policies(after, "probe") == {SCHED_OTHER} and policies(after, "batch") == {SCHED_BATCH}
+    assert data["deployment"]["state"] == "reverted"
