@@ -1,0 +1,93 @@
+"""A scratch block device for fio: a loop device over a file in a private directory.
+
+Used by the dynamic verification stage, the tests and the benchmark.  The
+loop device runs with direct I/O to its backing file, so its queue (the one
+the policy's device settings go to) sees the I/O fio submits.  Everything
+made here is removed by :meth:`ScratchDevice.close`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class SandboxError(Exception):
+    """The scratch device or fio could not run."""
+
+
+class ScratchDevice:
+    """A loop device over a sparse file of ``size_mib`` MiB in a new temp dir."""
+
+    def __init__(self, size_mib: int = 256, parent: Path | None = None,
+                 direct_io: bool = True) -> None:
+        if shutil.which("losetup") is None:
+            raise SandboxError("losetup is not installed (util-linux)")
+        self.dir = Path(tempfile.mkdtemp(prefix="schedcp-io-", dir=parent))
+        self.file = self.dir / "backing.img"
+        with self.file.open("wb") as f:
+            f.truncate(size_mib * 2**20)
+        args = ["losetup", "--find", "--show", str(self.file)]
+        if direct_io:
+            args.insert(1, "--direct-io=on")
+        try:
+            out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=30)
+        except (subprocess.SubprocessError, OSError) as err:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise SandboxError(f"losetup failed: {err}") from err
+        self.path = out.stdout.strip()
+        self.name = Path(self.path).name
+
+    def close(self) -> None:
+        """Detach the loop device and remove its file."""
+        subprocess.run(["losetup", "-d", self.path], check=False, capture_output=True,
+                       timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ScratchDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fio(jobs: list[dict[str, Any]], filename: str, seconds: float,
+        timeout: float | None = None) -> dict[str, dict[str, float]]:
+    """Run fio jobs (each a dict of fio options with a ``name``) together.
+
+    Returns per job: ``read_iops``, ``write_iops``, ``read_mib_s``,
+    ``write_mib_s``, ``clat_p50_us``, ``clat_p99_us`` (of its reads, else
+    its writes), ``io_mib`` (total moved).
+    """
+    if shutil.which("fio") is None:
+        raise SandboxError("fio is not installed (Debian package fio)")
+    args = ["fio", "--output-format=json", f"--filename={filename}", "--direct=1",
+            "--time_based=1", f"--runtime={max(1, round(seconds))}", "--group_reporting=0"]
+    for job in jobs:
+        args.append(f"--name={job['name']}")
+        args += [f"--{k}={v}" for k, v in job.items() if k != "name"]
+    try:
+        out = subprocess.run(args, check=True, capture_output=True, text=True,
+                             timeout=timeout or seconds * 4 + 30)
+    except subprocess.CalledProcessError as err:
+        raise SandboxError(f"fio failed: {err.stderr.strip()[-500:]}") from err
+    except (subprocess.SubprocessError, OSError) as err:
+        raise SandboxError(f"fio failed: {err}") from err
+    text = out.stdout[out.stdout.index("{"):]
+    result: dict[str, dict[str, float]] = {}
+    for job in json.loads(text)["jobs"]:
+        rd, wr = job["read"], job["write"]
+        main = rd if rd["total_ios"] else wr
+        pct = main.get("clat_ns", {}).get("percentile", {})
+        result[job["jobname"]] = {
+            "read_iops": rd["iops"], "write_iops": wr["iops"],
+            "read_mib_s": rd["bw_bytes"] / 2**20, "write_mib_s": wr["bw_bytes"] / 2**20,
+            "clat_p50_us": pct.get("50.000000", 0) / 1000,
+            "clat_p99_us": pct.get("99.000000", 0) / 1000,
+            "io_mib": (rd["io_bytes"] + wr["io_bytes"]) / 2**20,
+        }
+    return result
