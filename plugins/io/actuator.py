@@ -8,7 +8,8 @@ already ``prior``); a value someone else changed is left alone and marked
 ``overridden``; a target that is gone (device removed, task exited) is
 marked ``skipped`` with the reason.
 
-Journal keys (kinds): ``queue:<dev>:<MAJ:MIN>:<knob>`` (``queue``),
+Journal keys (kinds): ``queue:<dev>:<MAJ:MIN>:<knob>`` (``queue``; ``sched``
+for ``scheduler``, whose prior also saves ``nr_requests``, which a scheduler switch resets),
 ``ioprio:<tid>:<start>`` (``ioprio``), ``blkio_dir:<path>`` (``mkdir``),
 ``blkio_move:<pid>:<start>`` (``move``) and
 ``blkio:<path>:<file>:<MAJ:MIN>`` (``throttle``) and
@@ -72,11 +73,16 @@ class Gone(Exception):
     """The target of a write is gone (device removed, task exited)."""
 
 
+def _main(value: Any) -> Any:
+    """The compared part of a saved value (a scheduler entry saves nr_requests too)."""
+    return value["scheduler"] if isinstance(value, dict) else value
+
+
 def _live(entry: JournalEntry) -> Any:
     """The live value behind a journal entry; :class:`Gone` when its target is gone."""
     kind, key = entry.kind, entry.key
     try:
-        if kind == "queue":
+        if kind in ("queue", "sched"):
             _, dev, majmin, knob = key.split(":", 3)
             if blockdev.identity(dev) != majmin.replace("_", ":"):
                 raise Gone(f"device {dev} ({majmin.replace('_', ':')}) was removed")
@@ -110,6 +116,13 @@ def _write(kind: str, key: str, value: Any) -> None:
         if kind == "queue":
             _, dev, majmin, knob = key.split(":", 3)
             blockdev.write(dev, knob, str(value), majmin.replace("_", ":"))
+        elif kind == "sched":
+            # Switching the scheduler resets nr_requests: a restore puts both back.
+            _, dev, majmin, _ = key.split(":", 3)
+            ident = majmin.replace("_", ":")
+            blockdev.write(dev, "scheduler", str(_main(value)), ident)
+            if isinstance(value, dict) and value.get("nr_requests"):
+                blockdev.write(dev, "nr_requests", str(value["nr_requests"]), ident)
         elif kind == "ioprio":
             ioprio.set_(int(key.split(":")[1]), int(value))
         elif kind == "move":
@@ -173,7 +186,11 @@ class Actuator:
     def _restore_one(self, entry: JournalEntry) -> tuple[str, str]:
         try:
             live = _live(entry)
-            if live == entry.prior:
+            if entry.kind == "sched" and live == _main(entry.prior) and \
+                    blockdev.current(entry.key.split(":")[1], "nr_requests") \
+                    != str(entry.prior.get("nr_requests")):
+                live = entry.new  # the scheduler is back, nr_requests not yet
+            if live == _main(entry.prior):
                 self.journal.mark_restored(entry.id, "already at the prior value")
                 return RESTORED, "already at the prior value"
             if live != entry.new:

@@ -69,12 +69,17 @@ def _device_writes(dev: dict[str, Any], plan: Plan) -> None:
             raise NotSupported(f"device {name!r}: I/O scheduler {sched!r} is not offered "
                                f"(offered: {', '.join(offered)})")
         if sched != active:
-            plan.writes.append(Write("queue", prefix + "scheduler", active, sched, name,
+            prior = {"scheduler": active, "nr_requests": blockdev.current(name, "nr_requests")}
+            plan.writes.append(Write("sched", prefix + "scheduler", prior, sched, name,
                                      "scheduler"))
     for knob in blockdev.QUEUE_KNOBS:
         if knob in dev:
             live = blockdev.current(name, knob)
-            if live != str(dev[knob]):
+            if knob == "nr_requests" and sched not in (None, active):
+                # The switch resets it: read the prior after the switch (apply).
+                plan.writes.append(Write("queue", prefix + knob, None, str(dev[knob]), name,
+                                         knob))
+            elif live != str(dev[knob]):
                 plan.writes.append(Write("queue", prefix + knob, live, str(dev[knob]), name,
                                          knob))
     for key, val in dev.get("tunables", {}).items():

@@ -8,10 +8,13 @@ made here is removed by :meth:`ScratchDevice.close`.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,32 @@ class SandboxError(Exception):
     """The scratch device or fio could not run."""
 
 
+_LOOP_CTL_ADD = 0x4C80
+_LOOP_CTL_REMOVE = 0x4C81
+
+
+def _new_loop_node() -> int:
+    """Add a loop device with a number no other uses (LOOP_CTL_ADD); return it."""
+    used = {int(p.name[4:]) for p in Path("/sys/block").glob("loop*") if p.name[4:].isdigit()}
+    fd = os.open("/dev/loop-control", os.O_RDWR)
+    try:
+        return fcntl.ioctl(fd, _LOOP_CTL_ADD, max(used, default=-1) + 1)
+    finally:
+        os.close(fd)
+
+
 class ScratchDevice:
-    """A loop device over a sparse file of ``size_mib`` MiB in a new temp dir."""
+    """A loop device over a sparse file of ``size_mib`` MiB in a new temp dir.
+
+    ``own_node`` (default): on a loop device node of its own, added here and
+    removed by :meth:`close` (its /sys/block entry goes, as when a disk is
+    unplugged), so the queue settings a test or the sandbox made never
+    outlive it on a shared ``loopN``.
+    """
 
     def __init__(self, size_mib: int = 256, parent: Path | None = None,
-                 direct_io: bool = True) -> None:
+                 direct_io: bool = True, own_node: bool = True) -> None:
+        self.node: int | None = None
         if shutil.which("losetup") is None:
             raise SandboxError("losetup is not installed (util-linux)")
         self.dir = Path(tempfile.mkdtemp(prefix="schedcp-io-", dir=parent))
@@ -32,6 +56,11 @@ class ScratchDevice:
         with self.file.open("wb") as f:
             f.truncate(size_mib * 2**20)
         args = ["losetup", "--find", "--show", str(self.file)]
+        if own_node:
+            self.node = _new_loop_node()
+            if not Path(f"/dev/loop{self.node}").exists():
+                os.mknod(f"/dev/loop{self.node}", 0o600 | 0o060000, os.makedev(7, self.node))
+            args = ["losetup", "--show", f"/dev/loop{self.node}", str(self.file)]
         if direct_io:
             args.insert(1, "--direct-io=on")
         try:
@@ -46,6 +75,18 @@ class ScratchDevice:
         """Detach the loop device and remove its file."""
         subprocess.run(["losetup", "-d", self.path], check=False, capture_output=True,
                        timeout=30)
+        if self.node is not None:
+            fd = os.open("/dev/loop-control", os.O_RDWR)
+            try:
+                for _ in range(50):  # the detach completes asynchronously
+                    try:
+                        fcntl.ioctl(fd, _LOOP_CTL_REMOVE, self.node)
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+            finally:
+                os.close(fd)
+            self.node = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> ScratchDevice:
