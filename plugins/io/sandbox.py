@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -82,10 +83,15 @@ class ScratchDevice:
                     try:
                         fcntl.ioctl(fd, _LOOP_CTL_REMOVE, self.node)
                         break
-                    except OSError:
+                    except OSError as err:
+                        busy = err
                         time.sleep(0.1)
+                else:
+                    raise SandboxError(f"loop{self.node} could not be removed ({busy}): "
+                                       "something still holds it open")
             finally:
                 os.close(fd)
+                shutil.rmtree(self.dir, ignore_errors=True)
             self.node = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -132,3 +138,19 @@ def fio(jobs: list[dict[str, Any]], filename: str, seconds: float,
             "io_mib": (rd["io_bytes"] + wr["io_bytes"]) / 2**20,
         }
     return result
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a fio started by us and every job process it forked, and reap it.
+
+    fio runs each job in a child process: killing only the parent leaves
+    the job writing (and the loop device busy).
+    """
+    from plugins.io.ioprio import Selector
+
+    for pid in reversed(Selector([], [proc.pid]).scan()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()

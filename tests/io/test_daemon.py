@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from plugins.io import blockdev, ioprio
-from plugins.io.sandbox import ScratchDevice
+from plugins.io.sandbox import ScratchDevice, stop
 from tests.deploy.conftest import FAST
 from tests.harness import call, wait_deployment, wait_until
 
@@ -32,8 +32,7 @@ def writer(loopdev: ScratchDevice) -> Iterator[subprocess.Popen[bytes]]:
         wait_until(lambda: len(ioprio.Selector([], [proc.pid]).scan()) > 1, what="fio job")
         yield proc
     finally:
-        proc.kill()
-        proc.wait()
+        stop(proc)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 
 from plugins.io import verification
 from plugins.io.guards import IoGuards
-from plugins.io.sandbox import ScratchDevice
+from plugins.io.sandbox import ScratchDevice, stop
 from schedcpd.plugin_api import ActivePolicy, BreakerSettings
 from tests.harness import wait_until
 
@@ -79,8 +79,7 @@ def test_guards_measure_a_writers_rate_and_give_a_lowered_group_the_donor_role(
         assert guards.roles(samples, BreakerSettings()).roles == {"w": "donor"}
         assert guards.alive()
     finally:
-        writer.kill()
-        writer.wait()
+        stop(writer)
 
 
 def _children(pid: int) -> list[int]:
