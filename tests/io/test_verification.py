@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from plugins.io import verification
+from plugins.io import blockdev, verification
 from plugins.io.guards import IoGuards
 from plugins.io.sandbox import ScratchDevice, stop
 from schedcpd.plugin_api import ActivePolicy, BreakerSettings
@@ -90,3 +90,20 @@ def _children(pid: int) -> list[int]:
 def _moved(guards: IoGuards) -> dict[str, Any] | None:
     sample = guards.sample()
     return sample if sample.get("w") and sample["w"].throughput > 0 else None
+
+
+def test_builtin_io_policies_pass_schema_and_static_checks(tmp_path: Path) -> None:
+    import tomllib
+
+    from plugins.io import policy
+
+    paths = sorted(Path(__file__).parents[2].joinpath("policies").glob("io-*.toml"))
+    assert len(paths) >= 2
+    for path in paths:
+        doc = tomllib.loads(path.read_text())
+        assert doc["policy"]["subsystem"] == "io"
+        assert policy.validate(doc) == [], path.name
+        # Reads only.  They name vda: on a machine without it, that is the one finding.
+        missing = {f"device[{i}].name": "unknown-device" for i, d in enumerate(doc["device"])
+                   if blockdev.identity(d["name"]) is None}
+        assert _codes(verification.static_check(doc, [], tmp_path)) == missing, path.name
