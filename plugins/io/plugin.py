@@ -286,7 +286,9 @@ class IoPlugin:
         start = ioprio.start_time(pid)
         if start is not None:
             keys.append(f"blkio_move:{pid}:{start}")
-        return keys
+        journal = self._act().journal
+        states = ("pending", "applied", "restored", "skipped", "overridden")
+        return [k for k in keys if journal.for_key(k, states, subsystem=SUBSYSTEM)]
 
     @hookimpl
     def schedcp_describe_key(self, subsystem: str, key: str) -> KeyDescription | None:

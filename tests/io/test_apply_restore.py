@@ -56,6 +56,12 @@ def test_apply_then_restore_puts_every_value_back_exactly(
     assert blkio.cgroup_of(sleeper.pid) == "/" + cg.name
     assert blkio.read_limit(cg, "write_bps", blockdev.identity(dev) or "") == 10 * 2**20
 
+    keys = io_plugin.schedcp_explain_keys("io", sleeper.pid) or []
+    assert len(keys) == len(ioprio.threads(sleeper.pid)) + 1  # each thread, and the move
+    assert {io_plugin.schedcp_describe_key("io", k)["knob"] for k in keys} == {  # type: ignore[index]
+        "ioprio", "blkio cgroup"}
+    assert io_plugin.schedcp_explain_keys("io", os.getpid()) == []  # never touched
+
     report = io_plugin.schedcp_restore("io", {"owner": "d1"})
     assert report is not None and set(report["summary"]) == {"restored"}, report
     assert _queue(dev) == before
