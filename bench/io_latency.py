@@ -16,7 +16,13 @@ reader's window, stops the writer and restores.  Rounds alternate default /
 policy, so drift of the loaded host falls on both; medians are reported with
 the load average of each round.
 
+A reader at queue depth 1 reads as fast as its latency allows, so under a
+policy that cuts its latency it also takes more of the device: with
+--reader-iops N both configurations read at most N per second, and the
+writer's loss is measured at the same read load.
+
 Usage: python bench/io_latency.py [--rounds 4] [--seconds 8] [--policy FILE]
+       [--reader-iops N]
 Run as root.  Prints JSON.
 """
 
@@ -62,7 +68,7 @@ def _policy_for(path: Path, dev: str, writer_pid: int) -> dict[str, Any]:
 
 
 def one_round(dev: ScratchDevice, doc_path: Path | None, seconds: float, settle: float,
-              journal: Journal) -> dict[str, Any]:
+              journal: Journal, reader_iops: int = 0) -> dict[str, Any]:
     writer = subprocess.Popen(["fio", f"--filename={dev.path}", *WRITER],
                               stdout=subprocess.DEVNULL)
     owner = f"bench-{time.monotonic_ns()}"
@@ -79,7 +85,8 @@ def one_round(dev: ScratchDevice, doc_path: Path | None, seconds: float, settle:
         time.sleep(settle)
         load = Path("/proc/loadavg").read_text().split()[0]
         t0, s0 = time.monotonic(), _sectors_written(dev.name)
-        reader = fio([READER], dev.path, seconds)["reader"]
+        job = dict(READER, rate_iops=reader_iops) if reader_iops else READER
+        reader = fio([job], dev.path, seconds)["reader"]
         t1, s1 = time.monotonic(), _sectors_written(dev.name)
     finally:
         stop(writer)
@@ -99,6 +106,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="reader run per round")
     parser.add_argument("--settle", type=float, default=1.0, help="writer runs alone first")
     parser.add_argument("--size-mib", type=int, default=1024, help="scratch device size")
+    parser.add_argument("--reader-iops", type=int, default=0,
+                        help="cap the reader's rate (0: as fast as it can), so the writer's "
+                        "loss is not the reader's gain")
     parser.add_argument("--policy", type=Path, default=_ROOT / "policies/io-protect-reads.toml")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="io-bench-") as tmp, \
@@ -112,7 +122,8 @@ def main() -> None:
         for i in range(args.rounds * 2):
             label = "default" if i % 2 == 0 else "policy"
             rows[label].append(one_round(dev, None if label == "default" else args.policy,
-                                         args.seconds, args.settle, journal))
+                                         args.seconds, args.settle, journal,
+                                         args.reader_iops))
             print(json.dumps({label: rows[label][-1]}), file=sys.stderr, flush=True)
         left = journal.pending_restore()
         journal.close()
@@ -120,6 +131,7 @@ def main() -> None:
     out = {
         "device": f"loop device over a prefilled {args.size_mib} MiB file (direct I/O)",
         "policy": str(args.policy), "rounds": args.rounds, "seconds": args.seconds,
+        "reader_iops_cap": args.reader_iops,
         "reader_alone": {"p50_us": alone["clat_p50_us"], "p99_us": alone["clat_p99_us"]},
         "median": {label: {k: _median(r, k) for k in r[0]} for label, r in rows.items()},
         "p50_ratio": _median(d, "p50_us") / _median(p, "p50_us"),
