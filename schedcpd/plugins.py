@@ -37,7 +37,8 @@ from schedcpd.hookspecs import PluginContext
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_PLUGINS: dict[str, str] = {"scheduler": "plugins.scheduler.plugin"}
+DEFAULT_PLUGINS: dict[str, str] = {"scheduler": "plugins.scheduler.plugin",
+                                   "io": "plugins.io.plugin"}
 """Built-in plugin name -> module."""
 
 

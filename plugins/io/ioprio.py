@@ -1,0 +1,127 @@
+"""Per-task I/O priority (ioprio_get/ioprio_set) and the processes a group targets.
+
+An I/O priority is a class (``none`` = follow the CPU nice, ``rt``, ``be``
+best-effort, ``idle``) and a level 0..7 (0 highest).  It is per thread; a
+thread forked later inherits it.  A group's targets are the processes its
+``match`` selects (``comm`` names and/or ``pids``) with their descendants,
+and every thread of each.  A task is named by ``tid`` and its start time,
+so a later task that reuses the tid is not touched by a restore.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from schedcpd.plugin_api import procfs
+
+CLASSES = {"none": 0, "rt": 1, "be": 2, "idle": 3}
+CLASS_NAMES = {v: k for k, v in CLASSES.items()}
+_SHIFT = 13
+_WHO_PROCESS = 1
+_NR = {"x86_64": (251, 252), "aarch64": (30, 31)}  # (ioprio_set, ioprio_get)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class TaskGone(Exception):
+    """The task exited (or its tid now names another task)."""
+
+
+def value(cls: str, level: int) -> int:
+    """The raw ioprio of ``cls`` and ``level`` (``none`` has level 0)."""
+    return (CLASSES[cls] << _SHIFT) | (0 if cls == "none" else level)
+
+
+def describe(raw: int) -> str:
+    """``be/4``-style text of a raw ioprio."""
+    cls = CLASS_NAMES.get(raw >> _SHIFT, str(raw >> _SHIFT))
+    return cls if cls == "none" else f"{cls}/{raw & 7}"
+
+
+def _nr(index: int) -> int:
+    try:
+        return _NR[platform.machine()][index]
+    except KeyError as err:
+        raise OSError(f"ioprio syscalls unknown on {platform.machine()}") from err
+
+
+def get(tid: int) -> int:
+    """The raw ioprio of thread ``tid``; :class:`TaskGone` if it does not exist."""
+    res = _libc.syscall(_nr(1), _WHO_PROCESS, tid)
+    if res < 0:
+        err = ctypes.get_errno()
+        if err == 3:  # ESRCH
+            raise TaskGone(f"task {tid} is gone")
+        raise OSError(err, os.strerror(err))
+    return int(res)
+
+
+def set_(tid: int, raw: int) -> None:
+    """Set thread ``tid``'s raw ioprio; :class:`TaskGone` if it does not exist."""
+    res = _libc.syscall(_nr(0), _WHO_PROCESS, tid, raw)
+    if res < 0:
+        err = ctypes.get_errno()
+        if err == 3:
+            raise TaskGone(f"task {tid} is gone")
+        raise OSError(err, os.strerror(err))
+
+
+def available() -> tuple[bool, str]:
+    """Whether ioprio_get works here."""
+    try:
+        get(os.getpid())
+    except OSError as err:
+        return False, f"ioprio_get failed: {err}"
+    return True, ""
+
+
+def start_time(tid: int) -> int | None:
+    """Start time (clock ticks) of task ``tid``, ``None`` when it is gone."""
+    stat = procfs.read_pid_stat(tid)
+    return stat.starttime if stat else None
+
+
+def threads(pid: int) -> list[int]:
+    """Thread ids of process ``pid`` (empty when it is gone)."""
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for pid in procfs.list_pids():
+        stat = procfs.read_pid_stat(pid)
+        if stat:
+            out.setdefault(stat.ppid, []).append(pid)
+    return out
+
+
+@dataclass
+class Selector:
+    """A group's ``match``: process names and/or pids (and their descendants)."""
+
+    comm: list[str]
+    pids: list[int]
+
+    def scan(self) -> list[int]:
+        """Matched processes and their descendants, sorted."""
+        roots = {p for p in self.pids if Path(f"/proc/{p}").exists()}
+        if self.comm:
+            for pid in procfs.list_pids():
+                stat = procfs.read_pid_stat(pid)
+                if stat and stat.comm in self.comm:
+                    roots.add(pid)
+        children = _children()
+        out: set[int] = set()
+        todo = list(roots)
+        while todo:
+            pid = todo.pop()
+            if pid not in out:
+                out.add(pid)
+                todo.extend(children.get(pid, ()))
+        return sorted(out)
