@@ -18,7 +18,8 @@ from tests.harness import ROOT
 
 # schedcpd's D-Bus front end and command-line tools: everything else is the engine.
 FRONT_END = {"schedcpd.__main__", "schedcpd.cli", "schedcpd.cli_deploy", "schedcpd.cli_explain",
-             "schedcpd.cli_observe", "schedcpd.cli_output", "schedcpd.daemon", "schedcpd.dbus"}
+             "schedcpd.cli_fleet", "schedcpd.cli_observe", "schedcpd.cli_output", "schedcpd.daemon",
+             "schedcpd.dbus"}
 
 
 def _contracts() -> dict[str, dict]:
