@@ -160,7 +160,7 @@ def test_bind_selects_roles_by_pid_or_by_match() -> None:
 
 def test_registry_is_complete() -> None:
     """Every workload module is registered under its own name, in a stable order."""
-    assert len(WORKLOADS) == 13
+    assert len(WORKLOADS) == 20
     for name, cls in WORKLOADS.items():
         assert cls.name == name and cls.description and cls.metrics
 
