@@ -4,7 +4,7 @@ The service is ``python -m schedcp_bench.workloads.http_python --serve PORT
 --dir RUN_DIR``: a ``ThreadingHTTPServer`` (one thread per connection) whose
 ``GET /work?n=K`` answers after K rounds of SHA-256 over 4 KiB (a request
 handler with some CPU work, like a small web application).  The driver loops
-``python -m schedcp_bench.loadgen http`` (4 keep-alive connections, 600
+``python -m schedcp_bench.loadgen http`` (4 keep-alive connections, 200
 requests, K drawn from the seed); a ``t1_hog`` with one spinning thread per
 CPU is the batch load.  Figures: p50/p99 request latency, requests per second,
 the hog's rate.
@@ -32,7 +32,7 @@ from schedcp_bench.workloads.common import (
     wait_ready,
 )
 
-REQUESTS = 600
+REQUESTS = 200
 CONNS = 4
 BLOCK = b"\x5a" * 4096
 MAX_WORK = 1000

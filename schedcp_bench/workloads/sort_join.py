@@ -52,7 +52,7 @@ class SortJoin(BenchWorkload):
     name = "sort-join"
     description = (f"coreutils analytics pipeline: sort {ORDERS} orders and {CUSTOMERS} "
                    "customers, join, aggregate per region with awk, looped")
-    packages = ("coreutils", "gawk")
+    packages = ("coreutils", "mawk")
     commands = ("sort", "join", "awk", "sh")
     goal = "makespan"
     quick = False
