@@ -57,7 +57,12 @@ def descendants(roots: list[int], table: dict[int, Proc]) -> dict[int, Proc]:
     return out
 
 
-@pytest.fixture(params=list(WORKLOADS))
+#: units of several seconds (a real package build, a video encode): marked slow
+SLOW_UNITS = {"lua-build", "ffmpeg-x264"}
+
+
+@pytest.fixture(params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW_UNITS else n
+                        for n in WORKLOADS])
 def started(request: pytest.FixtureRequest, cache: Path,
             tmp_path: Path) -> Iterator[tuple[Workload, Session]]:
     """The workload named by the parameter, prepared and started; stopped afterwards."""
