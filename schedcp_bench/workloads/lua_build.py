@@ -7,15 +7,18 @@ sources list (``deb-src`` of the Debian mirror, checked with the Debian
 archive keyring) and private list/cache directories under the cache are
 passed with ``-o``.  ``start`` copies the unpacked tree into the run
 directory; the driver loops one unit: ``make clean`` then ``make -j NCPU
-linux`` in ``src/`` (the upstream Makefile: 33 C files, liblua.a, lua and
-luac).  The compiler, ar and ranlib run through ``RUN_DIR/bin`` links and
-``TMPDIR`` is in the run directory, so every process of the build names the
-run.  The unit's figure is its wall time.  The build is deterministic; there
-is no seed to take.
+linux`` in ``src/`` (the upstream Makefile as Debian patched it: 33 C
+files, liblua.a, lua and luac, with Debian's build flags from
+``dpkg-buildflags``, asked once and passed as ``MYCFLAGS``/``MYLDFLAGS``).
+The compiler, ar and ranlib run through ``RUN_DIR/bin`` links and ``TMPDIR``
+is in the run directory, so every process of the build names the run.  The
+unit's figure is its wall time.  The build is deterministic; there is no seed
+to take.
 """
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,7 +38,22 @@ MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 UNIT = ("{make} -s -C {src} clean && "
-        "{make} -s -C {src} -j{n} linux CC={cc} AR='{ar} rcu' RANLIB={ranlib}")
+        "{make} -s -C {src} -j{n} linux CC={cc} AR='{ar} rcu' RANLIB={ranlib} "
+        "MYCFLAGS={cflags} MYLDFLAGS={ldflags}")
+
+
+def debian_flags() -> tuple[str, str]:
+    """Debian's build flags (CFLAGS + CPPFLAGS, LDFLAGS), as the patched Makefile asks for.
+
+    Debian's lua5.4 Makefile calls ``dpkg-buildflags`` through ``$(shell)``
+    on every make; asked once here and passed on the command line instead,
+    no process of the build lacks the run directory on its command line.
+    """
+    def get(name: str) -> str:
+        out = subprocess.run(["dpkg-buildflags", "--get", name], capture_output=True,
+                             text=True, check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    return f"{get('CFLAGS')} {get('CPPFLAGS')}".strip(), get("LDFLAGS")
 
 
 def fetch_source(cache: Path, package: str = PACKAGE) -> Path:
@@ -115,8 +133,11 @@ class LuaBuild(BenchWorkload):
         tmp = session.dir / "tmp"
         tmp.mkdir(exist_ok=True)
         d = session.dir
+        cflags, ldflags = debian_flags()
         script = UNIT.format(make=tool(d, "make"), src=tree / "src", n=ncpu(),
-                             cc=tool(d, "cc"), ar=tool(d, "ar"), ranlib=tool(d, "ranlib"))
+                             cc=tool(d, "cc"), ar=tool(d, "ar"), ranlib=tool(d, "ranlib"),
+                             cflags=shlex.quote(cflags or "-O2"),
+                             ldflags=shlex.quote(ldflags))
         env = dict(python_env(), TMPDIR=str(tmp))
         driver = self.spawn_driver(session, [tool(d, "sh"), "-c", script], env=env)
         session.roles = {"build": [driver.pid], "batch": [driver.pid]}
