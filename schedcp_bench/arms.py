@@ -29,6 +29,7 @@ import os
 import sys
 import time
 import tomllib
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,14 +70,25 @@ class ArmContext:
     agent: AgentSettings = field(default_factory=AgentSettings)
 
 
+#: every built-in seen per client: ListPolicies("") returns the first 20 policies by
+#: name, so once a run has submitted enough bound ("bench-…") and agent ("agent-…")
+#: policies, which sort first, the built-ins drop out of the listing
+_SEEN: weakref.WeakKeyDictionary[SchedcpClient, dict[str, dict[str, Any]]] = \
+    weakref.WeakKeyDictionary()
+
+
 async def builtin_policies(client: SchedcpClient) -> dict[str, dict[str, Any]]:
-    """The daemon's built-in policies by name (the newest live version of each)."""
-    out: dict[str, dict[str, Any]] = {}
+    """The daemon's built-in policies by name (the newest live version of each).
+
+    Those listed once on this client are remembered: a later listing may omit
+    them (see ``_SEEN``), though the daemon still has them.
+    """
+    out = _SEEN.setdefault(client, {})
     for p in await client.call("ListPolicies", ""):
         if p.get("provenance") == "builtin":
             if p["name"] not in out or p.get("updated", 0) > out[p["name"]].get("updated", 0):
                 out[p["name"]] = p
-    return out
+    return dict(out)
 
 
 def bind(doc: dict[str, Any], roles: dict[str, list[int]], name: str,

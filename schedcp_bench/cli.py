@@ -307,7 +307,9 @@ def summary_text(results: dict[str, Any], out: Path) -> str:
             parts.append(f"{arm} {mean:.2f}{'' if sc['hard_slos_met'] else ' (SLO missed)'}")
         lines.append(f"  {wl['name']}: mean I {', '.join(parts)}")
     for arm, s in results.get("scores", {}).items():
-        lines.append(f"  Score {arm}: {s['score']:.3f} (overuse {s['budget_overuse']:.3f})")
+        na = s.get("not_applicable", 0)
+        lines.append(f"  Score {arm}: {s['score']:.3f} (overuse {s['budget_overuse']:.3f}"
+                     + (f"; not applicable on {na} workloads" if na else "") + ")")
     lines.append(f"results: {out / report.RESULTS_MD}, {out / report.RESULTS_JSON}; plots: "
                  f"{', '.join(results.get('plots', [])) or 'none'}")
     return "\n".join(lines)

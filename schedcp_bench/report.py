@@ -64,10 +64,16 @@ def _scores(results: dict[str, Any]) -> list[str]:
              "Score = sum_w (sum_m alpha_m * I_wm) * 1[hard SLOs met] - lambda * BudgetOveruse "
              f"(lambda = {fmt(results.get('config', {}).get('lambda'))}; I > 1: better than "
              f"`{results.get('config', {}).get('baseline', 'default')}`).", "",
-             "| arm | Score | Σ terms | budget overuse | workloads |", "|---|---|---|---|---|"]
+             "A workload where an arm does not apply has no term in its sum (n/a); "
+             f"`{results.get('config', {}).get('baseline', 'default')}` on the same workloads "
+             "and the ratio of the sums compare arms that apply to different workloads.", "",
+             "| arm | Score | Σ terms | budget overuse | workloads | n/a | baseline on the "
+             "same workloads | Σ / baseline |", "|---|---|---|---|---|---|---|---|"]
     for arm, s in scores.items():
         lines.append(f"| {arm} | {fmt(s['score'])} | {fmt(s['sum'])} | "
-                     f"{fmt(s['budget_overuse'])} | {s['workloads']} |")
+                     f"{fmt(s['budget_overuse'])} | {s['workloads']} | "
+                     f"{s.get('not_applicable', 0)} | {fmt(s.get('baseline_same'))} | "
+                     f"{fmt(s.get('relative'))} |")
     return [*lines, ""]
 
 
@@ -89,7 +95,8 @@ def _workload(wl: dict[str, Any], baseline: str) -> list[str]:
     if wl.get("status") != "ok":
         return [*lines, f"**{wl.get('status')}**: {wl.get('reason')}", ""]
     arms = wl.get("arms", {})
-    cands = [a for a, e in arms.items() if a != baseline and e.get("summary")]
+    cands = [a for a, e in arms.items() if a != baseline and e.get("summary")
+             and e.get("status") != "not applicable"]
     head = ["metric", "better", f"{baseline} median [min-max]"]
     for c in cands:
         head += [f"{c} median [min-max]", f"I {c}"]

@@ -265,17 +265,7 @@ class WorkloadRun:
         return record
 
     def _score(self) -> None:
-        cfg = self.opts.config
-        base = self.result["arms"].get(cfg.baseline)
-        if not base or "summary" not in base:
-            return
-        med = {k: v["median"] for k, v in base["summary"].items()}
-        for name, entry in self.result["arms"].items():
-            if "summary" not in entry:
-                continue
-            cand = {k: v["median"] for k, v in entry["summary"].items()}
-            self.result["scores"][name] = scoring.workload_score(
-                self.wl.name, self.result["metrics"], self.result["slos"], med, cand, cfg)
+        score_workload(self.result, self.opts.config)
 
     async def _cleanup(self, arms: list[Arm], session: Session | None) -> None:
         if session is not None:
@@ -293,6 +283,27 @@ class WorkloadRun:
                 await rollback(self.client, dep)
                 left.append({"deployment": dep, "state": state})
         self.result["rolled_back_at_cleanup"] = left
+
+
+def score_workload(result: dict[str, Any], cfg: scoring.ScoreConfig) -> None:
+    """Fill ``result["scores"]`` (one term per applicable arm) and ``not_applicable``.
+
+    An arm whose setup said it does not apply gets no term: it is listed in
+    ``result["not_applicable"]`` with its reason, not scored as missed SLOs.
+    """
+    base = result["arms"].get(cfg.baseline)
+    if not base or "summary" not in base:
+        return
+    med = {k: v["median"] for k, v in base["summary"].items()}
+    for name, entry in result["arms"].items():
+        if entry.get("status") == "not applicable":
+            result.setdefault("not_applicable", {})[name] = entry.get("reason")
+            continue
+        if "summary" not in entry:
+            continue
+        cand = {k: v["median"] for k, v in entry["summary"].items()}
+        result["scores"][name] = scoring.workload_score(
+            result["name"], result["metrics"], result["slos"], med, cand, cfg)
 
 
 async def resolve_arms(specs: list[str], client: SchedcpClient) -> list[str]:
@@ -336,15 +347,25 @@ async def run_all(workloads: list[Workload], opts: RunOptions, daemon: Daemon,
 
 def arm_scores(results: list[dict[str, Any]], arm_specs: list[str],
                cfg: scoring.ScoreConfig) -> dict[str, Any]:
-    """Each arm's total Score over the workloads it ran on."""
+    """Each arm's total Score over the workloads it ran on.
+
+    A workload where the arm was not applicable has no term in its sum; it is
+    counted in ``not_applicable``, and ``baseline_same`` is the baseline's sum
+    over the workloads the arm was scored on (the like-for-like reference).
+    """
     out: dict[str, Any] = {}
     for spec in arm_specs:
-        terms = [r["scores"][spec] for r in results if spec in r.get("scores", {})]
+        scored = [r for r in results if spec in r.get("scores", {})]
+        terms = [r["scores"][spec] for r in scored]
+        na = sum(1 for r in results if spec in (r.get("not_applicable") or {}))
+        base = [r["scores"][cfg.baseline]["score"] for r in scored
+                if cfg.baseline in r.get("scores", {})]
         overuse = 0.0
         if spec == "agent":
             for r in results:
                 cost = ((r.get("arms", {}).get(spec) or {}).get("info") or {}).get("cost")
                 if cost:
                     overuse += scoring.budget_overuse(cost, cfg.budget)
-        out[spec] = scoring.total_score(terms, overuse, cfg)
+        out[spec] = scoring.total_score(terms, overuse, cfg, not_applicable=na,
+                                        baseline_same=sum(base) if base else None)
     return out

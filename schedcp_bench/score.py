@@ -12,9 +12,14 @@ baseline arm (kernel defaults)::
 ``[1/max_ratio, max_ratio]``; a metric without a median on either side is
 left out of the sum (and reported).  The baseline arm scored against itself
 gets ``sum_m alpha[m]`` per workload whose hard SLOs it meets, which is the
-reference a candidate's score is read against.  ``BudgetOveruse`` is the
-agent's spending beyond its budget (dollars, tokens, wall seconds), each as a
-fraction of its limit, summed over workloads; it is 0 for other arms.
+reference a candidate's score is read against.  An arm that does not apply
+to a workload (a built-in policy whose groups the workload has no processes
+for, the agent without a ``--match``) has no term there: "not applicable" is
+neither a gain nor a missed hard SLO.  Its Score sums the workloads it applied
+to; ``relative`` divides that by the baseline's sum over the same workloads.
+``BudgetOveruse`` is the agent's spending beyond its budget (dollars, tokens,
+wall seconds), each as a fraction of its limit, summed over workloads; it is
+0 for other arms.
 The weights, ``lambda`` and the budgets come from ``score.toml`` (shipped in
 this package; ``--config FILE`` replaces any of its keys).
 """
@@ -161,9 +166,19 @@ def budget_overuse(spent: dict[str, float], budget: dict[str, float]) -> float:
     return over
 
 
-def total_score(workload_terms: list[dict[str, Any]], overuse: float,
-                cfg: ScoreConfig) -> dict[str, Any]:
-    """An arm's Score from its workload terms and its budget overuse."""
+def total_score(workload_terms: list[dict[str, Any]], overuse: float, cfg: ScoreConfig,
+                not_applicable: int = 0, baseline_same: float | None = None) -> dict[str, Any]:
+    """An arm's Score from its workload terms and its budget overuse.
+
+    ``workload_terms`` holds only the workloads the arm applied to: a "not
+    applicable" workload has no term (it is neither a gain nor a missed SLO)
+    and is counted in ``not_applicable``.  ``baseline_same``, the baseline's
+    sum over the same workloads, gives ``relative`` = sum / baseline_same,
+    the figure to compare arms that apply to different workloads by.
+    """
     raw = sum(t["score"] for t in workload_terms)
+    relative = raw / baseline_same if baseline_same else None
     return {"sum": raw, "budget_overuse": overuse, "lambda": cfg.lam,
-            "score": raw - cfg.lam * overuse, "workloads": len(workload_terms)}
+            "score": raw - cfg.lam * overuse, "workloads": len(workload_terms),
+            "not_applicable": not_applicable, "baseline_same": baseline_same,
+            "relative": relative}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from schedcp_bench import score
+from schedcp_bench import runner, score
 
 METRICS = [{"name": "p99_us", "better": "lower", "weight": 2.0},
            {"name": "rps", "better": "higher", "weight": 1.0}]
@@ -92,3 +93,49 @@ def test_config_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> N
     conf.write_text(text)
     with pytest.raises(score.ConfigError, match=needle.replace("[", r"\[")):
         score.load_config(conf)
+
+
+def _workload_result(name: str, arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A workload's result as the runner builds it, windows summarised."""
+    for entry in arms.values():
+        entry.setdefault("windows", [])
+        entry["summary"] = runner.summarize(entry["windows"], ["p99_us", "rps"])
+    return {"name": name, "metrics": METRICS, "slos": SLOS, "arms": arms, "scores": {},
+            "status": "ok"}
+
+
+def _win(p99: float, rps: float) -> dict[str, Any]:
+    return {"metrics": {"p99_us": p99, "rps": rps}}
+
+
+def test_not_applicable_is_no_term_and_no_missed_slo() -> None:
+    """An arm that does not apply gets no term; its total counts it as n/a, not as 0."""
+    cfg = score.load_config()
+    applies = _workload_result("w1", {
+        "default": {"status": "ok", "windows": [_win(800, 1200)]},
+        "policy:p": {"status": "ok", "windows": [_win(400, 1200)]}})
+    na = _workload_result("w2", {
+        "default": {"status": "ok", "windows": [_win(100, 1200)]},
+        "policy:p": {"status": "not applicable", "reason": "no processes for group batch"}})
+    failed = _workload_result("w3", {
+        "default": {"status": "ok", "windows": [_win(100, 1200)]},
+        "policy:p": {"status": "error", "reason": "deploy failed"}})
+    for r in (applies, na, failed):
+        runner.score_workload(r, cfg)
+    assert "policy:p" not in na["scores"]
+    assert na["not_applicable"] == {"policy:p": "no processes for group batch"}
+    # an error is not "not applicable": no medians, its hard SLO counts as missed
+    assert failed["scores"]["policy:p"]["hard_slos_met"] is False
+    assert failed["scores"]["policy:p"]["score"] == 0.0
+    totals = runner.arm_scores([applies, na, failed], ["default", "policy:p"], cfg)
+    pol, base = totals["policy:p"], totals["default"]
+    # w1: 2.0 * 800/400 + 1.0 * 1200/1200 = 5; w3: 0 (error); w2: no term
+    assert pol["sum"] == pytest.approx(5.0)
+    assert pol["workloads"] == 2 and pol["not_applicable"] == 1
+    assert base["workloads"] == 3 and base["not_applicable"] == 0
+    # the baseline over the workloads the arm was scored on: w1 0 (its p99 800 misses
+    # the hard SLO 500) + w3 3; its own total adds w2's 3
+    assert pol["baseline_same"] == pytest.approx(3.0)
+    assert pol["relative"] == pytest.approx(5.0 / 3.0)
+    assert base["sum"] == pytest.approx(6.0)
+    assert base["relative"] == pytest.approx(1.0)

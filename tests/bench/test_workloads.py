@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from schedcp_agent.targets import Proc, process_table
+from schedcp_bench import loadgen
 from schedcp_bench.arms import bind
 from schedcp_bench.workload import Session, Workload, now
 from schedcp_bench.workloads import WORKLOADS
@@ -56,7 +57,12 @@ def descendants(roots: list[int], table: dict[int, Proc]) -> dict[int, Proc]:
     return out
 
 
-@pytest.fixture(params=list(WORKLOADS))
+#: units of several seconds (a real package build, a video encode): marked slow
+SLOW_UNITS = {"lua-build", "ffmpeg-x264"}
+
+
+@pytest.fixture(params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW_UNITS else n
+                        for n in WORKLOADS])
 def started(request: pytest.FixtureRequest, cache: Path,
             tmp_path: Path) -> Iterator[tuple[Workload, Session]]:
     """The workload named by the parameter, prepared and started; stopped afterwards."""
@@ -160,9 +166,67 @@ def test_bind_selects_roles_by_pid_or_by_match() -> None:
 
 def test_registry_is_complete() -> None:
     """Every workload module is registered under its own name, in a stable order."""
-    assert len(WORKLOADS) == 13
+    assert len(WORKLOADS) == 20
     for name, cls in WORKLOADS.items():
         assert cls.name == name and cls.description and cls.metrics
+
+
+#: Debian packages of priority required/important, on every Debian 12 system
+BASE_SYSTEM = {"coreutils", "mawk", "python3"}
+NEW_IN_ISSUE_26 = ("memcached", "http-python", "sqlite-oltp", "zstd-fsync", "sort-join",
+                   "ffmpeg-x264", "lua-build")
+
+
+def test_definitions_are_consistent_and_installable() -> None:
+    """Every workload's metrics, SLOs and goal fit; its packages are in requirements-apt.txt."""
+    apt = {line.split()[0] for line in
+           (Path(__file__).resolve().parents[2] / "requirements-apt.txt").read_text().splitlines()
+           if line.strip() and not line.lstrip().startswith("#")}
+    for name, cls in WORKLOADS.items():
+        names = [m.name for m in cls.metrics]
+        assert names and len(set(names)) == len(names), name
+        assert all(m.better in ("lower", "higher") and m.weight >= 0 for m in cls.metrics)
+        assert {s.metric for s in cls.slos} <= set(names), name
+        assert any(s.hard for s in cls.slos) and any(not s.hard for s in cls.slos), name
+        assert cls.goal in ("latency", "throughput", "makespan"), name
+        assert set(cls.packages) - BASE_SYSTEM <= apt, (name, set(cls.packages) - apt)
+    # the seven of issue 26 are in the full suite only: the quick suite keeps its 13
+    assert set(NEW_IN_ISSUE_26) <= set(WORKLOADS)
+    assert [n for n, c in WORKLOADS.items() if not c.quick] == list(NEW_IN_ISSUE_26)
+
+
+def test_loadgen_same_seed_same_requests() -> None:
+    """The load generator's requests come from the seed: the same seed, the same paths."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from schedcp_bench.workloads.http_python import _Handler
+
+    seen: list[str] = []
+
+    class Recording(_Handler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        runs = []
+        for seed in (5, 5, 6):
+            seen.clear()
+            out = loadgen.run("http", "127.0.0.1", server.server_address[1], 30, 1, seed)
+            assert out["requests"] == 30 and out["errors"] == 0
+            assert out["p99_us"] is not None and out["p50_us"] is not None
+            runs.append(list(seen))
+        assert runs[0] == runs[1] and runs[0] != runs[2]
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(SystemExit):
+        loadgen.main(["memcached", "no-port", "--requests", "1"])
+    with pytest.raises(ValueError, match="1 connections failed"):
+        loadgen.parse('{"errors": 1, "first_error": "refused"}\n', "")
 
 
 def test_msglat_builds_static(tmp_path: Path) -> None:
