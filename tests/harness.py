@@ -6,7 +6,8 @@
   (:class:`SchedcpdProcess`), and python-dbusmock's polkitd template
   (:class:`PolkitMock`, the one fake: a polkit whose answers the test sets).
 - D-Bus calls to the daemon's Manager: :func:`calls_as` (as any uid),
-  :func:`call` (the result, or the test fails) and :func:`call_error`.
+  :func:`call` (the result, or the test fails) and :func:`call_error`; on a
+  test's own dbus-fast connection: :func:`bus_call` and :func:`add_match`.
 - Waiting: :func:`wait_until` and :func:`wait_until_async` poll a condition
   until it holds (no fixed sleeps in tests).
 - Processes a test owns: :class:`Procs` (killed with their process groups
@@ -33,6 +34,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
 from plugins.scheduler import sandbox
 from plugins.scheduler.sandbox_worker import RECORD
 from schedcp_bench.services import (
@@ -42,6 +46,7 @@ from schedcp_bench.services import (
     stop_process,
     wait_for,  # a started process coming up (it fails early when the process exits)
 )
+from schedcpd.const import BUS_NAME, OBJECT_PATH
 from tests.client_probe import run_calls
 
 __all__ = [
@@ -55,6 +60,8 @@ __all__ = [
     "PrivateBus",
     "Procs",
     "SchedcpdProcess",
+    "add_match",
+    "bus_call",
     "call",
     "call_error",
     "calls_as",
@@ -142,6 +149,32 @@ def wait_for_log(proc: SchedcpdProcess, text: str, timeout: float = 10.0,
 
 
 # -- calls to the daemon ------------------------------------------------------
+
+
+async def bus_call(bus: MessageBus, member: str, signature: str = "", *body: Any,
+                   interface: str = MANAGER, path: str = OBJECT_PATH,
+                   destination: str = BUS_NAME, ok: bool = True,
+                   timeout: float = 30.0) -> Message:
+    """One call on a test's own connection; the reply.
+
+    Bounded: a reply that never comes fails the test instead of hanging it.
+    With ``ok`` (the default) anything but a method return fails the test;
+    with ``ok=False`` the reply is returned as it came (errors included).
+    """
+    reply = await asyncio.wait_for(bus.call(Message(
+        destination=destination, path=path, interface=interface, member=member,
+        signature=signature, body=list(body))), timeout)
+    assert reply is not None, f"{member}: no reply"
+    if ok:
+        assert reply.message_type == MessageType.METHOD_RETURN, (member, reply.error_name,
+                                                                 reply.body)
+    return reply
+
+
+async def add_match(bus: MessageBus, rule: str) -> None:
+    """Ask the bus to route the signals ``rule`` matches to ``bus`` (org.freedesktop.DBus)."""
+    await bus_call(bus, "AddMatch", "s", rule, interface="org.freedesktop.DBus",
+                   path="/org/freedesktop/DBus", destination="org.freedesktop.DBus")
 
 
 def run_as(uid: int, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
