@@ -9,7 +9,8 @@
   :func:`call` (the result, or the test fails) and :func:`call_error`; on a
   test's own dbus-fast connection: :func:`bus_call` and :func:`add_match`.
 - Waiting: :func:`wait_until` and :func:`wait_until_async` poll a condition
-  until it holds (no fixed sleeps in tests).
+  until it holds (no fixed sleeps in tests); :func:`poll` and
+  :func:`poll_async` return the last value for the test to assert on.
 - Processes a test owns: :class:`Procs` (killed with their process groups
   at the end), :func:`worker_argv` for the sandbox worker.
 """
@@ -71,6 +72,7 @@ __all__ = [
     "handles_signal",
     "outcome",
     "poll",
+    "poll_async",
     "run_as",
     "wait_deployment",
     "wait_for",
@@ -120,19 +122,26 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "c
     return value
 
 
+async def poll_async(read: Callable[[], T | Awaitable[T]], done: Callable[[T], object],
+                     timeout: float = 10.0, interval: float = 0.05) -> T:
+    """:func:`poll` for a test's event loop (``read`` may be a coroutine function)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if isinstance(value, Awaitable):
+            value = await value
+        if done(value) or time.monotonic() >= deadline:  # type: ignore[arg-type]
+            return value  # type: ignore[return-value]
+        await asyncio.sleep(interval)
+
+
 async def wait_until_async(predicate: Callable[[], T | Awaitable[T]], timeout: float = 10.0,
                            what: str = "condition", interval: float = 0.05) -> T:
     """:func:`wait_until` for a test's event loop (the predicate may be a coroutine function)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value  # type: ignore[return-value]
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not met within {timeout:g} s (last: {value!r})")
-        await asyncio.sleep(interval)
+    value = await poll_async(predicate, bool, timeout, interval)
+    if not value:
+        raise AssertionError(f"{what}: not met within {timeout:g} s (last: {value!r})")
+    return value
 
 
 def wait_for_log(proc: SchedcpdProcess, text: str, timeout: float = 10.0,
@@ -397,6 +406,7 @@ class Procs:
         self.stop()
 
 # PrivateBus and SchedcpdProcess live in the package (the benchmark uses them too).
+
 
 
 class PolkitMock:
