@@ -127,6 +127,7 @@ def test_hold_is_released_when_the_client_disconnects(start_daemon, workload) ->
     assert os.sched_getscheduler(hog) == os.SCHED_OTHER
 
 
+@pytest.mark.slow
 def test_admin_override_is_reported_on_the_deployment(start_daemon, workload) -> None:
 
     proc = start_daemon(FAST.replace("full_seconds = 2.0", "full_seconds = 30.0"))
@@ -145,6 +146,7 @@ def test_admin_override_is_reported_on_the_deployment(start_daemon, workload) ->
     assert os.getpriority(os.PRIO_PROCESS, hog) == 3  # left as the admin set it
 
 
+@pytest.mark.slow
 def test_a_policy_guard_overrides_the_default(start_daemon, workload) -> None:
     proc = start_daemon(FAST)
     hogs = [h.pid for h in workload.hogs]
@@ -177,6 +179,7 @@ def test_bad_guards_are_rejected_by_name(start_daemon) -> None:
         assert f"guard[0].{field}" in error["message"], error
 
 
+@pytest.mark.slow
 def test_signals_announce_every_transition(start_daemon, workload) -> None:
     """DeploymentChanged for each state, PropertiesChanged(ActivePolicies) when it changes."""
     proc = start_daemon(FAST)
@@ -227,6 +230,7 @@ def test_signals_announce_every_transition(start_daemon, workload) -> None:
     assert [f"{dep}:deploy-signals"] in active and active[-1] == [], active
 
 
+@pytest.mark.slow
 def test_a_tripped_version_is_refused_while_it_backs_off(start_daemon, workload) -> None:
     """The trip and the refusal end to end; the doubling, on a moved clock: test_backoff.py."""
     proc = start_daemon(FAST)  # backoff_seconds = 30
@@ -279,6 +283,7 @@ def test_selector_deployment_outlives_its_first_processes(start_daemon, tmp_path
                 p.wait()
 
 
+@pytest.mark.slow
 def test_pid_deployment_ends_when_its_processes_exit(start_daemon, tmp_path: Path) -> None:
     proc = start_daemon(FAST)
     target = _spinner(tmp_path)

@@ -200,6 +200,7 @@ T2_STEPS = ("scx_after_journal", "scx_after_start", "after_canary_apply", "after
             "after_active", "after_trip_decision")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", T2_STEPS)
 def test_t2_crash_at_every_step_leaves_no_loader(step: str, start_daemon, fake: FakeSchedExt,
                                                  daemon_state: Path) -> None:
