@@ -54,8 +54,10 @@ __all__ = [
     "BUS_CONF",
     "CLIENT_PROBE",
     "CTL",
+    "FAST_WINDOWS",
     "POLICY_DIR",
     "ROOT",
+    "STATE_ROOT",
     "WORKER",
     "PolkitMock",
     "PrivateBus",
@@ -90,6 +92,18 @@ WORKER = sandbox.WORKER
 MANAGER = "org.schedcp.Control1.Manager"
 
 T = TypeVar("T")
+
+FAST_WINDOWS = """[verifier]
+dynamic_seconds = 1.0
+[deployer]
+baseline_seconds = 1.5
+canary_seconds = 2.0
+full_seconds = 2.0
+backoff_seconds = 30
+"""
+"""The daemon's verifier and deployer tables for tests: the shortest windows whose
+statistics stay reliable here (a dynamic stage, a baseline, a canary and a full
+probation each long enough for the breaker to judge)."""
 
 # -- waiting ----------------------------------------------------------------
 
