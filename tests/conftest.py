@@ -70,6 +70,19 @@ def daemon_state() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def memory_path() -> Iterator[Path]:
+    """A fresh directory on tmpfs (harness.STATE_ROOT), removed after the test.
+
+    For SQLite databases (``synchronous=FULL``): on a busy disk each commit's
+    fsync costs up to a second; directories whose tests keep databases make
+    it their ``tmp_path`` (tests/core, tests/policy, tests/scheduler).
+    """
+    path = Path(tempfile.mkdtemp(prefix="schedcp-test-", dir=STATE_ROOT))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 _USERS_LOCK = Path("/run/lock" if Path("/run/lock").is_dir() else tempfile.gettempdir()) \
     / "schedcp-test-users.lock"
 
