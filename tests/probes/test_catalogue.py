@@ -45,7 +45,6 @@ def test_layout_mismatches_are_refused_not_misread(bpf_dir: Path) -> None:
             obj.map("no_such_map")
 
 
-@pytest.mark.slow
 def test_objects_build_from_scratch_against_a_generated_vmlinux_h(
         bpf_dir: Path, tmp_path: Path) -> None:
     # A clean build: bpftool dumps vmlinux.h from this kernel's BTF, clang
