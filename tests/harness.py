@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -454,17 +455,17 @@ class SchedcpdProcess(services.SchedcpdProcess):
     def __init__(self, address: str, config_text: str | None = None,
                  state_dir: Path | None = None, env: dict[str, str] | None = None,
                  extra_args: list[str] | None = None) -> None:
-        self._own_state: Path | None = None
+        self._remove_state: Callable[[], object] = lambda: None
         if state_dir is None:
-            self._own_state = Path(tempfile.mkdtemp(prefix="schedcpd-test-state-",
-                                                    dir=STATE_ROOT))
-            state_dir = self._own_state / "state"
+            own = Path(tempfile.mkdtemp(prefix="schedcpd-test-state-", dir=STATE_ROOT))
+            # Removed on __exit__, or when a test that never entered it is done with it.
+            self._remove_state = weakref.finalize(self, shutil.rmtree, own, True)
+            state_dir = own / "state"
         super().__init__(address, config_text, state_dir, env, extra_args)
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
-        if self._own_state is not None:
-            shutil.rmtree(self._own_state, ignore_errors=True)
+        self._remove_state()
 
 
 class PolkitMock:
