@@ -9,6 +9,7 @@ import fcntl
 import grp
 import os
 import pwd
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from schedcpd import __version__
-from tests.harness import ROOT, PrivateBus, SchedcpdProcess
+from tests.harness import ROOT, STATE_ROOT, PrivateBus, SchedcpdProcess
 
 TEST_GROUP = "schedcp"
 TEST_USER = "schedcp-test"
@@ -59,6 +60,27 @@ def start_daemon(fresh_bus: PrivateBus) -> Iterator[Any]:
     yield start
     for proc in started:
         proc.__exit__(None, None, None)
+
+
+@pytest.fixture
+def daemon_state() -> Iterator[Path]:
+    """A state directory for daemons a test restarts on it (on tmpfs: harness.STATE_ROOT)."""
+    root = Path(tempfile.mkdtemp(prefix="schedcpd-test-state-", dir=STATE_ROOT))
+    yield root / "state"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def memory_path() -> Iterator[Path]:
+    """A fresh directory on tmpfs (harness.STATE_ROOT), removed after the test.
+
+    For SQLite databases (``synchronous=FULL``): on a busy disk each commit's
+    fsync costs up to a second; directories whose tests keep databases make
+    it their ``tmp_path`` (tests/core, tests/policy, tests/scheduler).
+    """
+    path = Path(tempfile.mkdtemp(prefix="schedcp-test-", dir=STATE_ROOT))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 _USERS_LOCK = Path("/run/lock" if Path("/run/lock").is_dir() else tempfile.gettempdir()) \

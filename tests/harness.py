@@ -6,9 +6,11 @@
   (:class:`SchedcpdProcess`), and python-dbusmock's polkitd template
   (:class:`PolkitMock`, the one fake: a polkit whose answers the test sets).
 - D-Bus calls to the daemon's Manager: :func:`calls_as` (as any uid),
-  :func:`call` (the result, or the test fails) and :func:`call_error`.
+  :func:`call` (the result, or the test fails) and :func:`call_error`; on a
+  test's own dbus-fast connection: :func:`bus_call` and :func:`add_match`.
 - Waiting: :func:`wait_until` and :func:`wait_until_async` poll a condition
-  until it holds (no fixed sleeps in tests).
+  until it holds (no fixed sleeps in tests); :func:`poll` and
+  :func:`poll_async` return the last value for the test to assert on.
 - Processes a test owns: :class:`Procs` (killed with their process groups
   at the end), :func:`worker_argv` for the sandbox worker.
 """
@@ -29,32 +31,41 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
 from plugins.scheduler import sandbox
 from plugins.scheduler.sandbox_worker import RECORD
+from schedcp_bench import services
 from schedcp_bench.services import (
     BUS_CONF,
     PrivateBus,
-    SchedcpdProcess,
     stop_process,
     wait_for,  # a started process coming up (it fails early when the process exits)
 )
+from schedcpd.const import BUS_NAME, OBJECT_PATH
 from tests.client_probe import run_calls
 
 __all__ = [
     "BUS_CONF",
     "CLIENT_PROBE",
     "CTL",
+    "FAST_WINDOWS",
     "POLICY_DIR",
     "ROOT",
+    "STATE_ROOT",
     "WORKER",
     "PolkitMock",
     "PrivateBus",
     "Procs",
     "SchedcpdProcess",
+    "add_match",
+    "bus_call",
     "call",
     "call_error",
     "calls_as",
@@ -64,6 +75,7 @@ __all__ = [
     "handles_signal",
     "outcome",
     "poll",
+    "poll_async",
     "run_as",
     "wait_deployment",
     "wait_for",
@@ -81,6 +93,18 @@ WORKER = sandbox.WORKER
 MANAGER = "org.schedcp.Control1.Manager"
 
 T = TypeVar("T")
+
+FAST_WINDOWS = """[verifier]
+dynamic_seconds = 1.0
+[deployer]
+baseline_seconds = 1.5
+canary_seconds = 2.0
+full_seconds = 2.0
+backoff_seconds = 30
+"""
+"""The daemon's verifier and deployer tables for tests: the shortest windows whose
+statistics stay reliable here (a dynamic stage, a baseline, a canary and a full
+probation each long enough for the breaker to judge)."""
 
 # -- waiting ----------------------------------------------------------------
 
@@ -113,19 +137,26 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "c
     return value
 
 
+async def poll_async(read: Callable[[], T | Awaitable[T]], done: Callable[[T], object],
+                     timeout: float = 10.0, interval: float = 0.05) -> T:
+    """:func:`poll` for a test's event loop (``read`` may be a coroutine function)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if isinstance(value, Awaitable):
+            value = await value
+        if done(value) or time.monotonic() >= deadline:  # type: ignore[arg-type]
+            return value  # type: ignore[return-value]
+        await asyncio.sleep(interval)
+
+
 async def wait_until_async(predicate: Callable[[], T | Awaitable[T]], timeout: float = 10.0,
                            what: str = "condition", interval: float = 0.05) -> T:
     """:func:`wait_until` for a test's event loop (the predicate may be a coroutine function)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value  # type: ignore[return-value]
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not met within {timeout:g} s (last: {value!r})")
-        await asyncio.sleep(interval)
+    value = await poll_async(predicate, bool, timeout, interval)
+    if not value:
+        raise AssertionError(f"{what}: not met within {timeout:g} s (last: {value!r})")
+    return value
 
 
 def wait_for_log(proc: SchedcpdProcess, text: str, timeout: float = 10.0,
@@ -142,6 +173,32 @@ def wait_for_log(proc: SchedcpdProcess, text: str, timeout: float = 10.0,
 
 
 # -- calls to the daemon ------------------------------------------------------
+
+
+async def bus_call(bus: MessageBus, member: str, signature: str = "", *body: Any,
+                   interface: str = MANAGER, path: str = OBJECT_PATH,
+                   destination: str = BUS_NAME, ok: bool = True,
+                   timeout: float = 30.0) -> Message:
+    """One call on a test's own connection; the reply.
+
+    Bounded: a reply that never comes fails the test instead of hanging it.
+    With ``ok`` (the default) anything but a method return fails the test;
+    with ``ok=False`` the reply is returned as it came (errors included).
+    """
+    reply = await asyncio.wait_for(bus.call(Message(
+        destination=destination, path=path, interface=interface, member=member,
+        signature=signature, body=list(body))), timeout)
+    assert reply is not None, f"{member}: no reply"
+    if ok:
+        assert reply.message_type == MessageType.METHOD_RETURN, (member, reply.error_name,
+                                                                 reply.body)
+    return reply
+
+
+async def add_match(bus: MessageBus, rule: str) -> None:
+    """Ask the bus to route the signals ``rule`` matches to ``bus`` (org.freedesktop.DBus)."""
+    await bus_call(bus, "AddMatch", "s", rule, interface="org.freedesktop.DBus",
+                   path="/org/freedesktop/DBus", destination="org.freedesktop.DBus")
 
 
 def run_as(uid: int, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -364,6 +421,51 @@ class Procs:
         self.stop()
 
 # PrivateBus and SchedcpdProcess live in the package (the benchmark uses them too).
+
+
+def _memory_dir() -> str | None:
+    """/dev/shm when it is a writable tmpfs here, else None (the system's temporary dir)."""
+    shm = Path("/dev/shm")
+    try:
+        mounted = any(line.split()[1:3] == ["/dev/shm", "tmpfs"]
+                      for line in Path("/proc/mounts").read_text().splitlines())
+    except OSError:
+        return None
+    return str(shm) if mounted and os.access(shm, os.W_OK | os.X_OK) else None
+
+
+STATE_ROOT = _memory_dir()
+"""Where the tests' daemons keep their state (tmpfs when there is one).
+
+The daemon's SQLite databases run with ``synchronous=FULL``: every
+migration and every journal step is an fsync.  On a disk that other work
+keeps busy, a daemon's start (eight migrations) took 12 to over 20 s (its
+start-up wait is 20 s) against 4 to 9 s on tmpfs, measured side by side.
+What the tests examine does not change: a killed daemon's files stay in
+memory just as in the page cache, and no test can cut the power.
+"""
+
+
+class SchedcpdProcess(services.SchedcpdProcess):
+    """:class:`schedcp_bench.services.SchedcpdProcess` with its state under :data:`STATE_ROOT`.
+
+    A state directory the test passes is used as given (and left to it).
+    """
+
+    def __init__(self, address: str, config_text: str | None = None,
+                 state_dir: Path | None = None, env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None) -> None:
+        self._remove_state: Callable[[], object] = lambda: None
+        if state_dir is None:
+            own = Path(tempfile.mkdtemp(prefix="schedcpd-test-state-", dir=STATE_ROOT))
+            # Removed on __exit__, or when a test that never entered it is done with it.
+            self._remove_state = weakref.finalize(self, shutil.rmtree, own, True)
+            state_dir = own / "state"
+        super().__init__(address, config_text, state_dir, env, extra_args)
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self._remove_state()
 
 
 class PolkitMock:

@@ -23,7 +23,7 @@ import pytest
 
 from plugins.scheduler import sandbox
 from tests.conftest import TEST_GROUP, TEST_USER
-from tests.harness import ROOT, PrivateBus, Procs, SchedcpdProcess, run_as
+from tests.harness import FAST_WINDOWS, ROOT, PrivateBus, Procs, SchedcpdProcess, run_as
 
 WORKLOADS = Path(__file__).parent / "workloads.py"
 
@@ -45,14 +45,7 @@ agent_user = "{TEST_USER}"
 rate_hz = 4.0
 window_seconds = 5.0
 top_n = 32
-[verifier]
-dynamic_seconds = 1.0
-[deployer]
-baseline_seconds = 1.5
-canary_seconds = 2.0
-full_seconds = 2.0
-backoff_seconds = 30
-[breaker]
+{FAST_WINDOWS}[breaker]
 threshold = 50.0
 absolute_floor_us = 100000.0
 throughput_floor = 0.01

@@ -50,6 +50,7 @@ def spinners(procs: Procs) -> list[int]:
     return [w.pid for w in workers]
 
 
+@pytest.mark.slow
 def test_tool_calls_malformed_arguments_and_accounting(agent_daemon, procs: Procs,
                                                        spinners: list[int],
                                                        agent_uid: int) -> None:
@@ -124,6 +125,7 @@ def test_tool_calls_malformed_arguments_and_accounting(agent_daemon, procs: Proc
     assert any(x["kind"] == "tool" and x["is_error"] for x in lines)
 
 
+@pytest.mark.slow
 def test_budget_overrun_stops_cleanly_with_a_report(agent_daemon, procs: Procs,
                                                     spinners: list[int],
                                                     agent_uid: int) -> None:
@@ -179,6 +181,7 @@ def test_repository_hit_needs_no_model_call(agent_daemon, procs: Procs,
     assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in spinners)
 
 
+@pytest.mark.slow
 def test_refused_candidate_is_fed_back_and_the_next_one_is_fixed(agent_daemon, procs: Procs,
                                                                  spinners: list[int],
                                                                  agent_uid: int) -> None:

@@ -64,6 +64,7 @@ def _summary(report: dict) -> str:
             f"measured={report.get('measured')} cost={report['cost']['usd']}")
 
 
+@pytest.mark.slow
 def test_latency_probe_beside_hogs_gets_latency_protection(agent_daemon, procs: Procs,
                                                            agent_uid: int) -> None:
     probe = procs.worker("periodic")
@@ -123,6 +124,7 @@ def cachejob(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_native(tmp_path_factory.mktemp("native"), "cachejob")
 
 
+@pytest.mark.slow
 def test_cpu_batch_gets_batch_throughput_and_is_restored(agent_daemon, procs: Procs,
                                                          agent_uid: int, cachejob: Path) -> None:
     # The benchmark's cache-batch workload: two cache-bound jobs per CPU,
@@ -157,6 +159,7 @@ def test_cpu_batch_gets_batch_throughput_and_is_restored(agent_daemon, procs: Pr
     assert report["reverted_at_end"] or not verdict.get("goal_met"), report["status"]
 
 
+@pytest.mark.slow
 def test_long_tail_pool_gets_long_job_first(agent_daemon, procs: Procs, agent_uid: int) -> None:
     result = procs.dir / "pool.json"
     driver = procs.start([sys.executable, str(WORKLOADS), "pool", str(result), "39", "0.25",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +23,7 @@ from schedcp_agent.tools import TOOLS, check_arguments, claude_tools, tool
 from schedcp_agent.transcript import Transcript, default_dir
 from schedcpd.api import collect
 from schedcpd.manager import Manager
-from tests.harness import ROOT
+from tests.harness import ROOT, wait_until
 
 
 def test_every_tool_is_a_daemon_method_with_its_signature_and_action() -> None:
@@ -270,12 +269,8 @@ def test_token_and_time_budgets_stop_too() -> None:
 def test_cgroup_and_pid_scopes_resolve_to_the_processes_in_them() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
-        deadline = time.monotonic() + 10
-        while read_proc(child.pid) is None or read_proc(child.pid).comm != "sleep":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc = read_proc(child.pid)
-        assert proc is not None
+        proc = wait_until(lambda: (p := read_proc(child.pid)) is not None and p.comm == "sleep"
+                          and p, 10, "the child exec'd sleep", interval=0.02)
         by_cgroup = resolve(Scope(cgroup=proc.cgroups[0]))
         assert child.pid in by_cgroup and os.getpid() not in by_cgroup  # never the agent
         assert list(resolve(Scope(pids=[child.pid]))) == [child.pid]

@@ -20,7 +20,7 @@ from schedcp_agent.targets import Scope
 from schedcp_agent.watch import Watcher, WatchSettings
 from tests.agent.conftest import agent_cwd
 from tests.conftest import TEST_GROUP
-from tests.harness import Procs
+from tests.harness import Procs, poll_async
 
 
 @pytest.mark.slow
@@ -96,11 +96,8 @@ def test_each_trigger_kind_is_seen(agent_daemon, procs: Procs) -> None:
         if signal:
             w._on_signal(*signal)
         async with SchedcpClient(agent_daemon.address) as client:
-            deadline = time.monotonic() + 60
-            while True:  # the summary covers the spinners within its window
-                found = await w._triggers(client)
-                if found or time.monotonic() > deadline:
-                    return found
+            # the summary covers the spinners within its window
+            return await poll_async(lambda: w._triggers(client), bool, 60)
 
     heavy = asyncio.run(triggers(WatchSettings(heavy_cpu=0.05, psi_threshold=1000)))
     assert any(t.startswith("new heavy process tree") for t in heavy), heavy
@@ -140,12 +137,7 @@ def test_a_deployment_the_daemon_reverted_is_a_trigger(agent_daemon, procs: Proc
             dep = await holder.call("Deploy", token)
             await holder.call("HoldDeployment", dep)
             holder.close()  # the holder is gone: the daemon rolls the deployment back
-            deadline = time.monotonic() + 60
-            while True:
-                found = await w._triggers(conn)
-                if found or time.monotonic() > deadline:
-                    return dep, found
-                await asyncio.sleep(0.2)
+            return dep, await poll_async(lambda: w._triggers(conn), bool, 60, 0.2)
 
     dep, found = asyncio.run(run())
     assert len(found) == 1 and found[0].startswith(f"deployment {dep} reverted: "), found

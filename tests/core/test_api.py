@@ -7,13 +7,13 @@ import importlib
 import json
 
 import pytest
-from dbus_fast import Message, MessageType
+from dbus_fast import MessageType
 
 from schedcpd.api import Caller, MethodSpec, UnauthorizedMethod, collect, method
-from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
 from schedcpd.manager import Manager
 from schedcpd.plugins import PluginHost
+from tests.harness import bus_call
 
 
 def test_method_without_valid_action_cannot_be_declared() -> None:
@@ -56,10 +56,8 @@ async def test_busy_past_the_in_flight_limit(start_daemon, limit: str) -> None:
     # Two connections: the overall limit counts the calls of both.
     buses = [await MessageBus(bus_address=proc.address).connect() for _ in range(2)]
     try:
-        replies = await asyncio.gather(*(bus.call(Message(
-            destination=BUS_NAME, path=OBJECT_PATH, interface=MANAGER_INTERFACE,
-            member="GetAudit", signature="us", body=[1, ""]))
-            for _ in range(50) for bus in buses))
+        replies = await asyncio.gather(*(bus_call(bus, "GetAudit", "us", 1, "", ok=False)
+                                         for _ in range(50) for bus in buses))
         kinds = [r.error_name if r.message_type == MessageType.ERROR else "ok" for r in replies]
         assert "ok" in kinds
         assert "org.schedcp.Control1.Error.Busy" in kinds
@@ -68,10 +66,7 @@ async def test_busy_past_the_in_flight_limit(start_daemon, limit: str) -> None:
         assert "retry later" in busy.body[0]
         # Both connections still work once the burst is over.
         for bus in buses:
-            again = await bus.call(Message(
-                destination=BUS_NAME, path=OBJECT_PATH, interface=MANAGER_INTERFACE,
-                member="GetAudit", signature="us", body=[1, ""]))
-            assert again is not None and again.message_type == MessageType.METHOD_RETURN
+            await bus_call(bus, "GetAudit", "us", 1, "")
     finally:
         for bus in buses:
             bus.disconnect()

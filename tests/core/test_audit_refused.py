@@ -36,7 +36,7 @@ from schedcpd.metrics import Metrics
 from schedcpd.schema import MIGRATIONS
 from schedcpd.state import StateStore
 from tests.core.test_dispatch import Engine
-from tests.harness import PrivateBus, calls_as
+from tests.harness import PrivateBus, calls_as, poll_async
 
 ERR = "org.schedcp.Control1.Error."
 MGR = MANAGER_INTERFACE
@@ -139,13 +139,10 @@ def _msg(member: str, signature: str = "", body: list[Any] | None = None,
 
 async def _rows(audit: AuditLog, want: int, timeout: float = 10) -> list[dict[str, Any]]:
     """The refusal rows, once there are at least ``want`` of them."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        rows = [r for r in await audit.recent(1000) if r["before_dispatch"]]
-        if len(rows) >= want or loop.time() > deadline:
-            return rows
-        await asyncio.sleep(0.05)
+    async def rows() -> list[dict[str, Any]]:
+        return [r for r in await audit.recent(1000) if r["before_dispatch"]]
+
+    return await poll_async(rows, lambda got: len(got) >= want, timeout)
 
 
 async def test_busy_is_audited_and_a_flood_is_summed_up_in_one_row(
@@ -169,10 +166,7 @@ async def test_busy_is_audited_and_a_flood_is_summed_up_in_one_row(
                   for r in rows if r["result"] == SUPPRESSED]
         return own + sum(int(m[1]) for m in counts if m)
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while accounted(rows := await _rows(audit, 0)) < 50 and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+    rows = await poll_async(lambda: _rows(audit, 0), lambda got: accounted(got) >= 50, 10)
     assert accounted(rows) == 50, rows
     summaries = [r for r in rows if r["result"] == SUPPRESSED]
     assert summaries and all("InvalidArgument" in r["detail"] for r in summaries), rows

@@ -12,7 +12,7 @@ from dbus_fast.introspection import Node
 
 from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
-from tests.harness import ROOT, SchedcpdProcess
+from tests.harness import ROOT, SchedcpdProcess, bus_call
 
 INTERFACE_FILE = ROOT / "etc" / "dbus-1" / "interfaces" / f"{MANAGER_INTERFACE}.xml"
 
@@ -21,10 +21,8 @@ async def call(address: str, member: str, signature: str = "", body: list | None
                interface: str = MANAGER_INTERFACE, path: str = OBJECT_PATH) -> Message:
     bus = await MessageBus(bus_address=address).connect()
     try:
-        reply = await bus.call(Message(destination=BUS_NAME, path=path, interface=interface,
-                                       member=member, signature=signature, body=body or []))
-        assert reply is not None
-        return reply
+        return await bus_call(bus, member, signature, *(body or []), interface=interface,
+                              path=path, ok=False)
     finally:
         bus.disconnect()
 

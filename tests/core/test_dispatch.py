@@ -18,13 +18,13 @@ from dbus_fast import Message, MessageType, NameFlag, RequestNameReply
 from schedcpd import config
 from schedcpd.api import Caller, MethodSpec, UnauthorizedMethod, method
 from schedcpd.authz import Authorizer
-from schedcpd.const import ACTION_OBSERVE, BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
+from schedcpd.const import ACTION_OBSERVE, BUS_NAME
 from schedcpd.dbus.bus import MessageBus
 from schedcpd.dbus.identity import CallerResolver
 from schedcpd.dbus.service import ManagerService
 from schedcpd.errors import NotFound
 from schedcpd.metrics import Metrics
-from tests.harness import PrivateBus
+from tests.harness import PrivateBus, bus_call
 
 ERR = "org.schedcp.Control1.Error."
 
@@ -91,11 +91,7 @@ async def client(fresh_bus: PrivateBus) -> AsyncIterator[MessageBus]:
 async def _call(bus: MessageBus, member: str, signature: str = "",
                 body: list[Any] | None = None) -> Message:
     # Bounded: a reply the service fails to send must fail the test, not hang it.
-    reply = await asyncio.wait_for(bus.call(Message(
-        destination=BUS_NAME, path=OBJECT_PATH, interface=MANAGER_INTERFACE, member=member,
-        signature=signature, body=body or [])), 30)
-    assert reply is not None
-    return reply
+    return await bus_call(bus, member, signature, *(body or []), ok=False)
 
 
 @pytest.mark.parametrize(

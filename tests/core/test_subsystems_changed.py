@@ -9,9 +9,9 @@ from pathlib import Path
 
 from dbus_fast import Message, MessageType
 
-from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
+from schedcpd.const import MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
-from tests.harness import wait_until_async
+from tests.harness import add_match, bus_call, wait_until_async
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 
@@ -71,18 +71,10 @@ def test_subsystems_change_is_announced(tmp_path: Path, start_daemon) -> None:
                 changes.append(msg.body[1]["Subsystems"].value)
 
         bus.add_message_handler(on_message)
-        await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                               interface="org.freedesktop.DBus", member="AddMatch",
-                               signature="s", body=[f"type='signal',path='{OBJECT_PATH}',"
-                                                    f"interface='{PROPERTIES}'"]))
+        await add_match(bus, f"type='signal',path='{OBJECT_PATH}',interface='{PROPERTIES}'")
 
         async def call(interface: str, member: str, sig: str = "", *body: object) -> list:
-            reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH,
-                                           interface=interface, member=member,
-                                           signature=sig, body=list(body)))
-            assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, \
-                reply.body if reply else None
-            return reply.body
+            return (await bus_call(bus, member, sig, *body, interface=interface)).body
 
         [first] = await call(PROPERTIES, "Get", "ss", MANAGER_INTERFACE, "Subsystems")
         # A plugin failure at run time: Explain asks every subsystem (on a

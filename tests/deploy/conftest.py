@@ -15,18 +15,11 @@ import pytest
 
 from schedcpd.repository import parse_document, policy_scope
 from schedcpd.tokens import PREFIX, KeyStore, digest_of
-from tests.harness import Procs, call, wait_workers_ready
+from tests.harness import FAST_WINDOWS, Procs, call, wait_workers_ready
 
-FAST = """[metrics]
+FAST = f"""[metrics]
 enabled = false
-[verifier]
-dynamic_seconds = 1.0
-[deployer]
-baseline_seconds = 1.5
-canary_seconds = 2.0
-full_seconds = 2.0
-backoff_seconds = 30
-[breaker]
+{FAST_WINDOWS}[breaker]
 stall_seconds = 10.0
 """
 # Tests whose policies put CPU hogs at SCHED_IDLE on a host other tests load:

@@ -73,8 +73,8 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    s = Setup(tmp_path)
+async def setup(memory_path: Path) -> AsyncIterator[Setup]:
+    s = Setup(memory_path)  # tmpfs: a database per test
     try:
         yield s
     finally:

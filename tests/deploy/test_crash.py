@@ -37,8 +37,8 @@ WRITE_STEPS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("step", FAULT_STEPS + tuple(WRITE_STEPS))
 def test_crash_at_every_step_restores(step: str, start_daemon, workload,
-                                      tmp_path: Path) -> None:
-    state = tmp_path / "state"
+                                      daemon_state: Path) -> None:
+    state = daemon_state
     config = FAST + "[debug]\nfault_injection = true\n"
     if step in WRITE_STEPS:
         point, before = WRITE_STEPS[step]

@@ -13,10 +13,20 @@ from pathlib import Path
 import pytest
 from dbus_fast import Message, MessageType
 
-from schedcpd.const import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
+from schedcpd.const import MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
 from tests.deploy.conftest import FAST, policy_text, verified_token
-from tests.harness import call, call_error, calls_as, wait_deployment, wait_until, worker_argv
+from tests.harness import (
+    add_match,
+    bus_call,
+    call,
+    call_error,
+    calls_as,
+    wait_deployment,
+    wait_until,
+    wait_until_async,
+    worker_argv,
+)
 
 
 @pytest.mark.slow
@@ -106,17 +116,8 @@ def test_hold_is_released_when_the_client_disconnects(start_daemon, workload) ->
 
     async def hold_and_leave() -> str:
         bus = await MessageBus(bus_address=proc.address).connect()
-
-        async def mgr(member: str, sig: str, *body: object) -> Message:
-            reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH,
-                                           interface=MANAGER_INTERFACE, member=member,
-                                           signature=sig, body=list(body)))
-            assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, \
-                reply.body if reply else None
-            return reply
-
-        dep = (await mgr("Deploy", "s", token)).body[0]
-        await mgr("HoldDeployment", "s", dep)
+        dep = (await bus_call(bus, "Deploy", "s", token)).body[0]
+        await bus_call(bus, "HoldDeployment", "s", dep)
         bus.disconnect()
         return dep
 
@@ -126,6 +127,7 @@ def test_hold_is_released_when_the_client_disconnects(start_daemon, workload) ->
     assert os.sched_getscheduler(hog) == os.SCHED_OTHER
 
 
+@pytest.mark.slow
 def test_admin_override_is_reported_on_the_deployment(start_daemon, workload) -> None:
 
     proc = start_daemon(FAST.replace("full_seconds = 2.0", "full_seconds = 30.0"))
@@ -144,6 +146,7 @@ def test_admin_override_is_reported_on_the_deployment(start_daemon, workload) ->
     assert os.getpriority(os.PRIO_PROCESS, hog) == 3  # left as the admin set it
 
 
+@pytest.mark.slow
 def test_a_policy_guard_overrides_the_default(start_daemon, workload) -> None:
     proc = start_daemon(FAST)
     hogs = [h.pid for h in workload.hogs]
@@ -176,6 +179,7 @@ def test_bad_guards_are_rejected_by_name(start_daemon) -> None:
         assert f"guard[0].{field}" in error["message"], error
 
 
+@pytest.mark.slow
 def test_signals_announce_every_transition(start_daemon, workload) -> None:
     """DeploymentChanged for each state, PropertiesChanged(ActivePolicies) when it changes."""
     proc = start_daemon(FAST)
@@ -192,26 +196,27 @@ def test_signals_announce_every_transition(start_daemon, workload) -> None:
                 seen.append((msg.member, msg.body))
 
         bus.add_message_handler(on_message)
-        await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                               interface="org.freedesktop.DBus", member="AddMatch",
-                               signature="s", body=[f"type='signal',path='{OBJECT_PATH}'"]))
+        await add_match(bus, f"type='signal',path='{OBJECT_PATH}'")
 
         async def mgr(member: str, *body: str) -> str:
-            reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH,
-                                           interface=MANAGER_INTERFACE, member=member,
-                                           signature="s" * len(body), body=list(body)))
-            assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, \
-                reply.body if reply else None
-            return str(reply.body[0])
+            return str((await bus_call(bus, member, "s" * len(body), *body)).body[0])
 
         dep = await mgr("Deploy", token)
-        for _ in range(300):
-            if json.loads(await mgr("GetDeployment", dep))["state"] != "pending" and any(
-                    b[:2] == [dep, "active"] for m, b in seen if m == "DeploymentChanged"):
-                break
-            await asyncio.sleep(0.1)
+
+        async def active_announced() -> bool:
+            return json.loads(await mgr("GetDeployment", dep))["state"] != "pending" and any(
+                b[:2] == [dep, "active"] for m, b in seen if m == "DeploymentChanged")
+
+        await wait_until_async(active_announced, 30, "DeploymentChanged(active)", interval=0.1)
         await mgr("Rollback", dep)
-        await asyncio.sleep(0.5)
+
+        def reverted_announced() -> bool:
+            return any(b[:2] == [dep, "reverted"] for m, b in seen if m == "DeploymentChanged") \
+                and any(m == "PropertiesChanged" and b[0] == MANAGER_INTERFACE
+                        and "ActivePolicies" in b[1] and b[1]["ActivePolicies"].value == []
+                        for m, b in seen)
+
+        await wait_until_async(reverted_announced, 10, "DeploymentChanged(reverted)")
         bus.disconnect()
         return dep, seen
 
@@ -225,6 +230,7 @@ def test_signals_announce_every_transition(start_daemon, workload) -> None:
     assert [f"{dep}:deploy-signals"] in active and active[-1] == [], active
 
 
+@pytest.mark.slow
 def test_a_tripped_version_is_refused_while_it_backs_off(start_daemon, workload) -> None:
     """The trip and the refusal end to end; the doubling, on a moved clock: test_backoff.py."""
     proc = start_daemon(FAST)  # backoff_seconds = 30
@@ -262,10 +268,9 @@ def test_selector_deployment_outlives_its_first_processes(start_daemon, tmp_path
         first.wait()
         time.sleep(1.5)  # the deployment's only process is gone
         later = _spinner(tmp_path)
-        deadline = time.monotonic() + 10
-        while os.getpriority(os.PRIO_PROCESS, later.pid) != 5 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert os.getpriority(os.PRIO_PROCESS, later.pid) == 5  # matched when it started
+        # matched when it started
+        wait_until(lambda: os.getpriority(os.PRIO_PROCESS, later.pid) == 5, 10,
+                   "the later process at nice 5", interval=0.1)
         time.sleep(1.5)  # the breaker now watches it
         info = json.loads(call(proc.address, "GetDeployment", "s", dep))
         assert info["state"] == "active", info["events"]
@@ -278,6 +283,7 @@ def test_selector_deployment_outlives_its_first_processes(start_daemon, tmp_path
                 p.wait()
 
 
+@pytest.mark.slow
 def test_pid_deployment_ends_when_its_processes_exit(start_daemon, tmp_path: Path) -> None:
     proc = start_daemon(FAST)
     target = _spinner(tmp_path)

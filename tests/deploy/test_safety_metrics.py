@@ -149,9 +149,9 @@ def test_safety_chain_metrics_after_deploy_override_rollback_and_trip(start_daem
 
 @pytest.mark.slow
 def test_after_a_crash_the_gauges_are_right_and_the_restart_is_a_trip(
-        start_daemon, workload, tmp_path: Path) -> None:
+        start_daemon, workload, daemon_state: Path) -> None:
     """kill -9 with a deployment active; the next daemon's /metrics tells what happened."""
-    state = tmp_path / "state"
+    state = daemon_state
     first = start_daemon(FAST + "[debug]\nfault_injection = true\n", state_dir=state,
                          env={"SCHEDCP_FAULT_AT": "after_active"})
     hogs = [h.pid for h in workload.hogs]

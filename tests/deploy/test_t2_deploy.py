@@ -200,10 +200,11 @@ T2_STEPS = ("scx_after_journal", "scx_after_start", "after_canary_apply", "after
             "after_active", "after_trip_decision")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", T2_STEPS)
 def test_t2_crash_at_every_step_leaves_no_loader(step: str, start_daemon, fake: FakeSchedExt,
-                                                 tmp_path: Path) -> None:
-    state = tmp_path / "state"
+                                                 daemon_state: Path) -> None:
+    state = daemon_state
     config = FAST + fake.config() + "fault_injection = true\n[debug]\nfault_injection = true\n"
     first = start_daemon(config, state_dir=state, env={"SCHEDCP_FAULT_AT": step})
     policy_id = call(first.address, "SubmitPolicy", "s", T2.format(name="t2-crash"))

@@ -21,6 +21,12 @@ from schedcpd.verifier import Verifier
 
 
 @pytest.fixture
+def tmp_path(memory_path: Path) -> Path:
+    """These tests keep SQLite databases and journals: their tmp_path is on tmpfs."""
+    return memory_path
+
+
+@pytest.fixture
 def verifier(tmp_path: Path) -> Iterator[tuple[Verifier, Repository]]:
     """A verifier with the scheduler plugin started (its cgroups under a test parent)."""
     parent = f"schedcp-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"

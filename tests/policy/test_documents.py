@@ -28,7 +28,7 @@ from schedcpd.plugins import PluginHost
 from schedcpd.repository import Repository
 from schedcpd.schema import MIGRATIONS
 from schedcpd.state import StateStore
-from tests.harness import calls_as
+from tests.harness import STATE_ROOT, calls_as
 
 # "source: field: reason", the field a dotted path like group[1].task.nice whose
 # parts are bare keys or quoted strings (a key with spaces, dots or non-ASCII).
@@ -138,7 +138,7 @@ _HOST = PluginHost(load_entry_points=False)
 @given(DOCUMENTS)
 def test_random_documents_are_stored_or_rejected_by_field(doc: dict[str, Any]) -> None:
     text = _text(doc)
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory(dir=STATE_ROOT) as d:  # tmpfs: 300 databases
         store = StateStore(Path(d) / "db.sqlite", MIGRATIONS)
         repo = Repository(store, lambda s, p: _HOST.call_first(
             "schedcp_validate", subsystem=s, policy=p), "scheduler")

@@ -11,7 +11,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from plugins.scheduler import dynamic, sandbox
 from schedcpd.sequential import Design
+from tests.harness import poll
 
 HEAD = '[policy]\nname = "t"\ndescription = "dynamic stage test"\n'
 STARVED = (HEAD + '\n[[group]]\nname = "client"\nmatch = { comm = ["client"] }\n'
@@ -202,10 +202,7 @@ def test_a_sandbox_worker_exits_when_its_verifier_is_gone(tmp_path: Path, role: 
                      f"{tmp_path}/w.log {role} {args.get(role, '')} >/dev/null 2>&1 & echo $!"],
         capture_output=True, text=True, check=True)
     pid = int(shell.stdout)
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    alive = Path(f"/proc/{pid}").exists()
+    alive = poll(lambda: Path(f"/proc/{pid}").exists(), lambda there: not there, 30, 0.1)
     if alive:
         os.kill(pid, 9)
     assert not alive, f"orphaned {role} worker kept running"

@@ -17,7 +17,7 @@ from schedcpd.plugins import PluginHost
 from schedcpd.repository import Repository, load_directory
 from schedcpd.schema import MIGRATIONS
 from schedcpd.state import StateStore
-from tests.harness import ROOT
+from tests.harness import ROOT, STATE_ROOT
 from tests.policy.test_documents import assert_names_fields
 
 POLICIES = ROOT / "policies"
@@ -249,7 +249,7 @@ def test_random_documents_never_crash_and_name_a_field(text: str) -> None:
     host = PluginHost(load_entry_points=False)
     import tempfile
 
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory(dir=STATE_ROOT) as d:  # tmpfs: 150 databases
         store = StateStore(Path(d) / "db.sqlite", MIGRATIONS)
         repo = Repository(store, lambda s, doc: host.call_first(
             "schedcp_validate", subsystem=s, policy=doc), "scheduler")

@@ -20,6 +20,13 @@ from plugins.scheduler.plugin import SchedulerPlugin
 from schedcpd.journal import Journal
 from tests.scheduler.helpers import Spawner, make_plugin
 
+
+@pytest.fixture
+def tmp_path(memory_path: Path) -> Path:
+    """These tests keep SQLite databases and journals: their tmp_path is on tmpfs."""
+    return memory_path
+
+
 REPO = Path(__file__).resolve().parents[2]
 
 

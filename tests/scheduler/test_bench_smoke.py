@@ -23,6 +23,7 @@ def _load() -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (apt: gcc libc6-dev)")
 def test_bench_runs_both_modes(tmp_path: Path) -> None:
     bench = _load()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from plugins.scheduler import cgroups, tasks
 from plugins.scheduler.plugin import SchedulerPlugin
 from schedcpd.errors import InvalidArgument
 from schedcpd.journal import Journal
+from tests.harness import wait_until
 from tests.scheduler.helpers import Spawner, apply, make_plugin, policy_doc, restore, snapshot
 
 HIERARCHIES = cgroups.detect_hierarchies()
@@ -157,10 +157,7 @@ def test_an_exiting_task_is_gone_not_moved_to_the_root(
     cgroups.move_task(child, hierarchy, rel)
     assert cgroups.task_cgroup(child, hierarchy) == rel
     os.kill(child, signal.SIGKILL)  # the forker does not reap it: it stays a zombie
-    deadline = time.monotonic() + 5
-    while not tasks.has_exited(child) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert tasks.has_exited(child)
+    wait_until(lambda: tasks.has_exited(child), 5, "the killed child has exited", interval=0.01)
     assert Path(f"/proc/{child}").exists()
     with pytest.raises(tasks.TaskGone):
         cgroups.task_cgroup(child, hierarchy)
