@@ -59,18 +59,23 @@ CALLS.update({
     "GetDeployment": ["GetDeployment", "s", ["dep-000000000000"], MGR],
     "GetFeedback": ["GetFeedback", "s", ["dep-000000000000"], MGR],
     "Explain": ["Explain", "s", ["dep-000000000000"], MGR],
+    "GetTrustedKeys": ["GetTrustedKeys", "", [], MGR],
+    "ExportBundle": ["ExportBundle", "s", ["schedcp1.e30.e30"], MGR],
+    "ImportBundle": ["ImportBundle", "s", ["{}"], MGR],
 })
 OBSERVE = ("GetStatus", "Properties.Get", "Properties.GetAll", "ListPolicies", "GetPolicy",
            "GetPolicyHistory", "GetVerifierKeys", "GetSummary", "ListProbes", "ListDeployments",
-           "GetDeployment", "GetFeedback", "GetVerificationReport", "Explain")
+           "GetDeployment", "GetFeedback", "GetVerificationReport", "Explain", "GetTrustedKeys")
 # Called with arguments that name no real object: an allowed caller gets a
 # named error other than AccessDenied (NotFound, InvalidToken, ...).
 # Profiling is also judged only on refusal: its results have tests of their own.
 FAKE_OBJECT = {"Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold",
                "GetDeployment", "GetVerificationReport", "Explain",
-               "GetFeedback", "RunProbe", "RunPerfStat"}
+               "GetFeedback", "RunProbe", "RunPerfStat", "ExportBundle", "ImportBundle"}
 DEPLOY = ("Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold")
-ADMIN = ("GetAudit", "Reload", "SetPolicyState", "RotateVerifierKey", "VerifyPolicy")
+# Bundles need the verify action, as VerifyPolicy does (docs/fleet.md).
+ADMIN = ("GetAudit", "Reload", "SetPolicyState", "RotateVerifierKey", "VerifyPolicy",
+         "ExportBundle", "ImportBundle")
 
 
 def test_matrix_covers_every_method() -> None:
