@@ -45,9 +45,15 @@ def transcripts(procs: Procs, uid: int) -> Path:
 
 @pytest.fixture
 def spinners(procs: Procs) -> list[int]:
-    workers = [procs.worker("spin") for _ in range(2)]
+    """Two CPU-bound targets, and a third in the same scope: three on two CPUs.
+
+    They wait for a CPU, so the agent has something to decide on any host;
+    two alone on an idle two-CPU host are "nothing to gain here" and the
+    model would never be asked.
+    """
+    workers = [procs.worker("spin") for _ in range(3)]
     wait_workers_ready(workers)
-    return [w.pid for w in workers]
+    return [w.pid for w in workers[:2]]
 
 
 @pytest.mark.slow
