@@ -255,7 +255,9 @@ def test_make_churn_command_gets_parallel_build(agent_daemon, procs: Procs,
 
 def test_unauthorized_user_gets_a_clear_message(agent_daemon, procs: Procs,
                                                 test_users) -> None:
-    spinners = [procs.worker("spin") for _ in range(2)]
+    # Three on two CPUs: they wait, so the agent plans (and then meets the refusal)
+    # instead of stopping at "nothing to gain here" on an idle host.
+    spinners = [procs.worker("spin") for _ in range(3)]
     wait_workers_ready(spinners)
     rc, _report, err = run_agent(agent_daemon.address, [
         "--goal", "throughput", "--match", procs.regex], uid=test_users["nobody"])

@@ -60,6 +60,16 @@ def _profile() -> WorkloadProfile:
     return WorkloadProfile("cpu-batch", "throughput", "given", "CPU-bound batch processes")
 
 
+def spin_three(procs: Procs) -> None:
+    """Three CPU-bound targets on two CPUs: they wait, so there is something to decide.
+
+    (Two alone on an idle two-CPU host are "nothing to gain here": the agent
+    stops before planning.)
+    """
+    for _ in range(3):
+        procs.worker("spin")
+
+
 def test_program_problem_names_what_is_not_a_program() -> None:
     assert synth.program_problem(GOOD) is None
     assert "looks like C" in str(synth.program_problem(C_TEXT))
@@ -94,7 +104,7 @@ def test_non_programs_go_back_as_errors_and_the_budget_stops_a_model_that_never_
         agent_daemon, procs: Procs, agent_uid: int) -> None:
     """C text, an oversized reply and a broken program: each goes back to the model as an
     error; the two non-programs never reach the daemon; the dollar budget ends the run."""
-    [procs.worker("spin").pid for _ in range(2)]
+    spin_three(procs)
     time.sleep(1.0)
     usage = {"input_tokens": 2000, "output_tokens": 200}  # $0.009 per call at sonnet prices
     seen: list[list[dict[str, Any]]] = []
@@ -142,7 +152,7 @@ def test_model_revises_three_programs_until_one_passes_every_stage(
     from tests.agent.conftest import AGENT_CONFIG
 
     daemon = start_daemon(AGENT_CONFIG + T2_CONFIG_EXTRA)
-    [procs.worker("spin").pid for _ in range(2)]
+    spin_three(procs)
     time.sleep(1.0)
     usage = {"input_tokens": 800, "output_tokens": 150}
     got: dict[str, Any] = {}
@@ -227,7 +237,7 @@ def test_offline_derives_verifies_keeps_and_reuses_a_program(
     from tests.agent.conftest import AGENT_CONFIG
 
     daemon = start_daemon(AGENT_CONFIG + T2_CONFIG_EXTRA)
-    [procs.worker("spin").pid for _ in range(2)]
+    spin_three(procs)
     time.sleep(1.0)
     args = ["--track", "T2", "--goal", "throughput", "--match", procs.regex,
             "--max-iterations", "2"]
