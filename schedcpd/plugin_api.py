@@ -27,6 +27,7 @@ from schedcpd.errors import (
     ObjectMismatch,
     SchedcpError,
 )
+from schedcpd.faults import FAULT_ENV, fault_point
 from schedcpd.hookspecs import PluginContext, hookimpl
 from schedcpd.journal import (
     APPLIED,
@@ -58,6 +59,7 @@ __all__ = [
     "BUS_NAME",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_STATE_DIR",
+    "FAULT_ENV",
     "OVERRIDDEN",
     "PENDING",
     "RESTORED",
@@ -91,6 +93,7 @@ __all__ = [
     "Scope",
     "Severity",
     "SignTest",
+    "fault_point",
     "hookimpl",
     "procfs",
 ]

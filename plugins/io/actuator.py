@@ -24,8 +24,6 @@ fault_injection`` is on.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -37,25 +35,11 @@ from schedcpd.plugin_api import (
     SKIPPED,
     Journal,
     JournalEntry,
+    fault_point,
 )
 
 _LOGGER = logging.getLogger(__name__)
 SUBSYSTEM = "io"
-FAULT_ENV = "SCHEDCP_FAULT"
-_fault_counts: dict[str, int] = {}
-
-
-def _fault(point: str) -> None:
-    wanted = os.environ.get(FAULT_ENV)
-    if not wanted:
-        return
-    name, _, nth = wanted.partition(":")
-    if name != point:
-        return
-    _fault_counts[point] = _fault_counts.get(point, 0) + 1
-    if _fault_counts[point] >= int(nth or 1):
-        _LOGGER.warning("fault injection: SIGKILL at %s #%s", point, _fault_counts[point])
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 SYSCTLS = ("kernel.task_delayacct",)
@@ -152,7 +136,7 @@ class Actuator:
     def write(self, owner: str, kind: str, key: str, prior: Any, new: Any) -> int:
         """Journal ``prior``, write ``new``, mark applied; :class:`Gone` (entry skipped)."""
         entry = self.journal.record(owner, kind, key, prior, new, subsystem=SUBSYSTEM)
-        _fault("io_after_journal_commit")
+        fault_point("io_after_journal_commit")
         try:
             _write(kind, key, new)
         except Gone as err:
@@ -162,7 +146,7 @@ class Actuator:
             # Refused by the kernel: nothing changed; the entry holds nothing of ours.
             self.journal.mark_restored(entry, "write refused by the kernel")
             raise
-        _fault("io_after_write")
+        fault_point("io_after_write")
         if kind == "queue":  # the kernel may round (read_ahead_kb to pages): keep what it holds
             try:
                 self.journal.mark_applied(entry, new=_live(self.journal.get(entry)))

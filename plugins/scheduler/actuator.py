@@ -26,8 +26,6 @@ the process SIGKILLs itself at that point (the journal row is then ``pending``).
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,12 +37,18 @@ from plugins.scheduler.cgroups import Hierarchy
 from plugins.scheduler.systemd import SystemdError
 from plugins.scheduler.tasks import TaskGone
 from plugins.scheduler.unit_groups import KIND_UNIT, Units, parse_unit_key
-from schedcpd.plugin_api import APPLIED, OVERRIDDEN, PENDING, Journal, JournalEntry
+from schedcpd.plugin_api import (
+    APPLIED,
+    OVERRIDDEN,
+    PENDING,
+    Journal,
+    JournalEntry,
+    fault_point,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
 SUBSYSTEM = "scheduler"
-FAULT_ENV = "SCHEDCP_FAULT"
 
 KIND_TASK = "task_attr"
 KIND_MEMBERSHIP = "cgroup_membership"
@@ -72,25 +76,6 @@ def task_key(tid: int, start: int, knob: str) -> str:
     return f"task:{tid}:{start}:{knob}"
 
 
-_fault_counts: dict[str, int] = {}
-
-
-def _fault(point: str) -> None:
-    """SIGKILL this process at ``point`` when ``SCHEDCP_FAULT`` asks for it.
-
-    ``SCHEDCP_FAULT=after_write`` fires at the first write,
-    ``SCHEDCP_FAULT=after_write:3`` at the third.
-    """
-    wanted = os.environ.get(FAULT_ENV)
-    if not wanted:
-        return
-    name, _, nth = wanted.partition(":")
-    if name != point:
-        return
-    _fault_counts[point] = _fault_counts.get(point, 0) + 1
-    if _fault_counts[point] >= int(nth or 1):
-        _LOGGER.warning("fault injection: SIGKILL at %s #%s", point, _fault_counts[point])
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -297,7 +282,7 @@ class Actuator:
                     return Change(key, knob, live, new, "unchanged")
                 prior = live
             entry_id = self.journal.record(owner, kind, key, prior, new, subsystem=SUBSYSTEM)
-            _fault("after_journal_commit")
+            fault_point("after_journal_commit")
             try:
                 self.write(kind, key, new)
             except Gone as exc:
@@ -306,7 +291,7 @@ class Actuator:
             except (OSError, ValueError) as exc:
                 self.journal.mark_skipped(entry_id, f"write failed: {exc}")
                 return Change(key, knob, live, new, "error", str(exc))
-            _fault("after_write")
+            fault_point("after_write")
             self.journal.mark_applied(entry_id)
             return Change(key, knob, live, new, "changed")
 
@@ -382,7 +367,7 @@ class Actuator:
                 self.journal.record_inherited(owner, owned, subsystem=SUBSYSTEM,
                                               note=INHERITED_NOTE)
             if rows:
-                _fault("after_journal_commit")
+                fault_point("after_journal_commit")
         return changes
 
     def _overridden(self, history: list[JournalEntry], live: Any) -> None:
