@@ -16,21 +16,11 @@ import argparse
 import hashlib
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from schedcp_bench.workload import SLO, Metric, Session
-from schedcp_bench.workloads.common import (
-    BenchWorkload,
-    free_port,
-    good,
-    hog_figures,
-    median,
-    ncpu,
-    python_argv,
-    python_env,
-    wait_ready,
-)
+from schedcp_bench.workloads.common import free_port, python_argv, python_env
+from schedcp_bench.workloads.service import Service, ServiceBesideHog
 
 REQUESTS = 200
 CONNS = 4
@@ -72,7 +62,7 @@ def serve(port: int) -> None:
         server.serve_forever()
 
 
-class HttpPython(BenchWorkload):
+class HttpPython(ServiceBesideHog):
     """A Python HTTP service under a seeded closed-loop load, beside a CPU hog."""
 
     name = "http-python"
@@ -84,6 +74,7 @@ class HttpPython(BenchWorkload):
     goal = "latency"
     quick = False
     warmup = 1.0
+    figures = {"p99_ms": ("p99_us", 1e-3), "p50_ms": ("p50_us", 1e-3), "rps": ("rps", 1.0)}
     metrics = (
         Metric("p99_ms", "ms", "lower", 1.0, "request latency p99 (median of runs)"),
         Metric("p50_ms", "ms", "lower", 0.5, "request latency p50 (median of runs)"),
@@ -96,35 +87,20 @@ class HttpPython(BenchWorkload):
         SLO("p99_ms", "<=", 20.0, hard=False),
     )
 
-    def start(self, run_dir: Path, seed: int) -> Session:
-        """Start the service, the hog and (once the service answers) the load driver."""
-        session = self.new_session(run_dir)
+    def serve(self, session: Session, seed: int) -> Service:
+        """This module's HTTP service on a free loopback port."""
         port = free_port()
         server = session.spawn(python_argv("schedcp_bench.workloads.http_python", "--serve",
                                            str(port), "--dir", str(session.dir)),
                                env=python_env())
-        wait_ready(session, server, "http-python service", ("127.0.0.1", port))
-        hog = self.spawn_hog(session, ncpu())
-        argv = python_argv("schedcp_bench.loadgen", "http", f"127.0.0.1:{port}",
-                           "--requests", str(REQUESTS), "--conns", str(CONNS),
-                           "--seed", str(seed), "--tag", str(session.dir))
-        driver = self.spawn_driver(session, argv, "schedcp_bench.loadgen:parse")
-        session.roles = {"latency": [server.pid, driver.pid], "batch": [hog.pid],
-                         "noisy": [hog.pid]}
-        session.extra["port"] = port
-        return session
+        return Service(server, "http-python service", ("127.0.0.1", port), {"port": port})
 
-    def measure(self, session: Session, t0: float, t1: float) -> dict[str, float | None]:
-        """Median run figures and the hog's rate over the window."""
-        recs = good(session.records(t0, t1), "p99_us", "rps")
-        p99 = median(r["p99_us"] for r in recs)
-        p50 = median(r["p50_us"] for r in recs)
-        return {
-            "p99_ms": None if p99 is None else p99 / 1000.0,
-            "p50_ms": None if p50 is None else p50 / 1000.0,
-            "rps": median(r["rps"] for r in recs),
-            "batch_rate": hog_figures(session.dir / "hog.jsonl", t0, t1)["rate"],
-        }
+    def driver(self, session: Session, service: Service, seed: int) -> tuple[list[str], str]:
+        """The seeded HTTP load generator."""
+        return (python_argv("schedcp_bench.loadgen", "http", f"127.0.0.1:{service.extra['port']}",
+                            "--requests", str(REQUESTS), "--conns", str(CONNS),
+                            "--seed", str(seed), "--tag", str(session.dir)),
+                "schedcp_bench.loadgen:parse")
 
 
 def main(argv: list[str] | None = None) -> int:

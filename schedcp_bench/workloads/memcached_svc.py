@@ -11,26 +11,16 @@ Figures: p50/p99 request latency, requests per second, the hog's rate.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from schedcp_bench.workload import SLO, Metric, Session
-from schedcp_bench.workloads.common import (
-    BenchWorkload,
-    free_port,
-    good,
-    hog_figures,
-    median,
-    ncpu,
-    python_argv,
-    tool,
-    wait_ready,
-)
+from schedcp_bench.workloads.common import free_port, python_argv, tool
+from schedcp_bench.workloads.service import Service, ServiceBesideHog
 
 REQUESTS = 3000
 CONNS = 4
 
 
-class MemcachedSvc(BenchWorkload):
+class MemcachedSvc(ServiceBesideHog):
     """memcached under a seeded closed-loop get/set load, beside a CPU hog."""
 
     name = "memcached"
@@ -42,6 +32,7 @@ class MemcachedSvc(BenchWorkload):
     goal = "latency"
     quick = False
     warmup = 1.0
+    figures = {"p99_us": ("p99_us", 1.0), "p50_us": ("p50_us", 1.0), "rps": ("rps", 1.0)}
     metrics = (
         Metric("p99_us", "us", "lower", 1.0, "request latency p99 (median of runs)"),
         Metric("p50_us", "us", "lower", 0.5, "request latency p50 (median of runs)"),
@@ -54,32 +45,19 @@ class MemcachedSvc(BenchWorkload):
         SLO("p99_us", "<=", 2000.0, hard=False),
     )
 
-    def start(self, run_dir: Path, seed: int) -> Session:
-        """Start memcached, the hog and (once memcached answers) the load driver."""
-        session = self.new_session(run_dir)
+    def serve(self, session: Session, seed: int) -> Service:
+        """memcached on a free loopback port."""
         port = free_port()
         argv = [tool(session.dir, "memcached"), "-l", "127.0.0.1", "-p", str(port), "-U", "0",
                 "-t", "2", "-m", "64"]
         if os.geteuid() == 0:
             argv += ["-u", "nobody"]  # memcached refuses to run as root without -u
-        server = session.spawn(argv)
-        wait_ready(session, server, "memcached", ("127.0.0.1", port))
-        hog = self.spawn_hog(session, ncpu())
-        load = python_argv("schedcp_bench.loadgen", "memcached", f"127.0.0.1:{port}",
-                           "--requests", str(REQUESTS), "--conns", str(CONNS),
-                           "--seed", str(seed), "--tag", str(session.dir))
-        driver = self.spawn_driver(session, load, "schedcp_bench.loadgen:parse")
-        session.roles = {"latency": [server.pid, driver.pid], "batch": [hog.pid],
-                         "noisy": [hog.pid]}
-        session.extra["port"] = port
-        return session
+        return Service(session.spawn(argv), "memcached", ("127.0.0.1", port), {"port": port})
 
-    def measure(self, session: Session, t0: float, t1: float) -> dict[str, float | None]:
-        """Median run figures and the hog's rate over the window."""
-        recs = good(session.records(t0, t1), "p99_us", "rps")
-        return {
-            "p99_us": median(r["p99_us"] for r in recs),
-            "p50_us": median(r["p50_us"] for r in recs),
-            "rps": median(r["rps"] for r in recs),
-            "batch_rate": hog_figures(session.dir / "hog.jsonl", t0, t1)["rate"],
-        }
+    def driver(self, session: Session, service: Service, seed: int) -> tuple[list[str], str]:
+        """The seeded get/set load generator."""
+        return (python_argv("schedcp_bench.loadgen", "memcached",
+                            f"127.0.0.1:{service.extra['port']}",
+                            "--requests", str(REQUESTS), "--conns", str(CONNS),
+                            "--seed", str(seed), "--tag", str(session.dir)),
+                "schedcp_bench.loadgen:parse")

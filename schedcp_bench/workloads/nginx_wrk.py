@@ -13,20 +13,11 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 from typing import Any
 
 from schedcp_bench.workload import SLO, Metric, Session
-from schedcp_bench.workloads.common import (
-    BenchWorkload,
-    free_port,
-    good,
-    hog_figures,
-    median,
-    ncpu,
-    tool,
-    wait_ready,
-)
+from schedcp_bench.workloads.common import free_port, tool
+from schedcp_bench.workloads.service import Service, ServiceBesideHog
 
 CONFIG = """\
 # schedcp-bench nginx workload: one process, everything under the run directory
@@ -69,7 +60,7 @@ def parse(stdout: str, _stderr: str) -> dict[str, Any]:
             "rps": float(rps.group(1))}
 
 
-class NginxWrk(BenchWorkload):
+class NginxWrk(ServiceBesideHog):
     """nginx + wrk beside a CPU hog."""
 
     name = "nginx"
@@ -80,6 +71,7 @@ class NginxWrk(BenchWorkload):
     natives = ("t1hog",)
     goal = "latency"
     warmup = 1.0
+    figures = {"p99_ms": ("p99_ms", 1.0), "rps": ("rps", 1.0)}
     metrics = (
         Metric("p99_ms", "ms", "lower", 1.0, "wrk p99 request latency"),
         Metric("rps", "req/s", "higher", 1.0, "wrk requests per second"),
@@ -92,9 +84,8 @@ class NginxWrk(BenchWorkload):
         SLO("rps", ">=", 20000.0, hard=False),
     )
 
-    def start(self, run_dir: Path, seed: int) -> Session:
-        """Write the config and page, start nginx, the hog and (once nginx listens) wrk."""
-        session = self.new_session(run_dir)
+    def serve(self, session: Session, seed: int) -> Service:
+        """nginx with its own config and a page drawn from the seed, on a free port."""
         for sub in ("www", "tmp"):
             (session.dir / sub).mkdir(exist_ok=True)
         rng = random.Random(seed)
@@ -105,21 +96,10 @@ class NginxWrk(BenchWorkload):
         conf.write_text(CONFIG.format(dir=session.dir, port=port))
         server = session.spawn([tool(session.dir, "nginx"), "-p", f"{session.dir}/",
                                 "-c", str(conf), "-e", str(session.dir / "nginx-error.log")])
-        wait_ready(session, server, "nginx", ("127.0.0.1", port))
-        hog = self.spawn_hog(session, ncpu())
         url = f"http://127.0.0.1:{port}/index.html"
-        argv = [tool(session.dir, "wrk"), "-t1", "-c8", "-d1s", "--latency", url]
-        driver = self.spawn_driver(session, argv, f"{__name__}:parse")
-        session.roles = {"latency": [server.pid, driver.pid], "batch": [hog.pid],
-                         "noisy": [hog.pid]}
-        session.extra["url"] = url
-        return session
+        return Service(server, "nginx", ("127.0.0.1", port), {"url": url})
 
-    def measure(self, session: Session, t0: float, t1: float) -> dict[str, float | None]:
-        """Median wrk figures and the hog's rate over the window."""
-        recs = good(session.records(t0, t1), "p99_ms", "rps")
-        return {
-            "p99_ms": median(r["p99_ms"] for r in recs),
-            "rps": median(r["rps"] for r in recs),
-            "batch_rate": hog_figures(session.dir / "hog.jsonl", t0, t1)["rate"],
-        }
+    def driver(self, session: Session, service: Service, seed: int) -> tuple[list[str], str]:
+        """wrk, one thread, 8 connections, one second per run."""
+        return ([tool(session.dir, "wrk"), "-t1", "-c8", "-d1s", "--latency",
+                 service.extra["url"]], f"{__name__}:parse")

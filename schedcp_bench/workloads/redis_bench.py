@@ -13,19 +13,11 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from typing import Any
 
 from schedcp_bench.workload import SLO, Metric, Session
-from schedcp_bench.workloads.common import (
-    BenchWorkload,
-    good,
-    hog_figures,
-    median,
-    ncpu,
-    tool,
-    wait_ready,
-)
+from schedcp_bench.workloads.common import tool
+from schedcp_bench.workloads.service import Service, ServiceBesideHog
 
 REQUESTS = 20000
 CONFIG = """\
@@ -55,7 +47,7 @@ def parse(stdout: str, _stderr: str) -> dict[str, Any]:
     }
 
 
-class RedisBench(BenchWorkload):
+class RedisBench(ServiceBesideHog):
     """redis-server + redis-benchmark beside a CPU hog."""
 
     name = "redis"
@@ -66,6 +58,7 @@ class RedisBench(BenchWorkload):
     natives = ("t1hog",)
     goal = "latency"
     warmup = 1.0
+    figures = {"p99_ms": ("p99_ms", 1.0), "rps": ("rps", 1.0)}
     metrics = (
         Metric("p99_ms", "ms", "lower", 1.0, "redis-benchmark p99 latency (worse of GET/SET)"),
         Metric("rps", "req/s", "higher", 1.0, "redis-benchmark requests per second"),
@@ -78,28 +71,16 @@ class RedisBench(BenchWorkload):
         SLO("rps", ">=", 40000.0, hard=False),
     )
 
-    def start(self, run_dir: Path, seed: int) -> Session:
-        """Start redis-server, the hog, and (once redis answers) the benchmark driver."""
-        session = self.new_session(run_dir)
+    def serve(self, session: Session, seed: int) -> Service:
+        """redis-server with its own config on a private unix socket."""
         sock = session.dir / "redis.sock"
         conf = session.dir / "redis.conf"
         conf.write_text(CONFIG.format(sock=sock, dir=session.dir))
         server = session.spawn([tool(session.dir, "redis-server"), str(conf)])
-        wait_ready(session, server, "redis-server", str(sock))
-        hog = self.spawn_hog(session, ncpu())
-        argv = [tool(session.dir, "redis-benchmark"), "-s", str(sock), "-n", str(REQUESTS),
-                "-c", "8", "-t", "get,set", "-r", "10000", "--csv", "--precision", "3"]
-        driver = self.spawn_driver(session, argv, f"{__name__}:parse")
-        session.roles = {"latency": [server.pid, driver.pid], "batch": [hog.pid],
-                         "noisy": [hog.pid]}
-        session.extra["socket"] = str(sock)
-        return session
+        return Service(server, "redis-server", str(sock), {"socket": str(sock)})
 
-    def measure(self, session: Session, t0: float, t1: float) -> dict[str, float | None]:
-        """Median benchmark figures and the hog's rate over the window."""
-        recs = good(session.records(t0, t1), "p99_ms", "rps")
-        return {
-            "p99_ms": median(r["p99_ms"] for r in recs),
-            "rps": median(r["rps"] for r in recs),
-            "batch_rate": hog_figures(session.dir / "hog.jsonl", t0, t1)["rate"],
-        }
+    def driver(self, session: Session, service: Service, seed: int) -> tuple[list[str], str]:
+        """redis-benchmark get/set (it takes no seed)."""
+        return ([tool(session.dir, "redis-benchmark"), "-s", service.extra["socket"],
+                 "-n", str(REQUESTS), "-c", "8", "-t", "get,set", "-r", "10000", "--csv",
+                 "--precision", "3"], f"{__name__}:parse")
