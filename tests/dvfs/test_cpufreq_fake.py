@@ -187,8 +187,8 @@ def test_a_write_the_kernel_refuses_restores_what_was_written_first(
     target = fake_root / "cpufreq/policy2/scaling_governor"
     target.unlink()
     target.mkdir()
-    with pytest.raises(InvalidArgument, match="policy2: the kernel refused scaling_governor "
-                       "= 'performance'.*what this deployment wrote is restored"):
+    with pytest.raises(InvalidArgument, match=r"policy2: the kernel refused scaling_governor "
+                       r"= 'performance'.*what this deployment wrote is restored"):
         applier.apply(act, plan, "half")
     target.rmdir()
     target.write_text(before["cpufreq/policy2/scaling_governor"])

@@ -73,7 +73,7 @@ def test_a_group_clamp_is_applied_for_real_or_refused_by_name(
     before = {t: uclamp.get(t) for t in tids}
     doc = {"group": [{**GROUP, "match": {"pids": [sleeper.pid]}}]}
     if not host_plugin.clamp_ok[0]:
-        with pytest.raises(NotSupported, match="group 'ui': uclamp: .*EOPNOTSUPP"):
+        with pytest.raises(NotSupported, match=r"group 'ui': uclamp: .*EOPNOTSUPP"):
             host_plugin.schedcp_apply("dvfs", doc, {"owner": "u1"}, False)
         assert journal.entries(owner="u1") == []
         return
@@ -119,7 +119,7 @@ def test_cgroup_clamps_on_a_fake_v2_tree(tmp_path: Path, journal: Journal, fake_
         with pytest.raises(NotFound, match=r"cgroup\[0\].path: no cgroup 'gone'"):
             plugin.schedcp_apply("dvfs", {"cgroup": [{"path": "gone", "uclamp_min": 1}]},
                                  {"owner": "c2"}, False)
-        with pytest.raises(NotSupported, match="'bare' has no cpu.uclamp.min"):
+        with pytest.raises(NotSupported, match=r"'bare' has no cpu\.uclamp\.min"):
             plugin.schedcp_apply("dvfs", {"cgroup": [{"path": "bare", "uclamp_min": 1}]},
                                  {"owner": "c2"}, False)
         assert journal.entries(owner="c2") == []
