@@ -142,10 +142,10 @@ def _boost_writes(doc: dict[str, Any], freq: cpufreq.CpuFreq, plan: Plan) -> Non
 
 
 def _group_writes(group: dict[str, Any], pids: set[int] | None, clamp_ok: tuple[bool, str],
-                  plan: Plan) -> None:
+                  at: str, plan: Plan) -> None:
     name = str(group["name"])
     if not clamp_ok[0]:
-        raise NotSupported(f"group {name!r}: uclamp: {clamp_ok[1]}")
+        raise NotSupported(f"{at}.uclamp: group {name!r}: {clamp_ok[1]}")
     matched = selector(group).scan()
     plan.targets[name] = matched
     want = group["uclamp"]
@@ -161,7 +161,7 @@ def _group_writes(group: dict[str, Any], pids: set[int] | None, clamp_ok: tuple[
                 continue
             new = [int(want.get("min", live[0])), int(want.get("max", live[1]))]
             if new[0] > new[1]:
-                raise InvalidArgument(f"group {name!r}: task {tid} would get uclamp min "
+                raise InvalidArgument(f"{at}.uclamp: task {tid} would get uclamp min "
                                       f"{new[0]} above its max {new[1]}")
             if new != live:
                 plan.writes.append(Write("uclamp", f"uclamp:{tid}:{start}", live, new,
@@ -209,8 +209,8 @@ def plan(doc: dict[str, Any], actuator: Actuator, pids: list[int] | None,
     for i, item in enumerate(doc.get("cgroup", [])):
         _cgroup_writes(item, actuator, f"cgroup[{i}]", out)
     narrow = None if out.machine or pids is None else set(pids)
-    for group in doc.get("group", []):
-        _group_writes(group, narrow, clamp_ok, out)
+    for i, group in enumerate(doc.get("group", [])):
+        _group_writes(group, narrow, clamp_ok, f"group[{i}]", out)
     return out
 
 

@@ -35,7 +35,7 @@ from schedcpd.plugin_api import (
 
 _CODES = ((NotFound, "not-found"), (NotSupported, "not-supported"),
           (InvalidArgument, "invalid"))
-_FIELD = re.compile(r"^((?:cpufreq|group|cgroup)\[\d+\](?:\.[a-z_]+)?|boost)\b")
+_FIELD = re.compile(r"^((?:cpufreq|group|cgroup)\[\d+\](?:\.[a-z_]+)?|boost)(?=:)")
 
 
 def _f(code: str, severity: str, field: str, message: str) -> Finding:

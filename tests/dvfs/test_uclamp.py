@@ -73,7 +73,7 @@ def test_a_group_clamp_is_applied_for_real_or_refused_by_name(
     before = {t: uclamp.get(t) for t in tids}
     doc = {"group": [{**GROUP, "match": {"pids": [sleeper.pid]}}]}
     if not host_plugin.clamp_ok[0]:
-        with pytest.raises(NotSupported, match=r"group 'ui': uclamp: .*EOPNOTSUPP"):
+        with pytest.raises(NotSupported, match=r"group\[0\]\.uclamp: group 'ui': .*EOPNOTSUPP"):
             host_plugin.schedcp_apply("dvfs", doc, {"owner": "u1"}, False)
         assert journal.entries(owner="u1") == []
         return
@@ -140,3 +140,25 @@ def test_this_host_s_cgroup_v2_has_no_cpu_controller_and_says_so(
     else:
         assert cap == {"available": uclamp.cgroup_available(root)[0],
                        "reason": uclamp.cgroup_available(root)[1]}
+
+
+def test_the_builtin_dvfs_policy_is_valid_and_says_why_it_cannot_apply_here(
+        host_plugin: DvfsPlugin, tmp_path: Path) -> None:
+    import tomllib
+
+    from plugins.dvfs import policy, verification
+
+    paths = sorted(Path(__file__).parents[2].joinpath("policies").glob("dvfs-*.toml"))
+    assert paths
+    for path in paths:
+        doc = tomllib.loads(path.read_text())
+        assert doc["policy"]["subsystem"] == "dvfs"
+        assert policy.validate(doc) == [], path.name
+        act = host_plugin.actuator
+        assert act is not None
+        found = verification.static_check(doc, [], act, host_plugin.clamp_ok)
+        if not act.freq.policies():
+            # The first thing missing here, by name, with the capability's reason.
+            assert [f["code"] for f in found] == ["not-supported"], found
+            assert host_plugin.caps["cpufreq.governor"]["reason"] in found[0]["message"]
+            assert found[0]["field"] == "cpufreq[0]"
