@@ -254,6 +254,14 @@ class DvfsPlugin:
         return verification.static_check(policy, active, self._act(), self.clamp_ok)
 
     @hookimpl
+    def schedcp_dynamic_check(self, subsystem: str, policy: dict[str, Any],
+                              seconds: float) -> list[Finding] | None:
+        """Verifier stage 4: group clamps on a test task of its own."""
+        if subsystem != SUBSYSTEM:
+            return None
+        return verification.dynamic_check(policy, seconds, self.clamp_ok)
+
+    @hookimpl
     def schedcp_explain_keys(self, subsystem: str, pid: int) -> list[str] | None:
         """Journal keys of the clamps set on ``pid``'s threads."""
         if subsystem != SUBSYSTEM:
@@ -298,5 +306,6 @@ schedcp_restore = plugin.schedcp_restore
 schedcp_health = plugin.schedcp_health
 schedcp_state = plugin.schedcp_state
 schedcp_static_check = plugin.schedcp_static_check
+schedcp_dynamic_check = plugin.schedcp_dynamic_check
 schedcp_explain_keys = plugin.schedcp_explain_keys
 schedcp_describe_key = plugin.schedcp_describe_key

@@ -12,16 +12,26 @@ cgroups exist with ``cpu.uclamp.*``), turned into findings, plus:
   ``uclamp.max`` below half a CPU (its journal writes must not be slowed);
 - ``floor-frequency`` (warning): a ``max_khz`` equal to ``cpuinfo_min_freq``
   pins every covered CPU to its lowest frequency.
+
+Stage 4 (:func:`dynamic_check`): each group's clamps are set on a CPU-bound
+child process of the check's own (no journal: the child is killed after),
+which must keep getting CPU time under them (error ``no-progress``).
+cpufreq and boost are machine-wide, with no sandbox to try them in: they
+are checked statically only, and the stage says so (``info``
+``machine-wide``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+import time
 import tomllib
 from typing import Any
 
-from plugins.dvfs import applier
+from plugins.dvfs import applier, uclamp
 from plugins.dvfs.actuator import Actuator
 from plugins.dvfs.policy import selector
 from schedcpd.plugin_api import (
@@ -31,6 +41,7 @@ from schedcpd.plugin_api import (
     NotFound,
     NotSupported,
     SchedcpError,
+    procfs,
 )
 
 _CODES = ((NotFound, "not-found"), (NotSupported, "not-supported"),
@@ -39,8 +50,8 @@ _FIELD = re.compile(r"^((?:cpufreq|group|cgroup)\[\d+\](?:\.[a-z_]+)?|boost)(?=:
 
 
 def _f(code: str, severity: str, field: str, message: str) -> Finding:
-    return {"code": code, "severity": "error" if severity == "error" else "warning",
-            "field": field, "message": message}
+    return {"code": code, "severity": "error" if severity == "error" else
+            "warning" if severity == "warning" else "info", "field": field, "message": message}
 
 
 def _offered(doc: dict[str, Any], actuator: Actuator,
@@ -102,4 +113,46 @@ def static_check(doc: dict[str, Any], active: list[ActivePolicy], actuator: Actu
                 out.append(_f("conflict", "error", a.split(":")[0],
                               f"{a} is already set by active policy {other['name']!r} "
                               f"(deployment {other['deployment_id']})"))
+    return out
+
+
+def _cpu_ticks(pid: int) -> int:
+    stat = procfs.read_pid_stat(pid)
+    return 0 if stat is None else stat.utime + stat.stime
+
+
+def dynamic_check(doc: dict[str, Any], seconds: float,
+                  clamp_ok: tuple[bool, str]) -> list[Finding]:
+    """Stage 4 findings; every child is killed whatever happens."""
+    out: list[Finding] = []
+    if doc.get("cpufreq") or doc.get("boost") is not None or doc.get("cgroup"):
+        out.append(_f("machine-wide", "info", "", "cpufreq, boost and cgroup clamps act on "
+                      "the whole machine: checked statically, not run in a sandbox"))
+    groups = doc.get("group", [])
+    if groups and not clamp_ok[0]:
+        return [*out, _f("not-supported", "error", "group", f"uclamp: {clamp_ok[1]}")]
+    run_s = max(1.0, seconds)
+    for i, group in enumerate(groups):
+        child = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        try:
+            want = group["uclamp"]
+            uclamp.set_(child.pid, int(want.get("min", uclamp.RESET)),
+                        int(want.get("max", uclamp.RESET)))
+            start = _cpu_ticks(child.pid)
+            time.sleep(run_s)
+            used = _cpu_ticks(child.pid) - start
+        except OSError as err:
+            out.append(_f("sandbox", "error", f"group[{i}]", f"could not clamp a test task: "
+                          f"{err}"))
+            continue
+        finally:
+            child.kill()
+            child.wait()
+        if used <= 0:
+            out.append(_f("no-progress", "error", f"group[{i}].uclamp",
+                          f"a CPU-bound task under {want} got no CPU time in {run_s:.1f} s"))
+        else:
+            out.append(_f("measured", "info", f"group[{i}]", f"a CPU-bound task under {want} "
+                          f"ran {used} clock ticks in {run_s:.1f} s"))
     return out

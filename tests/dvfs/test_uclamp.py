@@ -162,3 +162,18 @@ def test_the_builtin_dvfs_policy_is_valid_and_says_why_it_cannot_apply_here(
             assert [f["code"] for f in found] == ["not-supported"], found
             assert host_plugin.caps["cpufreq.governor"]["reason"] in found[0]["message"]
             assert found[0]["field"] == "cpufreq[0]"
+
+
+def test_the_dynamic_stage_runs_clamps_on_a_task_of_its_own_or_refuses_by_name(
+        host_plugin: DvfsPlugin) -> None:
+    doc = {"cpufreq": [{"cpus": "all", "governor": "performance"}],
+           "group": [{"name": "ui", "match": {"comm": ["nothing-has-this-name"]},
+                      "uclamp": {"min": 512, "max": 900}}]}
+    found = host_plugin.schedcp_dynamic_check("dvfs", doc, 0.5) or []
+    codes = [(f["code"], f["severity"]) for f in found]
+    assert codes[0] == ("machine-wide", "info"), found
+    if host_plugin.clamp_ok[0]:
+        assert codes[1:] == [("measured", "info")], found
+    else:
+        assert codes[1:] == [("not-supported", "error")], found
+        assert "EOPNOTSUPP" in found[1]["message"]

@@ -165,6 +165,7 @@ async def uclamp_step(client: Client) -> None:
         out["before"] = snap()
         out["validate"] = plugin.schedcp_validate("dvfs", {**tasks, **cgroups})
         out["static"] = plugin.schedcp_static_check("dvfs", tasks, [])
+        out["dynamic"] = plugin.schedcp_dynamic_check("dvfs", tasks, 1.0)
         for name, doc in (("tasks", tasks), ("cgroups", cgroups)):
             try:
                 plugin.schedcp_apply("dvfs", doc, {"owner": name}, False)

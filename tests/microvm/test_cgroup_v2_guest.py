@@ -170,6 +170,10 @@ def test_uclamp_for_real_in_the_guest(scenario: dict[str, Any]) -> None:
     assert not caps["cpufreq.governor"]["available"]
     assert "no cpufreq driver" in caps["cpufreq.governor"]["reason"], caps
     assert data["validate"] == [] and data["static"] == [], data
+    # Stage 4: a CPU-bound task of the check's own ran under the clamps.
+    assert [f["code"] for f in data["dynamic"]] == ["measured"], data["dynamic"]
+    print("guest uclamp step:", json.dumps({k: data[k] for k in (
+        "caps", "dynamic", "tasks_journal", "restore")}))
     before, active = data["before"], data["tasks_active"]
     assert {tuple(v) for v in before["task"].values()} == {(0, 1024)}, before
     assert {tuple(v) for v in active["task"].values()} == {(512, 900)}, active
