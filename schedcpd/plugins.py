@@ -38,7 +38,8 @@ from schedcpd.hookspecs import PluginContext
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_PLUGINS: dict[str, str] = {"scheduler": "plugins.scheduler.plugin",
-                                   "io": "plugins.io.plugin"}
+                                   "io": "plugins.io.plugin",
+                                   "dvfs": "plugins.dvfs.plugin"}
 """Built-in plugin name -> module."""
 
 

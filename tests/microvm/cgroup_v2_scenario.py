@@ -9,8 +9,10 @@ come from t2_guest_scenario.py beside it.  The guest's /init mounts cgroup2
 (unified, the only hierarchy there).  Steps: ``weights`` (cpu.weight and
 cpu.idle groups, deployed then rolled back), ``confine`` (cpuset.cpus and
 cpu.max, deployed, then schedcpd killed with SIGKILL and started again: its
-start-up restores from the journal).  Each step prints ``RESULT <step>
-<json>`` with what the kernel showed before, while active and after.
+start-up restores from the journal), ``uclamp`` (the dvfs plugin's task and
+cgroup utilisation clamps, in this process: the host cannot sign them).
+Each step prints ``RESULT <step> <json>`` with what the kernel showed
+before, while active and after.
 """
 
 from __future__ import annotations
@@ -124,7 +126,86 @@ async def confine(client: Client) -> None:
                        "restart_log": read("/run/schedcpd-restart.log").splitlines()[-30:]})
 
 
-STEPS = {"weights": weights, "confine": confine}
+async def uclamp_step(client: Client) -> None:
+    """The dvfs plugin in this process on the guest kernel (CONFIG_UCLAMP_TASK=y).
+
+    Not through D-Bus: the host's verifier (no uclamp there) refuses a clamp
+    policy by name, so no token can be signed for it.  A task group (every
+    thread of a spawned process) and a cgroup of our own get clamps, are
+    read back from the kernel (sched_getattr, cpu.uclamp.*), restored; an
+    administrator's change is left alone; bad input is refused by name.
+    """
+    import tempfile
+
+    from plugins.dvfs import uclamp as uc
+    from plugins.dvfs.plugin import DvfsPlugin
+    from schedcpd.plugin_api import Journal, PluginContext, SchedcpError
+
+    pid = spawn("uc-ui", 0.01, 0.002)
+    cg = CGROUP / "schedcp-uclamp-test"
+    subtree = read(CGROUP / "cgroup.subtree_control")
+    state = Path(tempfile.mkdtemp())
+    journal = Journal(state / "journal.db")
+    plugin = DvfsPlugin()
+    out: dict[str, Any] = {"subtree_before": subtree}
+    try:
+        if "cpu" not in subtree.split():
+            (CGROUP / "cgroup.subtree_control").write_text("+cpu")
+        cg.mkdir()
+        plugin.schedcp_startup(PluginContext(state_dir=state, journal=journal))
+        out["caps"] = plugin.schedcp_describe()["capabilities"]
+
+        def snap() -> dict[str, Any]:
+            return {"task": {str(t): list(uc.get(t)) for t in uc.threads(pid)},
+                    "cg": {n: read(cg / n) for n in uc.CGROUP_FILES}}
+
+        tasks = {"group": [{"name": "ui", "match": {"pids": [pid]},
+                            "uclamp": {"min": 512, "max": 900}}]}
+        cgroups = {"cgroup": [{"path": cg.name, "uclamp_min": 25, "uclamp_max": 75.5}]}
+        out["before"] = snap()
+        out["validate"] = plugin.schedcp_validate("dvfs", {**tasks, **cgroups})
+        out["static"] = plugin.schedcp_static_check("dvfs", tasks, [])
+        out["dynamic"] = plugin.schedcp_dynamic_check("dvfs", tasks, 1.0)
+        for name, doc in (("tasks", tasks), ("cgroups", cgroups)):
+            try:
+                plugin.schedcp_apply("dvfs", doc, {"owner": name}, False)
+                out[f"{name}_active"] = snap()
+                out[f"{name}_journal"] = [[e.key, e.prior, e.new, e.state]
+                                          for e in journal.entries(owner=name)]
+            except SchedcpError as err:
+                out[f"{name}_error"] = f"{type(err).__name__}: {err}"
+        out["restore"] = plugin.schedcp_restore("dvfs", {})
+        out["after"] = snap()
+        # An administrator changes a thread's clamp after us: left alone at restore.
+        plugin.schedcp_apply("dvfs", tasks, {"owner": "override"}, False)
+        uc.set_(pid, 100, 800)
+        out["override_restore"] = plugin.schedcp_restore("dvfs", {"owner": "override"})
+        out["after_override"] = snap()
+        uc.set_(pid, 0, 800)  # a ceiling below the floor the next policy asks for
+        try:
+            plugin.schedcp_apply("dvfs", {"group": [{"name": "x", "match": {"pids": [pid]},
+                                                     "uclamp": {"min": 1000}}]},
+                                 {"owner": "bad"}, False)
+            out["bad"] = "applied"
+        except SchedcpError as err:
+            out["bad"] = f"{type(err).__name__}: {err}"
+        out["bad_journal"] = len(journal.entries(owner="bad"))
+        out["bad_left"] = snap()
+        uc.set_(pid, uc.RESET, uc.RESET)
+        out["final"] = snap()
+    finally:
+        plugin.schedcp_shutdown()
+        journal.close()
+        stop([pid])
+        if cg.exists():
+            cg.rmdir()
+        if "cpu" not in subtree.split():
+            (CGROUP / "cgroup.subtree_control").write_text("-cpu")
+        out["subtree_after"] = read(CGROUP / "cgroup.subtree_control")
+    report("uclamp", out)
+
+
+STEPS = {"weights": weights, "confine": confine, "uclamp": uclamp_step}
 
 
 async def main(steps: list[str]) -> int:

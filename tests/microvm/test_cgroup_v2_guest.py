@@ -159,3 +159,39 @@ def test_a_killed_daemon_leaves_the_policy_and_its_restart_restores_exactly(
     assert data["ready"], data["restart_log"]
     assert data["after_restart"] == data["before"], (data["before"], data["after_restart"])
     assert data["restart_status"] == 0, data["restart_log"]
+
+
+def test_uclamp_for_real_in_the_guest(scenario: dict[str, Any]) -> None:
+    """The dvfs plugin's clamps on a kernel with CONFIG_UCLAMP_TASK (the host has none)."""
+    data = step(scenario, "uclamp")
+    caps = data["caps"]
+    assert caps["uclamp.task"] == {"available": True, "reason": ""}, caps
+    # The guest has CONFIG_CPU_FREQ but no frequency driver under qemu: said, with why.
+    assert not caps["cpufreq.governor"]["available"]
+    assert "no cpufreq driver" in caps["cpufreq.governor"]["reason"], caps
+    assert data["validate"] == [] and data["static"] == [], data
+    # Stage 4: a CPU-bound task of the check's own ran under the clamps.
+    assert [f["code"] for f in data["dynamic"]] == ["measured"], data["dynamic"]
+    before, active = data["before"], data["tasks_active"]
+    assert {tuple(v) for v in before["task"].values()} == {(0, 1024)}, before
+    assert {tuple(v) for v in active["task"].values()} == {(512, 900)}, active
+    assert {row[0].split(":")[0] for row in data["tasks_journal"]} == {"uclamp"}
+    assert all(row[1] == [0, 1024] and row[2] == [512, 900] and row[3] == "applied"
+               for row in data["tasks_journal"]), data["tasks_journal"]
+    # CONFIG_UCLAMP_TASK_GROUP too: a cgroup of the step's own, cpu enabled at the root.
+    assert caps["uclamp.cgroup"] == {"available": True, "reason": ""}, caps
+    assert data["cgroups_active"]["cg"] == {"cpu.uclamp.min": "25.00",
+                                            "cpu.uclamp.max": "75.50"}, data
+    # Restore is exact: the kernel shows what it showed before.
+    assert data["after"] == before, (before, data["after"])
+    assert set(data["restore"]["summary"]) == {"restored"}, data["restore"]
+    # An administrator's later change is left alone.
+    outcomes = {e["outcome"] for e in data["override_restore"]["entries"]}
+    assert outcomes == {"overridden"}, data["override_restore"]
+    assert [100, 800] in data["after_override"]["task"].values(), data["after_override"]
+    # Bad input against the live kernel value: named, nothing journaled or written.
+    assert data["bad"].startswith("InvalidArgument: group[0].uclamp: task"), data["bad"]
+    assert "above its max 800" in data["bad"] and data["bad_journal"] == 0
+    assert list(data["bad_left"]["task"].values()) == [[0, 800]], data["bad_left"]
+    assert data["final"] == before
+    assert data["subtree_after"] == data["subtree_before"]

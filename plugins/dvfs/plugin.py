@@ -1,0 +1,311 @@
+"""The dvfs subsystem: cpufreq governor, EPP, frequency limits and boost; task and
+cgroup utilisation clamps (uclamp), on the running kernel.
+
+Every value is saved in the journal before it is written
+(:mod:`plugins.dvfs.actuator`) and is put back exactly on rollback, at daemon
+stop and at start-up after a crash; a value someone else changes after us
+is left alone and reported as overridden.  The sysfs CPU root and the cgroup
+v2 root are injectable (``[plugins.dvfs] sysfs_cpu``, ``cgroup_root``), so
+the tests run against a FAKE cpufreq tree.  docs/dvfs.md describes the
+knobs, the capability report and what was proven where.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from plugins.dvfs import applier, cpufreq, uclamp, verification
+from plugins.dvfs import policy as policy_mod
+from plugins.dvfs.actuator import SUBSYSTEM, Actuator
+from schedcpd.plugin_api import (
+    OVERRIDDEN,
+    ActivePolicy,
+    ApplyResult,
+    Capability,
+    Description,
+    Finding,
+    Health,
+    Journal,
+    KeyDescription,
+    NotSupported,
+    PluginContext,
+    RestoreReport,
+    Scope,
+    hookimpl,
+)
+
+_LOGGER = logging.getLogger(__name__)
+OVERRIDE_CHECK_SECONDS = 2.0
+
+
+def _cap(ok: bool, why: str) -> Capability:
+    return {"available": ok, "reason": "" if ok else why}
+
+
+def capabilities(freq: cpufreq.CpuFreq, cgroup_root: Path | None,
+                 clamp_ok: tuple[bool, str]) -> dict[str, Capability]:
+    """What this kernel offers the dvfs plugin, and why not."""
+    pols = freq.policies()
+    why = freq.why_absent()
+    caps: dict[str, Capability] = {}
+    caps["cpufreq.governor"] = _cap(bool(pols), why)
+    caps["cpufreq.min_max_freq"] = _cap(bool(pols), why)
+    epp = [p for p in pols if freq.preferences(p)]
+    caps["cpufreq.epp"] = _cap(bool(epp), why or "the cpufreq driver has no "
+                               "energy_performance_preference (only intel_pstate and "
+                               "amd-pstate in active mode have it)")
+    caps["cpufreq.boost"] = _cap(freq.boost() is not None, why or "the cpufreq driver has no "
+                                 "boost switch (cpufreq/boost, intel_pstate/no_turbo)")
+    caps["uclamp.task"] = _cap(*clamp_ok)
+    ok, cg_why = uclamp.cgroup_available(cgroup_root)
+    if not clamp_ok[0] and ok is False:
+        cg_why = f"{cg_why}; and {clamp_ok[1]}"
+    caps["uclamp.cgroup"] = _cap(ok, cg_why)
+    return caps
+
+
+class DvfsPlugin:
+    """Hook implementations of the dvfs subsystem (one instance per daemon)."""
+
+    def __init__(self) -> None:
+        self.actuator: Actuator | None = None
+        self.own_journal: Journal | None = None
+        self.caps: dict[str, Capability] = {}
+        self.clamp_ok: tuple[bool, str] = (False, "the dvfs plugin has not started")
+        self.policies: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._checked = 0.0
+
+    def _act(self) -> Actuator:
+        if self.actuator is None:
+            raise NotSupported("the dvfs plugin has not started")
+        return self.actuator
+
+    @hookimpl
+    def schedcp_startup(self, context: PluginContext) -> None:
+        """Detect capabilities (the uclamp probe sets this thread's own clamps to themselves)."""
+        journal = context.journal
+        if journal is None:
+            journal = self.own_journal = Journal(Path(context.state_dir) / "journal.db")
+        config = context.config or {}
+        freq = cpufreq.CpuFreq(Path(config.get("sysfs_cpu", cpufreq.DEFAULT_ROOT)))
+        root = config.get("cgroup_root")
+        self.actuator = Actuator(journal, freq, Path(root) if root else uclamp.cgroup_v2_root())
+        self.clamp_ok = uclamp.probe()
+        self.caps = capabilities(freq, self.actuator.cgroup_root, self.clamp_ok)
+        missing = sorted(k for k, c in self.caps.items() if not c["available"])
+        _LOGGER.info("dvfs plugin ready (%s); unavailable: %s", freq.root,
+                     ", ".join(missing) or "none")
+
+    @hookimpl
+    def schedcp_shutdown(self) -> None:
+        """Close our own journal (the host's is the host's)."""
+        if self.own_journal is not None:
+            self.own_journal.close()
+        self.actuator = self.own_journal = None
+
+    @hookimpl
+    def schedcp_describe(self) -> Description:
+        """The dvfs subsystem and its capabilities (cached at start-up)."""
+        return {"name": SUBSYSTEM, "description": "CPU frequency (cpufreq governor, EPP, "
+                "frequency limits, boost) and utilisation clamps of tasks and cgroups",
+                "capabilities": self.caps}
+
+    @hookimpl
+    def schedcp_observe(self, subsystem: str) -> dict[str, Any] | None:
+        """Each cpufreq policy's settings, and the boost switch."""
+        if subsystem != SUBSYSTEM:
+            return None
+        freq = self._act().freq
+        out: dict[str, Any] = {}
+        for pol in freq.policies():
+            try:
+                out[pol] = {"cpus": freq.related(pol), **{
+                    k: freq.read(pol, k) for k in (*cpufreq.POLICY_KNOBS, "cpuinfo_min_freq",
+                                                   "cpuinfo_max_freq") if freq.has(pol, k)}}
+            except cpufreq.CpuFreqError:
+                continue
+        switch = freq.boost()
+        return {"policies": out, "boost": None if switch is None else
+                {"file": str(switch.path), "value": switch.path.read_text().strip()},
+                "why_none": freq.why_absent()}
+
+    @hookimpl
+    def schedcp_validate(self, subsystem: str, policy: dict[str, Any]) -> list[Finding] | None:
+        """Schema and range findings of a dvfs policy."""
+        if subsystem != SUBSYSTEM:
+            return None
+        return policy_mod.validate({k: v for k, v in policy.items() if k != "_source"})
+
+    @hookimpl
+    def schedcp_apply(self, subsystem: str, policy: dict[str, Any], scope: Scope,
+                      dry_run: bool) -> ApplyResult | None:
+        """Plan, or make, the policy's writes for ``scope["owner"]``."""
+        if subsystem != SUBSYSTEM:
+            return None
+        owner = str(scope.get("owner", "manual"))
+        with self._lock:
+            plan = applier.plan(policy, self._act(), scope.get("pids"), self.clamp_ok)
+            skipped = plan.skipped
+            if not dry_run:
+                skipped = applier.apply(self._act(), plan, owner)
+                self.policies[owner] = policy
+        result: ApplyResult = {
+            "subsystem": SUBSYSTEM, "owner": owner, "dry_run": dry_run,
+            "targets": plan.targets, "changes": applier.changes(plan, "planned" if dry_run
+                                                                else "applied"),
+            "problems": skipped, "summary": {"writes": len(plan.writes),
+                                             "skipped": len(skipped)},
+            "scope": "machine" if plan.machine else "processes", "canary": "machine",
+            "note": f"{len(plan.writes)} dvfs value(s)"}
+        if not dry_run and plan.machine:
+            result["reason"] = (f"cpufreq, boost and cgroup clamps are machine-wide: applied "
+                                f"with every group ({len(plan.writes)} value(s))")
+        return result
+
+    @hookimpl
+    def schedcp_restore(self, subsystem: str, scope: Scope) -> RestoreReport | None:
+        """Put back what ``scope["owner"]`` (or, without one, everything) changed."""
+        if subsystem != SUBSYSTEM:
+            return None
+        owner = scope.get("owner")
+        with self._lock:
+            report = self._act().restore(owner)
+            if owner is None:
+                self.policies.clear()
+            else:
+                self.policies.pop(owner, None)
+        return {"entries": report["entries"], "summary": report["summary"]}
+
+    @hookimpl
+    def schedcp_health(self, subsystem: str, scope: Scope) -> Health | None:
+        """cpufreq policies still there; follows new descendants; reports the targets."""
+        if subsystem != SUBSYSTEM:
+            return None
+        owner = str(scope.get("owner"))
+        policy = self.policies.get(owner)
+        if policy is None:
+            return {"healthy": True}
+        act = self._act()
+        for e in act.journal.pending_restore(owner=owner, subsystem=SUBSYSTEM):
+            if e.kind == "cpufreq" and not act.freq.path(e.key.split(":")[1], "x").parent \
+                    .is_dir():
+                return {"healthy": False, "guard": "cpufreq_policy_removed", "baseline": 1.0,
+                        "observed": 0.0, "detail": f"cpufreq {e.key.split(':')[1]} was "
+                        "removed (CPU offlined or driver unloaded)"}
+        with self._lock:
+            targets = self._follow(owner, policy)
+            if time.monotonic() - self._checked > OVERRIDE_CHECK_SECONDS:
+                self._checked = time.monotonic()
+                for item in act.overridden():
+                    _LOGGER.warning("dvfs value overridden by someone else: %s", item)
+        return {"healthy": True, "targets": targets}
+
+    def _follow(self, owner: str, policy: dict[str, Any]) -> dict[str, list[int]]:
+        """Journal the clamps new descendants inherited, so restore covers them."""
+        journal = self._act().journal
+        targets = {}
+        for group in policy.get("group", []):
+            pids = policy_mod.selector(group).scan()
+            targets[group["name"]] = pids
+            ours = [e for e in journal.entries(owner=owner, subsystem=SUBSYSTEM)
+                    if e.kind == "uclamp"]
+            known = {e.key.split(":")[1] for e in ours}
+            rows = []
+            for pid in pids if ours else []:
+                for tid in uclamp.threads(pid):
+                    start = uclamp.start_time(tid)
+                    try:
+                        live = list(uclamp.get(tid))
+                    except uclamp.TaskGone:
+                        continue
+                    match = [e for e in ours if e.new == live]
+                    if str(tid) in known or start is None or not match:
+                        continue
+                    rows.append(("uclamp", f"uclamp:{tid}:{start}", match[-1].prior, live))
+            if rows:
+                journal.record_inherited(owner, rows, subsystem=SUBSYSTEM,
+                                         note="inherited at fork")
+        return targets
+
+    @hookimpl
+    def schedcp_state(self, subsystem: str) -> dict[str, Any] | None:
+        """Open journal entries per owner, and values others overrode."""
+        if subsystem != SUBSYSTEM:
+            return None
+        journal = self._act().journal
+        managed: dict[str, int] = {}
+        for e in journal.pending_restore(subsystem=SUBSYSTEM):
+            managed[e.owner] = managed.get(e.owner, 0) + 1
+        return {"managed": managed, "overridden": [
+            e.as_dict() for e in journal.entries(state=OVERRIDDEN, subsystem=SUBSYSTEM,
+                                                 limit=100)]}
+
+    @hookimpl
+    def schedcp_static_check(self, subsystem: str, policy: dict[str, Any],
+                             active: list[ActivePolicy]) -> list[Finding] | None:
+        """Verifier stage 2 (:mod:`plugins.dvfs.verification`)."""
+        if subsystem != SUBSYSTEM:
+            return None
+        return verification.static_check(policy, active, self._act(), self.clamp_ok)
+
+    @hookimpl
+    def schedcp_dynamic_check(self, subsystem: str, policy: dict[str, Any],
+                              seconds: float) -> list[Finding] | None:
+        """Verifier stage 4: group clamps on a test task of its own."""
+        if subsystem != SUBSYSTEM:
+            return None
+        return verification.dynamic_check(policy, seconds, self.clamp_ok)
+
+    @hookimpl
+    def schedcp_explain_keys(self, subsystem: str, pid: int) -> list[str] | None:
+        """Journal keys of the clamps set on ``pid``'s threads."""
+        if subsystem != SUBSYSTEM:
+            return None
+        keys = []
+        for tid in uclamp.threads(pid):
+            start = uclamp.start_time(tid)
+            if start is not None:
+                keys.append(f"uclamp:{tid}:{start}")
+        journal = self._act().journal
+        states = ("pending", "applied", "restored", "skipped", "overridden")
+        return [k for k in keys if journal.for_key(k, states, subsystem=SUBSYSTEM)]
+
+    @hookimpl
+    def schedcp_describe_key(self, subsystem: str, key: str) -> KeyDescription | None:
+        """What a dvfs journal key stands for."""
+        if subsystem != SUBSYSTEM:
+            return None
+        kind, _, rest = key.partition(":")
+        parts = rest.split(":")
+        if kind == "cpufreq" and len(parts) == 2:
+            return {"target": f"cpufreq {parts[0]}", "knob": parts[1]}
+        if kind == "uclamp":
+            return {"target": f"task {parts[0]}", "knob": "uclamp"}
+        if kind == "cg_uclamp" and len(parts) == 2:
+            return {"target": f"cgroup {parts[0]}", "knob": parts[1]}
+        if kind == "boost":
+            return {"target": "cpufreq", "knob": "boost" if rest == "cpufreq" else "no_turbo"}
+        return {"target": kind, "knob": rest}
+
+
+plugin = DvfsPlugin()
+"""The single instance; the host registers this module, whose hooks are its methods."""
+
+schedcp_startup = plugin.schedcp_startup
+schedcp_shutdown = plugin.schedcp_shutdown
+schedcp_describe = plugin.schedcp_describe
+schedcp_observe = plugin.schedcp_observe
+schedcp_validate = plugin.schedcp_validate
+schedcp_apply = plugin.schedcp_apply
+schedcp_restore = plugin.schedcp_restore
+schedcp_health = plugin.schedcp_health
+schedcp_state = plugin.schedcp_state
+schedcp_static_check = plugin.schedcp_static_check
+schedcp_dynamic_check = plugin.schedcp_dynamic_check
+schedcp_explain_keys = plugin.schedcp_explain_keys
+schedcp_describe_key = plugin.schedcp_describe_key
