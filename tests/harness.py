@@ -383,6 +383,7 @@ class Procs:
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         self.new_session = new_session
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.leaders: set[int] = set()  # started in a session of their own
         self.extra_dirs: list[Path] = []
 
     @property
@@ -390,10 +391,14 @@ class Procs:
         """A --match regex selecting exactly the workers (their argv names :attr:`dir`)."""
         return re.escape(str(self.dir))
 
-    def start(self, argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
-        """Start ``argv`` (in a session of its own with ``new_session``)."""
-        proc = subprocess.Popen(argv, start_new_session=self.new_session, **popen)
+    def start(self, argv: list[str], *, new_session: bool | None = None,
+              **popen: Any) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in a session of its own (``new_session``, default: the set's)."""
+        own = self.new_session if new_session is None else new_session
+        proc = subprocess.Popen(argv, start_new_session=own, **popen)
         self.procs.append(proc)
+        if own:
+            self.leaders.add(proc.pid)
         return proc
 
     def worker(self, role: str) -> subprocess.Popen[bytes]:
@@ -404,7 +409,7 @@ class Procs:
         """Kill every process (with ``new_session``, every process group) started here."""
         for proc in self.procs:
             try:
-                if self.new_session:
+                if proc.pid in self.leaders:
                     os.killpg(proc.pid, signal.SIGKILL)
                 else:
                     proc.kill()

@@ -16,7 +16,7 @@ from plugins.scheduler import tasks
 from plugins.scheduler.plugin import SchedulerPlugin
 from schedcpd.hookspecs import PluginContext
 from schedcpd.journal import Journal
-from tests.harness import wait_until
+from tests.harness import Procs, wait_until
 
 
 def make_plugin(
@@ -34,11 +34,15 @@ def make_plugin(
 
 
 class Spawner:
-    """Starts processes for a test and kills them all at the end."""
+    """Starts processes for a test and kills them all at the end (a :class:`Procs`).
+
+    They stay in the test's session (and autogroup) unless asked otherwise:
+    the scheduler tests compare how they share a CPU.
+    """
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.owned = Procs("schedcp-sched-", new_session=False)
         self.pids: list[int] = []  # grandchildren (a Forker's), killed at the end
 
     def sleeper(self, comm: str | None = None) -> subprocess.Popen[bytes]:
@@ -49,16 +53,13 @@ class Spawner:
             if not copy.exists():
                 shutil.copy(binary, copy)
             binary = str(copy)
-        proc = subprocess.Popen([binary, "300"])
-        self.procs.append(proc)
+        proc = self.owned.start([binary, "300"])
         wait_exec(proc.pid, Path(binary).name)
         return proc
 
     def own_session(self) -> subprocess.Popen[bytes]:
         """A sleeping process in a new session, hence its own autogroup."""
-        binary = shutil.which("sleep") or "/bin/sleep"
-        proc = subprocess.Popen([binary, "300"], start_new_session=True)
-        self.procs.append(proc)
+        proc = self.owned.start([shutil.which("sleep") or "/bin/sleep", "300"], new_session=True)
         wait_exec(proc.pid, "sleep")
         return proc
 
@@ -71,27 +72,21 @@ class Spawner:
             "print('ready', flush=True)\n"
             "time.sleep(300)\n"
         )
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-        self.procs.append(proc)
+        proc = self.owned.start([sys.executable, "-c", code], stdout=subprocess.PIPE)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"ready"
         return proc
 
     def forker(self) -> Forker:
         """A process that forks children when told (they are killed at the end too)."""
-        proc = subprocess.Popen(
-            [sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        self.procs.append(proc)
+        proc = self.owned.start([sys.executable, "-c", FORKER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE)
         forker = Forker(proc, self.pids)
         assert forker.say("") == b"ready"
         return forker
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        self.owned.stop()
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
