@@ -54,8 +54,10 @@ from schedcpd.tokens import TokenAuthority, digest_of
 _LOGGER = logging.getLogger(__name__)
 
 FINAL = ("reverted", "failed")
-FAULT_STEPS = ("after_record", "after_baseline", "after_part_apply", "after_canary_apply",
-               "after_widen_apply", "after_active", "after_trip_decision")
+FAULT_STEPS = ("after_record", "after_baseline", "after_canary_apply", "after_widen_apply",
+               "after_active", "after_trip_decision")
+PART_FAULT_STEP = "after_part_apply"
+"""After each part of a multi-subsystem policy applied (only such a policy reaches it)."""
 
 
 def migrate_deployments(db: Database) -> None:
@@ -302,7 +304,7 @@ class Deployer:
     def _parts(self, subsystem: str, doc: dict[str, Any] | None) -> DeployParts:
         """The policy's parts (one, or one per subsystem) as this deployer drives them."""
         parts = DeployParts(self._plugins, subsystem, doc, self.events)
-        parts.on_applied = lambda _subsystem: self._fault("after_part_apply")
+        parts.on_applied = lambda _subsystem: self._fault(PART_FAULT_STEP)
         return parts
 
     async def _run(self, dep_id: str, policy: dict[str, Any], doc: dict[str, Any],

@@ -127,3 +127,33 @@ def test_second_part_fails_and_the_first_is_restored_exactly(
                for s in ("scheduler", "io")}
     assert by_part["scheduler"] and all(st == "restored" for _, st in by_part["scheduler"])
     assert ("queue", "restored") in by_part["io"], by_part
+
+
+@pytest.mark.slow
+def test_a_device_removed_mid_deployment_trips_and_every_part_is_restored(
+        start_daemon, writer: subprocess.Popen[bytes], tmp_path) -> None:
+    # A second scratch device of our own for the io part, removed while the policy is active.
+    gone = ScratchDevice(32, parent=tmp_path, direct_io=False)
+    try:
+        tids = threads(ioprio.Selector([], [writer.pid]).scan())
+        nice, prio = nice_of(tids), ioprio_of(tids)
+        text = combined("multi-trip", writer.pid, f'name = "{gone.name}"\nread_ahead_kb = 512')
+        state = tmp_path / "state"
+        proc = start_daemon(FAST, state_dir=state)
+        policy_id = call(proc.address, "SubmitPolicy", "s", text)
+        dep = call(proc.address, "Deploy", "s", forced_token(state, proc.address, policy_id))
+        info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"}, timeout=60)
+        assert info["state"] == "active", info["events"]
+        live = [t for t in tids if t in nice_of(threads([writer.pid]))]
+        assert live and set(nice_of(live).values()) == {7}
+        gone.close()
+        info = wait_deployment(proc.address, dep, {"reverted", "failed"}, timeout=30)
+    finally:
+        if gone.name and blockdev.identity(gone.name) is not None:
+            gone.close()
+    assert info["state"] == "reverted", info["events"]
+    assert info["trip"]["guard"] == "device_removed" and info["trip"]["group"] == "io", info
+    assert f"device {gone.name} was removed" in info["reason"]
+    # The scheduler part is restored exactly; the io part's device is gone (recorded skip).
+    assert nice_of(live) == {t: nice[t] for t in live}
+    assert ioprio_of(live) == {t: prio[t] for t in live}
