@@ -6,9 +6,10 @@ guards and one health answer for all of them:
 
 - **apply** runs the parts in the document's order, each through its own
   plugin (which journals every prior value before it writes).  When a part
-  fails, every part applied so far (the failing one too: it may have
-  written some values before it failed) is restored from the journal,
-  newest part first, and :class:`PartFailed` names the part and why;
+  fails, every part is restored from the journal, newest part first (those
+  applied so far, the failing one, which may have written some values
+  before it failed, and at a widening the later parts' canary values), and
+  :class:`PartFailed` names the part and why;
 - **restore** restores every part, newest first (rollback, breaker trip,
   targets gone, error); after a crash the plugins restore everything
   journaled at start-up, so every part comes back there too;
@@ -162,14 +163,16 @@ class DeployParts:
                 if dry_run:
                     raise PartFailed(f"{where} cannot be applied: {err}",
                                      part.subsystem) from err
+                # Every part, not only those before this one: at a widening
+                # the later parts hold the canary's values (restoring a part
+                # that wrote nothing for this owner restores nothing).
                 owner = scope.get("owner")
-                applied = self.parts[:n]
                 _LOGGER.warning("deployment %s: %s failed (%s); restoring %s", owner, where,
-                                err, ", ".join(p.subsystem for p in applied))
-                restored = self._restore_parts(applied, owner)
+                                err, ", ".join(p.subsystem for p in self.parts))
+                restored = self._restore_parts(self.parts, owner)
                 undone = ", ".join(f"{s} ({_count(r)} value(s))" for s, r in restored)
                 raise PartFailed(f"{where} failed to apply: {type(err).__name__}: {err}; "
-                                 f"restored the parts applied: {undone}",
+                                 f"restored every part: {undone}",
                                  part.subsystem) from err
             if dry_run:
                 self._planned[part.subsystem] = results[-1][1].get("targets", {})

@@ -60,6 +60,12 @@ def test_combined_policy_verified_deployed_and_rolled_back_as_one(
     assert [p["subsystem"] for p in stages["dynamic"]["parts"]] == ["scheduler", "io"]
     assert all(p["verdict"] == "passed" for p in stages["dynamic"]["parts"])
 
+    # Advice mode names each part's values, writes nothing, leaves the token usable.
+    plan = json.loads(call(proc.address, "PlanDeployment", "s", token))["plan"]
+    assert set(plan["parts"]) == {"scheduler", "io"}
+    assert {c["target"].split(":")[0] for c in plan["changes"]} == {"scheduler", "io"}, plan
+    assert set(plan["targets"]) == {"scheduler/writer", "io/writer"}
+    assert blockdev.current(dev, "scheduler") == before["scheduler"]
     dep = call(proc.address, "Deploy", "s", token)
     info = wait_deployment(proc.address, dep, {"active", "reverted", "failed"}, timeout=90)
     assert info["state"] == "active", info["events"]
