@@ -155,9 +155,13 @@ class Breaker:
 
     def __init__(self, roles: dict[str, str], metrics: GuardMetrics,
                  settings: BreakerSettings | None = None,
-                 limits: dict[str, float] | None = None) -> None:
+                 limits: dict[str, float] | None = None,
+                 group_metrics: dict[str, GuardMetrics] | None = None) -> None:
+        """``group_metrics``: a group's own metrics where not ``metrics`` (a policy of
+        several subsystems' parts, each guarded by its own plugin's)."""
         self.roles = roles  # group -> "latency" | "throughput" | "donor" | "progress"
         self.metrics = metrics
+        self.group_metrics = group_metrics or {}
         self.settings = settings or BreakerSettings()
         # group -> the policy's own ratio (latency threshold or throughput floor)
         self.limits = limits or {}
@@ -184,6 +188,9 @@ class Breaker:
                 return trip
         return None
 
+    def _m(self, group: str) -> GuardMetrics:
+        return self.group_metrics.get(group, self.metrics)
+
     def _stall(self, group: str, samples: list[GroupSample]) -> Trip | None:
         """Work pending and (almost) no throughput in every sample of the last stall_seconds."""
         last = samples[-1].time if samples else 0.0
@@ -191,14 +198,14 @@ class Breaker:
             span = last - x.time  # covered by the samples after x (each is a delta)
             if span >= self.settings.stall_seconds:
                 return Trip("stall", group, 0.0, span,
-                            f"group {group!r} {self.metrics.stall_text} for {span:.1f} s")
+                            f"group {group!r} {self._m(group).stall_text} for {span:.1f} s")
             if not (x.pending > 0 and x.throughput < 0.001):
                 return None
         return None
 
     def _latency(self, group: str, base: list[GroupSample],
                  now: list[GroupSample]) -> Trip | None:
-        s, m = self.settings, self.metrics
+        s, m = self.settings, self._m(group)
         b = [x.latency for x in base if x.latency is not None]
         w = [x.latency for x in now if x.latency is not None]
         if len(b) < s.min_samples or len(w) < s.min_samples:
@@ -216,7 +223,7 @@ class Breaker:
 
     def _throughput(self, group: str, base: list[GroupSample],
                     now: list[GroupSample]) -> Trip | None:
-        s, m = self.settings, self.metrics
+        s, m = self.settings, self._m(group)
         floor = self.limits.get(group, s.throughput_floor)
         b_med = statistics.median(x.throughput for x in base)
         w = [x.throughput for x in now]
@@ -230,7 +237,8 @@ class Breaker:
 
 
 def guard_figures(roles: dict[str, str], metrics: GuardMetrics, baseline: Samples,
-                  window: Samples) -> dict[str, Any]:
+                  window: Samples,
+                  group_metrics: dict[str, GuardMetrics] | None = None) -> dict[str, Any]:
     """Per group: its guard role and the guard metrics before and during probation.
 
     Medians (and the p90 of the latency metric) over the baseline and over
@@ -239,7 +247,7 @@ def guard_figures(roles: dict[str, str], metrics: GuardMetrics, baseline: Sample
     history.
     """
 
-    def figures(samples: list[GroupSample]) -> dict[str, Any]:
+    def figures(samples: list[GroupSample], metrics: GuardMetrics) -> dict[str, Any]:
         lat = [x.latency for x in samples if x.latency is not None]
         return {"samples": len(samples),
                 f"{metrics.latency}_median": round(statistics.median(lat), 1) if lat else None,
@@ -249,9 +257,10 @@ def guard_figures(roles: dict[str, str], metrics: GuardMetrics, baseline: Sample
 
     out: dict[str, Any] = {}
     for group, role in roles.items():
+        own = (group_metrics or {}).get(group, metrics)
         out[group] = {"role": role,
-                      "baseline": figures([x[group] for x in baseline if group in x]),
-                      "probation": figures([x[group] for x in window if group in x])}
+                      "baseline": figures([x[group] for x in baseline if group in x], own),
+                      "probation": figures([x[group] for x in window if group in x], own)}
     return out
 
 

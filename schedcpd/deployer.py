@@ -5,6 +5,10 @@
     pending ──▶ canary (a subset of each group's targets) ──▶ canary (widened
     to the full scope) ──▶ active          … or reverted / failed
 
+A policy of several subsystems is deployed as one: its parts are applied
+in order, a part that fails restores the parts applied before it, and
+its guards, health and restores are every part's (:mod:`schedcpd.deploy_parts`).
+
 Before anything is written, a baseline of the targets' guard metrics is
 sampled with the guards the owning plugin provides (hook ``schedcp_guards``;
 the verdicts are :mod:`schedcpd.breaker`'s).  Each probation window compares samples
@@ -37,17 +41,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from schedcpd.breaker import (
-    Breaker,
-    BreakerSettings,
-    Guards,
-    NoGuards,
-    Samples,
-    Trip,
-    guard_figures,
-)
+from schedcpd.breaker import Breaker, BreakerSettings, Guards, Samples, Trip, guard_figures
+from schedcpd.deploy_parts import DeployParts, group_metrics
 from schedcpd.errors import Conflict, InvalidArgument, NotFound, SchedcpError
-from schedcpd.payloads import ApplyResult, Health, RestoreReport, Scope
+from schedcpd.payloads import Scope
 from schedcpd.plugins import PluginHost
 from schedcpd.repository import Repository, parse_document, policy_scope
 from schedcpd.safety_events import NO_EVENTS, SafetyEvents
@@ -59,6 +56,8 @@ _LOGGER = logging.getLogger(__name__)
 FINAL = ("reverted", "failed")
 FAULT_STEPS = ("after_record", "after_baseline", "after_canary_apply", "after_widen_apply",
                "after_active", "after_trip_decision")
+PART_FAULT_STEP = "after_part_apply"
+"""After each part of a multi-subsystem policy applied (only such a policy reaches it)."""
 
 
 def migrate_deployments(db: Database) -> None:
@@ -175,9 +174,9 @@ class Deployer:
             raise NotFound(f"no deployment {dep_id}")
         dep["held_by"] = sorted(self._holds.get(dep_id, ()))
         # Values an administrator changed by hand are no longer managed: say so.
-        state = await asyncio.to_thread(self._plugins.call_first, "schedcp_state",
-                                        subsystem=dep["subsystem"]) or {}
-        dep["overridden"] = [o for o in state.get("overrides", []) if o.get("owner") == dep_id]
+        states = await asyncio.to_thread(self._parts(dep["subsystem"], None).state)
+        dep["overridden"] = [o for state in states for o in state.get("overrides", [])
+                             if o.get("owner") == dep_id]
         return dep
 
     async def owner(self, dep_id: str) -> int:
@@ -226,9 +225,8 @@ class Deployer:
         """Advice mode: exactly what a deployment would write; changes nothing."""
         claims, policy = await self._redeem(token, uid, consume=False)
         doc = parse_document(policy["document"], policy["id"][:12])
-        report = await asyncio.to_thread(
-            self._plugins.call_first, "schedcp_apply", subsystem=claims["subsystem"],
-            policy=doc, scope={"owner": "plan"}, dry_run=True)
+        report = await asyncio.to_thread(self._parts(claims["subsystem"], doc).apply,
+                                         {"owner": "plan"}, True)
         return {"policy_id": policy["id"], "name": policy["name"], "plan": report}
 
     async def backoff_left(self, digest: str) -> float:
@@ -265,7 +263,7 @@ class Deployer:
                 # checks the token's binding before the token is consumed, so an
                 # object it does not bind (ObjectMismatch) leaves it usable.
                 doc = parse_document(policy["document"], policy["id"][:12])
-                await asyncio.to_thread(self._apply, claims["subsystem"], doc,
+                await asyncio.to_thread(self._parts(claims["subsystem"], doc).apply,
                                         {"owner": "plan", "artifact": claims.get("artifact")},
                                         True)
             claims, policy = await self._redeem(token, uid, consume=True)
@@ -303,29 +301,19 @@ class Deployer:
             self.events.token_refused(err.name)
             raise
 
-    def _apply(self, subsystem: str, doc: dict[str, Any], scope: Scope,
-               dry_run: bool = False) -> ApplyResult:
-        result: ApplyResult | None = self._plugins.call_first(
-            "schedcp_apply", subsystem=subsystem, policy=doc, scope=scope, dry_run=dry_run)
-        if result is None:
-            raise Conflict(f"subsystem {subsystem!r} is not available")
-        return result
-
-    def _restore(self, subsystem: str, dep_id: str, cause: str) -> RestoreReport | None:
-        """Restore ``dep_id``'s values; report the rollback and its time (``cause``: CAUSES)."""
-        start = time.monotonic()
-        report: RestoreReport | None = self._plugins.call_first(
-            "schedcp_restore", subsystem=subsystem, scope={"owner": dep_id})
-        self.events.rolled_back(subsystem, cause, time.monotonic() - start)
-        return report
+    def _parts(self, subsystem: str, doc: dict[str, Any] | None) -> DeployParts:
+        """The policy's parts (one, or one per subsystem) as this deployer drives them."""
+        parts = DeployParts(self._plugins, subsystem, doc, self.events)
+        parts.on_applied = lambda _subsystem: self._fault(PART_FAULT_STEP)
+        return parts
 
     async def _run(self, dep_id: str, policy: dict[str, Any], doc: dict[str, Any],
                    subsystem: str, artifact: dict[str, str] | None = None) -> None:
         # The token's artifact binding goes with every write of a T2 policy.
         bound: Scope = {"artifact": artifact} if artifact is not None else {}
+        parts = self._parts(subsystem, doc)
         try:
-            planned = await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id},
-                                              True)
+            planned = await asyncio.to_thread(parts.apply, {"owner": dep_id}, True)
             targets: dict[str, list[int]] = planned.get("targets", {})
             # A change whose narrowest scope is the whole machine (the plugin
             # says so); its canary may run all the targets in a restricted
@@ -333,7 +321,7 @@ class Deployer:
             machine = planned.get("scope") == "machine"
             partial = machine and planned.get("canary") == "partial"
             self.on_targets(sorted({p for pids in targets.values() for p in pids})[:64])
-            sampler = await asyncio.to_thread(self._guards, subsystem, doc, targets)
+            sampler = await asyncio.to_thread(parts.guards, targets)
             baseline = await self._watch(sampler, self.settings.baseline_seconds
                                          if targets else 0.0)
             guard_roles = sampler.roles(baseline, self.breaker_settings)
@@ -342,7 +330,7 @@ class Deployer:
             self._fault("after_baseline")
             canary = {g: pids if partial else pids[: max(1, len(pids) // 2)]
                       for g, pids in targets.items() if pids}
-            applied = await asyncio.to_thread(self._apply, subsystem, doc,
+            applied = await asyncio.to_thread(parts.apply,
                                               {"owner": dep_id, **bound, "pids": sorted(
                                                   p for pids in canary.values() for p in pids)})
             if applied.get("reason"):  # the plugin's own words for what it did
@@ -359,13 +347,13 @@ class Deployer:
             # A group the plugin gives no role is not guarded (only its health can trip).
             canary_roles = {g: "progress" if partial else roles[g] for g in canary
                             if partial or g in roles}
-            breaker = Breaker(canary_roles, sampler.metrics, self.breaker_settings, limits)
-            if await self._probation(dep_id, subsystem, policy, sampler.subset(canary),
+            breaker = Breaker(canary_roles, sampler.metrics, self.breaker_settings, limits,
+                              group_metrics(sampler))
+            if await self._probation(dep_id, parts, policy, sampler.subset(canary),
                                      baseline, breaker, self.settings.canary_seconds):
                 return
             if partial:
-                widened = await asyncio.to_thread(self._apply, subsystem, doc,
-                                                  {"owner": dep_id, **bound})
+                widened = await asyncio.to_thread(parts.apply, {"owner": dep_id, **bound})
                 await self._set_state(dep_id, "canary", str(widened.get("reason")
                                                              or widened.get("note")))
             elif machine:
@@ -373,41 +361,36 @@ class Deployer:
                     applied.get("full_scope_reason") or "full-scope probation (the change "
                     "has applied machine-wide since the canary)"))
             else:
-                await asyncio.to_thread(self._apply, subsystem, doc, {"owner": dep_id})
+                await asyncio.to_thread(parts.apply, {"owner": dep_id})
                 await self._set_state(dep_id, "canary", "widened to the full scope")
             self._fault("after_widen_apply")
             breaker = Breaker({g: roles[g] for g in targets if targets[g] and g in roles},
-                              sampler.metrics, self.breaker_settings, limits)
+                              sampler.metrics, self.breaker_settings, limits,
+                              group_metrics(sampler))
             seen: Samples = []
-            if await self._probation(dep_id, subsystem, policy, sampler, baseline, breaker,
+            if await self._probation(dep_id, parts, policy, sampler, baseline, breaker,
                                      self.settings.full_seconds, seen=seen):
                 return
             await self._set_state(dep_id, "active", "probation passed on the full scope")
             await self._repo.record_outcome(policy["id"], dep_id, "active",
                                             guard_figures(breaker.roles, sampler.metrics,
-                                                          baseline, seen),
+                                                          baseline, seen,
+                                                          group_metrics(sampler)),
                                             "probation passed on the full scope")
             if policy["state"] in ("candidate", "verified"):
                 await self._repo.set_state(policy["id"], "proven")
             self._fault("after_active")
             # Keep watching while active: a regression later still trips.
-            await self._probation(dep_id, subsystem, policy, sampler, baseline, breaker, None,
-                                  fixed=_pid_only(doc))
+            await self._probation(dep_id, parts, policy, sampler, baseline, breaker, None,
+                                  fixed=_pid_only(parts.groups()))
         except asyncio.CancelledError:
             raise
         except Exception as err:
             _LOGGER.exception("deployment %s failed", dep_id)
-            await asyncio.to_thread(self._restore, subsystem, dep_id, "error")
+            await asyncio.to_thread(parts.restore, dep_id, "error")
             await self._set_state(dep_id, "failed", f"{type(err).__name__}: {err}; restored")
         finally:
             self._tasks.pop(dep_id, None)
-
-    def _guards(self, subsystem: str, doc: dict[str, Any],
-                targets: dict[str, list[int]]) -> Guards:
-        """The owning plugin's guards for ``targets`` (none: only its health can trip)."""
-        guards = self._plugins.call_first("schedcp_guards", subsystem=subsystem, policy=doc,
-                                          targets=targets)
-        return NoGuards() if guards is None else guards
 
     async def _watch(self, sampler: Guards, seconds: float) -> Samples:
         period = 1.0 / self.breaker_settings.rate_hz
@@ -419,7 +402,7 @@ class Deployer:
             samples.append(sampler.sample())
         return samples
 
-    async def _probation(self, dep_id: str, subsystem: str, policy: dict[str, Any],
+    async def _probation(self, dep_id: str, parts: DeployParts, policy: dict[str, Any],
                          sampler: Guards, baseline: Samples,
                          breaker: Breaker, seconds: float | None, fixed: bool = True,
                          seen: Samples | None = None) -> bool:
@@ -451,41 +434,26 @@ class Deployer:
             trip = breaker.evaluate(baseline, window)
             if trip is None and time.monotonic() >= next_health:
                 next_health = time.monotonic() + self.settings.health_seconds
-                trip, current = await asyncio.to_thread(self._health, subsystem, dep_id)
+                trip, current = await asyncio.to_thread(parts.health, dep_id)
                 if current is not None:  # processes that matched later, not the exited
                     sampler.groups = {g: list(current.get(g, [])) for g in breaker.roles}
             if trip is None and sampler.groups and not sampler.alive():
                 if seconds is None and fixed:
                     await self._set_state(dep_id, "reverted", "every target process exited")
-                    await asyncio.to_thread(self._restore, subsystem, dep_id,
-                                            "targets_exited")
+                    await asyncio.to_thread(parts.restore, dep_id, "targets_exited")
                     return True
                 continue  # a selector may match processes that start later
             if trip is not None:
-                await self._trip(dep_id, subsystem, policy, trip)
+                await self._trip(dep_id, parts, policy, trip)
                 return True
         return False
 
-    def _health(self, subsystem: str,
-                dep_id: str) -> tuple[Trip | None, dict[str, list[int]] | None]:
-        """(a trip when the subsystem reports the deployment broken, its targets now)."""
-        health: Health | None = self._plugins.call_first(
-            "schedcp_health", subsystem=subsystem, scope={"owner": dep_id})
-        if not health:
-            return None, None
-        if health.get("healthy", True):
-            targets = health.get("targets")
-            return None, targets if isinstance(targets, dict) else None
-        return Trip(str(health.get("guard", "health")), subsystem,
-                    float(health.get("baseline", 1.0)), float(health.get("observed", 0.0)),
-                    str(health.get("detail", "the subsystem reports the deployment broken"))), None
-
-    async def _trip(self, dep_id: str, subsystem: str, policy: dict[str, Any],
+    async def _trip(self, dep_id: str, parts: DeployParts, policy: dict[str, Any],
                     trip: Trip) -> None:
         decided = time.monotonic()
-        self.events.breaker_trip(subsystem, trip.guard)
+        self.events.breaker_trip(parts.subsystem, trip.guard)
         self._fault("after_trip_decision")
-        await asyncio.to_thread(self._restore, subsystem, dep_id, "breaker")
+        await asyncio.to_thread(parts.restore, dep_id, "breaker")
         restored = time.monotonic()
         record = {**trip.as_dict(), "decision_to_restore_s": round(restored - decided, 4),
                   "decided_at": self._clock() - (restored - decided)}
@@ -508,7 +476,8 @@ class Deployer:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        report = await asyncio.to_thread(self._restore, dep["subsystem"], dep_id, cause)
+        report = await asyncio.to_thread(self._parts(dep["subsystem"], None).restore, dep_id,
+                                         cause)
         self._holds.pop(dep_id, None)
         await self._set_state(dep_id, "reverted", reason)
         # Not the policy's fault: history shows it, the reuse rules skip it.
@@ -588,8 +557,7 @@ class Deployer:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _pid_only(doc: dict[str, Any]) -> bool:
-    """Whether every group of ``doc`` selects its processes by pid alone."""
-    groups = [g for g in doc.get("group", []) if isinstance(g, dict)]
+def _pid_only(groups: list[dict[str, Any]]) -> bool:
+    """Whether every group (of every part) selects its processes by pid alone."""
     return bool(groups) and all(
         isinstance(g.get("match"), dict) and set(g["match"]) == {"pid"} for g in groups)

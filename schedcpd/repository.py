@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from schedcpd import policy_parts
 from schedcpd.errors import InvalidArgument, NotFound
 from schedcpd.state import StateStore
 from schedcpd.tokens import digest_of
@@ -105,9 +106,11 @@ def policy_scope(doc: dict[str, Any]) -> dict[str, Any]:
 
     The verifier signs it into the token (claim ``scope``) and ``Deploy``
     refuses a token whose scope is not this, derived again from the stored
-    document being deployed.
+    document being deployed.  A multi-subsystem policy's scope also lists
+    its subsystems, and names each group ``<subsystem>/<group>``
+    (:mod:`schedcpd.policy_parts`).
     """
-    return {"groups": [g.get("name") for g in doc.get("group", []) if isinstance(g, dict)]}
+    return policy_parts.scope_of(doc)
 
 
 def _metadata(doc: dict[str, Any], source: str, default_subsystem: str) -> dict[str, Any]:
@@ -120,7 +123,10 @@ def _metadata(doc: dict[str, Any], source: str, default_subsystem: str) -> dict[
     track = meta.get("track", "T1")
     if track not in TRACKS:
         raise InvalidArgument(f"{source}: policy.track: must be one of {', '.join(TRACKS)}")
-    subsystem = meta.get("subsystem", default_subsystem)
+    if policy_parts.is_multi(doc):
+        subsystem = policy_parts.label(policy_parts.declared(doc, source))
+    else:
+        subsystem = meta.get("subsystem", default_subsystem)
     if not isinstance(subsystem, str):
         raise InvalidArgument(f"{source}: policy.subsystem: must be a string")
     for key in ("workloads", "tags"):
@@ -201,11 +207,16 @@ class Repository:
         """Parse and validate a document; return (document, metadata) or raise."""
         doc = parse_document(text, source)
         meta = _metadata(doc, source, self._default_subsystem)
-        findings = self._validate(meta["subsystem"], doc)
-        if findings is None:
-            raise InvalidArgument(f"{source}: policy.subsystem: no enabled subsystem "
-                                  f"{meta['subsystem']!r}")
-        errors = [f for f in findings if f.get("severity", "error") == "error"]
+        errors = []
+        for part in policy_parts.split(doc, meta["subsystem"], source):
+            findings = self._validate(part.subsystem, part.doc)
+            if findings is None:
+                field = "policy.subsystems" if part.qualified else "policy.subsystem"
+                raise InvalidArgument(f"{source}: {field}: no enabled subsystem "
+                                      f"{part.subsystem!r}")
+            # A part's findings name their field inside the part's table.
+            errors += [policy_parts.in_part(f, part)
+                       for f in findings if f.get("severity", "error") == "error"]
         if errors:
             raise InvalidArgument("; ".join(_describe(f, source) for f in errors))
         return doc, meta

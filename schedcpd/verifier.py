@@ -33,8 +33,10 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
+from schedcpd import policy_parts
 from schedcpd.errors import Conflict, NotSupported
 from schedcpd.payloads import Finding, Severity
 from schedcpd.plugins import PluginHost
@@ -179,24 +181,38 @@ class Verifier:
                    active: list[dict[str, Any]]) -> dict[str, Any]:
         subsystem = policy["subsystem"]
         doc = parse_document(policy["document"], policy["id"][:12])
+        # One part per subsystem (a single-subsystem policy is one part):
+        # each stage asks every part's plugin, and passes only if all do.
+        parts = policy_parts.split(doc, subsystem, policy["id"][:12])
         stages: list[dict[str, Any]] = []
 
         start = time.monotonic()
-        findings = self._plugins.call_first("schedcp_validate", subsystem=subsystem, policy=doc)
-        if findings is None:
-            findings = [_finding("no-subsystem", f"no enabled subsystem {subsystem!r}",
-                                 "policy.subsystem")]
+        findings = []
+        for part in parts:
+            found = self._plugins.call_first("schedcp_validate", subsystem=part.subsystem,
+                                             policy=part.doc)
+            if found is None:
+                found = [_finding("no-subsystem", f"no enabled subsystem {part.subsystem!r}",
+                                  "policy.subsystems" if part.qualified
+                                  else "policy.subsystem")]
+                part = replace(part, qualified=False)  # the field is the document's own
+            findings += [policy_parts.in_part(f, part) for f in found]
         stages.append(_stage("schema", start, findings))
 
         if stages[-1]["passed"]:
             start = time.monotonic()
-            findings = self._plugins.call_first(
-                "schedcp_static_check", subsystem=subsystem, policy=doc,
-                active=[p for p in active if p.get("policy_id") != policy["id"]
-                        and p.get("subsystem", subsystem) == subsystem])
-            if findings is None:
-                findings = [_finding("no-static-check",
-                                     f"subsystem {subsystem!r} offers no static analysis")]
+            findings = []
+            others = [p for p in active if p.get("policy_id") != policy["id"]]
+            for part in parts:
+                found = self._plugins.call_first(
+                    "schedcp_static_check", subsystem=part.subsystem, policy=part.doc,
+                    active=policy_parts.active_for(
+                        part.subsystem, others,  # type: ignore[arg-type]
+                        lambda text: parse_document(text, "active policy")))
+                if found is None:
+                    found = [_finding("no-static-check",
+                                      f"subsystem {part.subsystem!r} offers no static analysis")]
+                findings += [policy_parts.in_part(f, part) for f in found]
             stages.append(_stage("static", start, findings))
 
         if all(s["passed"] for s in stages):
@@ -218,7 +234,10 @@ class Verifier:
                 stages.append(_stage("kernel", start, findings))
 
         if all(s["passed"] for s in stages):
-            stages.append(await self._dynamic_stage(policy, doc))
+            if len(parts) == 1 and not parts[0].qualified:
+                stages.append(await self._dynamic_stage(policy, doc))
+            else:
+                stages.append(await self._dynamic_parts(parts))
 
         for name in STAGES[len(stages):]:
             stages.append({"stage": name, "passed": False, "verdict": "skipped",
@@ -234,6 +253,25 @@ class Verifier:
             "scope": policy_scope(doc),
             "time": time.time(),
         }
+
+    async def _dynamic_parts(self, parts: list[policy_parts.Part]) -> dict[str, Any]:
+        """The dynamic stage of a multi-subsystem policy: each part's test, in order.
+
+        Each part is tested by its own plugin's sandbox (one at a time, as
+        any two dynamic tests); the stage passes only if every part does,
+        and stops at the first part that does not (``parts`` says which ran).
+        """
+        start = time.monotonic()
+        findings: list[dict[str, Any]] = []
+        runs = []
+        for part in parts:
+            run = await self._dynamic_run(part.subsystem, part.doc)
+            findings += [policy_parts.in_part(f, part) for f in run["findings"]]
+            runs.append({"subsystem": part.subsystem, "verdict": run["verdict"],
+                         "seconds": run["seconds"], "attempts": run["attempts"]})
+            if run["verdict"] != "passed":
+                break
+        return {**_stage("dynamic", start, findings), "parts": runs}
 
     async def _dynamic_stage(self, policy: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
         """The dynamic stage: once, or over a parameter range (its corners and centre)."""

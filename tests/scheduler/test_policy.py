@@ -14,10 +14,11 @@ from schedcpd.errors import InvalidArgument
 from tests.scheduler.helpers import Spawner, apply, policy_doc, restore, snapshot
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
-# The scheduler's built-ins (the io plugin's are tested in tests/io).
+# The scheduler's built-ins (the io plugin's are tested in tests/io, the
+# multi-subsystem ones, whose scheduler part is one table, in tests/multi).
 BUILTINS = sorted(p for p in POLICIES.glob("*.toml")
                   if tomllib.loads(p.read_text())["policy"].get("subsystem", "scheduler")
-                  == "scheduler")
+                  == "scheduler" and "subsystems" not in tomllib.loads(p.read_text())["policy"])
 
 
 def test_at_least_six_builtins() -> None:
