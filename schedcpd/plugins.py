@@ -31,6 +31,7 @@ import pluggy
 from pluggy import HookCaller
 
 from schedcpd import hookspecs
+from schedcpd.actuator import KnobActuator
 from schedcpd.const import PLUGIN_ENTRY_POINT_GROUP, PLUGIN_PROJECT
 from schedcpd.errors import SchedcpError
 from schedcpd.hookspecs import PluginContext
@@ -177,12 +178,27 @@ class PluginHost:
         return None
 
     def startup(self, context_for: Callable[[str], PluginContext]) -> None:
-        """Run every plugin's ``schedcp_startup`` with its own context."""
+        """Run every plugin's ``schedcp_startup`` with its own context.
+
+        A plugin that declares knobs (``schedcp_knobs``) gets the core's
+        actuator bound to them as ``context.actuator``.
+        """
         for name, caller in self._callers("schedcp_startup"):
             try:
-                caller(context=context_for(name))
-            except Exception as err:
+                context = context_for(name)
+                self._bind_actuator(name, context)
+                caller(context=context)
+            except Exception as err:  # also a malformed knob declaration
                 self._disable(name, "schedcp_startup", err)
+
+    def _bind_actuator(self, name: str, context: PluginContext) -> None:
+        if context.actuator is not None or context.journal is None:
+            return
+        for _, caller in self._callers("schedcp_knobs", only=name):
+            answer = caller(config=context.config)
+            knobs = answer[0] if answer else None
+            if knobs is not None:
+                context.actuator = KnobActuator(context.journal, name, knobs)
 
     def shutdown(self) -> None:
         """Run every plugin's ``schedcp_shutdown``; failures are only logged."""
