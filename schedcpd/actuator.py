@@ -30,6 +30,7 @@ knows nothing of any subsystem.  Fault injection for crash tests:
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -68,6 +69,20 @@ def _start_time(tid: int) -> int | None:
     return stat.starttime if stat else None
 
 
+def _matches(pattern: str, real: str) -> bool:
+    """Whether the real path ``real`` is a file ``pattern`` names (see schedcpd.knobs)."""
+    prefix, deep, suffix = pattern.partition("/**/")
+    if not deep:
+        return any(os.path.realpath(m) == real for m in glob.glob(pattern))
+    base = os.path.realpath(prefix)
+    if not real.startswith(base + "/"):
+        return False
+    rest, tail = real[len(base) + 1:].split("/"), suffix.split("/")
+    return len(rest) >= len(tail) and all(
+        fnmatch.fnmatchcase(r, t) for r, t in zip(rest[len(rest) - len(tail):], tail,
+                                                  strict=True))
+
+
 class KnobActuator:
     """Applies one plugin's change sets within its declarations, journaled."""
 
@@ -95,10 +110,8 @@ class KnobActuator:
                 raise KnobNotDeclared(f"{self.subsystem}: knob {knob.name!r}: target "
                                       f"{target!r} is not an absolute path")
             real = os.path.realpath(target)
-            for pattern in knob.paths:
-                for match in glob.glob(pattern):
-                    if os.path.realpath(match) == real and os.path.isfile(real):
-                        return real
+            if any(_matches(pattern, real) for pattern in knob.paths):
+                return real
             if not os.path.lexists(target):
                 raise TargetGone(f"{self.subsystem}: {target} does not exist")
             raise KnobNotDeclared(
@@ -137,6 +150,9 @@ class KnobActuator:
         except KeyError as err:
             raise KnobNotDeclared(f"{self.subsystem}: knob {knob.name!r}: no syscall "
                                   f"{knob.syscall!r} in the core's table") from err
+        except OSError as err:
+            raise KernelRefused(f"{self.subsystem}: the kernel refused reading {knob.name} "
+                                f"on {target}: {err.strerror or err}", err.errno or 0) from err
 
     def _write(self, knob: Knob, target: str, value: Any, restoring: bool = False) -> None:
         try:
@@ -220,11 +236,17 @@ class KnobActuator:
     # -- restore and overrides -------------------------------------------
 
     def restore(self, owner: str | None) -> dict[str, Any]:
-        """Restore the open entries of ``owner`` (all owners: ``None``), newest first."""
+        """Restore the open entries of ``owner`` (all owners: ``None``), newest first.
+
+        Only entries this actuator wrote (they carry a ``target``); a plugin
+        that still writes some values itself restores those itself.
+        """
         entries = []
         summary: dict[str, int] = {}
         with self._lock:
             for entry in self.journal.pending_restore(owner=owner, subsystem=self.subsystem):
+                if not entry.target:
+                    continue  # written by the plugin itself (not ported to declared knobs)
                 outcome, note = self._restore_one(entry)
                 summary[outcome] = summary.get(outcome, 0) + 1
                 entries.append({"id": entry.id, "key": entry.key, "kind": entry.kind,
@@ -265,7 +287,7 @@ class KnobActuator:
         out = []
         with self._lock:
             for entry in self.journal.pending_restore(subsystem=self.subsystem):
-                if entry.state != APPLIED:
+                if entry.state != APPLIED or not entry.target:
                     continue
                 try:
                     live = self.live(entry)

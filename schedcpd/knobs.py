@@ -12,7 +12,8 @@ and nothing is written.
 Two kinds of knob:
 
 - ``file``: a sysfs/procfs/cgroupfs file.  ``paths`` are glob patterns
-  (``*``, ``?``, ``[...]``; no ``**``) of absolute paths.  A change's target
+  (``*``, ``?``, ``[...]``) of absolute paths; one ``/**/`` (any depth,
+  for cgroup trees) may follow a literal prefix.  A change's target
   is allowed when its real path (symlinks and ``..`` resolved) is the real
   path of a file one of the patterns matches now.  The value is the file's
   text; it is read back as the file's text without the trailing newline.
@@ -90,9 +91,11 @@ class Knob:
             if not self.paths:
                 raise BadDeclaration(f"{where}: a file knob declares its path patterns")
             for p in self.paths:
-                if not p.startswith("/") or "**" in p or "\0" in p:
+                prefix, deep, rest = p.partition("/**/")
+                if not p.startswith("/") or "\0" in p or "**" in rest or (
+                        "**" in prefix) or (deep and any(c in prefix for c in "*?[")):
                     raise BadDeclaration(f"{where}: {p!r} is not an absolute glob pattern "
-                                         "without **")
+                                         "(with at most one /**/, after a literal prefix)")
         elif not self.syscall:
             raise BadDeclaration(f"{where}: a syscall knob names its syscall")
         if self.type not in VALUE_TYPES:

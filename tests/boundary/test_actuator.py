@@ -107,6 +107,23 @@ def test_a_link_to_a_declared_file_is_followed_and_one_to_another_refused(
     assert (fake / "block/sdb/queue/read_ahead_kb").read_text() == "128"
 
 
+def test_a_deep_pattern_covers_a_tree_at_any_depth_and_nothing_beside_it(
+        journal: Journal, tmp_path: Path) -> None:
+    cg = tmp_path / "FAKE-cgroup"
+    (cg / "a" / "b").mkdir(parents=True)
+    for d in (cg, cg / "a", cg / "a" / "b"):
+        (d / "cpu.uclamp.min").write_text("0.00\n")
+        (d / "cpu.max").write_text("max 100000\n")
+    act = KnobActuator(journal, "fakecg", [Knob("cg", "file", paths=(f"{cg}/**/cpu.uclamp.min",),
+                                                regex=r"max|[0-9.]+")])
+    act.apply("d6", [KnobChange("cg", str(cg / "a/b/cpu.uclamp.min"), "12.5"),
+                     KnobChange("cg", str(cg / "cpu.uclamp.min"), "1")])
+    with pytest.raises(KnobNotDeclared):
+        act.apply("d6", [KnobChange("cg", str(cg / "a/cpu.max"), "max")])
+    assert act.restore("d6")["summary"] == {"restored": 2}
+    assert (cg / "a/b/cpu.uclamp.min").read_text() == "0.00"
+
+
 def test_a_value_changed_by_someone_else_is_left_alone(journal: Journal, fake: Path) -> None:
     act = actuator(journal, fake)
     path = fake / "block/sda/queue/read_ahead_kb"
@@ -121,7 +138,9 @@ def test_bad_declarations_are_refused() -> None:
     with pytest.raises(BadDeclaration):
         Knob("x", "file", paths=("relative/path",))
     with pytest.raises(BadDeclaration):
-        Knob("x", "file", paths=("/sys/**/x",))
+        Knob("x", "file", paths=("/sys/*/**/x",))  # ** only after a literal prefix
+    with pytest.raises(BadDeclaration):
+        Knob("x", "file", paths=("/sys/**/a/**/x",))
     with pytest.raises(BadDeclaration):
         Knob("x", "syscall")
     with pytest.raises(BadDeclaration):
