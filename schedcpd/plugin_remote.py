@@ -53,7 +53,10 @@ _ACTUATE = ("apply", "read", "restore", "overridden")
 
 
 def _python_path() -> str:
-    return os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    """The daemon's import path, its own schedcpd first: the child runs the same code."""
+    ours = str(Path(hookspecs.__file__).resolve().parents[1])
+    paths = [ours, *(os.path.abspath(p or ".") for p in sys.path)]
+    return os.pathsep.join(dict.fromkeys(p for p in paths if os.path.isdir(p)))
 
 
 def child_command(target: str, fd: int, user: str) -> list[str]:
