@@ -28,6 +28,7 @@ import pluggy
 
 from schedcpd.breaker import Guards
 from schedcpd.const import PLUGIN_PROJECT
+from schedcpd.knobs import Knob
 from schedcpd.payloads import (
     ActivePolicy,
     ApplyResult,
@@ -51,13 +52,19 @@ class PluginContext:
     files under ``state_dir / "plugins" / <name>``.  ``config`` is the
     plugin's table from schedcpd.toml (``[plugins.<name>]``), already parsed.
     ``journal`` is the save-before-write journal every kernel write must go
-    through (``None`` until the journal is available).
+    through (``None`` until the journal is available; ``None`` in a plugin
+    run out of process).  ``actuator`` is the core's actuator bound to the
+    knobs the plugin declared (``schedcp_knobs``): a
+    :class:`schedcpd.actuator.KnobActuator` in process, a proxy of it over
+    the private channel out of process; ``None`` for a plugin that declares
+    no knobs (or before the journal is available).
     """
 
     state_dir: Path
     config: dict[str, Any] = field(default_factory=dict)
     journal: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    actuator: Any = None
 
 
 @hookspec
@@ -67,6 +74,17 @@ def schedcp_startup(context: PluginContext) -> None:
     Detect what the running kernel offers and keep ``context`` for later hooks.
     Raising here disables the plugin (reported in status, log and metrics);
     the daemon stays up.
+    """
+
+
+@hookspec
+def schedcp_knobs(config: dict[str, Any]) -> list[Knob] | None:
+    """The knobs this plugin may ask the core to write (:mod:`schedcpd.knobs`).
+
+    Called once at start, before ``schedcp_startup``, with the plugin's
+    ``[plugins.<name>]`` table.  The core's actuator (``context.actuator``)
+    then writes only these: a change outside them is refused with
+    ``KnobNotDeclared``.  ``None`` (or not implementing it): no knobs.
     """
 
 

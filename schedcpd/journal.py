@@ -73,6 +73,9 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX idx_entries_state ON {_TABLE}(state, subsystem, owner);
     CREATE INDEX idx_entries_key ON {_TABLE}(key);
     """,
+    # The target a core-actuated knob was written on (schedcpd.actuator): a
+    # file's real path, or "<tid>:<start>" for a syscall knob.
+    f"ALTER TABLE {_TABLE} ADD COLUMN target TEXT NOT NULL DEFAULT ''",
 )
 
 
@@ -90,6 +93,7 @@ class JournalEntry:
     new: Any
     state: str
     note: str
+    target: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """Return the entry as JSON-able data."""
@@ -104,6 +108,7 @@ class JournalEntry:
             "new": self.new,
             "state": self.state,
             "note": self.note,
+            "target": self.target,
         }
 
 
@@ -167,15 +172,17 @@ class Journal:
         *,
         subsystem: str = "",
         note: str = "",
+        target: str = "",
     ) -> int:
         """Save ``prior`` (and the intended ``new``) durably; return the entry id.
 
         The row is committed with ``synchronous=FULL`` before this returns, so
-        the caller may write the kernel value afterwards.
+        the caller may write the kernel value afterwards.  ``target`` names
+        what a core-actuated knob was written on (:mod:`schedcpd.actuator`).
         """
         with self._tx() as conn:
             return self._insert(conn, owner, [(kind, key, prior, new)], PENDING, subsystem,
-                                note)[0]
+                                note, target)[0]
 
     def record_inherited(
         self,
@@ -203,15 +210,16 @@ class Journal:
         state: str,
         subsystem: str,
         note: str,
+        target: str = "",
     ) -> list[int]:
         now = time.time()
         ids = []
         for kind, key, prior, new in rows:
             cur = conn.execute(
                 f"INSERT INTO {_TABLE} (time, subsystem, owner, kind, key, prior, new,"
-                " state, note, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " state, note, updated, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (now, subsystem, owner, kind, key, json.dumps(prior), json.dumps(new), state,
-                 note, now),
+                 note, now, target),
             )
             assert cur.lastrowid is not None
             ids.append(int(cur.lastrowid))
@@ -353,7 +361,7 @@ class Journal:
         limit: int | None = None,
     ) -> list[JournalEntry]:
         sql = (
-            "SELECT id, time, subsystem, owner, kind, key, prior, new, state, note"
+            "SELECT id, time, subsystem, owner, kind, key, prior, new, state, note, target"
             f" FROM {_TABLE} WHERE {where} ORDER BY id {'DESC' if newest_first else 'ASC'}"
         )
         if limit is not None:
@@ -372,6 +380,7 @@ class Journal:
                 new=json.loads(row[7]) if row[7] is not None else None,
                 state=row[8],
                 note=row[9],
+                target=row[10],
             )
             for row in rows
         ]

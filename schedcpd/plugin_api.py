@@ -9,6 +9,7 @@ the engine may change under them.  docs/plugins.md describes each part.
 
 from __future__ import annotations
 
+from schedcpd.actuator import KernelRefused, KnobActuator, TargetGone
 from schedcpd.analysis import procfs
 from schedcpd.breaker import (
     BreakerSettings,
@@ -39,6 +40,7 @@ from schedcpd.journal import (
     Journal,
     JournalEntry,
 )
+from schedcpd.knobs import FILE, SYSCALL, Knob, KnobChange, KnobNotDeclared, KnobValueRefused
 from schedcpd.payloads import (
     ActivePolicy,
     ApplyResult,
@@ -60,11 +62,13 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_STATE_DIR",
     "FAULT_ENV",
+    "FILE",
     "OVERRIDDEN",
     "PENDING",
     "RESTORED",
     "SKIPPED",
     "STATES",
+    "SYSCALL",
     "ActivePolicy",
     "ApplyResult",
     "BreakerSettings",
@@ -82,7 +86,13 @@ __all__ = [
     "InvalidArgument",
     "Journal",
     "JournalEntry",
+    "KernelRefused",
     "KeyDescription",
+    "Knob",
+    "KnobActuator",
+    "KnobChange",
+    "KnobNotDeclared",
+    "KnobValueRefused",
     "NotFound",
     "NotSupported",
     "ObjectMismatch",
@@ -93,6 +103,7 @@ __all__ = [
     "Scope",
     "Severity",
     "SignTest",
+    "TargetGone",
     "fault_point",
     "hookimpl",
     "procfs",

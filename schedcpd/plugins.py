@@ -31,9 +31,11 @@ import pluggy
 from pluggy import HookCaller
 
 from schedcpd import hookspecs
+from schedcpd.actuator import KnobActuator
 from schedcpd.const import PLUGIN_ENTRY_POINT_GROUP, PLUGIN_PROJECT
 from schedcpd.errors import SchedcpError
 from schedcpd.hookspecs import PluginContext
+from schedcpd.plugin_remote import DEFAULT_USER, RemotePlugin
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,6 +55,12 @@ class PluginRecord:
     error: str | None = None
 
 
+def _close(plugin: object) -> None:
+    """Stop an out-of-process plugin's child (nothing for an in-process plugin)."""
+    if isinstance(plugin, RemotePlugin):
+        plugin.host_close()
+
+
 class PluginHost:
     """Owns the pluggy manager and every call into plugin code."""
 
@@ -62,6 +70,8 @@ class PluginHost:
         disabled: list[str] | None = None,
         on_failure: Callable[[str, str], None] | None = None,
         load_entry_points: bool = True,
+        third_party: dict[str, str] | None = None,
+        plugin_user: str = DEFAULT_USER,
     ) -> None:
         self.pm = pluggy.PluginManager(PLUGIN_PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -71,9 +81,13 @@ class PluginHost:
         self._on_failure = on_failure
         for name, module in (DEFAULT_PLUGINS if builtins is None else builtins).items():
             self._load(name, f"builtin {module}", partial(importlib.import_module, module))
-        if load_entry_points:
-            for ep in entry_points(group=PLUGIN_ENTRY_POINT_GROUP):
-                self._load(ep.name, f"entry point {ep.value}", ep.load)
+        # Third-party plugins run out of process, unprivileged (schedcpd.plugin_remote);
+        # ``third_party`` names some the same way without installing them (tests).
+        found = {ep.name: ep.value for ep in entry_points(group=PLUGIN_ENTRY_POINT_GROUP)} \
+            if load_entry_points else {}
+        for name, value in {**found, **(third_party or {})}.items():
+            self._load(name, f"entry point {value} (out of process, as {plugin_user})",
+                       partial(RemotePlugin, name, value, plugin_user))
 
     def _load(self, name: str, origin: str, loader: Callable[[], Any]) -> None:
         if name in self._disabled_by_config:
@@ -96,7 +110,7 @@ class PluginHost:
                 raise TypeError("implements no schedcp daemon hook (an agent plugin?)")
         except Exception as err:  # a plugin can fail in any way; isolate it
             if self.pm.has_plugin(name):
-                self.pm.unregister(name=name)
+                _close(self.pm.unregister(name=name))
             self._fail(record, f"failed to load: {err}")
             return
         _LOGGER.info("plugin %s loaded (%s)", name, origin)
@@ -111,7 +125,7 @@ class PluginHost:
 
     def _disable(self, name: str, hook: str, err: BaseException) -> None:
         if self.pm.has_plugin(name):
-            self.pm.unregister(name=name)
+            _close(self.pm.unregister(name=name))
         self._owners = {s: n for s, n in self._owners.items() if n != name}
         _LOGGER.debug("%s", "".join(traceback.format_exception(err)))
         self._fail(self.records[name], f"raised in {hook}: {type(err).__name__}: {err}")
@@ -177,16 +191,33 @@ class PluginHost:
         return None
 
     def startup(self, context_for: Callable[[str], PluginContext]) -> None:
-        """Run every plugin's ``schedcp_startup`` with its own context."""
+        """Run every plugin's ``schedcp_startup`` with its own context.
+
+        A plugin that declares knobs (``schedcp_knobs``) gets the core's
+        actuator bound to them as ``context.actuator``.
+        """
         for name, caller in self._callers("schedcp_startup"):
             try:
-                caller(context=context_for(name))
-            except Exception as err:
+                context = context_for(name)
+                self._bind_actuator(name, context)
+                caller(context=context)
+            except Exception as err:  # also a malformed knob declaration
                 self._disable(name, "schedcp_startup", err)
 
+    def _bind_actuator(self, name: str, context: PluginContext) -> None:
+        if context.actuator is not None or context.journal is None:
+            return
+        for _, caller in self._callers("schedcp_knobs", only=name):
+            answer = caller(config=context.config)
+            knobs = answer[0] if answer else None
+            if knobs is not None:
+                context.actuator = KnobActuator(context.journal, name, knobs)
+
     def shutdown(self) -> None:
-        """Run every plugin's ``schedcp_shutdown``; failures are only logged."""
+        """Run every plugin's ``schedcp_shutdown``; stop out-of-process plugins' children."""
         self.call_each("schedcp_shutdown")
+        for _, plugin in self.pm.list_name_plugin():
+            _close(plugin)
 
     def subsystems(self) -> dict[str, dict[str, Any]]:
         """Subsystem name -> description, from every enabled plugin."""

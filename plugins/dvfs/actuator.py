@@ -1,22 +1,26 @@
-"""Journaled writes of dvfs knobs, and their exact restore.
+"""The dvfs plugin's writes: files through the core's actuator, task clamps itself.
 
-Every write follows the journal's protocol: the prior value is committed
-(``Journal.record``), then the kernel value is written, then the entry is
-marked applied.  Restore walks an owner's open entries newest first and
-puts ``prior`` back only where the live value is still what we wrote (or
-already ``prior``); a value someone else changed is left alone and marked
-``overridden``; a target that is gone (cpufreq policy removed, task exited,
-cgroup removed) is marked ``skipped`` with the reason.
+cpufreq, boost and cgroup clamp files are declared knobs
+(:mod:`plugins.dvfs.knobs`): each write is a change handed to the core's
+:class:`~schedcpd.plugin_api.KnobActuator`, which checks it against the
+declarations, journals the prior value, writes, and restores exactly
+(override detection included).  The plugin writes no file itself.
 
-Journal keys (kinds): ``cpufreq:<policyN>:<file>`` (``cpufreq``; file is
-``scaling_governor``, ``energy_performance_preference``,
-``scaling_min_freq`` or ``scaling_max_freq``), ``boost:cpufreq`` or
-``boost:intel_pstate`` (``boost``; the file's own text), ``uclamp:<tid>:<start>``
-(``uclamp``; ``[min, max]``) and ``cg_uclamp:<path>:<file>`` (``cg_uclamp``;
-the text of ``cpu.uclamp.min``/``max``, path relative to the cgroup v2 root).
+Task clamps (``sched_setattr``) are still written here, following the
+journal's protocol: the prior value is committed (``Journal.record``), then
+the clamp is set, then the entry is marked applied; restore puts ``prior``
+back only where the live value is still ours.  (Not yet ported: this
+kernel has no ``CONFIG_UCLAMP_TASK``, see :mod:`plugins.dvfs.knobs`.)
+
+Journal keys: ``cpufreq:<policyN>:<file>`` (kind ``cpufreq.<file>``),
+``boost:cpufreq`` or ``boost:intel_pstate`` (kind ``boost``),
+``cg_uclamp:<path>:<file>`` (kind ``cg_uclamp``; path relative to the cgroup
+v2 root), all with the written file's real path as ``target``; and
+``uclamp:<tid>:<start>`` (kind ``uclamp``; ``[min, max]``, no target).
 
 Fault injection for the crash tests: ``SCHEDCP_FAULT=dvfs_after_journal_commit``
-(or ``dvfs_after_write``, optionally ``:N``) SIGKILLs the process there.
+(or ``dvfs_after_write``, optionally ``:N``) SIGKILLs the process there (the
+core's actuator and this module fire the same names).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from plugins.dvfs import cpufreq, uclamp
+from plugins.dvfs.knobs import BOOST, CG_UCLAMP, KIND_OF_FILE
 from schedcpd.plugin_api import (
     APPLIED,
     OVERRIDDEN,
@@ -33,6 +38,9 @@ from schedcpd.plugin_api import (
     SKIPPED,
     Journal,
     JournalEntry,
+    KnobActuator,
+    KnobChange,
+    TargetGone,
     fault_point,
 )
 
@@ -45,13 +53,14 @@ class Gone(Exception):
 
 
 class Actuator:
-    """The only code of the dvfs plugin that writes kernel state."""
+    """The dvfs plugin's view of its writes: files go to the core, task clamps are its own."""
 
     def __init__(self, journal: Journal, freq: cpufreq.CpuFreq,
-                 cgroup_root: Path | None) -> None:
+                 cgroup_root: Path | None, core: KnobActuator) -> None:
         self.journal = journal
         self.freq = freq
         self.cgroup_root = cgroup_root
+        self.core = core
 
     def _cg_file(self, key: str) -> Path:
         _, rel, name = key.split(":", 2)
@@ -62,54 +71,56 @@ class Actuator:
             raise Gone(f"cgroup {rel} was removed")
         return path / name
 
+    def file_change(self, kind: str, key: str, value: Any) -> KnobChange:
+        """The change (declared knob, file, value) behind a planned file write."""
+        if kind == "cpufreq":
+            _, pol, name = key.split(":", 2)
+            if name not in KIND_OF_FILE:
+                raise ValueError(f"{name} is not a file the dvfs plugin writes")
+            return KnobChange(KIND_OF_FILE[name], str(self.freq.path(pol, name)), value, key)
+        if kind == "boost":
+            return KnobChange(BOOST, str(self.freq.boost_file(key)), value, key)
+        if kind == "cg_uclamp":
+            return KnobChange(CG_UCLAMP, str(self._cg_file(key)), value, key)
+        raise ValueError(f"unknown dvfs write kind {kind!r}")
+
     def live(self, kind: str, key: str) -> Any:
-        """The live value behind a journal key; :class:`Gone` when its target is gone."""
+        """The live value behind a write; :class:`Gone` when its target is gone."""
         try:
-            if kind == "cpufreq":
-                _, pol, knob = key.split(":", 2)
-                return self.freq.read(pol, knob)
-            if kind == "boost":
-                return self.freq.boost_file(key).read_text().strip()
             if kind == "uclamp":
                 _, tid, start = key.split(":")
                 if uclamp.start_time(int(tid)) != int(start):
                     raise Gone(f"task {tid} exited")
                 return list(uclamp.get(int(tid)))
-            if kind == "cg_uclamp":
-                return self._cg_file(key).read_text().strip()
-        except (cpufreq.CpuFreqError, uclamp.TaskGone, FileNotFoundError) as err:
+            change = self.file_change(kind, key, None)
+            return self.core.read(change.knob, change.target)
+        except (uclamp.TaskGone, TargetGone) as err:
             raise Gone(str(err)) from err
-        raise ValueError(f"unknown dvfs journal kind {kind!r}")
 
-    def _write(self, kind: str, key: str, value: Any, restoring: bool = False) -> None:
+    def _set_clamp(self, key: str, value: Any, restoring: bool = False) -> None:
+        lo, hi = (int(v) for v in value)
+        args = uclamp.restore_args((lo, hi)) if restoring else (lo, hi)
         try:
-            if kind == "cpufreq":
-                _, pol, knob = key.split(":", 2)
-                if knob not in cpufreq.POLICY_KNOBS:
-                    raise ValueError(f"{knob} is not a file the dvfs plugin writes")
-                self.freq.write(pol, knob, str(value))
-            elif kind == "boost":
-                path = self.freq.boost_file(key)
-                if not path.is_file():
-                    raise Gone(f"{path} is gone")
-                path.write_text(str(value))
-            elif kind == "uclamp":
-                lo, hi = (int(v) for v in value)
-                args = uclamp.restore_args((lo, hi)) if restoring else (lo, hi)
-                uclamp.set_(int(key.split(":")[1]), *args)
-            elif kind == "cg_uclamp":
-                self._cg_file(key).write_text(str(value))
-            else:
-                raise ValueError(f"unknown dvfs journal kind {kind!r}")
-        except (cpufreq.CpuFreqError, uclamp.TaskGone) as err:
+            uclamp.set_(int(key.split(":")[1]), *args)
+        except uclamp.TaskGone as err:
             raise Gone(str(err)) from err
 
-    def write(self, owner: str, kind: str, key: str, prior: Any, new: Any) -> int:
-        """Journal ``prior``, write ``new``, mark applied; :class:`Gone` (entry skipped)."""
+    def write(self, owner: str, kind: str, key: str, prior: Any, new: Any) -> int | None:
+        """Write one planned value; the journal entry id (``None``: already the value).
+
+        Files: a change set of one, through the core (which reads the prior
+        value itself).  :class:`Gone` when the target is gone (entry skipped);
+        ``KernelRefused`` (or ``OSError`` for a clamp) when the kernel refuses.
+        """
+        if kind != "uclamp":
+            (out,) = self.core.apply(owner, [self.file_change(kind, key, new)])
+            if out["status"] == SKIPPED:
+                raise Gone(out["note"])
+            return out["entry"]
         entry = self.journal.record(owner, kind, key, prior, new, subsystem=SUBSYSTEM)
         fault_point("dvfs_after_journal_commit")
         try:
-            self._write(kind, key, new)
+            self._set_clamp(key, new)
         except Gone as err:
             self.journal.mark_skipped(entry, f"not written: {err}")
             raise
@@ -118,28 +129,24 @@ class Actuator:
             self.journal.mark_restored(entry, "write refused by the kernel")
             raise
         fault_point("dvfs_after_write")
-        if kind in ("cg_uclamp", "cpufreq"):
-            # The kernel rounds (12.5 -> "12.50"; a frequency to a table step): keep its value.
-            try:
-                self.journal.mark_applied(entry, new=self.live(kind, key))
-                return entry
-            except Gone:
-                pass
         self.journal.mark_applied(entry)
         return entry
 
     def restore(self, owner: str | None) -> dict[str, Any]:
-        """Restore the open entries of ``owner`` (all owners: ``None``), newest first."""
-        entries = []
-        summary: dict[str, int] = {}
+        """Restore ``owner``'s values (all owners: ``None``): files by the core, then clamps."""
+        report = self.core.restore(owner)
+        entries: list[dict[str, Any]] = list(report["entries"])
+        summary: dict[str, int] = dict(report["summary"])
         for entry in self.journal.pending_restore(owner=owner, subsystem=SUBSYSTEM):
-            outcome, note = self._restore_one(entry)
+            if entry.target or entry.kind != "uclamp":
+                continue
+            outcome, note = self._restore_clamp(entry)
             summary[outcome] = summary.get(outcome, 0) + 1
             entries.append({"id": entry.id, "key": entry.key, "kind": entry.kind,
                             "outcome": outcome, "note": note})
         return {"entries": entries, "summary": summary}
 
-    def _restore_one(self, entry: JournalEntry) -> tuple[str, str]:
+    def _restore_clamp(self, entry: JournalEntry) -> tuple[str, str]:
         try:
             live = self.live(entry.kind, entry.key)
             if live == entry.prior:
@@ -149,7 +156,7 @@ class Actuator:
                 note = f"changed by someone else to {live!r}; left alone"
                 self.journal.mark_overridden(entry.id, note)
                 return OVERRIDDEN, note
-            self._write(entry.kind, entry.key, entry.prior, restoring=True)
+            self._set_clamp(entry.key, entry.prior, restoring=True)
         except Gone as err:
             self.journal.mark_skipped(entry.id, str(err))
             return SKIPPED, str(err)
@@ -160,10 +167,10 @@ class Actuator:
         return RESTORED, ""
 
     def overridden(self) -> list[dict[str, Any]]:
-        """Applied entries whose live value someone else changed (marked overridden now)."""
-        out = []
+        """Applied values someone else changed (marked overridden now)."""
+        out = self.core.overridden()
         for entry in self.journal.pending_restore(subsystem=SUBSYSTEM):
-            if entry.state != APPLIED:
+            if entry.state != APPLIED or entry.target or entry.kind != "uclamp":
                 continue
             try:
                 live = self.live(entry.kind, entry.key)

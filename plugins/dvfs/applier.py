@@ -25,7 +25,13 @@ from typing import Any
 from plugins.dvfs import cpufreq, uclamp
 from plugins.dvfs.actuator import Actuator, Gone
 from plugins.dvfs.policy import percent_text, selector
-from schedcpd.plugin_api import Change, InvalidArgument, NotFound, NotSupported
+from schedcpd.plugin_api import (
+    Change,
+    InvalidArgument,
+    KernelRefused,
+    NotFound,
+    NotSupported,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -233,11 +239,11 @@ def apply(actuator: Actuator, p: Plan, owner: str) -> list[dict[str, Any]]:
             _undo(actuator, owner)
             raise NotFound(f"{w.target}: {err}; what this deployment wrote is restored") \
                 from err
-        except OSError as err:
+        except (OSError, KernelRefused) as err:
             _undo(actuator, owner)
+            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise InvalidArgument(f"{w.target}: the kernel refused {w.knob} = {w.new!r} "
-                                  f"({err.strerror or err}); what this deployment wrote is "
-                                  "restored") from err
+                                  f"({why}); what this deployment wrote is restored") from err
     return skipped
 
 

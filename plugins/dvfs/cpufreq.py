@@ -66,7 +66,7 @@ class Boost:
 
 
 class CpuFreq:
-    """The cpufreq tree under one sysfs CPU root (reads and raw writes only)."""
+    """The cpufreq tree under one sysfs CPU root (reads only: the core's actuator writes)."""
 
     def __init__(self, root: Path = DEFAULT_ROOT) -> None:
         self.root = Path(root)
@@ -103,14 +103,6 @@ class CpuFreq:
     def has(self, policy: str, knob: str) -> bool:
         """Whether ``policy`` offers ``knob``."""
         return self.path(policy, knob).is_file()
-
-    def write(self, policy: str, knob: str, value: str) -> None:
-        """Write a policy file (OSError from the kernel passes through)."""
-        path = self.path(policy, knob)
-        if not path.parent.is_dir():
-            raise CpuFreqError(f"cpufreq {policy} is gone")
-        with open(path, "w") as f:
-            f.write(value)
 
     def related(self, policy: str) -> list[int]:
         """The CPUs ``policy`` covers."""

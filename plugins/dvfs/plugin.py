@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from plugins.dvfs import applier, cpufreq, uclamp, verification
+from plugins.dvfs import applier, cpufreq, knobs, uclamp, verification
 from plugins.dvfs import policy as policy_mod
 from plugins.dvfs.actuator import SUBSYSTEM, Actuator
 from schedcpd.plugin_api import (
@@ -31,6 +31,8 @@ from schedcpd.plugin_api import (
     Health,
     Journal,
     KeyDescription,
+    Knob,
+    KnobActuator,
     NotSupported,
     PluginContext,
     RestoreReport,
@@ -68,6 +70,11 @@ def capabilities(freq: cpufreq.CpuFreq, cgroup_root: Path | None,
     return caps
 
 
+def _cgroup_root(config: dict[str, Any]) -> Path | None:
+    root = config.get("cgroup_root")
+    return Path(root) if root else uclamp.cgroup_v2_root()
+
+
 class DvfsPlugin:
     """Hook implementations of the dvfs subsystem (one instance per daemon)."""
 
@@ -93,13 +100,21 @@ class DvfsPlugin:
             journal = self.own_journal = Journal(Path(context.state_dir) / "journal.db")
         config = context.config or {}
         freq = cpufreq.CpuFreq(Path(config.get("sysfs_cpu", cpufreq.DEFAULT_ROOT)))
-        root = config.get("cgroup_root")
-        self.actuator = Actuator(journal, freq, Path(root) if root else uclamp.cgroup_v2_root())
+        cg_root = _cgroup_root(config)
+        core = context.actuator  # the host's, bound to schedcp_knobs' declarations
+        if core is None:  # started on its own (tests, crash child): the same core class
+            core = KnobActuator(journal, SUBSYSTEM, knobs.declare(freq.root, cg_root))
+        self.actuator = Actuator(journal, freq, cg_root, core)
         self.clamp_ok = uclamp.probe()
         self.caps = capabilities(freq, self.actuator.cgroup_root, self.clamp_ok)
         missing = sorted(k for k, c in self.caps.items() if not c["available"])
         _LOGGER.info("dvfs plugin ready (%s); unavailable: %s", freq.root,
                      ", ".join(missing) or "none")
+
+    @hookimpl
+    def schedcp_knobs(self, config: dict[str, Any]) -> list[Knob]:
+        """The cpufreq, boost and cgroup clamp files under the configured roots."""
+        return knobs.declare_from(config or {}, _cgroup_root(config or {}))
 
     @hookimpl
     def schedcp_shutdown(self) -> None:
@@ -192,8 +207,8 @@ class DvfsPlugin:
             return {"healthy": True}
         act = self._act()
         for e in act.journal.pending_restore(owner=owner, subsystem=SUBSYSTEM):
-            if e.kind == "cpufreq" and not act.freq.path(e.key.split(":")[1], "x").parent \
-                    .is_dir():
+            if e.kind.startswith("cpufreq.") and \
+                    not act.freq.path(e.key.split(":")[1], "x").parent.is_dir():
                 return {"healthy": False, "guard": "cpufreq_policy_removed", "baseline": 1.0,
                         "observed": 0.0, "detail": f"cpufreq {e.key.split(':')[1]} was "
                         "removed (CPU offlined or driver unloaded)"}
@@ -297,6 +312,7 @@ plugin = DvfsPlugin()
 """The single instance; the host registers this module, whose hooks are its methods."""
 
 schedcp_startup = plugin.schedcp_startup
+schedcp_knobs = plugin.schedcp_knobs
 schedcp_shutdown = plugin.schedcp_shutdown
 schedcp_describe = plugin.schedcp_describe
 schedcp_observe = plugin.schedcp_observe
