@@ -453,10 +453,12 @@ def cache_aside() -> Iterator[None]:
         yield
     finally:
         if moved:
-            if CACHE.exists():  # something made a new one meanwhile: keep that
-                shutil.rmtree(aside)
-            else:
-                aside.rename(CACHE)
+            # Something may have made a new one meanwhile (a micro-VM test run
+            # beside this one): the one put aside holds the downloads and
+            # builds, so it wins; a few MB made meanwhile are cheap to redo.
+            if CACHE.exists():
+                shutil.rmtree(CACHE)
+            aside.rename(CACHE)
 
 
 @pytest.mark.usefixtures("lintian")  # started first: it runs beside the install
