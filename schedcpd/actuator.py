@@ -59,7 +59,7 @@ class KernelRefused(InvalidArgument):
 
     name = "KernelRefused"
 
-    def __init__(self, message: str, errno: int = 0) -> None:
+    def __init__(self, message: str = "", errno: int = 0) -> None:
         super().__init__(message)
         self.errno = errno
 

@@ -52,7 +52,7 @@ class PartFailed(SchedcpError):
 
     name = "PartFailed"
 
-    def __init__(self, message: str, subsystem: str) -> None:
+    def __init__(self, message: str = "", subsystem: str = "") -> None:
         super().__init__(message)
         self.subsystem = subsystem
 

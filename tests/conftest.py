@@ -83,6 +83,20 @@ def memory_path() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def readable_path() -> Iterator[Path]:
+    """A fresh directory every user may read (0755), removed after the test.
+
+    Third-party plugins run out of process as ``nobody`` (docs/plugins.md):
+    a test's plugin site, and any file its plugins look at, must be readable
+    by that user, which ``tmp_path`` (root's alone) is not.
+    """
+    path = Path(tempfile.mkdtemp(prefix="schedcp-site-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 _USERS_LOCK = Path("/run/lock" if Path("/run/lock").is_dir() else tempfile.gettempdir()) \
     / "schedcp-test-users.lock"
 

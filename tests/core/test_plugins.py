@@ -6,8 +6,6 @@ import inspect
 import json
 import os
 import re
-import shutil
-import tempfile
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -125,21 +123,12 @@ def test_agent_hooks_use_a_separate_marker() -> None:
 
 
 def test_third_party_plugins_from_entry_points_failing_keep_daemon_up(
-        tmp_path: Path, start_daemon, test_users: dict[str, int]) -> None:
+        readable_path: Path, start_daemon, test_users: dict[str, int]) -> None:
     # A real installed distribution with two schedcp.plugins entry points: one
     # raises in schedcp_startup, one cannot even be imported.  The daemon
     # starts, serves, and reports both in status, log and metrics.  They run
-    # out of process as nobody, so the site is one nobody can read (tmp_path
-    # is root's alone).
-    site = Path(tempfile.mkdtemp(prefix="schedcp-site-"))
-    os.chmod(site, 0o755)
-    try:
-        _entry_point_plugins_fail(site, start_daemon, test_users)
-    finally:
-        shutil.rmtree(site)
-
-
-def _entry_point_plugins_fail(site: Path, start_daemon, test_users: dict[str, int]) -> None:
+    # out of process as nobody, so the site is one nobody can read.
+    site = readable_path
     (site / "bad_plugin").mkdir(parents=True)
     (site / "bad_plugin" / "__init__.py").write_text(textwrap.dedent("""
         from schedcpd.hookspecs import hookimpl

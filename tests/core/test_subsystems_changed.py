@@ -54,9 +54,11 @@ def _site(tmp_path: Path, gone: Path) -> Path:
     return site
 
 
-def test_subsystems_change_is_announced(tmp_path: Path, start_daemon) -> None:
-    gone = tmp_path / "device-gone"
-    site = _site(tmp_path, gone)
+def test_subsystems_change_is_announced(readable_path: Path, start_daemon) -> None:
+    # The plugins run out of process as nobody: their site and the file they
+    # look at must be readable by that user.
+    gone = readable_path / "device-gone"
+    site = _site(readable_path, gone)
     proc = start_daemon("[metrics]\nenabled = false\n",
                         env={"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
 
