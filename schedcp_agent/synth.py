@@ -126,11 +126,18 @@ def is_t2(text: str) -> bool:
 
 def sched_ext_offer(status: dict[str, Any]) -> tuple[bool, str]:
     """(whether the host can run a T2 scheduler, why) from a GetStatus answer."""
-    sched = status.get("subsystems", {}).get("scheduler", {})
-    cap = sched.get("capabilities", {}).get("sched_ext")
+    caps = status.get("subsystems", {}).get("scheduler", {}).get("capabilities", {})
+    cap = caps.get("sched_ext")
     if not isinstance(cap, dict):
         return False, "schedcpd reports no sched_ext capability"
-    return bool(cap.get("available")), str(cap.get("reason", ""))
+    if not cap.get("available"):
+        return False, str(cap.get("reason", ""))
+    # A kernel that runs sched_ext is not enough: the program must be verified
+    # (clang, the micro-VM).  A daemon older than this capability says nothing.
+    verify = caps.get("sched_ext.verify")
+    if isinstance(verify, dict) and not verify.get("available"):
+        return False, f"sched_ext is available, but {verify.get('reason', '')}"
+    return True, str(cap.get("reason", ""))
 
 
 def _comms(profile: WorkloadProfile) -> dict[str, list[str]]:

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from plugins.scheduler import cgroups, sched_ext, sysctl, tasks
+from plugins.scheduler import cgroups, microvm, sched_ext, sysctl, tasks
+from plugins.scheduler.microvm import toolchain
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -100,4 +101,24 @@ def detect() -> dict[str, dict[str, Any]]:
     caps["debugfs"] = _cap(ok, reason)
     ext = sched_ext.detect()
     caps["sched_ext"] = _cap(ext["available"], ext["reason"])
+    caps["sched_ext.verify"] = _scx_verify_cap()
     return caps
+
+
+def _scx_verify_cap() -> dict[str, Any]:
+    """Whether a sched_ext program can be verified here: compiled, then run in the micro-VM.
+
+    Separate from ``sched_ext`` (can this kernel run one): a sched_ext host
+    installed with the package's Depends alone has neither clang nor qemu
+    (both Suggests), and an agent must not plan a program nothing can verify.
+    """
+    try:
+        why = microvm.available()
+        if why is None:
+            toolchain.find_clang()
+    except (OSError, RuntimeError) as err:
+        why = str(err)
+    if why is not None:
+        return _cap(False, f"a sched_ext program cannot be verified here: {why}")
+    return _cap(True, "clang >= 16 compiles a program and the micro-VM runs its kernel and "
+                      "dynamic stages")

@@ -98,6 +98,30 @@ def test_sched_ext_offer_reads_get_status() -> None:
         "available": False, "reason": "kernel has no /sys/kernel/sched_ext"}}}}}
     assert synth.sched_ext_offer(status) == (False, "kernel has no /sys/kernel/sched_ext")
     assert synth.sched_ext_offer({})[0] is False
+    # A sched_ext kernel where nothing can verify a program (the package's
+    # Depends alone: no clang, no qemu): auto does not synthesize.
+    caps = {"sched_ext": {"available": True, "reason": "sched_ext enabled"},
+            "sched_ext.verify": {"available": False, "reason": "a sched_ext program cannot be "
+                                 "verified here: no clang >= 16 found"}}
+    offer = synth.sched_ext_offer({"subsystems": {"scheduler": {"capabilities": caps}}})
+    assert offer[0] is False and "no clang >= 16" in offer[1], offer
+    caps["sched_ext.verify"]["available"] = True
+    offer = synth.sched_ext_offer({"subsystems": {"scheduler": {"capabilities": caps}}})
+    assert offer == (True, "sched_ext enabled")
+
+
+def test_the_scheduler_reports_whether_a_program_can_be_verified() -> None:
+    from plugins.scheduler import capabilities, microvm
+    from plugins.scheduler.microvm import toolchain
+
+    cap = capabilities.detect()["sched_ext.verify"]
+    try:
+        toolchain.find_clang()
+        expected = microvm.available() is None
+    except RuntimeError:
+        expected = False
+    assert cap["available"] is expected, cap
+    assert cap["reason"]
 
 
 def test_non_programs_go_back_as_errors_and_the_budget_stops_a_model_that_never_converges(
