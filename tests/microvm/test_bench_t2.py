@@ -1,16 +1,18 @@
 """``schedcp-bench run --track T2`` end to end, on a minimal setting.
 
-One workload (hackbench), one repetition, three arms: EEVDF (nothing
-deployed), the project's vtime scheduler (policies/t2/scx-vtime.toml) and the
-offline agent's derived program.  The CLI verifies the two policy arms on a
-private schedcpd here (a token each), boots the sched_ext guest host once,
+One workload (hackbench), one repetition, two arms: EEVDF (nothing
+deployed) and the offline agent's derived program, a policy arm like any
+other (a built-in's arm, ``policy:scx-vtime``, takes the same path; the vtime
+scheduler itself is deployed in the guest by test_t2_guest.py, so it is not
+measured here a second time: CI's 30 minutes).  The CLI verifies the
+policy arm on a private schedcpd here (a token each), boots the sched_ext guest host once,
 deploys each token through the guest's schedcpd, runs hackbench, rolls back,
 and writes results.json, results.md and the plots.  This test reads them:
 every arm measured, every deployment active while measured and rolled back,
 sched_ext disabled and no task left in SCHED_EXT after each window and at
 the end.  Measured on this 2-core host under TCG: 2.7 min at load ~8, 4.0 min
 at load ~5, 5.2 min at load 10-12 (other TCG guests): 60-80 s for the two
-verifications (each boots the verifier's micro-VM twice), 30-50 s guest
+verifications, one since (each boots the verifier's micro-VM twice), 30-50 s guest
 boot, ~25 s per window.
 """
 
@@ -29,7 +31,7 @@ from tests.harness import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-ARMS = ["default", "policy:scx-vtime", "agent"]
+ARMS = ["default", "agent"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def test_every_arm_was_measured_in_the_guest(results: dict) -> None:
         assert "error" not in window, (arm, window["error"])
         assert window["units"] and window["metrics"]["time_s"] > 0, (arm, window)
         assert entry["summary"]["time_s"]["n"] == 1
-    assert set(wl["ratio_to_eevdf"]) == {"policy:scx-vtime", "agent"}
+    assert set(wl["ratio_to_eevdf"]) == {"agent"}
     assert all(r["time_s"] > 0 for r in wl["ratio_to_eevdf"].values())
 
 
@@ -69,7 +71,7 @@ def test_policy_arms_ran_on_their_scheduler_and_were_rolled_back(results: dict) 
     (wl,) = results["workloads"]
     base = wl["arms"]["default"]["windows"][0]
     assert base["during"]["state"] == "disabled" and "deploy" not in base
-    for arm in ("policy:scx-vtime", "agent"):
+    for arm in ("agent",):
         (window,) = wl["arms"][arm]["windows"]
         assert window["deploy"]["state"] == "active", window["deploy"]
         assert window["during"]["state"] == "enabled" and window["during"]["switch_all"] == "1"
@@ -78,7 +80,8 @@ def test_policy_arms_ran_on_their_scheduler_and_were_rolled_back(results: dict) 
         assert window["rollback"]["rolled_back"] is True, window["rollback"]
         assert window["rollback"]["final"]["state"] == "reverted", window["rollback"]
         assert window["not_restored"] == [], window["not_restored"]
-    assert wl["arms"]["policy:scx-vtime"]["windows"][0]["during"]["ops"] == "schedcp_vtime"
+    # The scheduler running was the compiled program (scheduler-language ops "scxl_<name>").
+    assert wl["arms"]["agent"]["windows"][0]["during"]["ops"].startswith("scxl_")
     final = results["guest"]["final_state"]["final"]
     assert final["state"] == "disabled" and final["in_ext"] == [] and final["loaders"] == []
 

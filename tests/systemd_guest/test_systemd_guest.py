@@ -7,7 +7,8 @@ runs scenario.sh as its job: install this build with apt (with
 SCHEDCP_GUEST_UPGRADE=1: install the previous build first and upgrade),
 then drive schedcpd.service with systemctl (ready, reload, stop restores,
 watchdog, kill -9 and restart), deploy a verified policy through D-Bus, run
-``systemd-analyze security``, the polkit matrix with the real polkitd, and
+``systemd-analyze security``, the polkit matrix with the real polkitd,
+``schedcp-agent.service`` optimizing a workload as its own user, and
 ``apt purge``.  The tests read its report.  Under TCG here the boot to
 multi-user takes 13 s and the whole run 3.5 min on a quiet host (up to 6
 under load, 2-4 min more with the upgrade)
@@ -240,6 +241,40 @@ def test_polkit_decides_for_real_users(booted: GuestResult) -> None:
     granted = _calls(booted, "polkit-granted")
     assert granted[("member", "SubmitPolicy")] == 0 and granted[("member", "Reload")] == 0
     assert granted[("stranger", "SubmitPolicy")] != 0 and granted[("stranger", "Reload")] != 0
+
+
+def _watch_report(lines: list[str]) -> dict[str, Any]:
+    """The watcher's ``--json`` report among its journal lines (progress lines are prefixed)."""
+    text = "\n".join(line for line in lines if not line.startswith("schedcp-agent:"))
+    start = text.find("{")
+    assert start >= 0, lines
+    report, _ = json.JSONDecoder().raw_decode(text[start:])
+    return report  # type: ignore[no-any-return]
+
+
+def test_the_agent_service_optimizes_a_workload_as_its_own_user(booted: GuestResult) -> None:
+    """schedcp-agent.service as shipped (no capability, PrivateUsers=, its own uid)."""
+    out(booted, "agent-start")
+    started = event(booted, "agent", "started")
+    assert started["active"] == "active"
+    assert started["uid"] != 0 and started["process_uid"] == started["uid"], started
+    ended = event(booted, "agent", "ended")
+    journal = out(booted, "agent-journal")
+    assert (ended["result"], ended["status"]) == ("success", "0"), (ended, journal[-40:])
+    actions = _watch_report(journal)["actions"]
+    assert len(actions) == 1, actions
+    assert any("new heavy process tree" in t for t in actions[0]["triggers"]), actions[0]
+    report = actions[0]["report"]
+    spinners = {int(p) for p in event(booted, "agent", "spinners")["pids"].split()}
+    assert set(report["saw"]["roles"]["batch"]) == spinners, report["saw"]
+    attempt = report["attempts"][0]
+    assert attempt["candidate"]["base"] == "batch-throughput", attempt
+    # The daemon deployed it for the agent's uid: verified, token, canary.
+    listed = json.loads(json.loads(out(booted, "agent-deployments")[-1])["data"][0])
+    mine = [d for d in listed if d["uid"] == started["uid"]]
+    assert mine, listed
+    print("agent in the guest:", report["status"],
+          [(d["name"], d["state"], d.get("reason")) for d in mine])
 
 
 # What apt and dpkg themselves keep (logs, lists, status), not the package.
