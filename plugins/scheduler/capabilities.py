@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from plugins.scheduler import cgroups, microvm, sched_ext, sysctl, tasks
-from plugins.scheduler.microvm import toolchain
+from plugins.scheduler.microvm import paths, toolchain
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ def _scx_verify_cap() -> dict[str, Any]:
     (both Suggests), and an agent must not plan a program nothing can verify.
     """
     try:
-        why = microvm.available()
+        # cache_path, not cache_dir: detection only reads (no directory made).
+        why = microvm.available(paths.cache_path())
         if why is None:
             toolchain.find_clang()
     except (OSError, RuntimeError) as err:

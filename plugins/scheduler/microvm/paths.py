@@ -14,9 +14,14 @@ SOURCE_ENV = "SCHEDCP_SCX_SOURCE"
 INSTALLED_SOURCE = Path("/usr/lib/schedcp/scx")
 
 
+def cache_path() -> Path:
+    """Where the cache root is (``$SCHEDCP_MICROVM_CACHE`` or the default); not created."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
 def cache_dir() -> Path:
-    """The cache root: ``$SCHEDCP_MICROVM_CACHE`` or /var/cache/schedcp/microvm."""
-    path = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+    """The cache root: ``$SCHEDCP_MICROVM_CACHE`` or /var/cache/schedcp/microvm (created)."""
+    path = cache_path()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
