@@ -54,6 +54,17 @@ from schedcpd.payloads import (
     Scope,
     Severity,
 )
+from schedcpd.plugin_kit import (
+    Plan,
+    Write,
+    apply_result,
+    bind_journal,
+    changes,
+    journal_state,
+    journaled_keys,
+    policy_body,
+    restore_owner,
+)
 from schedcpd.sequential import Design, SignTest
 
 __all__ = [
@@ -96,6 +107,7 @@ __all__ = [
     "NotFound",
     "NotSupported",
     "ObjectMismatch",
+    "Plan",
     "PluginContext",
     "RestoreReport",
     "Samples",
@@ -104,7 +116,15 @@ __all__ = [
     "Severity",
     "SignTest",
     "TargetGone",
+    "Write",
+    "apply_result",
+    "bind_journal",
+    "changes",
     "fault_point",
     "hookimpl",
+    "journal_state",
+    "journaled_keys",
+    "policy_body",
     "procfs",
+    "restore_owner",
 ]

@@ -19,43 +19,21 @@ half-applied.  A task that exits before its write is a recorded skip.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from plugins.dvfs import cpufreq, uclamp
 from plugins.dvfs.actuator import Actuator, Gone
 from plugins.dvfs.policy import percent_text, selector
 from schedcpd.plugin_api import (
-    Change,
     InvalidArgument,
     KernelRefused,
     NotFound,
     NotSupported,
+    Plan,
+    Write,
 )
 
 _LOGGER = logging.getLogger(__name__)
-
-
-@dataclass
-class Write:
-    """One planned write."""
-
-    kind: str
-    key: str
-    prior: Any
-    new: Any
-    target: str
-    knob: str
-
-
-@dataclass
-class Plan:
-    """What an apply would do."""
-
-    writes: list[Write] = field(default_factory=list)
-    targets: dict[str, list[int]] = field(default_factory=dict)
-    machine: bool = False
-    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _cpus_text(cpus: list[int]) -> str:
@@ -218,12 +196,6 @@ def plan(doc: dict[str, Any], actuator: Actuator, pids: list[int] | None,
     for i, group in enumerate(doc.get("group", [])):
         _group_writes(group, narrow, clamp_ok, f"group[{i}]", out)
     return out
-
-
-def changes(p: Plan, status: str) -> list[Change]:
-    """The plan as the ``changes`` of an apply result."""
-    return [{"target": w.target, "knob": w.knob, "before": w.prior, "after": w.new,
-             "status": status} for w in p.writes]
 
 
 def apply(actuator: Actuator, p: Plan, owner: str) -> list[dict[str, Any]]:

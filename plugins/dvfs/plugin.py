@@ -22,7 +22,6 @@ from plugins.dvfs import applier, cpufreq, knobs, uclamp, verification
 from plugins.dvfs import policy as policy_mod
 from plugins.dvfs.actuator import SUBSYSTEM, Actuator
 from schedcpd.plugin_api import (
-    OVERRIDDEN,
     ActivePolicy,
     ApplyResult,
     Capability,
@@ -37,7 +36,13 @@ from schedcpd.plugin_api import (
     PluginContext,
     RestoreReport,
     Scope,
+    apply_result,
+    bind_journal,
     hookimpl,
+    journal_state,
+    journaled_keys,
+    policy_body,
+    restore_owner,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -95,9 +100,7 @@ class DvfsPlugin:
     @hookimpl
     def schedcp_startup(self, context: PluginContext) -> None:
         """Detect capabilities (the uclamp probe sets this thread's own clamps to themselves)."""
-        journal = context.journal
-        if journal is None:
-            journal = self.own_journal = Journal(Path(context.state_dir) / "journal.db")
+        journal, self.own_journal = bind_journal(context)
         config = context.config or {}
         freq = cpufreq.CpuFreq(Path(config.get("sysfs_cpu", cpufreq.DEFAULT_ROOT)))
         cg_root = _cgroup_root(config)
@@ -154,7 +157,7 @@ class DvfsPlugin:
         """Schema and range findings of a dvfs policy."""
         if subsystem != SUBSYSTEM:
             return None
-        return policy_mod.validate({k: v for k, v in policy.items() if k != "_source"})
+        return policy_mod.validate(policy_body(policy))
 
     @hookimpl
     def schedcp_apply(self, subsystem: str, policy: dict[str, Any], scope: Scope,
@@ -169,32 +172,18 @@ class DvfsPlugin:
             if not dry_run:
                 skipped = applier.apply(self._act(), plan, owner)
                 self.policies[owner] = policy
-        result: ApplyResult = {
-            "subsystem": SUBSYSTEM, "owner": owner, "dry_run": dry_run,
-            "targets": plan.targets, "changes": applier.changes(plan, "planned" if dry_run
-                                                                else "applied"),
-            "problems": skipped, "summary": {"writes": len(plan.writes),
-                                             "skipped": len(skipped)},
-            "scope": "machine" if plan.machine else "processes", "canary": "machine",
-            "note": f"{len(plan.writes)} dvfs value(s)"}
-        if not dry_run and plan.machine:
-            result["reason"] = (f"cpufreq, boost and cgroup clamps are machine-wide: applied "
-                                f"with every group ({len(plan.writes)} value(s))")
-        return result
+        return apply_result(SUBSYSTEM, owner, dry_run, plan, skipped,
+                            f"{len(plan.writes)} dvfs value(s)",
+                            f"cpufreq, boost and cgroup clamps are machine-wide: applied "
+                            f"with every group ({len(plan.writes)} value(s))")
 
     @hookimpl
     def schedcp_restore(self, subsystem: str, scope: Scope) -> RestoreReport | None:
         """Put back what ``scope["owner"]`` (or, without one, everything) changed."""
         if subsystem != SUBSYSTEM:
             return None
-        owner = scope.get("owner")
-        with self._lock:
-            report = self._act().restore(owner)
-            if owner is None:
-                self.policies.clear()
-            else:
-                self.policies.pop(owner, None)
-        return {"entries": report["entries"], "summary": report["summary"]}
+        return restore_owner(self._act().restore, self._lock, self.policies,
+                             scope.get("owner"))
 
     @hookimpl
     def schedcp_health(self, subsystem: str, scope: Scope) -> Health | None:
@@ -252,13 +241,7 @@ class DvfsPlugin:
         """Open journal entries per owner, and values others overrode."""
         if subsystem != SUBSYSTEM:
             return None
-        journal = self._act().journal
-        managed: dict[str, int] = {}
-        for e in journal.pending_restore(subsystem=SUBSYSTEM):
-            managed[e.owner] = managed.get(e.owner, 0) + 1
-        return {"managed": managed, "overridden": [
-            e.as_dict() for e in journal.entries(state=OVERRIDDEN, subsystem=SUBSYSTEM,
-                                                 limit=100)]}
+        return journal_state(self._act().journal, SUBSYSTEM)
 
     @hookimpl
     def schedcp_static_check(self, subsystem: str, policy: dict[str, Any],
@@ -286,9 +269,7 @@ class DvfsPlugin:
             start = uclamp.start_time(tid)
             if start is not None:
                 keys.append(f"uclamp:{tid}:{start}")
-        journal = self._act().journal
-        states = ("pending", "applied", "restored", "skipped", "overridden")
-        return [k for k in keys if journal.for_key(k, states, subsystem=SUBSYSTEM)]
+        return journaled_keys(self._act().journal, keys, SUBSYSTEM)
 
     @hookimpl
     def schedcp_describe_key(self, subsystem: str, key: str) -> KeyDescription | None:

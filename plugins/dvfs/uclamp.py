@@ -117,18 +117,11 @@ def probe() -> tuple[bool, str]:
     return True, ""
 
 
-def start_time(tid: int) -> int | None:
-    """Start time (clock ticks) of ``tid``, ``None`` when it is gone."""
-    stat = procfs.read_pid_stat(tid)
-    return stat.starttime if stat else None
+start_time = procfs.task_start_time
+"""Start time (clock ticks) of a task, ``None`` when it is gone (in procfs, shared)."""
 
-
-def threads(pid: int) -> list[int]:
-    """Thread ids of ``pid`` (empty when it is gone)."""
-    try:
-        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        return []
+threads = procfs.thread_ids
+"""Thread ids of a process (empty when it is gone; in procfs, shared)."""
 
 
 @dataclass

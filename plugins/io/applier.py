@@ -16,37 +16,14 @@ recorded skip (its journal entry says so), not a failure.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from plugins.io import blkio, blockdev, ioprio
 from plugins.io.actuator import Actuator, Gone
 from plugins.io.policy import THROTTLE_KEYS, selector
-from schedcpd.plugin_api import Change, InvalidArgument, NotFound, NotSupported
+from schedcpd.plugin_api import InvalidArgument, NotFound, NotSupported, Plan, Write
 
 _LOGGER = logging.getLogger(__name__)
-
-
-@dataclass
-class Write:
-    """One planned write."""
-
-    kind: str
-    key: str
-    prior: Any
-    new: Any
-    target: str
-    knob: str
-
-
-@dataclass
-class Plan:
-    """What an apply would do."""
-
-    writes: list[Write] = field(default_factory=list)
-    targets: dict[str, list[int]] = field(default_factory=dict)
-    machine: bool = False
-    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _majmin(dev: str) -> str:
@@ -152,12 +129,6 @@ def plan(doc: dict[str, Any], owner: str, pids: list[int] | None) -> Plan:
     for group in doc.get("group", []):
         _group_writes(group, owner, narrow, out)
     return out
-
-
-def changes(p: Plan, status: str) -> list[Change]:
-    """The plan as the ``changes`` of an apply result."""
-    return [{"target": w.target, "knob": w.knob, "before": w.prior, "after": w.new,
-             "status": status} for w in p.writes]
 
 
 def apply(actuator: Actuator, p: Plan, owner: str) -> list[dict[str, Any]]:

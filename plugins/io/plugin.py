@@ -21,7 +21,6 @@ from plugins.io import policy as policy_mod
 from plugins.io.actuator import SUBSYSTEM, Actuator
 from plugins.io.guards import IoGuards
 from schedcpd.plugin_api import (
-    OVERRIDDEN,
     ActivePolicy,
     ApplyResult,
     Capability,
@@ -35,7 +34,13 @@ from schedcpd.plugin_api import (
     PluginContext,
     RestoreReport,
     Scope,
+    apply_result,
+    bind_journal,
     hookimpl,
+    journal_state,
+    journaled_keys,
+    policy_body,
+    restore_owner,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -90,9 +95,7 @@ class IoPlugin:
     @hookimpl
     def schedcp_startup(self, context: PluginContext) -> None:
         """Detect capabilities and bind the journal; nothing is written here."""
-        journal = context.journal
-        if journal is None:
-            journal = self.own_journal = Journal(Path(context.state_dir) / "journal.db")
+        journal, self.own_journal = bind_journal(context)
         self.actuator = Actuator(journal)
         self.state_dir = Path(context.state_dir)
         self.caps = capabilities()
@@ -133,7 +136,7 @@ class IoPlugin:
         """Schema and range findings of an io policy."""
         if subsystem != SUBSYSTEM:
             return None
-        return policy_mod.validate({k: v for k, v in policy.items() if k != "_source"})
+        return policy_mod.validate(policy_body(policy))
 
     @hookimpl
     def schedcp_apply(self, subsystem: str, policy: dict[str, Any], scope: Scope,
@@ -149,32 +152,18 @@ class IoPlugin:
             if not dry_run:
                 skipped = applier.apply(self._act(), plan, owner)
                 self.policies[owner] = policy
-        result: ApplyResult = {
-            "subsystem": SUBSYSTEM, "owner": owner, "dry_run": dry_run,
-            "targets": plan.targets, "changes": applier.changes(plan, "planned" if dry_run
-                                                                else "applied"),
-            "problems": skipped, "summary": {"writes": len(plan.writes),
-                                             "skipped": len(skipped)},
-            "scope": "machine" if plan.machine else "processes", "canary": "machine",
-            "note": f"{len(plan.writes)} io value(s)"}
-        if not dry_run and plan.machine:
-            result["reason"] = (f"device settings applied machine-wide with every group "
-                                f"({len(plan.writes)} value(s))")
-        return result
+        return apply_result(SUBSYSTEM, owner, dry_run, plan, skipped,
+                            f"{len(plan.writes)} io value(s)",
+                            f"device settings applied machine-wide with every group "
+                            f"({len(plan.writes)} value(s))")
 
     @hookimpl
     def schedcp_restore(self, subsystem: str, scope: Scope) -> RestoreReport | None:
         """Put back what ``scope["owner"]`` (or, without one, everything) changed."""
         if subsystem != SUBSYSTEM:
             return None
-        owner = scope.get("owner")
-        with self._lock:
-            report = self._act().restore(owner)
-            if owner is None:
-                self.policies.clear()
-            else:
-                self.policies.pop(owner, None)
-        return {"entries": report["entries"], "summary": report["summary"]}
+        return restore_owner(self._act().restore, self._lock, self.policies,
+                             scope.get("owner"))
 
     @hookimpl
     def schedcp_guards(self, subsystem: str, policy: dict[str, Any],
@@ -249,13 +238,7 @@ class IoPlugin:
         """Open journal entries per owner, and values others overrode."""
         if subsystem != SUBSYSTEM:
             return None
-        journal = self._act().journal
-        managed: dict[str, int] = {}
-        for e in journal.pending_restore(subsystem=SUBSYSTEM):
-            managed[e.owner] = managed.get(e.owner, 0) + 1
-        return {"managed": managed, "overridden": [
-            e.as_dict() for e in journal.entries(state=OVERRIDDEN, subsystem=SUBSYSTEM,
-                                                 limit=100)]}
+        return journal_state(self._act().journal, SUBSYSTEM)
 
     @hookimpl
     def schedcp_static_check(self, subsystem: str, policy: dict[str, Any],
@@ -286,9 +269,7 @@ class IoPlugin:
         start = ioprio.start_time(pid)
         if start is not None:
             keys.append(f"blkio_move:{pid}:{start}")
-        journal = self._act().journal
-        states = ("pending", "applied", "restored", "skipped", "overridden")
-        return [k for k in keys if journal.for_key(k, states, subsystem=SUBSYSTEM)]
+        return journaled_keys(self._act().journal, keys, SUBSYSTEM)
 
     @hookimpl
     def schedcp_describe_key(self, subsystem: str, key: str) -> KeyDescription | None:

@@ -241,6 +241,20 @@ def read_pid_stat(pid: int, cache: FdCache | None = None) -> PidStat | None:
         return None
 
 
+def task_start_time(tid: int) -> int | None:
+    """Start time (clock ticks) of task ``tid``, ``None`` when it is gone."""
+    stat = read_pid_stat(tid)
+    return stat.starttime if stat else None
+
+
+def thread_ids(pid: int) -> list[int]:
+    """Thread ids of process ``pid``, sorted (empty when it is gone)."""
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
 def read_schedstat(pid: int, cache: FdCache | None = None) -> tuple[int, int, int] | None:
     """(on-CPU ns, run-queue wait ns, timeslices) of the process's leader thread."""
     data = (cache.read(pid, "schedstat", 256) if cache is not None
