@@ -62,6 +62,8 @@ class Options:
     """Whether competitors outside the scope may be acted on (``--may-act-on neighbours``)."""
     neighbours_match: str | None = None
     """Only competitors whose command line matches this may be acted on."""
+    io_devices: list[str] = field(default_factory=list)
+    """Block devices whose (machine-wide) queue settings the agent may change (``--io-device``)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,6 +160,7 @@ class Agent:
         profile = await Observer(self.client, tracker, opts.observe_seconds,
                                  may_act_on_neighbours=opts.may_act_on_neighbours,
                                  neighbours_match=opts.neighbours_match,
+                                 io_devices=opts.io_devices,
                                  protected={1, self.daemon_pid}).observe(opts.goal)
         report["saw"] = profile.as_dict()
         report["goal"] = profile.goal

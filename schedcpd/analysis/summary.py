@@ -99,6 +99,7 @@ def _proc_entry(w: ProcWindow, cls: str, windows: dict[int, ProcWindow],
     e.update({
         "ppid": w.ppid, "own_cpu": _r(w.cpu, 3), "child_cpu": _r(w.child_cpu, 3),
         "wait": _r(w.wait, 4), "wakeups": _r(w.wakeups, 1), "io_kbs": _r(w.io_rate / 1024, 1),
+        "wr_kbs": _r(w.write_rate / 1024, 1), "blkio": _r(w.blkio_wait, 4),
         "d_frac": _r(w.d_fraction), "r_frac": _r(w.r_fraction),
         "spawn_rate": _r(w.spawn_rate, 2), "state": w.state,
     })
