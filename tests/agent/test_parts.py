@@ -317,3 +317,28 @@ def test_cgroup_and_pid_scopes_resolve_to_the_processes_in_them() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_judge_reads_the_io_rate_of_readers_for_io_shapes() -> None:
+    def s(v: list[float]) -> dict[str, float]:
+        return {"median": v[1], "p10": v[0], "p90": v[2], "mean": v[1], "n": 20}
+
+    def fb(before: list[float], after: list[float]) -> dict[str, object]:
+        # The reader's run-queue wait did not move; its reads went 4x faster.
+        flat = {"before": s([0.01, 0.02, 0.03]), "after": s([0.01, 0.02, 0.03])}
+        return {"pids": {"7": {"wait": flat, "cpu": flat,
+                               "io_kbs": {"before": s(before), "after": s(after)}}}}
+
+    for shape, role in (("io-reads-beside-writer", "reader"),
+                        ("latency-beside-cpu-and-io", "database")):
+        prof = WorkloadProfile(shape, "latency", "inferred", "t",
+                               roles={role: [7], "bulk-writer": [8]})
+        kept = judge(prof, "active", fb([500, 600, 700], [2400, 2600, 2800]))
+        assert kept.goal_met and kept.metric.startswith("block-layer I/O"), kept
+        assert role in kept.metric
+        assert judge(prof, "active", fb([500, 600, 700], [100, 150, 200])).outcome == "worse"
+    # Other shapes keep their CPU figures.
+    cpu = WorkloadProfile("latency-beside-cpu-hogs", "latency", "given", "t",
+                          roles={"latency": [7]})
+    assert judge(cpu, "active", fb([500, 600, 700], [2400, 2600, 2800])).metric.startswith(
+        "run-queue wait")
