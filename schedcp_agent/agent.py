@@ -20,7 +20,7 @@ from schedcp_agent import synth
 from schedcp_agent.budget import Budget, BudgetSpent, load_prices
 from schedcp_agent.client import DaemonError, SchedcpClient
 from schedcp_agent.execute import NOT_DEPLOYABLE, ExecResult, Executor, check_access
-from schedcp_agent.learn import IMPROVED, NO_GAIN, Verdict, judge
+from schedcp_agent.learn import IMPROVED, NO_GAIN, Verdict, goal_pids, judge
 from schedcp_agent.observe import Observer
 from schedcp_agent.offline import OfflinePlanner
 from schedcp_agent.plan import Attempt, Candidate, Planner, RepositoryView, repository_hit
@@ -101,8 +101,13 @@ def _attempt_record(cand: Candidate, res: ExecResult, verdict: Verdict | None,
     }
 
 
-async def _feedback(client: SchedcpClient, dep: str) -> dict[str, Any] | None:
+async def _feedback(client: SchedcpClient, dep: str,
+                    also: list[int] | None = None) -> dict[str, Any] | None:
+    """The deployment's feedback, with ``also`` (goal pids it does not target) included."""
     try:
+        if also:
+            return dict(await client.call("GetFeedbackFor", dep,
+                                          ",".join(str(p) for p in sorted(set(also))[:64])))
         return dict(await client.call("GetFeedback", dep))
     except DaemonError as err:
         _LOGGER.info("no feedback for %s: %s", dep, err)
@@ -207,7 +212,7 @@ class Agent:
             res = await executor.deploy(cand)
             feedback = verdict = None
             if res.deployment:
-                feedback = await _feedback(self.client, res.deployment)
+                feedback = await _feedback(self.client, res.deployment, goal_pids(profile))
                 verdict = judge(profile, res.state, feedback)
                 self.progress(f"learn: {verdict.outcome}: {verdict.reason}")
             report["attempts"].append(_attempt_record(cand, res, verdict, feedback))

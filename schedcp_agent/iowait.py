@@ -12,8 +12,9 @@ turns those into the roles the io and multi-subsystem policies bind:
 - a **bulk writer** writes at least :data:`WRITER_KBS` at the block layer,
   mostly writes;
 - a target **waits on I/O** when it is in D in at least :data:`IO_WAIT_D` of
-  the samples or its block-I/O delay is at least :data:`IO_WAIT_BLKIO` s/s,
-  and it is not itself a bulk writer;
+  the samples, or its block-I/O delay is at least :data:`IO_WAIT_BLKIO` s/s,
+  or the daemon classes it io-bound and it reads at least
+  :data:`READS_KBS`, and it is not itself a bulk writer;
 - a target **waits for a CPU** when its run-queue wait is at least
   :data:`CPU_WAIT` s/s (the agent's own schedstat reading, else the daemon's).
 """
@@ -31,6 +32,8 @@ IO_WAIT_D = 0.25
 """Share of samples in D state from which a target waits on I/O."""
 IO_WAIT_BLKIO = 0.1
 """Block-I/O delay (s/s) from which a target waits on I/O (with delay accounting on)."""
+READS_KBS = 64.0
+"""Block-layer reads (KiB/s) with which a target the daemon classes io-bound waits on I/O."""
 CPU_WAIT = 0.05
 """Run-queue wait (s/s) from which a target waits for a CPU."""
 
@@ -61,7 +64,11 @@ class IoEvidence:
     @property
     def waits_on_io(self) -> bool:
         """It spends its time waiting for the disk (and is not the bulk writer)."""
-        return not self.writer and (self.d_frac >= IO_WAIT_D or self.blkio >= IO_WAIT_BLKIO)
+        # The daemon's class io-bound with reads of its own: reads that reach the
+        # block layer at a rate with little CPU are synchronous waits, even when
+        # a CPU hog keeps the reader runnable (not in D) between them.
+        return not self.writer and (self.d_frac >= IO_WAIT_D or self.blkio >= IO_WAIT_BLKIO
+                                    or (self.cls == "io-bound" and self.rd_kbs >= READS_KBS))
 
     @property
     def waits_on_cpu(self) -> bool:
@@ -95,13 +102,13 @@ def _num(entry: dict[str, Any], key: str) -> float:
 
 def io_evidence(summary: dict[str, Any], pids: set[int],
                 cpu_wait: dict[int, float]) -> dict[int, IoEvidence]:
-    """The I/O evidence of the targets ``pids`` that the summary's top list holds.
+    """The I/O evidence of the targets ``pids`` the summary lists (``top``, ``io_top``).
 
     ``cpu_wait`` is the agent's own run-queue wait reading per pid (schedstat,
     world-readable); the daemon's ``wait`` is used where it has none.
     """
     out: dict[int, IoEvidence] = {}
-    for e in summary.get("top", []):
+    for e in [*summary.get("top", []), *summary.get("io_top", [])]:
         pid = e.get("pid")
         if not isinstance(pid, int) or pid not in pids:
             continue
@@ -126,6 +133,8 @@ def io_shape(ev: dict[int, IoEvidence], hogs: list[int], competitors: bool
       waits for a CPU -> role ``io`` (io-batch-copy's ``copy``).
     """
     writers = sorted(p for p, e in ev.items() if e.writer)
+    # A bulk writer busy enough to be classed cpu-bound competes for the disk.
+    hogs = [h for h in hogs if h not in writers]
     waiting = sorted(p for p, e in ev.items() if e.waits_on_io and p not in hogs)
     both = sorted(p for p in waiting if ev[p].waits_on_cpu)
     # CPU hogs among the targets, or (with no bulk writer to blame) busy

@@ -137,6 +137,9 @@ def _pid_figure(feedback: dict[str, Any], pids: list[int], kind: str, agg: str) 
 
 def goal_pids(profile: WorkloadProfile) -> list[int]:
     """The targets whose figure measures the goal."""
+    io_roles = _IO_ROLES.get((profile.shape, profile.goal))
+    if io_roles:
+        return [p for r in io_roles for p in profile.roles.get(r, [])]
     if profile.goal == "makespan" and profile.roles.get("long"):
         return list(profile.roles["long"])
     pids = [p for r in _ROLES.get(profile.goal, ()) for p in profile.roles.get(r, [])]
@@ -149,9 +152,8 @@ def goal_figure(profile: WorkloadProfile,
     goal, pids, fb = profile.goal, goal_pids(profile), feedback or {}
     io_roles = _IO_ROLES.get((profile.shape, goal))
     if io_roles:
-        io_pids = [p for r in io_roles for p in profile.roles.get(r, [])]
         return (f"block-layer I/O (KiB/s) of the {'/'.join(io_roles)} targets", "higher",
-                _pid_figure(fb, io_pids, "io_kbs", "sum"))
+                _pid_figure(fb, pids, "io_kbs", "sum"))
     if goal == "latency":
         fig = _pid_figure(fb, pids, "wait", "mean")
         if fig.before is None and feedback:

@@ -150,6 +150,10 @@ TOOLS: tuple[Tool, ...] = (
     Tool("GetFeedback", "Baseline vs. after deltas (median, p10, p90) of a deployment's "
          "targets: run-queue wait, CPU, PSI, context switches.", ACTION_OBSERVE,
          (Arg("deployment_id", "s", "dep-..."),)),
+    Tool("GetFeedbackFor", "GetFeedback plus processes the deployment does not target "
+         "(a reader an io policy protects by lowering a writer).", ACTION_OBSERVE,
+         (Arg("deployment_id", "s", "dep-..."),
+          Arg("pids", "s", "comma-separated process ids, at most 64"))),
     Tool("Rollback", "Restore everything a deployment changed and end it.", ACTION_DEPLOY,
          (Arg("deployment_id", "s", "dep-..."),)),
     Tool("GetStatus", "Daemon status: version, subsystems, authorization mode, the caller.",
