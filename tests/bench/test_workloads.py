@@ -271,3 +271,17 @@ def test_cache_batch_adds_the_rates_of_jobs_that_ran_side_by_side() -> None:
     assert figures["mloads_per_s"] == pytest.approx(40 + 10)
     assert figures["cpus_used"] == pytest.approx(0.5 + 1.0) and figures["jobs"] == 2
     assert batch_figures([]) == {"mloads_per_s": None, "cpus_used": None, "jobs": 0}
+
+
+def test_the_t3_track_runs_here_with_its_own_arms() -> None:
+    """T3 is available where fio and losetup are (as root); its workloads are its own."""
+    from schedcp_bench import cli
+
+    assert cli.track_unavailable("T3") is None  # the test VM has fio, losetup, root
+    assert "unknown track" in str(cli.track_unavailable("T9"))
+    t3 = [n for n, c in WORKLOADS.items() if c.track == "T3"]
+    assert t3 == ["fio-read-beside-writer", "fio-mixed-service", "fio-read-cpu-io"]
+    args = cli.parser().parse_args(["run", "--track", "T3"])
+    opts = cli._options(args, cli.SUITES["quick"])
+    assert opts.arms == list(cli.T3_ARMS)
+    assert [w.name for w in cli.select_workloads(args, cli.SUITES["quick"])] == t3
