@@ -20,7 +20,7 @@ from schedcp_agent import synth
 from schedcp_agent.budget import Budget, BudgetSpent, load_prices
 from schedcp_agent.client import DaemonError, SchedcpClient
 from schedcp_agent.execute import NOT_DEPLOYABLE, ExecResult, Executor, check_access
-from schedcp_agent.learn import IMPROVED, NO_GAIN, Verdict, judge
+from schedcp_agent.learn import IMPROVED, NO_GAIN, Verdict, goal_pids, judge
 from schedcp_agent.observe import Observer
 from schedcp_agent.offline import OfflinePlanner
 from schedcp_agent.plan import Attempt, Candidate, Planner, RepositoryView, repository_hit
@@ -62,6 +62,8 @@ class Options:
     """Whether competitors outside the scope may be acted on (``--may-act-on neighbours``)."""
     neighbours_match: str | None = None
     """Only competitors whose command line matches this may be acted on."""
+    io_devices: list[str] = field(default_factory=list)
+    """Block devices whose (machine-wide) queue settings the agent may change (``--io-device``)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,8 +101,13 @@ def _attempt_record(cand: Candidate, res: ExecResult, verdict: Verdict | None,
     }
 
 
-async def _feedback(client: SchedcpClient, dep: str) -> dict[str, Any] | None:
+async def _feedback(client: SchedcpClient, dep: str,
+                    also: list[int] | None = None) -> dict[str, Any] | None:
+    """The deployment's feedback, with ``also`` (goal pids it does not target) included."""
     try:
+        if also:
+            return dict(await client.call("GetFeedbackFor", dep,
+                                          ",".join(str(p) for p in sorted(set(also))[:64])))
         return dict(await client.call("GetFeedback", dep))
     except DaemonError as err:
         _LOGGER.info("no feedback for %s: %s", dep, err)
@@ -158,6 +165,7 @@ class Agent:
         profile = await Observer(self.client, tracker, opts.observe_seconds,
                                  may_act_on_neighbours=opts.may_act_on_neighbours,
                                  neighbours_match=opts.neighbours_match,
+                                 io_devices=opts.io_devices,
                                  protected={1, self.daemon_pid}).observe(opts.goal)
         report["saw"] = profile.as_dict()
         report["goal"] = profile.goal
@@ -204,7 +212,7 @@ class Agent:
             res = await executor.deploy(cand)
             feedback = verdict = None
             if res.deployment:
-                feedback = await _feedback(self.client, res.deployment)
+                feedback = await _feedback(self.client, res.deployment, goal_pids(profile))
                 verdict = judge(profile, res.state, feedback)
                 self.progress(f"learn: {verdict.outcome}: {verdict.reason}")
             report["attempts"].append(_attempt_record(cand, res, verdict, feedback))

@@ -27,7 +27,7 @@ import re
 import tomllib
 from typing import Any
 
-from schedcp_agent import synth
+from schedcp_agent import document, synth
 from schedcp_agent.budget import Budget, BudgetSpent
 from schedcp_agent.client import DaemonError, SchedcpClient, decode
 from schedcp_agent.execute import not_authorized
@@ -64,6 +64,16 @@ T1 format: [policy] name (a-z0-9-), description, workloads, tags;
 given), descendants (bool), task = { policy = other|batch|idle, nice,
 slice_us (100..100000), timer_slack_ns } and/or cgroup = { shares, idle,
 quota_us, period_us, cpus }.  Never select processes other than the targets.
+io policies ([policy] subsystem = "io"): [[group]] with match = { pids = [...] }
+and ioprio = { class = none|rt|be|idle, level = 0..7 }, optional throttle;
+[[device]] tables (I/O scheduler, read_ahead_kb, nr_requests, tunables) are
+machine-wide: only for the devices the user allowed (listed below, if any).
+Multi-subsystem policies ([policy] subsystems = ["scheduler", "io"]) hold one
+part per subsystem: [[scheduler.group]] (match pid) and [[io.group]] (match
+pids); verified, deployed and rolled back as one.  ListPolicies shows each
+policy's subsystem ("scheduler", "io", "scheduler+io"): io-protect-reads for
+reads beside a bulk writer, io-batch-copy for an I/O-bound batch, database
+for a target waiting both for a CPU and on the disk.
 
 Steps: SubmitPolicy(document) returns an id; VerifyPolicy(id) returns the
 report; fix findings and resubmit.  When a policy passed, answer (no tool
@@ -83,28 +93,41 @@ def _block_param(block: Any) -> dict[str, Any]:
     return {"type": "text", "text": ""}
 
 
-def scope_problem(text: str, allowed: set[int]) -> str | None:
-    """Why a document selects outside the agent's scope, or None if it does not."""
+def scope_problem(text: str, allowed: set[int], devices: list[str] | None = None) -> str | None:
+    """Why a document selects outside the agent's scope, or None if it does not.
+
+    Every part of a multi-subsystem document is checked: each group selects
+    only allowed pids, by its subsystem's pid selector (``pid`` for the
+    scheduler, ``pids`` for io and dvfs); an io part's ``[[device]]`` tables
+    (machine-wide) may name only ``devices`` (``--io-device``).
+    """
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         return f"not valid TOML: {err}"
-    groups = doc.get("group", [])
-    if not isinstance(groups, list) or not groups:
+    if not document.has_groups(doc):
         return ("it has no [[group]]: a policy without groups (a T2 sched_ext scheduler, "
                 "[scx]) acts on the whole host, outside the targets; write a T1 policy with "
                 "groups that select the targets by pid")
-    for g in groups:
-        match = g.get("match", {}) if isinstance(g, dict) else {}
-        other = sorted(set(match) - {"pid"})
-        pids = match.get("pid", [])
+    single = document.subsystems(doc)[0]
+    for name, g in document.groups(doc):
+        sub = name.split("/", 1)[0] if "/" in name else single
+        key = document.MATCH_KEY.get(sub, "pid")
+        match = g.get("match", {}) if isinstance(g.get("match"), dict) else {}
+        other = sorted(set(match) - {key})
+        pids = match.get(key, [])
         pids = pids if isinstance(pids, list) else [pids]
         if other or not pids:
-            return (f"group {g.get('name')!r} selects by {other or 'nothing'}: select the "
-                    f"targets by pid only (match = {{ pid = [...] }})")
+            return (f"group {name!r} selects by {other or 'nothing'}: select the targets by "
+                    f"pid only (match = {{ {key} = [...] }} in a {sub} group)")
         outside = sorted(set(pids) - allowed)
         if outside:
-            return f"group {g.get('name')!r} selects pids outside the targets: {outside}"
+            return f"group {name!r} selects pids outside the targets: {outside}"
+    foreign = sorted(set(document.devices_of(doc)) - set(devices or []))
+    if foreign:
+        return (f"[[device]] {foreign}: device queue settings are machine-wide; the user "
+                f"allowed {sorted(devices or []) or 'no device'} (--io-device): drop the "
+                f"device table or name an allowed device")
     return None
 
 
@@ -119,6 +142,14 @@ def _neighbours(profile: WorkloadProfile) -> str:
             "they are outside the scope: do not select them (the report proposes acting on "
             "them to the user)")
     return f"Competitors outside the scope: {json.dumps(brief)}; {rule}.\n"
+
+
+def _io(profile: WorkloadProfile) -> str:
+    """The targets' I/O evidence and the devices the model may tune."""
+    if not profile.io:
+        return ""
+    return (f"Targets' I/O (GetSummary): {json.dumps(profile.io)}; devices whose queue "
+            f"settings you may change: {profile.io_devices or 'none'}.\n")
 
 
 class ClaudePlanner:
@@ -159,6 +190,7 @@ class ClaudePlanner:
         self.tool_calls = 0
         self.tool_errors = 0
         self.allowed: set[int] = set()
+        self.devices: list[str] = []
 
     # -- conversation ------------------------------------------------------
 
@@ -170,6 +202,7 @@ class ClaudePlanner:
                 f"{json.dumps(profile.roles)}\nTargets (the only pids you may select): "
                 f"{json.dumps(targets)}\nEvidence: {json.dumps(profile.evidence[-8:])}\n"
                 f"Host: {json.dumps(profile.summary)}\n{_neighbours(profile)}"
+                f"{_io(profile)}"
                 f"Find a policy, verify it, answer with POLICY: <id>.")
 
     @staticmethod
@@ -188,6 +221,7 @@ class ClaudePlanner:
                              attempts: list[Attempt]) -> Candidate | None:
         """Run the model until it names a verified policy; None when it gives up."""
         self.allowed = set(profile.targets)
+        self.devices = list(profile.io_devices)
         self.profile = profile
         if not self.messages:
             self.messages.append({"role": "user", "content": self._first_message(profile)})
@@ -254,7 +288,7 @@ class ClaudePlanner:
             # A T2 document (raw C or a program) acts on the whole host: allowed only
             # when T2 is (--track T2, or the host offers sched_ext); the daemon's
             # schema and static rules apply to it as to any policy.
-            problem = scope_problem(body[0], self.allowed)
+            problem = scope_problem(body[0], self.allowed, self.devices)
             if problem:
                 return _ToolError(f"refused by the agent: {problem}; allowed pids: "
                                   f"{sorted(self.allowed)}")

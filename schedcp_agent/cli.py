@@ -71,6 +71,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neighbours-match", metavar="REGEX",
                    help="with --may-act-on neighbours: only competitors whose command line "
                         "matches REGEX")
+    p.add_argument("--io-device", action="append", default=[], metavar="NAME",
+                   help="a block device (kernel name, e.g. sdb) whose queue settings the agent "
+                        "may change for an io policy; they are machine-wide, so without it "
+                        "the agent only sets the targets' own I/O priority")
     p.add_argument("--revert-at-end", action="store_true",
                    help="roll back what was deployed when the run ends (and hold it meanwhile)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -217,7 +221,8 @@ def options(args: argparse.Namespace) -> Options:
         transcript_dir=args.transcript_dir, track=args.track,
         max_programs=args.max_programs,
         may_act_on_neighbours="neighbours" in args.may_act_on,
-        neighbours_match=args.neighbours_match)
+        neighbours_match=args.neighbours_match,
+        io_devices=list(getattr(args, "io_device", []) or []))
 
 
 def _progress(json_out: bool) -> Any:

@@ -9,6 +9,13 @@ the time since, per target pid.  The goal decides which figure counts:
 | throughput | CPU, cores, of the batch targets | higher |
 | makespan | CPU of the critical path (the long job; else every target) | higher |
 | fairness | min/max CPU across targets | higher |
+| latency, I/O shapes | block-layer I/O (KiB/s) of ``reader`` / ``database`` | higher |
+| throughput, ``io-bound`` | block-layer I/O rate of the I/O-bound targets | higher |
+
+A reader at queue depth 1 issues one request after another, so its rate is
+the inverse of what each read waits for (the disk, a CPU): the daemon's
+feedback has each target's block-layer rate (``io_kbs``) but not its
+per-request latency.
 
 **Do no harm.**  A deployment is kept only on evidence that it improved
 the figure beyond the noise measured in the same run: the noise is the
@@ -38,6 +45,13 @@ MIN_GAIN = 0.03
 MIN_SAMPLES = 3
 """Samples each window needs before its spread says anything about noise."""
 IMPROVED, NO_GAIN, WORSE = "improved", "no gain", "worse"
+_IO_ROLES = {("io-reads-beside-writer", "latency"): ("reader",),
+             ("latency-beside-cpu-and-io", "latency"): ("database",),
+             ("io-bound", "throughput"): ("io",), ("io-bound", "makespan"): ("io",),
+             ("io-reads-beside-writer", "throughput"): ("bulk-writer",)}
+"""I/O shapes: whose block-layer rate measures the goal.  A reader at queue
+depth 1 reads one request after another, so its rate is the inverse of what
+each read waits (on the disk and for a CPU): higher rate, lower latency."""
 _ROLES = {"latency": ("latency", "foreground"), "throughput": ("batch", "build", "all"),
           "makespan": ("long", "build", "batch", "short", "all"), "fairness": ()}
 
@@ -123,6 +137,9 @@ def _pid_figure(feedback: dict[str, Any], pids: list[int], kind: str, agg: str) 
 
 def goal_pids(profile: WorkloadProfile) -> list[int]:
     """The targets whose figure measures the goal."""
+    io_roles = _IO_ROLES.get((profile.shape, profile.goal))
+    if io_roles:
+        return [p for r in io_roles for p in profile.roles.get(r, [])]
     if profile.goal == "makespan" and profile.roles.get("long"):
         return list(profile.roles["long"])
     pids = [p for r in _ROLES.get(profile.goal, ()) for p in profile.roles.get(r, [])]
@@ -133,6 +150,10 @@ def goal_figure(profile: WorkloadProfile,
                 feedback: dict[str, Any] | None) -> tuple[str, str, Figure]:
     """(metric name, which way is better, the figure) for the profile's goal."""
     goal, pids, fb = profile.goal, goal_pids(profile), feedback or {}
+    io_roles = _IO_ROLES.get((profile.shape, goal))
+    if io_roles:
+        return (f"block-layer I/O (KiB/s) of the {'/'.join(io_roles)} targets", "higher",
+                _pid_figure(fb, pids, "io_kbs", "sum"))
     if goal == "latency":
         fig = _pid_figure(fb, pids, "wait", "mean")
         if fig.before is None and feedback:

@@ -19,7 +19,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from schedcp_agent import contention
+from schedcp_agent import contention, iowait
 from schedcp_agent.client import DaemonError, SchedcpClient
 from schedcp_agent.jobs import JobBatch, helpers_that_fork, job_batches
 from schedcp_agent.targets import Proc, ScopeTracker, own_lineage
@@ -27,7 +27,8 @@ from schedcp_agent.targets import Proc, ScopeTracker, own_lineage
 _LOGGER = logging.getLogger(__name__)
 
 GOALS = ("latency", "throughput", "makespan", "fairness")
-SHAPES = ("latency-beside-cpu-hogs", "fork-churn", "long-tail-batch", "job-batch",
+SHAPES = ("latency-beside-cpu-hogs", "latency-beside-cpu-and-io", "io-reads-beside-writer",
+          "fork-churn", "long-tail-batch", "job-batch",
           "cpu-batch", "interactive", "io-bound", "unclear")
 MAX_PERF = 4
 PERF_SECONDS = 1.0
@@ -36,14 +37,19 @@ _SNAPSHOT_PERIOD = 0.2
 FITS = 0.1
 """Run-queue wait per second of run time below which the scope's threads fit the CPUs."""
 
-_DEFAULT_GOAL = {"latency-beside-cpu-hogs": "latency", "fork-churn": "makespan",
+_DEFAULT_GOAL = {"latency-beside-cpu-hogs": "latency", "latency-beside-cpu-and-io": "latency",
+                 "io-reads-beside-writer": "latency", "fork-churn": "makespan",
                  "long-tail-batch": "makespan", "job-batch": "makespan",
                  "cpu-batch": "throughput",
-                 "interactive": "latency", "io-bound": "latency", "unclear": "fairness"}
+                 "interactive": "latency", "io-bound": "throughput", "unclear": "fairness"}
 
 _DESCRIPTION = {
     "latency-beside-cpu-hogs": "latency-sensitive periodic/interactive task(s) beside "
                                "CPU-bound batch neighbours",
+    "latency-beside-cpu-and-io": "latency-sensitive task(s) that wait both for a CPU (beside "
+                                 "CPU-bound work) and on the disk",
+    "io-reads-beside-writer": "latency-sensitive reads waiting on the disk beside a bulk "
+                              "sequential writer",
     "fork-churn": "CPU-intensive parallel job with many short-lived processes (make -j style "
                   "fork churn)",
     "long-tail-batch": "batch set of jobs with a long-tail job: short jobs come and go while "
@@ -52,7 +58,7 @@ _DESCRIPTION = {
                  "after another), each a leaf that forks nothing",
     "cpu-batch": "CPU-bound batch processes, nothing latency-sensitive",
     "interactive": "interactive/latency-sensitive tasks without CPU-bound neighbours",
-    "io-bound": "I/O-bound processes",
+    "io-bound": "I/O-bound processes (their work is moving data to or from the disk)",
     "unclear": "processes whose behaviour the summary does not make clear",
 }
 
@@ -89,6 +95,10 @@ class WorkloadProfile:
     """Why there is nothing to decide (one CPU-bound thread per CPU, nothing else), or ""."""
     advice: list[str] = field(default_factory=list)
     """Actions proposed but not taken (outside the scope without the flag)."""
+    io: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """pid -> the target's I/O evidence (iowait.IoEvidence.as_dict) from GetSummary."""
+    io_devices: list[str] = field(default_factory=list)
+    """Block devices whose queue settings the agent may change (``--io-device``)."""
 
     @property
     def key(self) -> str:
@@ -132,7 +142,8 @@ class Observer:
     def __init__(self, client: SchedcpClient, tracker: ScopeTracker,
                  seconds: float = 3.0, deep: bool = True, may_act_on_neighbours: bool = False,
                  neighbours_match: str | None = None,
-                 protected: set[int] | None = None) -> None:
+                 protected: set[int] | None = None,
+                 io_devices: list[str] | None = None) -> None:
         self.client = client
         self.tracker = tracker
         self.seconds = seconds
@@ -144,6 +155,8 @@ class Observer:
         self.found: list[contention.Competitor] = []
         self.allowed: list[contention.Competitor] = []
         self.batches: list[JobBatch] = []
+        self.io_devices = list(io_devices or [])
+        self.io: dict[int, iowait.IoEvidence] = {}
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -182,6 +195,10 @@ class Observer:
             if t.source == "summary":
                 evidence.append(f"{t.comm}[{t.pid}]: {t.cls} ({t.cpu} cores) per GetSummary")
         self._contention(summary, current, evidence)
+        waits = {pid: w for pid in current if (w := self.tracker.wait(pid)) is not None}
+        self.io = iowait.io_evidence(summary, set(current), waits)
+        evidence.extend(e.describe() for e in self.io.values()
+                        if e.io_kbs > 0 or e.d_frac > 0 or e.blkio > 0)
         shape, roles = self._shape(targets, evidence)
         for c in self.allowed:
             if c.pid in roles.get("batch", []):
@@ -199,6 +216,8 @@ class Observer:
         profile = WorkloadProfile(shape, chosen_goal, goal_source, text, targets, roles,
                                   evidence, brief, deep,
                                   [c.as_dict() for c in self.found], self.may_act)
+        profile.io = {str(p): e.as_dict() for p, e in self.io.items()}
+        profile.io_devices = list(self.io_devices)
         profile.nothing_to_gain = self._nothing_to_gain(profile)
         profile.advice = self._advice(profile)
         return profile
@@ -254,17 +273,23 @@ class Observer:
 
     def _advice(self, profile: WorkloadProfile) -> list[str]:
         """What the agent would do outside the scope if it were allowed to."""
+        out = []
+        if profile.shape in ("io-reads-beside-writer", "io-bound") and not self.io_devices:
+            out.append("proposed, not done: the io policies also tune the disk's queue (I/O "
+                       "scheduler, read deadline, read-ahead, queue depth); those settings are "
+                       "machine-wide, so the agent sets only the targets' own I/O priority. "
+                       "--io-device NAME lets it change that device's queue")
         not_allowed = [c for c in self.found if not c.may_act]
         if not not_allowed:
-            return []
+            return out
         names = "; ".join(c.describe() for c in not_allowed[:8])
         if profile.goal == "latency" and (profile.roles.get("latency") or
                                          profile.roles.get("foreground")):
-            return [f"proposed, not done: protect the latency targets from their competitors "
+            return [*out, f"proposed, not done: protect the latency targets from their competitors "
                     f"by putting them at SCHED_IDLE (latency-protect, 'batch' group): {names}. "
                     f"Acting outside the scope needs --may-act-on neighbours (and the "
                     f"daemon's authorization)"]
-        return [f"proposed, not done: the targets compete with {names}; lowering those "
+        return [*out, f"proposed, not done: the targets compete with {names}; lowering those "
                 f"(SCHED_BATCH/nice, or a lower cpu.shares for their unit) would give the "
                 f"targets more CPU. Acting outside the scope needs --may-act-on neighbours; "
                 f"for goal {profile.goal} the offline rules do not act on neighbours yet"]
@@ -352,6 +377,10 @@ class Observer:
             evidence.extend(structure[2])
             return structure[0], structure[1]
         hogs = sorted(t.pid for t in targets.values() if t.cls == "cpu-bound")
+        io_shape = iowait.io_shape(self.io, hogs, bool(self.found))
+        if io_shape is not None:
+            evidence.extend(io_shape[2])
+            return io_shape[0], io_shape[1]
         inter = sorted(t.pid for t in targets.values() if t.cls == "interactive")
         if inter and (hogs or self.found):
             # The hogs may be competitors outside the scope: named in the profile,

@@ -28,6 +28,35 @@ RULES: dict[tuple[str, str], list[Rule]] = {
         ("latency-protect-cgroup", "the hogs into a cpu.idle cgroup: the same protection for "
          "multi-process jobs and their children", {}),
     ],
+    ("latency-beside-cpu-and-io", "latency"): [
+        ("database", "the latency target waits both for a CPU and on the disk: the "
+         "multi-subsystem database policy gives it both halves as one deployment -- a 0.5 ms "
+         "slice and 1 ns timer slack (it preempts normal tasks on wake-up) and I/O priority "
+         "best-effort 0 (its reads are served before normal-priority neighbours'); if either "
+         "part fails, the other is restored", {}),
+        ("latency-protect", "CPU half only: the CPU hogs to SCHED_IDLE, the latency target a "
+         "0.5 ms slice", {}),
+    ],
+    ("io-reads-beside-writer", "latency"): [
+        ("io-protect-reads", "reads wait behind a bulk writer's backlog: the writer at I/O "
+         "priority class idle is dispatched only when no other I/O waits (measured here: "
+         "reader p50 4.75 ms -> 95 us beside a 1 MiB direct writer, docs/io.md); with "
+         "--io-device, the disk also gets mq-deadline with a 20 ms read deadline", {}),
+    ],
+    ("io-reads-beside-writer", "throughput"): [
+        ("io-batch-copy", "throughput of the writer: best-effort level 0 for it; with "
+         "--io-device, 4 MiB read-ahead and deeper queues", {}),
+    ],
+    ("io-bound", "throughput"): [
+        ("io-batch-copy", "I/O-bound work that should finish as fast as the disk allows: "
+         "best-effort I/O priority level 0 for it (first among best-effort tasks); with "
+         "--io-device, 4 MiB read-ahead, 256 requests and bigger mq-deadline batches so "
+         "sequential requests merge and stream", {}),
+    ],
+    ("io-bound", "makespan"): [
+        ("io-batch-copy", "I/O-bound batch: best-effort I/O priority level 0 finishes it "
+         "sooner", {}),
+    ],
     ("latency-beside-cpu-hogs", "throughput"): [
         ("batch-throughput", "SCHED_BATCH with a long slice for the CPU-bound processes; the "
          "latency task still preempts them", {}),

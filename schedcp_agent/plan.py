@@ -91,6 +91,14 @@ def bindings_for(profile: WorkloadProfile) -> dict[str, list[int]]:
     out = {k: list(v) for k, v in profile.roles.items()}
     if "driver" in out:
         out["short"] = sorted(set(out.get("short", [])) | set(out.pop("driver")))
+    # The same targets under the group names the io and multi-subsystem
+    # policies use: an I/O-bound set is io-batch-copy's "copy"; the latency
+    # targets of a CPU+I/O profile are the database policy's "database" and
+    # latency-protect's "latency".
+    if "io" in out:
+        out.setdefault("copy", out["io"])
+    if "database" in out:
+        out.setdefault("latency", out["database"])
     return out
 
 
@@ -167,8 +175,9 @@ async def repository_hit(repo: RepositoryView, profile: WorkloadProfile) -> Cand
         bound = document.retarget(doc, bindings_for(profile), base_name=base,
                                   profile_key=profile.key, profile_text=profile.text,
                                   goal=profile.goal,
-                                  descendants=descendant_groups(profile))
-        if not bound["group"]:
+                                  descendants=descendant_groups(profile),
+                                  devices=profile.io_devices)
+        if not document.has_groups(bound):
             continue
         return Candidate(base, "reuse", document.dump(bound),
                          f"repository hit: {p['name']} ({p['id'][:12]}) was proven on the "
@@ -197,22 +206,36 @@ async def configure(repo: RepositoryView, profile: WorkloadProfile, base_name: s
     bindings = bindings_for(profile)
     bound = document.retarget(base, bindings, base_name=base_name, profile_key=profile.key,
                               profile_text=profile.text, goal=profile.goal, settings=settings,
-                              descendants=descendant_groups(profile))
-    if not bound["group"]:
+                              descendants=descendant_groups(profile),
+                              devices=profile.io_devices)
+    if not document.has_groups(bound):
         return None
-    kept = {g["name"] for g in bound["group"]}
-    dropped = [g.get("name") for g in base.get("group", []) if g.get("name") not in kept]
-    rung = "patch" if dropped or "driver" in profile.roles else "configure"
+    kept = {name for name, _g in document.groups(bound)}
+    dropped = [name for name, _g in document.groups(base) if name not in kept]
     notes = [f"group {d!r} dropped: no such processes among the targets" +
              (" (its competitors are outside the scope: see the advice)"
               if d == "batch" and profile.competitors and not profile.may_act_on_neighbours
               else "") for d in dropped]
+    notes += _device_notes(base, bound)
+    rung = "patch" if notes or "driver" in profile.roles else "configure"
     if "driver" in profile.roles:
         notes.append("the job pool's driver joins 'short' so jobs it starts later get it")
     for name, value in (settings or {}).items():
         notes.append(f"{name} = {value}")
     return Candidate(base_name, rung, document.dump(bound), why, source_id=found["id"],
                      notes=notes)
+
+
+def _device_notes(base: dict[str, Any], bound: dict[str, Any]) -> list[str]:
+    """What happened to the base's machine-wide device tables (io ``[[device]]``)."""
+    before, after = document.devices_of(base), document.devices_of(bound)
+    if not before or before == after:
+        return []
+    if not after:
+        return [f"[[device]] table(s) for {before} dropped: device queue settings are "
+                f"machine-wide and no --io-device allows the agent to change one; only the "
+                f"targets' own I/O priority is set"]
+    return [f"[[device]] table re-aimed from {before} to {after} (--io-device)"]
 
 
 def compose(profile: WorkloadProfile) -> Candidate | None:

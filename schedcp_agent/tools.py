@@ -106,7 +106,9 @@ TOOLS: tuple[Tool, ...] = (
           Arg("seconds", "d", "attach time (capped)", minimum=0.1, maximum=60),
           Arg("pid", "i", "process id, 0 for all", minimum=0)), roles=_OBS_PLAN),
     Tool("ListPolicies", "Search the policy repository (full text over name, description, "
-         "target workloads, tags); returns id, name, state (candidate/verified/proven), "
+         "target workloads, tags); returns id, name, subsystem (scheduler, io, dvfs, or a "
+         "multi-subsystem policy's parts joined by '+': scheduler+io), state "
+         "(candidate/verified/proven), "
          "provenance, tags, score. Empty query lists all.", ACTION_OBSERVE,
          (Arg("query", "s", "words describing the workload or goal"),), roles=_PLAN),
     Tool("GetPolicy", "One policy version with its TOML document and tunable parameters.",
@@ -115,7 +117,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("GetPolicyHistory", "Measured outcomes of a policy version's deployments and the "
          "antipatterns (regressions the circuit breaker recorded).", ACTION_OBSERVE,
          (Arg("policy_id", "s", "policy id or a unique prefix"),), roles=_PLAN),
-    Tool("SubmitPolicy", "Store a T1 policy TOML document as a candidate; returns its id. The "
+    Tool("SubmitPolicy", "Store a T1 policy TOML document (one subsystem, or several: "
+         "[policy] subsystems) as a candidate; returns its id. The "
          "daemon validates it (allow-listed keys, ranges) and says what is wrong.",
          ACTION_SUBMIT, (Arg("document", "s", "the TOML policy text"),), json_out=(False,),
          roles=_PLAN),
@@ -147,6 +150,10 @@ TOOLS: tuple[Tool, ...] = (
     Tool("GetFeedback", "Baseline vs. after deltas (median, p10, p90) of a deployment's "
          "targets: run-queue wait, CPU, PSI, context switches.", ACTION_OBSERVE,
          (Arg("deployment_id", "s", "dep-..."),)),
+    Tool("GetFeedbackFor", "GetFeedback plus processes the deployment does not target "
+         "(a reader an io policy protects by lowering a writer).", ACTION_OBSERVE,
+         (Arg("deployment_id", "s", "dep-..."),
+          Arg("pids", "s", "comma-separated process ids, at most 64"))),
     Tool("Rollback", "Restore everything a deployment changed and end it.", ACTION_DEPLOY,
          (Arg("deployment_id", "s", "dep-..."),)),
     Tool("GetStatus", "Daemon status: version, subsystems, authorization mode, the caller.",

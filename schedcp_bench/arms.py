@@ -2,7 +2,9 @@
 
 - ``default``: nothing deployed (the kernel's defaults).
 - ``policy:<name>``: a built-in policy of the daemon's repository, its groups
-  bound to the session's roles by group name (``match = { pid = [...] }``;
+  bound to the session's roles by group name (``match = { pid = [...] }``,
+  ``pids`` in io groups; every part of a multi-subsystem policy; io
+  ``[[device]]`` tables aimed at the session's own loop device;
   descendants stay covered, the policies' default), submitted once; before
   each of its windows it is verified for a fresh token, deployed, and waited
   on until active; after the window it is rolled back.  A policy with a group
@@ -92,26 +94,39 @@ async def builtin_policies(client: SchedcpClient) -> dict[str, dict[str, Any]]:
 
 
 def bind(doc: dict[str, Any], roles: dict[str, list[int]], name: str,
-         role_match: dict[str, dict[str, Any]] | None = None) -> tuple[
-        dict[str, Any] | None, list[str]]:
+         role_match: dict[str, dict[str, Any]] | None = None,
+         devices: list[str] | None = None) -> tuple[dict[str, Any] | None, list[str]]:
     """``doc`` with each group selecting the processes of the role of its name.
 
-    A role in ``role_match`` (processes born and gone within a unit) is
-    selected by that match table, any other by the pids in ``roles``.
-    Returns (bound document, []) or (None, the groups without processes).
+    Every part of a multi-subsystem policy is bound, each group by its
+    subsystem's pid selector (``pid`` for the scheduler, ``pids`` for io).
+    A scheduler group whose role is in ``role_match`` (processes born and
+    gone within a unit) is selected by that match table, any other by the
+    pids in ``roles``.  An io part's ``[[device]]`` tables are aimed at
+    ``devices`` (the workload's own loop device); a policy with device tables
+    does not apply to a workload without one.  Returns (bound document, [])
+    or (None, the groups without processes).
     """
     out = copy.deepcopy(doc)
     unbound = []
-    for g in out.get("group", []):
-        group = g.get("name", "")
-        if role_match and group in role_match:
-            g["match"] = dict(role_match[group])
-            continue
-        pids = sorted(set(roles.get(group, [])))
-        if not pids:
-            unbound.append(str(g.get("name")))
-        g["match"] = {"pid": pids}
-    if unbound or not out.get("group"):
+    for sub, _prefix, part in document.parts(out):
+        key = document.MATCH_KEY.get(sub, "pid")
+        for g in part.get("group", []):
+            group = g.get("name", "")
+            if role_match and group in role_match and sub == "scheduler":
+                g["match"] = dict(role_match[group])
+                continue
+            pids = sorted(set(roles.get(group, [])))
+            if not pids:
+                unbound.append(str(g.get("name")))
+            g["match"] = {key: pids}
+        table = document.DEVICE_TABLES.get(sub)
+        if table and part.get(table):
+            if not devices:
+                unbound.append(f"[[{table}]] (the workload has no device of its own)")
+            else:
+                part[table] = [{**part[table][0], "name": dev} for dev in devices]
+    if unbound or not document.has_groups(out):
         return None, unbound
     meta = out.setdefault("policy", {})
     base = meta.get("name", "policy")
@@ -249,8 +264,10 @@ class PolicyArm(Arm):
             raise ArmError(f"no built-in policy named {self.policy!r}")
         full = await ctx.client.call("GetPolicy", found["id"])
         session = ctx.session
+        device = session.extra.get("io_device")
         bound, unbound = bind(tomllib.loads(full["document"]), session.roles,
-                              ctx.workload.name, session.role_match)
+                              ctx.workload.name, session.role_match,
+                              [str(device)] if device else None)
         if bound is None:
             roles = sorted({*session.roles, *session.role_match})
             return (f"the workload has no processes for group(s) {', '.join(unbound)} "
@@ -258,8 +275,8 @@ class PolicyArm(Arm):
         self.policy_id = str(await ctx.client.call("SubmitPolicy", document.dump(bound)))
         self.info = {"policy": self.policy, "source_id": found["id"],
                      "policy_id": self.policy_id,
-                     "groups": {g["name"]: g["match"].get("pid", g["match"])
-                                for g in bound["group"]}}
+                     "groups": {q: next(iter(g["match"].values())) if len(g["match"]) == 1
+                                else g["match"] for q, g in document.groups(bound)}}
         return None
 
     async def activate(self, ctx: ArmContext) -> dict[str, Any]:
@@ -283,6 +300,8 @@ class AgentArm(Arm):
                 "--match", ctx.session.match, "--goal", ctx.workload.goal,
                 "--backend", s.backend, "--observe-seconds", str(s.observe_seconds),
                 "--max-iterations", str(s.max_iterations), "--json"]
+        if ctx.session.extra.get("io_device"):  # the workload's own loop device
+            argv += ["--io-device", str(ctx.session.extra["io_device"])]
         if "usd" in s.budget:
             argv += ["--budget-usd", str(s.budget["usd"])]
         if "tokens" in s.budget:

@@ -19,6 +19,7 @@ import datetime
 import importlib
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -73,12 +74,19 @@ def registry() -> dict[str, type[Workload]]:
     return dict(found)
 
 
+T3_ARMS = ("default", "policy:io-protect-reads", "policy:io-batch-copy", "policy:database",
+           "agent")
+"""The T3 track's arms without --arms: kernel defaults, the built-in io and
+multi-subsystem policies, the agent's pick."""
+
+
 def track_unavailable(track: str) -> str | None:
     """Why ``track`` cannot run here, or None.
 
     T2 (sched_ext code, in the guest host: a micro-VM with a sched_ext
     kernel) needs what ``plugins.scheduler.microvm.available()`` checks.
-    T3 is not built.
+    T3 (io and multi-subsystem policies on fio workloads) needs fio, losetup
+    and root (each session makes a loop device of its own).
     """
     if track == "T1":
         return None
@@ -89,7 +97,14 @@ def track_unavailable(track: str) -> str | None:
             return f"not available: the sched_ext micro-VM cannot be imported ({err})"
         why = available()
         return f"not available: {why}" if why else None
-    return "not available yet (multi-subsystem track T3 is future work)"
+    if track == "T3":
+        missing = [c for c in ("fio", "losetup") if shutil.which(c) is None]
+        if missing:
+            return f"not available: missing {', '.join(missing)} (requirements-apt.txt)"
+        if os.geteuid() != 0:
+            return "not available: needs root (each T3 session makes a loop device)"
+        return None
+    return f"unknown track {track!r}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -140,7 +155,8 @@ def select_workloads(args: argparse.Namespace, suite: Suite) -> list[Workload]:
 
 def _options(args: argparse.Namespace, suite: Suite) -> RunOptions:
     cfg = load_config(args.config)
-    arms = [a.strip() for a in args.arms.split(",")] if args.arms else list(suite.arms)
+    default_arms = T3_ARMS if getattr(args, "track", "T1") == "T3" else suite.arms
+    arms = [a.strip() for a in args.arms.split(",")] if args.arms else list(default_arms)
     if "default" not in arms and cfg.baseline == "default":
         arms.insert(0, "default")
     if args.agent_backend == "claude" and not os.environ.get("ANTHROPIC_API_KEY"):

@@ -71,6 +71,29 @@ class AnalysisAPI:
     @method(ACTION_OBSERVE, in_args=(("deployment_id", "s"),), out_args=(("feedback", "s"),))
     async def GetFeedback(self, caller: Caller, deployment_id: str) -> str:
         """Baseline vs. after-deployment deltas for a deployment's targets, with spread."""
+        return await self._feedback(deployment_id, [])
+
+    @method(ACTION_OBSERVE, in_args=(("deployment_id", "s"), ("pids", "s")),
+            out_args=(("feedback", "s"),))
+    async def GetFeedbackFor(self, caller: Caller, deployment_id: str, pids: str) -> str:
+        """GetFeedback, plus processes the deployment does not target (comma-separated pids).
+
+        For a policy that helps processes by acting on others (io-protect-reads
+        lowers a writer for the sake of a reader): the readers' figures over
+        the same two windows.
+        """
+        extra = []
+        for part in (p.strip() for p in pids.split(",")):
+            if not part:
+                continue
+            if not part.isdigit() or not 0 < int(part) < 2**22:
+                raise InvalidArgument(f"pids: {part!r} is not a process id")
+            extra.append(int(part))
+        if len(extra) > 64:
+            raise InvalidArgument(f"pids: {len(extra)} given, at most 64")
+        return await self._feedback(deployment_id, extra)
+
+    async def _feedback(self, deployment_id: str, extra: list[int]) -> str:
         deployer = getattr(self, "deployer", None)
         if deployer is None:
             raise NotSupported("deployment is not available in this daemon")
@@ -81,7 +104,7 @@ class AnalysisAPI:
             raise InvalidArgument(f"deployment {deployment_id} never applied anything")
         ended = next((e["time"] for e in events if e["state"] in ("reverted", "failed")),
                      time.time())
-        pids = sorted({p for pids in dep["targets"].values() for p in pids})[:64]
+        pids = sorted({p for pids in dep["targets"].values() for p in pids} | set(extra))[:64]
         # The minute before the first write is the baseline (the sampler keeps history).
         result = self._analyzer().feedback(
             (_monotonic(applied - FEEDBACK_BASELINE_SECONDS), _monotonic(applied)),

@@ -2,7 +2,8 @@
 
 Latency workloads first (the T1 scenario, then services beside batch load),
 then the scheduler microbenchmarks, then throughput and makespan workloads;
-the quick suite's 13 first, then the 7 of the full suite only.
+the quick suite's 13 first, then the 7 of the full suite only; then the
+three T3 workloads (``--track T3``: fio on a loop device, docs/benchmark-workloads.md).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from schedcp_bench.workloads.sqlite_oltp import SqliteOltp
 from schedcp_bench.workloads.stress_cyclic import StressCyclic
 from schedcp_bench.workloads.sysbench_cpu import SysbenchCpu
 from schedcp_bench.workloads.t1_probe import T1Probe
+from schedcp_bench.workloads.t3_io import FioMixedService, FioReadBesideWriter, FioReadCpuIo
 from schedcp_bench.workloads.zstd_fsync import ZstdFsync
 
 WORKLOADS: dict[str, type[Workload]] = {
@@ -53,6 +55,10 @@ WORKLOADS: dict[str, type[Workload]] = {
         SortJoin,
         FfmpegX264,
         LuaBuild,
+        # track T3 (issue 21): io and multi-subsystem policies
+        FioReadBesideWriter,
+        FioMixedService,
+        FioReadCpuIo,
     )
 }
 

@@ -75,6 +75,8 @@ class ProcWindow:
     ivcs: int = 0
     ts_dt: float = 0.0  # seconds of samples that carried TaskStats switch counts
     io_bytes: int = 0
+    io_write_bytes: int = 0
+    blkio_s: float = 0.0
     spawned: int = 0
     d_samples: int = 0
     r_samples: int = 0
@@ -108,6 +110,16 @@ class ProcWindow:
     def io_rate(self) -> float:
         """Block-layer bytes per second."""
         return self.io_bytes / self.span_s if self.span_s > 0 else 0.0
+
+    @property
+    def write_rate(self) -> float:
+        """Block-layer bytes written per second (part of :attr:`io_rate`)."""
+        return self.io_write_bytes / self.span_s if self.span_s > 0 else 0.0
+
+    @property
+    def blkio_wait(self) -> float:
+        """Block-I/O delay in seconds per second (0 while delay accounting is off)."""
+        return self.blkio_s / self.span_s if self.span_s > 0 else 0.0
 
     @property
     def d_fraction(self) -> float:
@@ -157,6 +169,8 @@ def aggregate(samples: list[Sample]) -> dict[int, ProcWindow]:
                 w.ivcs += d.ivcs or 0
                 w.ts_dt += s.dt
             w.io_bytes += d.io_bytes
+            w.io_write_bytes += d.io_write_bytes
+            w.blkio_s += d.blkio_s
             w.spawned += d.spawned
             w.d_samples += d.state == "D"
             w.r_samples += d.state == "R"

@@ -88,10 +88,17 @@ def first_seen(samples: list[Sample], pids: list[int]) -> dict[int, float]:
 
 
 def _pid_series(samples: list[Sample], pid: int,
-                seen: float | None) -> tuple[list[float], list[float]]:
-    """CPU (cores) and run-queue wait (s/s) of ``pid`` per sample since it was first seen."""
+                seen: float | None) -> tuple[list[float], list[float], list[float]]:
+    """CPU (cores), run-queue wait (s/s) and block-layer I/O (KiB/s) of ``pid`` per sample.
+
+    Only samples since the process was first seen count.  Its I/O is read
+    for the busiest processes, those in D state and a deployment's targets
+    (sampler.py): an interval without a reading carries its bytes into the
+    next one.
+    """
     cpu: list[float] = []
     wait: list[float] = []
+    io: list[float] = []
     for s in samples:
         d = s.procs.get(pid)
         if d is not None:
@@ -100,11 +107,13 @@ def _pid_series(samples: list[Sample], pid: int,
             own = d.run_s if d.wait_source == "taskstats" or d.threads == 1 else d.cpu_s
             cpu.append((own + d.child_cpu_s) / s.dt)
             wait.append(d.wait_s / s.dt)
+            io.append(d.io_bytes / 1024 / s.dt)
         elif seen is not None and s.t >= seen:
             # No record while it existed: the process did nothing this interval.
             cpu.append(0.0)
             wait.append(0.0)
-    return cpu, wait
+            io.append(0.0)
+    return cpu, wait, io
 
 
 def build(before_samples: list[Sample], after_samples: list[Sample],
@@ -130,11 +139,12 @@ def build(before_samples: list[Sample], after_samples: list[Sample],
         per: dict[str, Any] = {}
         for pid in pids:
             known = (seen or {}).get(pid)
-            bc, bw = _pid_series(before_samples, pid, known)
-            ac, aw = _pid_series(after_samples, pid, known)
+            bc, bw, bi = _pid_series(before_samples, pid, known)
+            ac, aw, ai = _pid_series(after_samples, pid, known)
             if not (bc or ac):
                 notes.append(f"pid {pid}: no activity recorded in either window")
-            per[str(pid)] = {"cpu": compare(bc, ac), "wait": compare(bw, aw)}
+            per[str(pid)] = {"cpu": compare(bc, ac), "wait": compare(bw, aw),
+                             "io_kbs": compare(bi, ai)}
         out["pids"] = per
     out["notes"] = notes
     return out

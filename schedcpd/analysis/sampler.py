@@ -52,6 +52,8 @@ class ProcDelta:
     spawned: int  # children first seen in this interval
     wait_source: str  # "taskstats" (all threads) or "schedstat" (leader thread)
     first_seen: float  # monotonic time the sampler first saw this process
+    io_write_bytes: int = 0  # the write part of io_bytes
+    blkio_s: float = 0.0  # block-I/O delay (taskstats delay accounting; 0 while it is off)
 
 
 @dataclass(slots=True)
@@ -97,6 +99,8 @@ class _ProcState:
     ts: TgidStats | None = None
     ts_index: int = -2
     io: int | None = None
+    io_w: int | None = None
+    blkio_ticks: int = 0
 
 
 class Collector:
@@ -230,11 +234,12 @@ class Collector:
                 starttime=st.starttime, ppid=st.ppid, cpu_ticks=st.utime + st.stime,
                 child_ticks=st.cutime + st.cstime, run_ns=ss[0], wait_ns=ss[1],
                 slices=ss[2], first_seen=prev.first_seen if prev else t,
-                threads=st.threads, state=st.state,
+                threads=st.threads, state=st.state, blkio_ticks=st.blkio_ticks,
             )
             if prev is not None:
                 state.cgroup, state.cgroup_read = prev.cgroup, prev.cgroup_read
                 state.ts, state.ts_index, state.io = prev.ts, prev.ts_index, prev.io
+                state.io_w = prev.io_w
             new[pid] = state
             rows.append((pid, st, state, prev, born))
         self._procs = new
@@ -292,7 +297,7 @@ class Collector:
                       or st.state == "D" or spawned.get(pid, 0) > 0 or born)
             if not active:
                 continue
-            io_bytes = 0
+            io_bytes = io_write = 0
             # /proc/<pid>/io only for the busiest and the blocked: it is read
             # with a fresh open each time and matters only for classifying.
             io = procfs.read_pid_io(pid) if pid in ts_pids or st.state == "D" else None
@@ -300,9 +305,10 @@ class Collector:
                 total_io = io[0] + io[1]
                 if state.io is not None:
                     io_bytes = max(0, total_io - state.io)
+                    io_write = max(0, io[1] - (state.io_w or 0))
                 elif born:
-                    io_bytes = total_io
-                state.io = total_io
+                    io_bytes, io_write = total_io, io[1]
+                state.io, state.io_w = total_io, io[1]
             if not state.cgroup_read and pid in ts_pids:
                 # Only the busiest: on a host that forks hundreds of processes
                 # a second, reading every newcomer's cgroup dominated the cost.
@@ -315,7 +321,8 @@ class Collector:
                 run_s=max(0, run_ns) / 1e9, wait_s=max(0, wait_ns) / 1e9,
                 slices=max(0, slices), vcs=vcs, ivcs=ivcs, io_bytes=io_bytes,
                 spawned=spawned.get(pid, 0), wait_source=source,
-                first_seen=state.first_seen,
+                first_seen=state.first_seen, io_write_bytes=min(io_write, io_bytes),
+                blkio_s=max(0, state.blkio_ticks - base.blkio_ticks) * _TICK,
             )
         wait_total = sum(d.wait_s for d in out.values())
         if len(out) > self.max_records:

@@ -99,6 +99,7 @@ def _proc_entry(w: ProcWindow, cls: str, windows: dict[int, ProcWindow],
     e.update({
         "ppid": w.ppid, "own_cpu": _r(w.cpu, 3), "child_cpu": _r(w.child_cpu, 3),
         "wait": _r(w.wait, 4), "wakeups": _r(w.wakeups, 1), "io_kbs": _r(w.io_rate / 1024, 1),
+        "wr_kbs": _r(w.write_rate / 1024, 1), "blkio": _r(w.blkio_wait, 4),
         "d_frac": _r(w.d_fraction), "r_frac": _r(w.r_fraction),
         "spawn_rate": _r(w.spawn_rate, 2), "state": w.state,
     })
@@ -176,6 +177,15 @@ def build(samples: list[Sample], detail: str, top_n: int, notes: list[str],
             counts[classes[w.pid]] += 1
         out["classes"] = {k: v for k, v in counts.items() if v}
         out["cgroups"] = _cgroups(windows, 8 if detail == "normal" else 32)
+        # A reader waiting on the disk uses almost no CPU, so the CPU ranking
+        # may leave it out: the processes with the most I/O, by block-layer
+        # bytes and then time in D, not already in ``top``.
+        listed = {e["pid"] for e in top}
+        io_ranked = sorted((w for w in busy if w.pid not in listed
+                            and (w.io_rate > 0 or w.d_fraction > 0 or w.blkio_s > 0)),
+                           key=lambda w: (w.io_rate + w.d_fraction * 2**20), reverse=True)
+        out["io_top"] = [_proc_entry(w, classes[w.pid], windows, detail)
+                         for w in io_ranked[:ntop]]
     if detail == "full":
         tail = samples[-30:]
         out["series"] = {

@@ -71,23 +71,62 @@ def test_numbers_are_range_checked() -> None:
 
 
 POLICY_FILES = sorted((ROOT / "policies").rglob("*.toml"))
-GROUPLESS = [p for p in POLICY_FILES if "group" not in tomllib.loads(p.read_text())]
+GROUPLESS = [p for p in POLICY_FILES if not document.has_groups(tomllib.loads(p.read_text()))]
 
 
 @pytest.mark.parametrize("path", [p for p in POLICY_FILES if p not in GROUPLESS],
                          ids=lambda p: p.stem)
 def test_retarget_round_trips_every_builtin(path: Path) -> None:
+    # Every part of a multi-subsystem policy is bound, each group by its
+    # subsystem's pid selector (scheduler: pid; io, dvfs: pids).
     name = path.stem
     base = tomllib.loads(path.read_text())
-    bindings = {g["name"]: [100 + i] for i, g in enumerate(base["group"])}
+    names = sorted({g["name"] for _q, g in document.groups(base)})
+    bindings = {n: [100 + i] for i, n in enumerate(names)}
     doc = document.retarget(base, bindings, base_name=name, profile_key="latency.x",
                             profile_text="a test", goal="latency")
     text = document.dump(doc)
     assert tomllib.loads(text) == doc
-    assert [g["match"] for g in doc["group"]] == [{"pid": [100 + i]}
-                                                   for i in range(len(base["group"]))]
+    bound = document.groups(doc)
+    assert len(bound) == len(document.groups(base))
+    for sub, _prefix, part in document.parts(doc):
+        key = document.MATCH_KEY[sub]
+        for g in part["group"]:
+            assert g["match"] == {key: bindings[g["name"]]}, (sub, g)
+    assert scope_problem(text, {100 + i for i in range(len(names))}) is None, text
     assert "profile:latency.x" in doc["policy"]["tags"]
     assert doc["policy"]["name"].startswith(f"agent-{name}"[:20])
+
+
+def test_io_device_tables_go_only_to_the_devices_the_user_allowed() -> None:
+    base = tomllib.loads((ROOT / "policies/io-protect-reads.toml").read_text())
+    kept = document.retarget(base, {"bulk-writer": [7]}, base_name="x", profile_key="k",
+                             profile_text="t", goal="latency", devices=["loop42"])
+    assert [d["name"] for d in kept["device"]] == ["loop42"]
+    assert kept["device"][0]["tunables"] == base["device"][0]["tunables"]
+    assert scope_problem(document.dump(kept), {7}, ["loop42"]) is None
+    assert "machine-wide" in str(scope_problem(document.dump(kept), {7}))
+    dropped = document.retarget(base, {"bulk-writer": [7]}, base_name="x", profile_key="k",
+                                profile_text="t", goal="latency")
+    assert "device" not in dropped and dropped["group"][0]["match"] == {"pids": [7]}
+
+
+def test_scope_checks_every_part_of_a_multi_subsystem_policy() -> None:
+    base = tomllib.loads((ROOT / "policies/database.toml").read_text())
+    doc = document.retarget(base, {"database": [7]}, base_name="database", profile_key="k",
+                            profile_text="t", goal="latency")
+    assert scope_problem(document.dump(doc), {7}) is None
+    doc["io"]["group"][0]["match"] = {"pids": [7, 8]}
+    assert "io/database" in str(scope_problem(document.dump(doc), {7}))
+    doc["io"]["group"][0]["match"] = {"pid": [7]}  # the scheduler's selector in an io part
+    assert "pids" in str(scope_problem(document.dump(doc), {7}))
+    # A part left with nothing to bind is dropped with its subsystem.
+    only_cpu = document.retarget(base, {"database": [7]}, base_name="d", profile_key="k",
+                                 profile_text="t", goal="latency")
+    only_cpu["io"]["group"] = []
+    again = document.retarget(only_cpu, {"database": [7]}, base_name="d", profile_key="k",
+                              profile_text="t", goal="latency")
+    assert again["policy"]["subsystems"] == ["scheduler"] and "io" not in again
 
 
 def test_shipped_policies_include_a_groupless_one() -> None:
@@ -278,3 +317,28 @@ def test_cgroup_and_pid_scopes_resolve_to_the_processes_in_them() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_judge_reads_the_io_rate_of_readers_for_io_shapes() -> None:
+    def s(v: list[float]) -> dict[str, float]:
+        return {"median": v[1], "p10": v[0], "p90": v[2], "mean": v[1], "n": 20}
+
+    def fb(before: list[float], after: list[float]) -> dict[str, object]:
+        # The reader's run-queue wait did not move; its reads went 4x faster.
+        flat = {"before": s([0.01, 0.02, 0.03]), "after": s([0.01, 0.02, 0.03])}
+        return {"pids": {"7": {"wait": flat, "cpu": flat,
+                               "io_kbs": {"before": s(before), "after": s(after)}}}}
+
+    for shape, role in (("io-reads-beside-writer", "reader"),
+                        ("latency-beside-cpu-and-io", "database")):
+        prof = WorkloadProfile(shape, "latency", "inferred", "t",
+                               roles={role: [7], "bulk-writer": [8]})
+        kept = judge(prof, "active", fb([500, 600, 700], [2400, 2600, 2800]))
+        assert kept.goal_met and kept.metric.startswith("block-layer I/O"), kept
+        assert role in kept.metric
+        assert judge(prof, "active", fb([500, 600, 700], [100, 150, 200])).outcome == "worse"
+    # Other shapes keep their CPU figures.
+    cpu = WorkloadProfile("latency-beside-cpu-hogs", "latency", "given", "t",
+                          roles={"latency": [7]})
+    assert judge(cpu, "active", fb([500, 600, 700], [2400, 2600, 2800])).metric.startswith(
+        "run-queue wait")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -60,5 +61,15 @@ def test_feedback_of_a_deployment_over_dbus(start_daemon) -> None:
         # Observation only: anyone may ask, an unknown id is NotFound.
         missing = calls_as(0, proc.address, [["GetFeedback", "s", ["dep-000000000000"]]])[0]
         assert missing["error"] == "org.schedcp.Control1.Error.NotFound"
+
+        # GetFeedbackFor adds processes the deployment does not target (here the
+        # test itself), with their own series; anything but pids is refused by name.
+        me = str(os.getpid())
+        more = json.loads(call(proc.address, "GetFeedbackFor", "ss", dep, f"{me}, {hogs[0]}"))
+        assert set(more["pids"]) == {str(p) for p in hogs} | {me}
+        assert {"cpu", "wait", "io_kbs"} <= set(more["pids"][me])
+        for bad in ("1,x", "-3", ",".join(str(i) for i in range(1, 70))):
+            got = calls_as(0, proc.address, [["GetFeedbackFor", "ss", [dep, bad]]])[0]
+            assert got["error"] == "org.schedcp.Control1.Error.InvalidArgument", (bad, got)
     finally:
         workload.stop()

@@ -190,3 +190,37 @@ def test_brief_bound_holds_for_big_hosts() -> None:
     assert 1 <= len(brief["top"]) <= 5
     assert all(e["cls"] == "cpu-bound" for e in brief["top"])
     assert all(len(e["cg"]) <= 40 for e in brief["top"])
+
+
+def test_a_reader_waiting_on_the_disk_is_in_io_top_with_its_write_split() -> None:
+    # Eight CPU hogs fill `top`; a reader in D with almost no CPU and a writer
+    # must still be listed (io_top), with reads and writes told apart.
+    from schedcpd.analysis import summary as summary_mod
+    from schedcpd.analysis.sampler import ProcDelta, Sample
+
+    def delta(pid: int, cpu: float, state: str, io: int, written: int,
+              blkio: float) -> ProcDelta:
+        return ProcDelta(pid=pid, comm=f"p{pid}", ppid=1, pgrp=pid, state=state, threads=1,
+                         cgroup="/", cpu_s=cpu, child_cpu_s=0.0, run_s=cpu, wait_s=0.0,
+                         slices=10, vcs=10, ivcs=0, io_bytes=io, spawned=0,
+                         wait_source="schedstat", first_seen=0.0, io_write_bytes=written,
+                         blkio_s=blkio)
+
+    samples = []
+    for k in range(8):
+        procs = {pid: delta(pid, 0.9, "R", 0, 0, 0.0) for pid in range(100, 108)}
+        procs[200] = delta(200, 0.001, "D", 300 * 1024, 0, 0.8)
+        procs[201] = delta(201, 0.2, "S", 2**30, 2**30, 0.0)
+        samples.append(Sample(
+            t=float(k + 1), dt=1.0, wall=0.0, cpu_util=[1.0, 1.0], util=1.0, iowait=0.1,
+            ctxt_rate=100.0, fork_rate=0.0, procs_running=8, procs_blocked=1,
+            load=(8.0, 8.0, 8.0), psi={}, rq_wait=6.0, nprocs=20, cost_s=0.001,
+            procs=procs))
+    out = summary_mod.build(samples, "normal", 8, [], 1.0)
+    assert {e["pid"] for e in out["top"]} == set(range(100, 108))
+    io = {e["pid"]: e for e in out["io_top"]}
+    assert list(io) == [201, 200]  # the most bytes first
+    assert io[201]["wr_kbs"] == io[201]["io_kbs"] == 2**20
+    assert io[200]["wr_kbs"] == 0 and io[200]["io_kbs"] == 300
+    assert io[200]["d_frac"] == 1 and io[200]["blkio"] == 0.8
+    assert "io_top" not in summary_mod.build(samples, "brief", 8, [], 1.0)

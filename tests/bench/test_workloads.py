@@ -28,7 +28,8 @@ from schedcp_bench.workloads.cache_batch import batch_figures
 from schedcp_bench.workloads.common import NATIVE_DIR
 from tests.harness import poll
 
-GROUPS = {"latency", "batch", "build", "long", "short", "foreground", "noisy"}
+GROUPS = {"latency", "batch", "build", "long", "short", "foreground", "noisy",
+          "reader", "bulk-writer", "copy", "database"}  # the last four: T3 (io, multi)
 #: The first window; it grows (up to PATIENCE) until every metric has a complete unit:
 #: this test checks that the figures exist and are sane, not their statistics.
 WINDOW = 1.0
@@ -164,9 +165,27 @@ def test_bind_selects_roles_by_pid_or_by_match() -> None:
     assert bind(doc, {"batch": [3]}, "w") == (None, ["long"])
 
 
+def test_bind_covers_every_part_and_aims_device_tables_at_the_workloads_device() -> None:
+    doc = {"policy": {"name": "db", "description": "d", "subsystems": ["scheduler", "io"]},
+           "scheduler": {"group": [{"name": "database", "match": {"comm": ["x"]},
+                                    "task": {"slice_us": 500}}]},
+           "io": {"device": [{"name": "vda", "scheduler": "mq-deadline"}],
+                  "group": [{"name": "database", "match": {"comm": ["x"]},
+                             "ioprio": {"class": "be", "level": 0}}]}}
+    bound, unbound = bind(doc, {"database": [4]}, "w", devices=["loop42"])
+    assert unbound == [] and bound is not None
+    assert bound["scheduler"]["group"][0]["match"] == {"pid": [4]}
+    assert bound["io"]["group"][0]["match"] == {"pids": [4]}
+    assert bound["io"]["device"] == [{"name": "loop42", "scheduler": "mq-deadline"}]
+    # Without a device of the workload's own, a policy with device tables does not apply
+    # (the machine's own disks are never a benchmark arm's to change).
+    none, why = bind(doc, {"database": [4]}, "w")
+    assert none is None and "device" in why[0]
+
+
 def test_registry_is_complete() -> None:
     """Every workload module is registered under its own name, in a stable order."""
-    assert len(WORKLOADS) == 20
+    assert len(WORKLOADS) == 23
     for name, cls in WORKLOADS.items():
         assert cls.name == name and cls.description and cls.metrics
 
@@ -252,3 +271,17 @@ def test_cache_batch_adds_the_rates_of_jobs_that_ran_side_by_side() -> None:
     assert figures["mloads_per_s"] == pytest.approx(40 + 10)
     assert figures["cpus_used"] == pytest.approx(0.5 + 1.0) and figures["jobs"] == 2
     assert batch_figures([]) == {"mloads_per_s": None, "cpus_used": None, "jobs": 0}
+
+
+def test_the_t3_track_runs_here_with_its_own_arms() -> None:
+    """T3 is available where fio and losetup are (as root); its workloads are its own."""
+    from schedcp_bench import cli
+
+    assert cli.track_unavailable("T3") is None  # the test VM has fio, losetup, root
+    assert "unknown track" in str(cli.track_unavailable("T9"))
+    t3 = [n for n, c in WORKLOADS.items() if c.track == "T3"]
+    assert t3 == ["fio-read-beside-writer", "fio-mixed-service", "fio-read-cpu-io"]
+    args = cli.parser().parse_args(["run", "--track", "T3"])
+    opts = cli._options(args, cli.SUITES["quick"])
+    assert opts.arms == list(cli.T3_ARMS)
+    assert [w.name for w in cli.select_workloads(args, cli.SUITES["quick"])] == t3
