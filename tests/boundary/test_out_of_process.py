@@ -54,10 +54,26 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 
 
 @pytest.fixture
-def host(fake: Path, journal: Journal, tmp_path: Path) -> Iterator[tuple[PluginHost, list]]:
+def outside_module(readable_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """outside_plugin.py where nobody can import it: a checkout may be root's alone.
+
+    (A CI clone in a 0700 mkdtemp directory is: there the child could not
+    import ``tests.boundary.outside_plugin`` at all.)  The directory joins
+    sys.path, which the host hands to the child as its PYTHONPATH.
+    """
+    shutil.copy(Path(__file__).with_name("outside_plugin.py"),
+                readable_path / "schedcp_outside_plugin.py")
+    (readable_path / "schedcp_outside_plugin.py").chmod(0o644)
+    monkeypatch.syspath_prepend(str(readable_path))
+    return "schedcp_outside_plugin"
+
+
+@pytest.fixture
+def host(fake: Path, journal: Journal, tmp_path: Path,
+         outside_module: str) -> Iterator[tuple[PluginHost, list]]:
     failures: list[tuple[str, str]] = []
     h = PluginHost(builtins={"good": "tests.core.sample_plugins.good"},
-                   third_party={"outside": "tests.boundary.outside_plugin"},
+                   third_party={"outside": outside_module},
                    load_entry_points=False, on_failure=lambda n, m: failures.append((n, m)))
     h.startup(lambda name: PluginContext(state_dir=tmp_path / name, journal=journal,
                                          config={"fake_root": str(fake)}))
@@ -168,7 +184,7 @@ def test_a_crashing_child_disables_that_plugin_only(host: tuple[PluginHost, list
 
 def test_an_unimportable_third_party_plugin_is_disabled_at_load(tmp_path: Path) -> None:
     failures: list[tuple[str, str]] = []
-    h = PluginHost(builtins={}, third_party={"gone": "tests.boundary.no_such_module"},
+    h = PluginHost(builtins={}, third_party={"gone": "schedcp_no_such_plugin_module"},
                    load_entry_points=False, on_failure=lambda n, m: failures.append((n, m)))
     assert not h.records["gone"].enabled
-    assert "No module named 'tests.boundary.no_such_module'" in failures[0][1]
+    assert "No module named 'schedcp_no_such_plugin_module'" in failures[0][1]

@@ -58,6 +58,7 @@ CALLS.update({
     "ReleaseHold": ["ReleaseHold", "s", ["dep-000000000000"], MGR],
     "GetDeployment": ["GetDeployment", "s", ["dep-000000000000"], MGR],
     "GetFeedback": ["GetFeedback", "s", ["dep-000000000000"], MGR],
+    "GetFeedbackFor": ["GetFeedbackFor", "ss", ["dep-000000000000", "1"], MGR],
     "Explain": ["Explain", "s", ["dep-000000000000"], MGR],
     "GetTrustedKeys": ["GetTrustedKeys", "", [], MGR],
     "ExportBundle": ["ExportBundle", "s", ["schedcp1.e30.e30"], MGR],
@@ -65,13 +66,15 @@ CALLS.update({
 })
 OBSERVE = ("GetStatus", "Properties.Get", "Properties.GetAll", "ListPolicies", "GetPolicy",
            "GetPolicyHistory", "GetVerifierKeys", "GetSummary", "ListProbes", "ListDeployments",
-           "GetDeployment", "GetFeedback", "GetVerificationReport", "Explain", "GetTrustedKeys")
+           "GetDeployment", "GetFeedback", "GetFeedbackFor", "GetVerificationReport", "Explain",
+           "GetTrustedKeys")
 # Called with arguments that name no real object: an allowed caller gets a
 # named error other than AccessDenied (NotFound, InvalidToken, ...).
 # Profiling is also judged only on refusal: its results have tests of their own.
 FAKE_OBJECT = {"Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold",
                "GetDeployment", "GetVerificationReport", "Explain",
-               "GetFeedback", "RunProbe", "RunPerfStat", "ExportBundle", "ImportBundle"}
+               "GetFeedback", "GetFeedbackFor", "RunProbe", "RunPerfStat", "ExportBundle",
+               "ImportBundle"}
 DEPLOY = ("Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold")
 # Bundles need the verify action, as VerifyPolicy does (docs/fleet.md).
 ADMIN = ("GetAudit", "Reload", "SetPolicyState", "RotateVerifierKey", "VerifyPolicy",

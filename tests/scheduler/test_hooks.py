@@ -59,9 +59,12 @@ def test_host_can_register_the_module_itself(
     pm.add_hookspecs(schedcpd.hookspecs)
     pm.register(plugin_module, name="scheduler")
     pm.check_pending()
-    specs = {n for n in dir(schedcpd.hookspecs) if n.startswith("schedcp_")}
+    # Every daemon hook is implemented at module level, but schedcp_knobs: the
+    # scheduler plugin is not ported to declared knobs (docs/plugins.md, "What
+    # is ported"), so it declares none and writes through its own applier.
+    specs = {n for n in dir(schedcpd.hookspecs) if n.startswith("schedcp_")} - {"schedcp_knobs"}
     callers = {c.name for c in pm.get_hookcallers(plugin_module) or []}
-    assert callers == specs  # every daemon hook is implemented at module level
+    assert callers == specs
     pm.hook.schedcp_startup(
         context=PluginContext(
             state_dir=tmp_path, config={"cgroup_parent": cgroup_parent}, journal=journal
