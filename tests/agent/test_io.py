@@ -76,6 +76,36 @@ def _reader(started: list[subprocess.Popen[bytes]], dev: ScratchDevice) -> tuple
                 "--ioengine=psync")
 
 
+_DATABASE = """
+import mmap, os, random, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
+blocks = os.lseek(fd, 0, os.SEEK_END) // 4096
+buf = mmap.mmap(-1, 4096)
+while True:
+    os.preadv(fd, [buf], random.randrange(blocks) * 4096)
+    done = time.thread_time() + 0.0005
+    while time.thread_time() < done:
+        pass
+"""
+
+
+def _database_reader(started: list[subprocess.Popen[bytes]], dev: ScratchDevice
+                     ) -> tuple[int, int]:
+    """A reader that works on each block it reads (0.5 ms of its own CPU, as a query would).
+
+    A bare psync reader needs so little CPU that whether it ever waited for one
+    beside the hogs was chance (EEVDF often runs a short waker at once: one CI
+    run measured 0.008 s/s of run-queue wait, a passing run 0.13).  With half a
+    millisecond of work per read it is runnable long enough to queue behind
+    the hogs (0.37-0.80 s/s in four runs at load 5-7), and it still waits on
+    the disk for every read (O_DIRECT, depth 1; in D 24-53 % of samples).
+    (fio's thinktime_spin would do it, but fio 3.33 here spins far too long.)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", _DATABASE, str(dev.path)])
+    started.append(proc)
+    return proc.pid, proc.pid
+
+
 def _writer(started: list[subprocess.Popen[bytes]], dev: ScratchDevice) -> tuple[int, int]:
     return _fio(started, dev, "--name=writer", "--rw=write", "--bs=1M", "--iodepth=16",
                 "--ioengine=libaio")
@@ -156,7 +186,7 @@ def test_reads_waiting_for_cpu_and_disk_get_the_database_policy(
     hogs = [procs.worker("spin") for _ in range(3)]
     wait_workers_ready(hogs)
     writer, _writer_job = _writer(fio_jobs, loop)
-    reader, reader_job = _reader(fio_jobs, loop)
+    reader, reader_job = _database_reader(fio_jobs, loop)
     slack = int(Path(f"/proc/{reader_job}/timerslack_ns").read_text())
     with IoprioWatcher([reader_job]) as watch:
         report = _optimize(agent_daemon.address, agent_uid,
