@@ -22,6 +22,22 @@ from schedcpd import __version__
 from tests.harness import ROOT, STATE_ROOT, PrivateBus, SchedcpdProcess
 
 TEST_GROUP = "schedcp"
+_LANE_MARKS = {"microvm": "tcg", "packaging": "packaging"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/microvm is ``tcg``, every one under tests/packaging ``packaging``.
+
+    The two mark the guest lane of ./scripts/test (README): the tests that
+    boot qemu guests or share the micro-VM cache, and the package tests,
+    which move that cache aside while they install and purge the .deb.
+    """
+    here = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(here).parts if item.path.is_relative_to(here) else ()
+        if parts and parts[0] in _LANE_MARKS:
+            item.add_marker(_LANE_MARKS[parts[0]])
+
 TEST_USER = "schedcp-test"
 
 

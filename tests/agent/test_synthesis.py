@@ -26,6 +26,10 @@ from tests.agent.fake_messages import FakeMessagesAPI, last_tool_results, messag
 from tests.agent.test_claude import _env, transcripts
 from tests.harness import calls_as
 
+# The synthesized programs are verified in the micro-VM (qemu under TCG), and
+# the capability tests read whether its cache is there: the guest lane.
+pytestmark = pytest.mark.tcg
+
 # A call can wait for two micro-VM boots (kernel and dynamic stages).
 T2_CONFIG_EXTRA = "[bus]\ncall_timeout_seconds = 600\n"
 

@@ -39,7 +39,10 @@ from schedcpd.const import ACTION_OBSERVE, ACTIONS, BUS_NAME, MANAGER_INTERFACE,
 from tests.harness import ROOT, PrivateBus, run_as, wait_for, wait_until
 from tests.packaging.conftest import SYSTEMD_DIR, unit_capabilities
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# test_users: the accounts tests/conftest.py makes stay until the last test
+# session using them ends (./scripts/test runs two at once), so a host-lane
+# session ending cannot delete group schedcp while the package is installed.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.usefixtures("test_users")]
 
 if os.geteuid() != 0:
     pytest.skip("installing a package needs root", allow_module_level=True)
