@@ -187,14 +187,15 @@ class Journal:
     def record_inherited(
         self,
         owner: str,
-        rows: list[tuple[str, str, Any, Any]],
+        rows: list[tuple[str, str, Any, Any]] | list[tuple[str, str, Any, Any, str]],
         *,
         subsystem: str = "",
         note: str = "",
     ) -> list[int]:
         """Save values the kernel already set, as ``applied``, in one transaction.
 
-        ``rows`` are ``(kind, key, prior, new)``.  For a child forked from a
+        ``rows`` are ``(kind, key, prior, new)``, or ``(kind, key, prior, new,
+        target)`` for a core-actuated knob.  For a child forked from a
         task we manage: the kernel copied our values into it at fork, so
         there is no write to come and no window before it to protect; one
         commit stands for what ``record`` + ``mark_applied`` do per row.
@@ -206,7 +207,7 @@ class Journal:
     def _insert(
         conn: sqlite3.Connection,
         owner: str,
-        rows: list[tuple[str, str, Any, Any]],
+        rows: list[tuple[str, str, Any, Any]] | list[tuple[str, str, Any, Any, str]],
         state: str,
         subsystem: str,
         note: str,
@@ -214,12 +215,14 @@ class Journal:
     ) -> list[int]:
         now = time.time()
         ids = []
-        for kind, key, prior, new in rows:
+        for row in rows:
+            kind, key, prior, new = row[:4]
+            where = str(row[4]) if len(row) > 4 else target
             cur = conn.execute(
                 f"INSERT INTO {_TABLE} (time, subsystem, owner, kind, key, prior, new,"
                 " state, note, updated, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (now, subsystem, owner, kind, key, json.dumps(prior), json.dumps(new), state,
-                 note, now, target),
+                 note, now, where),
             )
             assert cur.lastrowid is not None
             ids.append(int(cur.lastrowid))
