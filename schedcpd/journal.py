@@ -249,6 +249,26 @@ class Journal:
                 if cur.rowcount != 1:
                     raise KeyError(f"no journal entry {entry_id}")
 
+    def retarget(self, entry_id: int, kind: str, target: str, prior: Any = _KEEP,
+                 new: Any = _KEEP) -> None:
+        """Hand an open entry a plugin wrote itself to the core's actuator (an upgrade).
+
+        The entry gets the knob name as ``kind`` and the knob's ``target``
+        (and, where the old form saved more, the knob's form of ``prior`` /
+        ``new``); its state and owner stay, so a restore after the upgrade
+        puts back what the old code wrote.
+        """
+        sets, values = ["kind = ?", "target = ?", "updated = ?"], [kind, target, time.time()]
+        for column, value in (("prior", prior), ("new", new)):
+            if value is not _KEEP:
+                sets.append(f"{column} = ?")
+                values.append(json.dumps(value))
+        with self._tx() as conn:
+            cur = conn.execute(f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE id = ?",
+                               (*values, entry_id))
+            if cur.rowcount != 1:
+                raise KeyError(f"no journal entry {entry_id}")
+
     def mark_applied(self, entry_id: int, new: Any = _KEEP) -> None:
         """Record that the write of ``entry_id`` happened.
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from schedcpd.hookspecs import PluginContext
-from schedcpd.journal import OVERRIDDEN, Journal
+from schedcpd.journal import OVERRIDDEN, Journal, JournalEntry
 from schedcpd.payloads import ApplyResult, Change, RestoreReport
 
 EXPLAIN_STATES = ("pending", "applied", "restored", "skipped", "overridden")
@@ -98,6 +98,27 @@ def restore_owner(restore: Callable[[str | None], dict[str, Any]], lock: threadi
         else:
             policies.pop(owner, None)
     return {"entries": report["entries"], "summary": report["summary"]}
+
+
+def hand_over_legacy(journal: Journal, subsystem: str,
+                     convert: Callable[[JournalEntry], tuple[str, str, Any, Any] | None]
+                     ) -> int:
+    """Give the core actuator the open entries an older plugin wrote itself.
+
+    ``convert(entry)`` answers ``(knob, target, prior, new)`` for an entry
+    without a target that the plugin now writes through the core (``None``:
+    not one of those).  Run at start-up, before the daemon's restore, so a
+    daemon upgraded with open entries still restores them.  Returns how many.
+    """
+    count = 0
+    for entry in journal.pending_restore(subsystem=subsystem):
+        if entry.target:
+            continue
+        moved = convert(entry)
+        if moved is not None:
+            journal.retarget(entry.id, *moved)
+            count += 1
+    return count
 
 
 def journal_state(journal: Journal, subsystem: str) -> dict[str, Any]:

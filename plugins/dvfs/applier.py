@@ -203,7 +203,7 @@ def apply(actuator: Actuator, p: Plan, owner: str) -> list[dict[str, Any]]:
     skipped = list(p.skipped)
     for w in p.writes:
         try:
-            actuator.write(owner, w.kind, w.key, w.prior, w.new)
+            actuator.write(owner, w.kind, w.key, w.new)
         except Gone as err:
             if w.kind == "uclamp":
                 skipped.append({"target": w.target, "note": str(err)})
@@ -211,11 +211,10 @@ def apply(actuator: Actuator, p: Plan, owner: str) -> list[dict[str, Any]]:
             _undo(actuator, owner)
             raise NotFound(f"{w.target}: {err}; what this deployment wrote is restored") \
                 from err
-        except (OSError, KernelRefused) as err:
+        except KernelRefused as err:
             _undo(actuator, owner)
-            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise InvalidArgument(f"{w.target}: the kernel refused {w.knob} = {w.new!r} "
-                                  f"({why}); what this deployment wrote is restored") from err
+                                  f"({err}); what this deployment wrote is restored") from err
     return skipped
 
 

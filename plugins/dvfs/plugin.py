@@ -1,8 +1,9 @@
 """The dvfs subsystem: cpufreq governor, EPP, frequency limits and boost; task and
 cgroup utilisation clamps (uclamp), on the running kernel.
 
-Every value is saved in the journal before it is written
-(:mod:`plugins.dvfs.actuator`) and is put back exactly on rollback, at daemon
+Every value is written by the core's actuator within the plugin's declared
+knobs (:mod:`plugins.dvfs.knobs`, :mod:`plugins.dvfs.actuator`), saved in
+the journal before it is written and put back exactly on rollback, at daemon
 stop and at start-up after a crash; a value someone else changes after us
 is left alone and reported as overridden.  The sysfs CPU root and the cgroup
 v2 root are injectable (``[plugins.dvfs] sysfs_cpu``, ``cgroup_root``), so
@@ -20,7 +21,7 @@ from typing import Any
 
 from plugins.dvfs import applier, cpufreq, knobs, uclamp, verification
 from plugins.dvfs import policy as policy_mod
-from plugins.dvfs.actuator import SUBSYSTEM, Actuator
+from plugins.dvfs.actuator import SUBSYSTEM, Actuator, legacy
 from schedcpd.plugin_api import (
     ActivePolicy,
     ApplyResult,
@@ -32,12 +33,14 @@ from schedcpd.plugin_api import (
     KeyDescription,
     Knob,
     KnobActuator,
+    KnobChange,
     NotSupported,
     PluginContext,
     RestoreReport,
     Scope,
     apply_result,
     bind_journal,
+    hand_over_legacy,
     hookimpl,
     journal_state,
     journaled_keys,
@@ -108,6 +111,10 @@ class DvfsPlugin:
         if core is None:  # started on its own (tests, crash child): the same core class
             core = KnobActuator(journal, SUBSYSTEM, knobs.declare(freq.root, cg_root))
         self.actuator = Actuator(journal, freq, cg_root, core)
+        moved = hand_over_legacy(journal, SUBSYSTEM, legacy)
+        if moved:
+            _LOGGER.info("dvfs: %d open task clamp entries of an older version handed to the "
+                         "core's actuator", moved)
         self.clamp_ok = uclamp.probe()
         self.caps = capabilities(freq, self.actuator.cgroup_root, self.clamp_ok)
         missing = sorted(k for k, c in self.caps.items() if not c["available"])
@@ -210,30 +217,32 @@ class DvfsPlugin:
         return {"healthy": True, "targets": targets}
 
     def _follow(self, owner: str, policy: dict[str, Any]) -> dict[str, list[int]]:
-        """Journal the clamps new descendants inherited, so restore covers them."""
-        journal = self._act().journal
+        """Have the core journal the clamps new descendants inherited, so restore covers them."""
+        act = self._act()
         targets = {}
         for group in policy.get("group", []):
             pids = policy_mod.selector(group).scan()
             targets[group["name"]] = pids
-            ours = [e for e in journal.entries(owner=owner, subsystem=SUBSYSTEM)
-                    if e.kind == "uclamp"]
+            ours = [e for e in act.journal.entries(owner=owner, subsystem=SUBSYSTEM)
+                    if e.kind == knobs.UCLAMP]
             known = {e.key.split(":")[1] for e in ours}
-            rows = []
+            found = []
             for pid in pids if ours else []:
                 for tid in uclamp.threads(pid):
                     start = uclamp.start_time(tid)
+                    if str(tid) in known or start is None:
+                        continue
                     try:
                         live = list(uclamp.get(tid))
                     except uclamp.TaskGone:
                         continue
                     match = [e for e in ours if e.new == live]
-                    if str(tid) in known or start is None or not match:
-                        continue
-                    rows.append(("uclamp", f"uclamp:{tid}:{start}", match[-1].prior, live))
-            if rows:
-                journal.record_inherited(owner, rows, subsystem=SUBSYSTEM,
-                                         note="inherited at fork")
+                    if match:
+                        found.append(KnobChange(knobs.UCLAMP, f"{tid}:{start}", live,
+                                                f"uclamp:{tid}:{start}",
+                                                {"prior": match[-1].prior}))
+            if found:
+                act.core.adopt(owner, found)
         return targets
 
     @hookimpl

@@ -1,5 +1,11 @@
 """Utilisation clamps: per task (``sched_setattr``) and per cgroup v2 (``cpu.uclamp.*``).
 
+The clamps a policy sets are written by the core's actuator (the ``uclamp``
+knob, :mod:`plugins.dvfs.knobs`); this module reads them for the plan and
+sets them only where nothing is journaled: the capability probe (this
+thread's own clamps set to themselves) and verifier stage 4 (a test task
+the check starts and kills).
+
 A task's clamp is a pair ``(min, max)`` on the kernel's capacity scale
 0..1024: the scheduler treats the task as needing at least ``min`` and at
 most ``max`` of a CPU's capacity when it picks a frequency (schedutil) or a
