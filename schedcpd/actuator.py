@@ -46,39 +46,22 @@ from collections.abc import Iterable
 from typing import Any
 
 from schedcpd.analysis import procfs
-from schedcpd.errors import InvalidArgument, NotFound
+from schedcpd.errors import InvalidArgument
 from schedcpd.faults import fault_point
-from schedcpd.journal import (
-    APPLIED,
-    OVERRIDDEN,
-    PENDING,
-    RESTORED,
-    SKIPPED,
-    Journal,
-    JournalEntry,
-)
+from schedcpd.journal import APPLIED, OVERRIDDEN, PENDING, SKIPPED, Journal, JournalEntry
 from schedcpd.knobs import FILE, Knob, KnobChange, KnobNotDeclared, declarations
+from schedcpd.restore_rule import (
+    KernelRefused,
+    TargetGone,
+    override_of,
+    report_row,
+    restore_entry,
+)
 from schedcpd.syscalls import SYSCALLS
 
 _LOGGER = logging.getLogger(__name__)
 RESET_MARK = "|reset:"
 """Joins a change's key and a file its write resets: the key of that file's entry."""
-
-
-class TargetGone(NotFound):
-    """The target of a change is gone (file removed, thread exited)."""
-
-    name = "TargetGone"
-
-
-class KernelRefused(InvalidArgument):
-    """The kernel refused a write (``errno`` says why); nothing of ours is left there."""
-
-    name = "KernelRefused"
-
-    def __init__(self, message: str = "", errno: int = 0) -> None:
-        super().__init__(message)
-        self.errno = errno
 
 
 def _start_time(tid: int) -> int | None:
@@ -341,8 +324,7 @@ class KnobActuator:
 
         def note(entry: JournalEntry, outcome: str, text: str) -> None:
             summary[outcome] = summary.get(outcome, 0) + 1
-            entries.append({"id": entry.id, "key": entry.key, "kind": entry.kind,
-                            "outcome": outcome, "note": text})
+            entries.append(report_row(entry, outcome, text))
 
         with self._lock:
             done: set[int] = set()
@@ -389,63 +371,35 @@ class KnobActuator:
                     "reset it); left as the kernel set it")
             self.journal.mark_overridden(entry.id, note)
             return OVERRIDDEN, note
-        try:
-            knob = self.knob(entry.kind)
-            self._write(knob, self.resolve(knob, entry.target), entry.prior, restoring=True)
-        except TargetGone as err:
-            self.journal.mark_skipped(entry.id, str(err))
-            return SKIPPED, str(err)
-        except (KnobNotDeclared, KernelRefused) as err:
-            _LOGGER.warning("%s restore of %s refused: %s", self.subsystem, entry.key, err)
-            return APPLIED, f"restore refused: {err}; kept open"
-        self.journal.mark_restored(entry.id)
-        return RESTORED, ""
+        return self._restore_one(entry, ours=True)[:2]
 
-    def _restore_one(self, entry: JournalEntry) -> tuple[str, str, bool]:
-        """(outcome, note, whether the prior value was written)."""
-        try:
+    def _restore_one(self, entry: JournalEntry, ours: bool = False) -> tuple[str, str, bool]:
+        """(outcome, note, whether the prior value was written): the journal's rule."""
+
+        def put_back(prior: Any) -> None:
             knob = self.knob(entry.kind)
-            target = self.resolve(knob, entry.target)
-            if target != entry.target:
-                raise KnobNotDeclared(f"{entry.target} now resolves to {target}")
-            live = self._read(knob, target, _key_of(knob, entry.new or entry.prior))
-            if live == entry.prior:
-                self.journal.mark_restored(entry.id, "already at the prior value")
-                return RESTORED, "already at the prior value", False
-            if live != entry.new and not (entry.new is None and entry.state == PENDING):
-                note = f"changed by someone else to {live!r}; left alone"
-                self.journal.mark_overridden(entry.id, note)
-                return OVERRIDDEN, note, False
-            self._write(knob, target, entry.prior, restoring=True)
-        except TargetGone as err:
-            self.journal.mark_skipped(entry.id, str(err))
-            return SKIPPED, str(err), False
-        except (KnobNotDeclared, KernelRefused) as err:
-            _LOGGER.warning("%s restore of %s refused: %s", self.subsystem, entry.key, err)
-            return APPLIED, f"restore refused: {err}; kept open", False
-        self.journal.mark_restored(entry.id)
-        return RESTORED, "", True
+            self._write(knob, self._target(entry), prior, restoring=True)
+
+        return restore_entry(self.journal, entry, None if ours else lambda: self.live(entry),
+                             put_back, self.subsystem)
+
+    def _target(self, entry: JournalEntry) -> str:
+        """The entry's target, still declared and resolving to itself."""
+        knob = self.knob(entry.kind)
+        target = self.resolve(knob, entry.target)
+        if target != entry.target:
+            raise KnobNotDeclared(f"{entry.target} now resolves to {target}")
+        return target
 
     def live(self, entry: JournalEntry) -> Any:
         """The live value behind a journal entry of ours (:class:`TargetGone` if gone)."""
         knob = self.knob(entry.kind)
-        return self._read(knob, self.resolve(knob, entry.target),
-                          _key_of(knob, entry.new or entry.prior))
+        return self._read(knob, self._target(entry), _key_of(knob, entry.new or entry.prior))
 
     def overridden(self) -> list[dict[str, Any]]:
         """Applied entries whose live value someone else changed (marked overridden now)."""
-        out = []
         with self._lock:
-            for entry in self.journal.pending_restore(subsystem=self.subsystem):
-                if entry.state != APPLIED or not entry.target:
-                    continue
-                try:
-                    live = self.live(entry)
-                except (TargetGone, KnobNotDeclared):
-                    continue
-                if live != entry.new:
-                    note = f"changed by someone else to {live!r}; no longer managed"
-                    self.journal.mark_overridden(entry.id, note)
-                    out.append({"key": entry.key, "owner": entry.owner, "live": live,
-                                "ours": entry.new, "state": OVERRIDDEN})
-        return out
+            found = (override_of(self.journal, e, lambda e=e: self.live(e))  # type: ignore[misc]
+                     for e in self.journal.pending_restore(subsystem=self.subsystem)
+                     if e.target)
+            return [row for row in found if row is not None]

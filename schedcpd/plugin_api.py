@@ -66,6 +66,7 @@ from schedcpd.plugin_kit import (
     policy_body,
     restore_owner,
 )
+from schedcpd.restore_rule import journaled_write, merge_reports, override_of, restore_entry
 from schedcpd.sequential import Design, SignTest
 
 __all__ = [
@@ -126,7 +127,11 @@ __all__ = [
     "hookimpl",
     "journal_state",
     "journaled_keys",
+    "journaled_write",
+    "merge_reports",
+    "override_of",
     "policy_body",
     "procfs",
+    "restore_entry",
     "restore_owner",
 ]
