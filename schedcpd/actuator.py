@@ -131,7 +131,7 @@ class KnobActuator:
             if any(_matches(pattern, real) for pattern in knob.paths):
                 return real
             if not os.path.lexists(target):
-                raise TargetGone(f"{self.subsystem}: {target} does not exist")
+                raise TargetGone(f"{self.subsystem}: {target} was removed (it does not exist)")
             raise KnobNotDeclared(
                 f"{self.subsystem}: {target} (really {real}) is not a file of knob "
                 f"{knob.name!r} (declared: {', '.join(knob.paths)})")

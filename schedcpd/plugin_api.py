@@ -66,7 +66,13 @@ from schedcpd.plugin_kit import (
     policy_body,
     restore_owner,
 )
-from schedcpd.restore_rule import journaled_write, merge_reports, override_of, restore_entry
+from schedcpd.restore_rule import (
+    journaled_write,
+    merge_reports,
+    override_of,
+    report_row,
+    restore_entry,
+)
 from schedcpd.sequential import Design, SignTest
 
 __all__ = [
@@ -132,6 +138,7 @@ __all__ = [
     "override_of",
     "policy_body",
     "procfs",
+    "report_row",
     "restore_entry",
     "restore_owner",
 ]

@@ -123,11 +123,12 @@ def report_row(entry: JournalEntry, outcome: str, note: str) -> dict[str, Any]:
 
 
 def merge_reports(*reports: dict[str, Any]) -> dict[str, Any]:
-    """One restore report (``entries``, ``summary``) of several, in order."""
-    entries: list[dict[str, Any]] = []
+    """One restore report (``entries``, ``summary``) of several, in order.
+
+    The summary counts the entries' outcomes (a report's own summary is not read).
+    """
+    entries = [row for report in reports for row in report["entries"]]
     summary: dict[str, int] = {}
-    for report in reports:
-        entries += report["entries"]
-        for outcome, count in report["summary"].items():
-            summary[outcome] = summary.get(outcome, 0) + count
+    for row in entries:
+        summary[row["outcome"]] = summary.get(row["outcome"], 0) + 1
     return {"entries": entries, "summary": summary}

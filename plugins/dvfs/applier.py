@@ -13,7 +13,8 @@ not offer, no boost switch, no uclamp in the kernel (``NotSupported``), a
 frequency outside ``cpuinfo_min_freq..cpuinfo_max_freq`` or a minimum
 above the maximum (``InvalidArgument``).  A kernel refusal during the
 apply restores what this owner wrote and raises, so nothing is left
-half-applied.  A task that exits before its write is a recorded skip.
+half-applied.  A task that exits before its write is a skip reported in the
+apply's problems (the core finds it gone before it journals anything).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Per-task I/O priority (ioprio_get/ioprio_set) and the processes a group targets.
+"""Per-task I/O priority (read with ioprio_get) and the processes a group targets.
+
+The priorities a policy sets are written by the core's actuator (the
+``ioprio`` knob, :mod:`plugins.io.knobs`); this module reads them for the
+plan and the capability report.
 
 An I/O priority is a class (``none`` = follow the CPU nice, ``rt``, ``be``
 best-effort, ``idle``) and a level 0..7 (0 highest).  It is per thread; a
@@ -57,16 +61,6 @@ def get(tid: int) -> int:
             raise TaskGone(f"task {tid} is gone")
         raise OSError(err, os.strerror(err))
     return int(res)
-
-
-def set_(tid: int, raw: int) -> None:
-    """Set thread ``tid``'s raw ioprio; :class:`TaskGone` if it does not exist."""
-    res = _libc.syscall(_nr(0), _WHO_PROCESS, tid, raw)
-    if res < 0:
-        err = ctypes.get_errno()
-        if err == 3:
-            raise TaskGone(f"task {tid} is gone")
-        raise OSError(err, os.strerror(err))
 
 
 def available() -> tuple[bool, str]:

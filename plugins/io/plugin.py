@@ -1,8 +1,10 @@
 """The io subsystem: per-device I/O scheduler and queue settings, per-task I/O
 priority, and cgroup v1 blkio throttling, on the running kernel.
 
-Every value is saved in the journal before it is written
-(:mod:`plugins.io.actuator`) and is put back exactly on rollback, at daemon
+Every value is written by the core's actuator within the plugin's declared
+knobs (:mod:`plugins.io.knobs`), except the blkio cgroup directories and
+moves no knob can express (:mod:`plugins.io.actuator`); each is saved in the
+journal before it is written and put back exactly on rollback, at daemon
 stop and at start-up after a crash; a value someone else changes after us
 is left alone and reported as overridden.  docs/io.md describes the knobs,
 the capability report and what was proven on this machine.
@@ -16,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from plugins.io import applier, blkio, blockdev, ioprio, verification
+from plugins.io import applier, blkio, blockdev, ioprio, knobs, verification
 from plugins.io import policy as policy_mod
-from plugins.io.actuator import SUBSYSTEM, Actuator
+from plugins.io.actuator import SUBSYSTEM, Actuator, legacy
 from plugins.io.guards import IoGuards
 from schedcpd.plugin_api import (
     ActivePolicy,
@@ -30,12 +32,16 @@ from schedcpd.plugin_api import (
     Health,
     Journal,
     KeyDescription,
+    Knob,
+    KnobActuator,
+    KnobChange,
     NotSupported,
     PluginContext,
     RestoreReport,
     Scope,
     apply_result,
     bind_journal,
+    hand_over_legacy,
     hookimpl,
     journal_state,
     journaled_keys,
@@ -96,11 +102,23 @@ class IoPlugin:
     def schedcp_startup(self, context: PluginContext) -> None:
         """Detect capabilities and bind the journal; nothing is written here."""
         journal, self.own_journal = bind_journal(context)
-        self.actuator = Actuator(journal)
+        core = context.actuator  # the host's, bound to schedcp_knobs' declarations
+        if core is None:  # started on its own (tests, crash child): the same core class
+            core = KnobActuator(journal, SUBSYSTEM, knobs.declare())
+        self.actuator = Actuator(journal, core)
+        moved = hand_over_legacy(journal, SUBSYSTEM, legacy(journal))
+        if moved:
+            _LOGGER.info("io: %d open entries of an older version handed to the core's "
+                         "actuator", moved)
         self.state_dir = Path(context.state_dir)
         self.caps = capabilities()
         missing = sorted(k for k, c in self.caps.items() if not c["available"])
         _LOGGER.info("io plugin ready; unavailable: %s", ", ".join(missing) or "none")
+
+    @hookimpl
+    def schedcp_knobs(self, config: dict[str, Any]) -> list[Knob]:
+        """Queue files, scheduler, ioprio, delay accounting and throttle files."""
+        return knobs.declare()
 
     @hookimpl
     def schedcp_shutdown(self) -> None:
@@ -203,8 +221,8 @@ class IoPlugin:
         return {"healthy": True, "targets": targets}
 
     def _follow(self, owner: str, policy: dict[str, Any]) -> dict[str, list[int]]:
-        """Journal the ioprio that new descendants inherited, so restore covers them."""
-        journal = self._act().journal
+        """Have the core journal the ioprio new descendants inherited, so restore covers them."""
+        act = self._act()
         targets = {}
         for group in policy.get("group", []):
             pids = policy_mod.selector(group).scan()
@@ -213,24 +231,21 @@ class IoPlugin:
             if not prio:
                 continue
             raw = ioprio.value(prio["class"], int(prio.get("level", 4)))
-            ours = [e for e in journal.entries(owner=owner, subsystem=SUBSYSTEM)
-                    if e.kind == "ioprio" and e.new == raw]
+            ours = [e for e in act.journal.entries(owner=owner, subsystem=SUBSYSTEM)
+                    if e.kind == knobs.IOPRIO and e.new == raw]
             if not ours:
                 continue
             known = {e.key.split(":")[1] for e in ours}
-            rows = []
+            found = []
             for pid in pids:
                 for tid in ioprio.threads(pid):
                     start = ioprio.start_time(tid)
-                    try:
-                        if str(tid) in known or start is None or ioprio.get(tid) != raw:
-                            continue
-                    except ioprio.TaskGone:
-                        continue
-                    rows.append(("ioprio", f"ioprio:{tid}:{start}", ours[-1].prior, raw))
-            if rows:
-                journal.record_inherited(owner, rows, subsystem=SUBSYSTEM,
-                                         note="inherited at fork")
+                    if str(tid) not in known and start is not None:
+                        found.append(KnobChange(knobs.IOPRIO, f"{tid}:{start}", raw,
+                                                f"ioprio:{tid}:{start}",
+                                                {"prior": ours[-1].prior}))
+            if found:
+                act.core.adopt(owner, found)  # only those whose live value is ours
         return targets
 
     @hookimpl
@@ -293,6 +308,7 @@ plugin = IoPlugin()
 """The single instance; the host registers this module, whose hooks are its methods."""
 
 schedcp_startup = plugin.schedcp_startup
+schedcp_knobs = plugin.schedcp_knobs
 schedcp_shutdown = plugin.schedcp_shutdown
 schedcp_describe = plugin.schedcp_describe
 schedcp_observe = plugin.schedcp_observe
