@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schedcpd.analysis import procfs
 from schedcpd.hookspecs import PluginContext
 from schedcpd.journal import OVERRIDDEN, Journal, JournalEntry
+from schedcpd.knobs import KnobChange
 from schedcpd.payloads import ApplyResult, Change, RestoreReport
+from schedcpd.restore_rule import KernelRefused, TargetGone
 
 EXPLAIN_STATES = ("pending", "applied", "restored", "skipped", "overridden")
 """Journal states of an entry that ``schedcp_explain_keys`` reports."""
@@ -119,6 +122,38 @@ def hand_over_legacy(journal: Journal, subsystem: str,
             journal.retarget(entry.id, *moved)
             count += 1
     return count
+
+
+def follow_inherited(core: Any, journal: Journal, owner: str, subsystem: str, knob: str,
+                     pids: Iterable[int]) -> list[int]:
+    """Have the core adopt the per-thread values new threads of ``pids`` inherited.
+
+    A thread forked from a task we set ``knob`` on (a syscall knob: clamps,
+    I/O priority) holds our value without a journal entry; one whose live
+    value (read by the core) is the ``new`` of an entry of ``owner``'s is
+    adopted with that entry's prior, under key ``<knob>:<tid>:<start>``.
+    Threads with an entry already are left out.  Returns the new entry ids.
+    """
+    ours = [e for e in journal.entries(owner=owner, subsystem=subsystem)
+            if e.kind == knob and e.target]
+    if not ours:
+        return []
+    known = {e.target.split(":")[0] for e in ours}
+    found = []
+    for pid in pids:
+        for tid in procfs.thread_ids(pid):
+            start = procfs.task_start_time(tid)
+            if str(tid) in known or start is None:
+                continue
+            try:
+                live = core.read(knob, f"{tid}:{start}")
+            except (TargetGone, KernelRefused):
+                continue
+            match = [e for e in ours if e.new == live]
+            if match:
+                found.append(KnobChange(knob, f"{tid}:{start}", live, f"{knob}:{tid}:{start}",
+                                        {"prior": match[-1].prior}))
+    return list(core.adopt(owner, found)) if found else []
 
 
 def journal_state(journal: Journal, subsystem: str) -> dict[str, Any]:

@@ -33,13 +33,13 @@ from schedcpd.plugin_api import (
     KeyDescription,
     Knob,
     KnobActuator,
-    KnobChange,
     NotSupported,
     PluginContext,
     RestoreReport,
     Scope,
     apply_result,
     bind_journal,
+    follow_inherited,
     hand_over_legacy,
     hookimpl,
     journal_state,
@@ -221,28 +221,8 @@ class DvfsPlugin:
         act = self._act()
         targets = {}
         for group in policy.get("group", []):
-            pids = policy_mod.selector(group).scan()
-            targets[group["name"]] = pids
-            ours = [e for e in act.journal.entries(owner=owner, subsystem=SUBSYSTEM)
-                    if e.kind == knobs.UCLAMP]
-            known = {e.key.split(":")[1] for e in ours}
-            found = []
-            for pid in pids if ours else []:
-                for tid in uclamp.threads(pid):
-                    start = uclamp.start_time(tid)
-                    if str(tid) in known or start is None:
-                        continue
-                    try:
-                        live = list(uclamp.get(tid))
-                    except uclamp.TaskGone:
-                        continue
-                    match = [e for e in ours if e.new == live]
-                    if match:
-                        found.append(KnobChange(knobs.UCLAMP, f"{tid}:{start}", live,
-                                                f"uclamp:{tid}:{start}",
-                                                {"prior": match[-1].prior}))
-            if found:
-                act.core.adopt(owner, found)
+            targets[group["name"]] = pids = policy_mod.selector(group).scan()
+            follow_inherited(act.core, act.journal, owner, SUBSYSTEM, knobs.UCLAMP, pids)
         return targets
 
     @hookimpl

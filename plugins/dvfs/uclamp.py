@@ -139,23 +139,7 @@ class Selector:
 
     def scan(self) -> list[int]:
         """Matched processes and their descendants, sorted."""
-        children: dict[int, list[int]] = {}
-        roots = {p for p in self.pids if Path(f"/proc/{p}").exists()}
-        for pid in procfs.list_pids():
-            stat = procfs.read_pid_stat(pid)
-            if stat is None:
-                continue
-            children.setdefault(stat.ppid, []).append(pid)
-            if stat.comm in self.comm:
-                roots.add(pid)
-        out: set[int] = set()
-        todo = list(roots)
-        while todo:
-            pid = todo.pop()
-            if pid not in out:
-                out.add(pid)
-                todo.extend(children.get(pid, ()))
-        return sorted(out)
+        return procfs.process_tree(self.comm, self.pids)
 
 
 def cgroup_v2_root() -> Path | None:

@@ -18,7 +18,6 @@ import ctypes
 import os
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 
 from schedcpd.plugin_api import procfs
 
@@ -79,15 +78,6 @@ threads = procfs.thread_ids
 """Thread ids of a process (empty when it is gone; in procfs, shared)."""
 
 
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for pid in procfs.list_pids():
-        stat = procfs.read_pid_stat(pid)
-        if stat:
-            out.setdefault(stat.ppid, []).append(pid)
-    return out
-
-
 @dataclass
 class Selector:
     """A group's ``match``: process names and/or pids (and their descendants)."""
@@ -97,18 +87,4 @@ class Selector:
 
     def scan(self) -> list[int]:
         """Matched processes and their descendants, sorted."""
-        roots = {p for p in self.pids if Path(f"/proc/{p}").exists()}
-        if self.comm:
-            for pid in procfs.list_pids():
-                stat = procfs.read_pid_stat(pid)
-                if stat and stat.comm in self.comm:
-                    roots.add(pid)
-        children = _children()
-        out: set[int] = set()
-        todo = list(roots)
-        while todo:
-            pid = todo.pop()
-            if pid not in out:
-                out.add(pid)
-                todo.extend(children.get(pid, ()))
-        return sorted(out)
+        return procfs.process_tree(self.comm, self.pids)

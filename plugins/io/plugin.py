@@ -34,13 +34,13 @@ from schedcpd.plugin_api import (
     KeyDescription,
     Knob,
     KnobActuator,
-    KnobChange,
     NotSupported,
     PluginContext,
     RestoreReport,
     Scope,
     apply_result,
     bind_journal,
+    follow_inherited,
     hand_over_legacy,
     hookimpl,
     journal_state,
@@ -225,27 +225,9 @@ class IoPlugin:
         act = self._act()
         targets = {}
         for group in policy.get("group", []):
-            pids = policy_mod.selector(group).scan()
-            targets[group["name"]] = pids
-            prio = group.get("ioprio")
-            if not prio:
-                continue
-            raw = ioprio.value(prio["class"], int(prio.get("level", 4)))
-            ours = [e for e in act.journal.entries(owner=owner, subsystem=SUBSYSTEM)
-                    if e.kind == knobs.IOPRIO and e.new == raw]
-            if not ours:
-                continue
-            known = {e.key.split(":")[1] for e in ours}
-            found = []
-            for pid in pids:
-                for tid in ioprio.threads(pid):
-                    start = ioprio.start_time(tid)
-                    if str(tid) not in known and start is not None:
-                        found.append(KnobChange(knobs.IOPRIO, f"{tid}:{start}", raw,
-                                                f"ioprio:{tid}:{start}",
-                                                {"prior": ours[-1].prior}))
-            if found:
-                act.core.adopt(owner, found)  # only those whose live value is ours
+            targets[group["name"]] = pids = policy_mod.selector(group).scan()
+            if group.get("ioprio"):
+                follow_inherited(act.core, act.journal, owner, SUBSYSTEM, knobs.IOPRIO, pids)
         return targets
 
     @hookimpl

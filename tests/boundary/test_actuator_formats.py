@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,6 @@ def queue(tmp_path: Path) -> Path:
     (q / "nr_requests").write_text("64\n")
     (q / "throttle").write_text("8:0 100\n7:3 200\n")
     return q
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal(tmp_path / "journal.db")
-    try:
-        yield j
-    finally:
-        j.close()
 
 
 def _act(journal: Journal, q: Path) -> KnobActuator:
