@@ -55,6 +55,7 @@ from schedcpd.payloads import (
     Severity,
 )
 from schedcpd.plugin_kit import (
+    GroupMatch,
     Plan,
     Write,
     apply_result,
@@ -98,6 +99,7 @@ __all__ = [
     "Description",
     "Design",
     "Finding",
+    "GroupMatch",
     "GroupSample",
     "GuardMetrics",
     "GuardRoles",

@@ -50,6 +50,18 @@ class Plan:
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class GroupMatch:
+    """A policy group's ``match``: process names and/or pids, and all their descendants."""
+
+    comm: list[str]
+    pids: list[int]
+
+    def scan(self) -> list[int]:
+        """Matched processes and their descendants, sorted."""
+        return procfs.process_tree(self.comm, self.pids)
+
+
 def changes(p: Plan, status: str) -> list[Change]:
     """The plan as the ``changes`` of an apply result."""
     return [{"target": w.target, "knob": w.knob, "before": w.prior, "after": w.new,

@@ -30,10 +30,9 @@ import ctypes
 import errno
 import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from schedcpd.plugin_api import procfs
+from schedcpd.plugin_api import GroupMatch, procfs
 
 SCALE = 1024
 SCHED_FLAG_KEEP_POLICY = 0x08
@@ -130,16 +129,8 @@ threads = procfs.thread_ids
 """Thread ids of a process (empty when it is gone; in procfs, shared)."""
 
 
-@dataclass
-class Selector:
-    """A group's ``match``: process names and/or pids, and all their descendants."""
-
-    comm: list[str]
-    pids: list[int]
-
-    def scan(self) -> list[int]:
-        """Matched processes and their descendants, sorted."""
-        return procfs.process_tree(self.comm, self.pids)
+Selector = GroupMatch
+"""A group's ``match`` (shared by the plugins: ``plugin_api.GroupMatch``)."""
 
 
 def cgroup_v2_root() -> Path | None:

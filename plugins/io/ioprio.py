@@ -17,9 +17,8 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-from dataclasses import dataclass
 
-from schedcpd.plugin_api import procfs
+from schedcpd.plugin_api import GroupMatch, procfs
 
 CLASSES = {"none": 0, "rt": 1, "be": 2, "idle": 3}
 CLASS_NAMES = {v: k for k, v in CLASSES.items()}
@@ -78,13 +77,5 @@ threads = procfs.thread_ids
 """Thread ids of a process (empty when it is gone; in procfs, shared)."""
 
 
-@dataclass
-class Selector:
-    """A group's ``match``: process names and/or pids (and their descendants)."""
-
-    comm: list[str]
-    pids: list[int]
-
-    def scan(self) -> list[int]:
-        """Matched processes and their descendants, sorted."""
-        return procfs.process_tree(self.comm, self.pids)
+Selector = GroupMatch
+"""A group's ``match`` (shared by the plugins: ``plugin_api.GroupMatch``)."""
