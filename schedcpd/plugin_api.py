@@ -54,6 +54,7 @@ from schedcpd.payloads import (
     Scope,
     Severity,
 )
+from schedcpd.plugin_base import JournaledPlugin
 from schedcpd.plugin_kit import (
     GroupMatch,
     Plan,
@@ -108,6 +109,7 @@ __all__ = [
     "InvalidArgument",
     "Journal",
     "JournalEntry",
+    "JournaledPlugin",
     "KernelRefused",
     "KeyDescription",
     "Knob",

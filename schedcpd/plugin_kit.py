@@ -116,11 +116,12 @@ def restore_owner(restore: Callable[[str | None], dict[str, Any]], lock: threadi
 
 
 def hand_over_legacy(journal: Journal, subsystem: str,
-                     convert: Callable[[JournalEntry], tuple[str, str, Any, Any] | None]
+                     convert: Callable[[Journal, JournalEntry],
+                                       tuple[str, str, Any, Any] | None]
                      ) -> int:
     """Give the core actuator the open entries an older plugin wrote itself.
 
-    ``convert(entry)`` answers ``(knob, target, prior, new)`` for an entry
+    ``convert(journal, entry)`` answers ``(knob, target, prior, new)`` for an entry
     without a target that the plugin now writes through the core (``None``:
     not one of those).  Run at start-up, before the daemon's restore, so a
     daemon upgraded with open entries still restores them.  Returns how many.
@@ -129,7 +130,7 @@ def hand_over_legacy(journal: Journal, subsystem: str,
     for entry in journal.pending_restore(subsystem=subsystem):
         if entry.target:
             continue
-        moved = convert(entry)
+        moved = convert(journal, entry)
         if moved is not None:
             journal.retarget(entry.id, *moved)
             count += 1

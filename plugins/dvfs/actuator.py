@@ -51,7 +51,7 @@ def task_target(key: str) -> str:
     return f"{int(tid)}:{int(start)}"
 
 
-def legacy(entry: JournalEntry) -> tuple[str, str, Any, Any] | None:
+def legacy(journal: Journal, entry: JournalEntry) -> tuple[str, str, Any, Any] | None:
     """An open task clamp entry an older version wrote itself, as the core's knob."""
     if entry.kind != UCLAMP:
         return None

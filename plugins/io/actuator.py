@@ -89,7 +89,7 @@ def change(kind: str, key: str, value: Any) -> KnobChange:
     raise ValueError(f"unknown io write kind {kind!r}")
 
 
-def legacy(journal: Journal) -> Callable[[JournalEntry], tuple[str, str, Any, Any] | None]:
+def legacy(journal: Journal, entry: JournalEntry) -> tuple[str, str, Any, Any] | None:
     """The hand-over of an older version's open entries to the core (``hand_over_legacy``).
 
     A ``sched`` entry saved ``{"scheduler", "nr_requests"}`` as its prior:
@@ -97,30 +97,27 @@ def legacy(journal: Journal) -> Callable[[JournalEntry], tuple[str, str, Any, An
     the core restores right after the scheduler.  An entry whose device name
     now stands for another device is closed as skipped.
     """
-    def convert(entry: JournalEntry) -> tuple[str, str, Any, Any] | None:
-        if entry.kind in OWN:
-            return None
-        try:
-            if entry.kind == THROTTLE:
-                path, prior = _throttle(entry.key, entry.prior)
-                return THROTTLE, os.path.realpath(path), prior, _throttle(entry.key,
-                                                                          entry.new)[1]
-            target = change(entry.kind, entry.key, None).target
-            if entry.kind != IOPRIO:
-                target = os.path.realpath(target)
-        except TargetGone as err:
-            journal.mark_skipped(entry.id, f"at the hand-over to the core: {err}")
-            return None
-        if entry.kind == SCHED and isinstance(entry.prior, dict):
-            depth = os.path.join(os.path.dirname(target), "nr_requests")
-            journal.record(entry.owner, QUEUE, f"{entry.key}|reset:nr_requests",
-                           str(entry.prior.get("nr_requests")), None, subsystem=SUBSYSTEM,
-                           target=os.path.realpath(depth), note="handed over")
-            return SCHED, target, entry.prior["scheduler"], entry.new
-        if entry.kind in (QUEUE, SCHED, IOPRIO, SYSCTL):
-            return entry.kind, target, entry.prior, entry.new
+    if entry.kind in OWN:
         return None
-    return convert
+    try:
+        if entry.kind == THROTTLE:
+            path, prior = _throttle(entry.key, entry.prior)
+            return THROTTLE, os.path.realpath(path), prior, _throttle(entry.key, entry.new)[1]
+        target = change(entry.kind, entry.key, None).target
+        if entry.kind != IOPRIO:
+            target = os.path.realpath(target)
+    except TargetGone as err:
+        journal.mark_skipped(entry.id, f"at the hand-over to the core: {err}")
+        return None
+    if entry.kind == SCHED and isinstance(entry.prior, dict):
+        depth = os.path.join(os.path.dirname(target), "nr_requests")
+        journal.record(entry.owner, QUEUE, f"{entry.key}|reset:nr_requests",
+                       str(entry.prior.get("nr_requests")), None, subsystem=SUBSYSTEM,
+                       target=os.path.realpath(depth), note="handed over")
+        return SCHED, target, entry.prior["scheduler"], entry.new
+    if entry.kind in (QUEUE, SCHED, IOPRIO, SYSCTL):
+        return entry.kind, target, entry.prior, entry.new
+    return None
 
 
 def _own(entry_kind: str, key: str, new: Any) -> tuple[Callable[[], Any],

@@ -13,8 +13,6 @@ the capability report and what was proven on this machine.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,29 +28,20 @@ from schedcpd.plugin_api import (
     Finding,
     Guards,
     Health,
-    Journal,
+    JournaledPlugin,
     KeyDescription,
     Knob,
-    KnobActuator,
-    NotSupported,
     PluginContext,
-    RestoreReport,
     Scope,
-    apply_result,
-    bind_journal,
     follow_inherited,
-    hand_over_legacy,
     hookimpl,
-    journal_state,
     journaled_keys,
     policy_body,
-    restore_owner,
 )
 
 _LOGGER = logging.getLogger(__name__)
 GUARD_OWNER = "io-guards"
 """Journal owner of kernel.task_delayacct, turned on for the guards (restored at stop)."""
-OVERRIDE_CHECK_SECONDS = 2.0
 
 
 def capabilities() -> dict[str, Capability]:
@@ -81,35 +70,20 @@ def capabilities() -> dict[str, Capability]:
     return caps
 
 
-class IoPlugin:
+class IoPlugin(JournaledPlugin[Actuator]):
     """Hook implementations of the io subsystem (one instance per daemon)."""
 
-    def __init__(self) -> None:
-        self.actuator: Actuator | None = None
-        self.own_journal: Journal | None = None
-        self.state_dir = Path("/var/lib/schedcp")
-        self.caps: dict[str, Capability] = {}
-        self.policies: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        self._checked = 0.0
+    subsystem = SUBSYSTEM
 
-    def _act(self) -> Actuator:
-        if self.actuator is None:
-            raise NotSupported("the io plugin has not started")
-        return self.actuator
+    def __init__(self) -> None:
+        super().__init__()
+        self.state_dir = Path("/var/lib/schedcp")
 
     @hookimpl
     def schedcp_startup(self, context: PluginContext) -> None:
         """Detect capabilities and bind the journal; nothing is written here."""
-        journal, self.own_journal = bind_journal(context)
-        core = context.actuator  # the host's, bound to schedcp_knobs' declarations
-        if core is None:  # started on its own (tests, crash child): the same core class
-            core = KnobActuator(journal, SUBSYSTEM, knobs.declare())
+        journal, core = self.bind(context, knobs.declare, legacy)
         self.actuator = Actuator(journal, core)
-        moved = hand_over_legacy(journal, SUBSYSTEM, legacy(journal))
-        if moved:
-            _LOGGER.info("io: %d open entries of an older version handed to the core's "
-                         "actuator", moved)
         self.state_dir = Path(context.state_dir)
         self.caps = capabilities()
         missing = sorted(k for k, c in self.caps.items() if not c["available"])
@@ -119,13 +93,6 @@ class IoPlugin:
     def schedcp_knobs(self, config: dict[str, Any]) -> list[Knob]:
         """Queue files, scheduler, ioprio, delay accounting and throttle files."""
         return knobs.declare()
-
-    @hookimpl
-    def schedcp_shutdown(self) -> None:
-        """Close our own journal (the host's is the host's)."""
-        if self.own_journal is not None:
-            self.own_journal.close()
-        self.actuator = self.own_journal = None
 
     @hookimpl
     def schedcp_describe(self) -> Description:
@@ -162,26 +129,10 @@ class IoPlugin:
         """Plan, or make, the policy's writes for ``scope["owner"]``."""
         if subsystem != SUBSYSTEM:
             return None
-        owner = str(scope.get("owner", "manual"))
-        pids = scope.get("pids")
-        with self._lock:
-            plan = applier.plan(policy, owner, pids)
-            skipped = plan.skipped
-            if not dry_run:
-                skipped = applier.apply(self._act(), plan, owner)
-                self.policies[owner] = policy
-        return apply_result(SUBSYSTEM, owner, dry_run, plan, skipped,
-                            f"{len(plan.writes)} io value(s)",
-                            f"device settings applied machine-wide with every group "
-                            f"({len(plan.writes)} value(s))")
-
-    @hookimpl
-    def schedcp_restore(self, subsystem: str, scope: Scope) -> RestoreReport | None:
-        """Put back what ``scope["owner"]`` (or, without one, everything) changed."""
-        if subsystem != SUBSYSTEM:
-            return None
-        return restore_owner(self._act().restore, self._lock, self.policies,
-                             scope.get("owner"))
+        return self.apply(policy, scope, dry_run,
+                          lambda owner: applier.plan(policy, owner, scope.get("pids")),
+                          applier.apply, "io value(s)",
+                          "device settings applied machine-wide with every group")
 
     @hookimpl
     def schedcp_guards(self, subsystem: str, policy: dict[str, Any],
@@ -214,10 +165,7 @@ class IoPlugin:
                         "observed": 0.0, "detail": f"device {dev['name']} was removed"}
         with self._lock:
             targets = self._follow(owner, policy)
-            if time.monotonic() - self._checked > OVERRIDE_CHECK_SECONDS:
-                self._checked = time.monotonic()
-                for item in self._act().overridden():
-                    _LOGGER.warning("io value overridden by someone else: %s", item)
+            self.check_overrides()
         return {"healthy": True, "targets": targets}
 
     def _follow(self, owner: str, policy: dict[str, Any]) -> dict[str, list[int]]:
@@ -229,13 +177,6 @@ class IoPlugin:
             if group.get("ioprio"):
                 follow_inherited(act.core, act.journal, owner, SUBSYSTEM, knobs.IOPRIO, pids)
         return targets
-
-    @hookimpl
-    def schedcp_state(self, subsystem: str) -> dict[str, Any] | None:
-        """Open journal entries per owner, and values others overrode."""
-        if subsystem != SUBSYSTEM:
-            return None
-        return journal_state(self._act().journal, SUBSYSTEM)
 
     @hookimpl
     def schedcp_static_check(self, subsystem: str, policy: dict[str, Any],
