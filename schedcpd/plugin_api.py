@@ -68,6 +68,7 @@ from schedcpd.plugin_kit import (
     journaled_keys,
     policy_body,
     restore_owner,
+    thread_keys,
 )
 from schedcpd.restore_rule import (
     journaled_write,
@@ -147,4 +148,5 @@ __all__ = [
     "report_row",
     "restore_entry",
     "restore_owner",
+    "thread_keys",
 ]

@@ -179,6 +179,16 @@ def journal_state(journal: Journal, subsystem: str) -> dict[str, Any]:
                                              limit=100)]}
 
 
+def thread_keys(prefix: str, pid: int) -> list[str]:
+    """Keys ``<prefix>:<tid>:<start time>`` of ``pid``'s live threads (per-thread knobs)."""
+    keys = []
+    for tid in procfs.thread_ids(pid):
+        start = procfs.task_start_time(tid)
+        if start is not None:
+            keys.append(f"{prefix}:{tid}:{start}")
+    return keys
+
+
 def journaled_keys(journal: Journal, keys: Iterable[str], subsystem: str) -> list[str]:
     """Those of ``keys`` the journal has an entry for (``schedcp_explain_keys``)."""
     return [k for k in keys if journal.for_key(k, EXPLAIN_STATES, subsystem=subsystem)]

@@ -36,6 +36,7 @@ from schedcpd.plugin_api import (
     hookimpl,
     journaled_keys,
     policy_body,
+    thread_keys,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -196,12 +197,7 @@ class DvfsPlugin(JournaledPlugin[Actuator]):
         """Journal keys of the clamps set on ``pid``'s threads."""
         if subsystem != SUBSYSTEM:
             return None
-        keys = []
-        for tid in uclamp.threads(pid):
-            start = uclamp.start_time(tid)
-            if start is not None:
-                keys.append(f"uclamp:{tid}:{start}")
-        return journaled_keys(self._act().journal, keys, SUBSYSTEM)
+        return journaled_keys(self._act().journal, thread_keys(knobs.UCLAMP, pid), SUBSYSTEM)
 
     @hookimpl
     def schedcp_describe_key(self, subsystem: str, key: str) -> KeyDescription | None:

@@ -37,6 +37,7 @@ from schedcpd.plugin_api import (
     hookimpl,
     journaled_keys,
     policy_body,
+    thread_keys,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -199,11 +200,7 @@ class IoPlugin(JournaledPlugin[Actuator]):
         """Journal keys of the io values set on ``pid``'s threads and blkio cgroup."""
         if subsystem != SUBSYSTEM:
             return None
-        keys = []
-        for tid in ioprio.threads(pid):
-            start = ioprio.start_time(tid)
-            if start is not None:
-                keys.append(f"ioprio:{tid}:{start}")
+        keys = thread_keys(knobs.IOPRIO, pid)
         start = ioprio.start_time(pid)
         if start is not None:
             keys.append(f"blkio_move:{pid}:{start}")
