@@ -38,6 +38,7 @@ knows nothing of any subsystem.  Fault injection for crash tests:
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob
 import logging
 import os
@@ -346,15 +347,17 @@ class KnobActuator:
     def _deferred(self, entry: JournalEntry) -> bool:
         """A reset file's entry whose knob's entry is open: restored with that one."""
         main, mark, _ = entry.key.partition(RESET_MARK)
-        return bool(mark) and bool(self.journal.for_key(main, subsystem=self.subsystem))
+        return bool(mark) and any(e.owner == entry.owner for e in self.journal.for_key(
+            main, subsystem=self.subsystem))
 
     def _reset_entries(self, entry: JournalEntry) -> list[JournalEntry]:
         """The newest open entry of each file ``entry``'s knob resets."""
         knob = self.knobs.get(entry.kind)
         out = []
         for name in knob.resets if knob else ():
-            found = self.journal.for_key(f"{entry.key}{RESET_MARK}{name}",
-                                         subsystem=self.subsystem)
+            found = [e for e in self.journal.for_key(f"{entry.key}{RESET_MARK}{name}",
+                                                     subsystem=self.subsystem)
+                     if e.owner == entry.owner]
             out += found[:1]
         return out
 
@@ -397,9 +400,21 @@ class KnobActuator:
         return self._read(knob, self._target(entry), _key_of(knob, entry.new or entry.prior))
 
     def overridden(self) -> list[dict[str, Any]]:
-        """Applied entries whose live value someone else changed (marked overridden now)."""
+        """Applied entries whose live value someone else changed (marked overridden now).
+
+        Only the newest open entry of a target is compared: an older one (a
+        value we wrote again, or a depth a later knob of ours changed) is
+        ours as long as the newest is.
+        """
+        out, seen = [], set()
         with self._lock:
-            found = (override_of(self.journal, e, lambda e=e: self.live(e))  # type: ignore[misc]
-                     for e in self.journal.pending_restore(subsystem=self.subsystem)
-                     if e.target)
-            return [row for row in found if row is not None]
+            for entry in self.journal.pending_restore(subsystem=self.subsystem):
+                knob = self.knobs.get(entry.kind)
+                spot = (entry.target, _key_of(knob, entry.new or entry.prior) if knob else "")
+                if not entry.target or spot in seen:
+                    continue
+                seen.add(spot)
+                found = override_of(self.journal, entry, functools.partial(self.live, entry))
+                if found is not None:
+                    out.append(found)
+        return out

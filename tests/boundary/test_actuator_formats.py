@@ -86,6 +86,8 @@ def test_a_reset_file_is_journaled_first_and_put_back_after_its_knob(
     _kernel_switch(queue, "kyber", "256")
     journal.mark_applied(nr_entry.id, new="256")  # what the actuator reads back on a kernel
     act.apply("o", [KnobChange("nr", str(queue / "nr_requests"), 128)])
+    # The depth we set after the switch is ours: the reset entry is not "overridden".
+    assert act.overridden() == []
     report = act.restore("o")
     assert [e["kind"] for e in report["entries"]] == ["nr", "sched", "nr"]
     assert report["summary"] == {"restored": 3}

@@ -33,15 +33,18 @@ def test_an_administrators_queue_depth_survives_a_scheduler_switch_and_restore(
     dev, q = loopdev.name, blockdev.SYSFS / loopdev.name / "queue"
     assert blockdev.schedulers(dev)[0] == "none"
     (q / "nr_requests").write_text("40")  # not what switching back to none gives (128)
-    doc = {"device": [{"name": dev, "scheduler": "kyber", "read_ahead_kb": 256}]}
+    doc = {"device": [{"name": dev, "scheduler": "kyber", "read_ahead_kb": 256,
+                       "nr_requests": 64}]}
     io_plugin.schedcp_apply("io", doc, {"owner": "s1"}, False)
-    assert (blockdev.schedulers(dev)[0], blockdev.read(dev, "nr_requests")) == ("kyber", "256")
+    assert (blockdev.schedulers(dev)[0], blockdev.read(dev, "nr_requests")) == ("kyber", "64")
+    assert io_plugin.actuator is not None and io_plugin.actuator.overridden() == []
     held = {e.key.split(":", 3)[-1]: (e.kind, e.prior, e.new)
             for e in journal.entries(owner="s1")}
-    assert held["scheduler|reset:nr_requests"] == ("queue", "40", "256")
+    assert held["scheduler|reset:nr_requests"] == ("queue", "40", "256")  # the switch's
+    assert held["nr_requests"] == ("queue", "256", "64")  # the policy's, after it
     assert held["scheduler"] == ("sched", "none", "kyber")
     report = io_plugin.schedcp_restore("io", {"owner": "s1"})
-    assert report is not None and report["summary"] == {"restored": 3}, report
+    assert report is not None and report["summary"] == {"restored": 4}, report
     assert (blockdev.schedulers(dev)[0], blockdev.read(dev, "nr_requests")) == ("none", "40")
 
 
