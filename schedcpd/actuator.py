@@ -336,7 +336,7 @@ class KnobActuator:
                 before = {e.id: self._peek(e) for e in resets}
                 outcome, text, wrote = self._restore_one(entry)
                 note(entry, outcome, text)
-                for sibling in resets:
+                for sibling in resets if outcome != APPLIED else ():  # kept open: both
                     done.add(sibling.id)
                     if wrote:
                         note(sibling, *self._restore_reset(sibling, before[sibling.id]))
