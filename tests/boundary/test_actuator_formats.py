@@ -12,16 +12,14 @@ on a loop device in tests/io.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from schedcpd.actuator import RESET_MARK, KnobActuator
-from schedcpd.analysis import procfs
 from schedcpd.journal import Journal
 from schedcpd.knobs import BadDeclaration, Knob, KnobChange, KnobValueRefused
+from tests.boundary.conftest import IOPRIO
 
 
 @pytest.fixture
@@ -116,22 +114,14 @@ def test_a_declaration_of_formats_and_resets_is_checked() -> None:
         Knob("x", "file", paths=("/a",), resets=("../etc/passwd",))
 
 
-def test_an_inherited_value_is_adopted_with_the_parents_prior(journal: Journal) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        stat = procfs.read_pid_stat(child.pid)
-        assert stat is not None
-        target = f"{child.pid}:{stat.starttime}"
-        act = KnobActuator(journal, "fakeio", [
-            Knob("ioprio", "syscall", syscall="ioprio_set", type="int", minimum=0,
-                 maximum=(3 << 13) | 7)])
-        live = act.read("ioprio", target)
-        assert act.adopt("o", [KnobChange("ioprio", target, live + 1, meta={"prior": 0})]) == []
-        [entry_id] = act.adopt("o", [KnobChange("ioprio", target, live, key="k",
-                                                meta={"prior": 3 << 13})])
-        entry = journal.get(entry_id)
-        assert (entry.state, entry.prior, entry.new, entry.target) == (
-            "applied", 3 << 13, live, target)
-    finally:
-        child.kill()
-        child.wait()
+def test_an_inherited_value_is_adopted_with_the_parents_prior(
+        journal: Journal, thread_target: tuple[int, str]) -> None:
+    _, target = thread_target
+    act = KnobActuator(journal, "fakeio", [IOPRIO])
+    live = act.read("ioprio", target)
+    assert act.adopt("o", [KnobChange("ioprio", target, live + 1, meta={"prior": 0})]) == []
+    [entry_id] = act.adopt("o", [KnobChange("ioprio", target, live, key="k",
+                                            meta={"prior": 3 << 13})])
+    entry = journal.get(entry_id)
+    assert (entry.state, entry.prior, entry.new, entry.target) == (
+        "applied", 3 << 13, live, target)
