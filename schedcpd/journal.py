@@ -187,14 +187,15 @@ class Journal:
     def record_inherited(
         self,
         owner: str,
-        rows: list[tuple[str, str, Any, Any]],
+        rows: list[tuple[str, str, Any, Any]] | list[tuple[str, str, Any, Any, str]],
         *,
         subsystem: str = "",
         note: str = "",
     ) -> list[int]:
         """Save values the kernel already set, as ``applied``, in one transaction.
 
-        ``rows`` are ``(kind, key, prior, new)``.  For a child forked from a
+        ``rows`` are ``(kind, key, prior, new)``, or ``(kind, key, prior, new,
+        target)`` for a core-actuated knob.  For a child forked from a
         task we manage: the kernel copied our values into it at fork, so
         there is no write to come and no window before it to protect; one
         commit stands for what ``record`` + ``mark_applied`` do per row.
@@ -206,7 +207,7 @@ class Journal:
     def _insert(
         conn: sqlite3.Connection,
         owner: str,
-        rows: list[tuple[str, str, Any, Any]],
+        rows: list[tuple[str, str, Any, Any]] | list[tuple[str, str, Any, Any, str]],
         state: str,
         subsystem: str,
         note: str,
@@ -214,12 +215,14 @@ class Journal:
     ) -> list[int]:
         now = time.time()
         ids = []
-        for kind, key, prior, new in rows:
+        for row in rows:
+            kind, key, prior, new = row[:4]
+            where = str(row[4]) if len(row) > 4 else target
             cur = conn.execute(
                 f"INSERT INTO {_TABLE} (time, subsystem, owner, kind, key, prior, new,"
                 " state, note, updated, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (now, subsystem, owner, kind, key, json.dumps(prior), json.dumps(new), state,
-                 note, now, target),
+                 note, now, where),
             )
             assert cur.lastrowid is not None
             ids.append(int(cur.lastrowid))
@@ -245,6 +248,26 @@ class Journal:
                 )
                 if cur.rowcount != 1:
                     raise KeyError(f"no journal entry {entry_id}")
+
+    def retarget(self, entry_id: int, kind: str, target: str, prior: Any = _KEEP,
+                 new: Any = _KEEP) -> None:
+        """Hand an open entry a plugin wrote itself to the core's actuator (an upgrade).
+
+        The entry gets the knob name as ``kind`` and the knob's ``target``
+        (and, where the old form saved more, the knob's form of ``prior`` /
+        ``new``); its state and owner stay, so a restore after the upgrade
+        puts back what the old code wrote.
+        """
+        sets, values = ["kind = ?", "target = ?", "updated = ?"], [kind, target, time.time()]
+        for column, value in (("prior", prior), ("new", new)):
+            if value is not _KEEP:
+                sets.append(f"{column} = ?")
+                values.append(json.dumps(value))
+        with self._tx() as conn:
+            cur = conn.execute(f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE id = ?",
+                               (*values, entry_id))
+            if cur.rowcount != 1:
+                raise KeyError(f"no journal entry {entry_id}")
 
     def mark_applied(self, entry_id: int, new: Any = _KEEP) -> None:
         """Record that the write of ``entry_id`` happened.

@@ -17,6 +17,16 @@ Two kinds of knob:
   is allowed when its real path (symlinks and ``..`` resolved) is the real
   path of a file one of the patterns matches now.  The value is the file's
   text; it is read back as the file's text without the trailing newline.
+  ``format`` says how the text is read for other sysfs idioms:
+  ``"selected"`` (a choice list such as ``none [mq-deadline] kyber``: the
+  value is the bracketed word) or ``"keyed"`` (lines ``<key> <value>``,
+  such as ``blkio.throttle.*_device``: a change's value is one line
+  ``<key> <value>``, its live value that key's line, ``<key> 0`` when the
+  file has none - the cgroup convention where writing 0 removes a line).
+  ``resets`` names files beside the target (``("nr_requests",)``) that the
+  kernel resets when this one is written (switching an I/O scheduler resets
+  the queue depth): the actuator journals their values before the write and
+  puts them back right after restoring this knob (:mod:`schedcpd.actuator`).
 - ``syscall``: one of the named syscalls the core knows
   (:data:`schedcpd.actuator.SYSCALLS`, e.g. ``ioprio_set``).  The target is
   ``"<tid>:<start time>"`` (the start time in clock ticks, field 22 of
@@ -44,6 +54,7 @@ SYSCALL = "syscall"
 KINDS = (FILE, SYSCALL)
 VALUE_TYPES = ("str", "int", "int_list")
 RESTORE_MODES = ("prior", "reset")
+FORMATS = ("text", "selected", "keyed")
 
 
 class KnobNotDeclared(InvalidArgument):
@@ -80,6 +91,8 @@ class Knob:
     length: int | None = None
     restore: str = "prior"
     description: str = ""
+    format: str = "text"
+    resets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"knob {self.name!r}"
@@ -98,6 +111,13 @@ class Knob:
                                          "(with at most one /**/, after a literal prefix)")
         elif not self.syscall:
             raise BadDeclaration(f"{where}: a syscall knob names its syscall")
+        if self.format not in FORMATS or (self.format != "text" and self.kind != FILE):
+            raise BadDeclaration(f"{where}: format {self.format!r} is not one of {FORMATS} "
+                                 "(a format other than text is a file knob's)")
+        if self.resets and (self.kind != FILE or not all(
+                re.fullmatch(r"[A-Za-z0-9_.-]+", r) for r in self.resets)):
+            raise BadDeclaration(f"{where}: resets names files beside a file knob's target "
+                                 f"(plain names), not {self.resets!r}")
         if self.type not in VALUE_TYPES:
             raise BadDeclaration(f"{where}: type {self.type!r} is not one of {VALUE_TYPES}")
         if self.restore not in RESTORE_MODES:
@@ -135,6 +155,10 @@ class Knob:
         if self.allowed and text not in self.allowed:
             raise KnobValueRefused(f"{where}: {text!r} is not one of "
                                    f"{', '.join(self.allowed)}")
+        if self.format == "keyed" and len(text.split()) != 2:
+            raise KnobValueRefused(f"{where}: {text!r} is not one line '<key> <value>'")
+        if self.format == "keyed":
+            text = " ".join(text.split())
         if self.regex and not re.fullmatch(self.regex, text):
             raise KnobValueRefused(f"{where}: {text!r} does not match {self.regex!r}")
         return text
@@ -159,7 +183,7 @@ class Knob:
         if extra:
             raise BadDeclaration(f"unknown knob declaration field(s): {sorted(extra)}")
         values = dict(data)
-        for name in ("paths", "allowed"):
+        for name in ("paths", "allowed", "resets"):
             if name in values:
                 values[name] = tuple(values[name])
         try:

@@ -54,16 +54,28 @@ from schedcpd.payloads import (
     Scope,
     Severity,
 )
+from schedcpd.plugin_base import JournaledPlugin
 from schedcpd.plugin_kit import (
+    GroupMatch,
     Plan,
     Write,
     apply_result,
     bind_journal,
     changes,
+    follow_inherited,
+    hand_over_legacy,
     journal_state,
     journaled_keys,
     policy_body,
     restore_owner,
+    thread_keys,
+)
+from schedcpd.restore_rule import (
+    journaled_write,
+    merge_reports,
+    override_of,
+    report_row,
+    restore_entry,
 )
 from schedcpd.sequential import Design, SignTest
 
@@ -89,6 +101,7 @@ __all__ = [
     "Description",
     "Design",
     "Finding",
+    "GroupMatch",
     "GroupSample",
     "GuardMetrics",
     "GuardRoles",
@@ -97,6 +110,7 @@ __all__ = [
     "InvalidArgument",
     "Journal",
     "JournalEntry",
+    "JournaledPlugin",
     "KernelRefused",
     "KeyDescription",
     "Knob",
@@ -121,10 +135,18 @@ __all__ = [
     "bind_journal",
     "changes",
     "fault_point",
+    "follow_inherited",
+    "hand_over_legacy",
     "hookimpl",
     "journal_state",
     "journaled_keys",
+    "journaled_write",
+    "merge_reports",
+    "override_of",
     "policy_body",
     "procfs",
+    "report_row",
+    "restore_entry",
     "restore_owner",
+    "thread_keys",
 ]

@@ -57,9 +57,15 @@ class RemoteActuator:
         wire = [c.as_dict() if isinstance(c, KnobChange) else c for c in changes]
         return list(self._ask("apply", owner=owner, changes=wire))
 
-    def read(self, knob_name: str, target: str) -> Any:
+    def adopt(self, owner: str, changes: list[KnobChange | dict[str, Any]],
+              note: str = "inherited at fork") -> list[int]:
+        """Have the core journal values the kernel set by itself (inherited at fork)."""
+        wire = [c.as_dict() if isinstance(c, KnobChange) else c for c in changes]
+        return list(self._ask("adopt", owner=owner, changes=wire, note=note))
+
+    def read(self, knob_name: str, target: str, key: str = "") -> Any:
         """The live value of a declared target, read by the core."""
-        return self._ask("read", knob_name=knob_name, target=target)
+        return self._ask("read", knob_name=knob_name, target=target, key=key)
 
     def restore(self, owner: str | None) -> dict[str, Any]:
         """Have the core restore ``owner``'s values (all: ``None``)."""

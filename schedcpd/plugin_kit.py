@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schedcpd.analysis import procfs
 from schedcpd.hookspecs import PluginContext
-from schedcpd.journal import OVERRIDDEN, Journal
+from schedcpd.journal import OVERRIDDEN, Journal, JournalEntry
+from schedcpd.knobs import KnobChange
 from schedcpd.payloads import ApplyResult, Change, RestoreReport
+from schedcpd.restore_rule import KernelRefused, TargetGone
 
 EXPLAIN_STATES = ("pending", "applied", "restored", "skipped", "overridden")
 """Journal states of an entry that ``schedcp_explain_keys`` reports."""
@@ -45,6 +48,18 @@ class Plan:
     targets: dict[str, list[int]] = field(default_factory=dict)
     machine: bool = False
     skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class GroupMatch:
+    """A policy group's ``match``: process names and/or pids, and all their descendants."""
+
+    comm: list[str]
+    pids: list[int]
+
+    def scan(self) -> list[int]:
+        """Matched processes and their descendants, sorted."""
+        return procfs.process_tree(self.comm, self.pids)
 
 
 def changes(p: Plan, status: str) -> list[Change]:
@@ -100,6 +115,60 @@ def restore_owner(restore: Callable[[str | None], dict[str, Any]], lock: threadi
     return {"entries": report["entries"], "summary": report["summary"]}
 
 
+def hand_over_legacy(journal: Journal, subsystem: str,
+                     convert: Callable[[Journal, JournalEntry],
+                                       tuple[str, str, Any, Any] | None]
+                     ) -> int:
+    """Give the core actuator the open entries an older plugin wrote itself.
+
+    ``convert(journal, entry)`` answers ``(knob, target, prior, new)`` for an entry
+    without a target that the plugin now writes through the core (``None``:
+    not one of those).  Run at start-up, before the daemon's restore, so a
+    daemon upgraded with open entries still restores them.  Returns how many.
+    """
+    count = 0
+    for entry in journal.pending_restore(subsystem=subsystem):
+        if entry.target:
+            continue
+        moved = convert(journal, entry)
+        if moved is not None:
+            journal.retarget(entry.id, *moved)
+            count += 1
+    return count
+
+
+def follow_inherited(core: Any, journal: Journal, owner: str, subsystem: str, knob: str,
+                     pids: Iterable[int]) -> list[int]:
+    """Have the core adopt the per-thread values new threads of ``pids`` inherited.
+
+    A thread forked from a task we set ``knob`` on (a syscall knob: clamps,
+    I/O priority) holds our value without a journal entry; one whose live
+    value (read by the core) is the ``new`` of an entry of ``owner``'s is
+    adopted with that entry's prior, under key ``<knob>:<tid>:<start>``.
+    Threads with an entry already are left out.  Returns the new entry ids.
+    """
+    ours = [e for e in journal.entries(owner=owner, subsystem=subsystem)
+            if e.kind == knob and e.target]
+    if not ours:
+        return []
+    known = {e.target.split(":")[0] for e in ours}
+    found = []
+    for pid in pids:
+        for tid in procfs.thread_ids(pid):
+            start = procfs.task_start_time(tid)
+            if str(tid) in known or start is None:
+                continue
+            try:
+                live = core.read(knob, f"{tid}:{start}")
+            except (TargetGone, KernelRefused):
+                continue
+            match = [e for e in ours if e.new == live]
+            if match:
+                found.append(KnobChange(knob, f"{tid}:{start}", live, f"{knob}:{tid}:{start}",
+                                        {"prior": match[-1].prior}))
+    return list(core.adopt(owner, found)) if found else []
+
+
 def journal_state(journal: Journal, subsystem: str) -> dict[str, Any]:
     """Open journal entries per owner, and values others overrode (``schedcp_state``)."""
     managed: dict[str, int] = {}
@@ -108,6 +177,16 @@ def journal_state(journal: Journal, subsystem: str) -> dict[str, Any]:
     return {"managed": managed, "overridden": [
         e.as_dict() for e in journal.entries(state=OVERRIDDEN, subsystem=subsystem,
                                              limit=100)]}
+
+
+def thread_keys(prefix: str, pid: int) -> list[str]:
+    """Keys ``<prefix>:<tid>:<start time>`` of ``pid``'s live threads (per-thread knobs)."""
+    keys = []
+    for tid in procfs.thread_ids(pid):
+        start = procfs.task_start_time(tid)
+        if start is not None:
+            keys.append(f"{prefix}:{tid}:{start}")
+    return keys
 
 
 def journaled_keys(journal: Journal, keys: Iterable[str], subsystem: str) -> list[str]:

@@ -49,7 +49,7 @@ DEFAULT_USER = "nobody"
 DEFAULT_TIMEOUT = 300.0
 NOT_FORWARDED = frozenset({"schedcp_guards"})
 """Hooks whose answer is an object, not data: an out-of-process plugin cannot offer them."""
-_ACTUATE = ("apply", "read", "restore", "overridden")
+_ACTUATE = ("apply", "adopt", "read", "restore", "overridden")
 
 
 def _python_path() -> str:

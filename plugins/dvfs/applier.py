@@ -13,7 +13,8 @@ not offer, no boost switch, no uclamp in the kernel (``NotSupported``), a
 frequency outside ``cpuinfo_min_freq..cpuinfo_max_freq`` or a minimum
 above the maximum (``InvalidArgument``).  A kernel refusal during the
 apply restores what this owner wrote and raises, so nothing is left
-half-applied.  A task that exits before its write is a recorded skip.
+half-applied.  A task that exits before its write is a skip reported in the
+apply's problems (the core finds it gone before it journals anything).
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ def apply(actuator: Actuator, p: Plan, owner: str) -> list[dict[str, Any]]:
     skipped = list(p.skipped)
     for w in p.writes:
         try:
-            actuator.write(owner, w.kind, w.key, w.prior, w.new)
+            actuator.write(owner, w.kind, w.key, w.new)
         except Gone as err:
             if w.kind == "uclamp":
                 skipped.append({"target": w.target, "note": str(err)})
@@ -211,11 +212,10 @@ def apply(actuator: Actuator, p: Plan, owner: str) -> list[dict[str, Any]]:
             _undo(actuator, owner)
             raise NotFound(f"{w.target}: {err}; what this deployment wrote is restored") \
                 from err
-        except (OSError, KernelRefused) as err:
+        except KernelRefused as err:
             _undo(actuator, owner)
-            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise InvalidArgument(f"{w.target}: the kernel refused {w.knob} = {w.new!r} "
-                                  f"({why}); what this deployment wrote is restored") from err
+                                  f"({err}); what this deployment wrote is restored") from err
     return skipped
 
 

@@ -5,10 +5,11 @@ the cgroup v2 root of its configuration, and written by the core
 (:class:`schedcpd.plugin_api.KnobActuator`), which refuses anything else.
 The knob names are the journal kinds of the entries.
 
-Task clamps (``sched_setattr``) are not declared yet: they are still written
-by the plugin's own actuator (:mod:`plugins.dvfs.actuator`), because this
-machine's kernel has no ``CONFIG_UCLAMP_TASK`` and the port could only be
-proven in the micro-VM guest.
+Task clamps are the ``uclamp`` knob: the core's ``sched_setattr.uclamp``
+syscall on a thread (target ``<tid>:<start>``), ``[min, max]`` on 0..1024,
+restored with ``reset`` (a clamp that was the kernel default goes back to
+"not set", so a task is left as it was found).  This host's kernel has no
+``CONFIG_UCLAMP_TASK``; the micro-VM guest (tests/microvm) proves it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from plugins.dvfs import cpufreq
-from schedcpd.plugin_api import FILE, Knob
+from schedcpd.plugin_api import FILE, SYSCALL, Knob
 
 FREQ_KHZ_MAX = 100_000_000
 """A frequency the declarations refuse above (100 GHz); the plugin checks cpuinfo limits."""
@@ -28,6 +29,7 @@ KIND_OF_FILE = {"scaling_governor": "cpufreq.scaling_governor",
                 "scaling_max_freq": "cpufreq.scaling_max_freq"}
 BOOST = "boost"
 CG_UCLAMP = "cg_uclamp"
+UCLAMP = "uclamp"
 
 
 def declare(sysfs_cpu: Path, cgroup_root: Path | None) -> list[Knob]:
@@ -46,6 +48,9 @@ def declare(sysfs_cpu: Path, cgroup_root: Path | None) -> list[Knob]:
         Knob(BOOST, FILE, paths=(f"{sysfs_cpu}/cpufreq/boost",
                                  f"{sysfs_cpu}/intel_pstate/no_turbo"),
              allowed=("0", "1"), description="boost switch (no_turbo: inverted)"),
+        Knob(UCLAMP, SYSCALL, syscall="sched_setattr.uclamp", type="int_list", length=2,
+             minimum=0, maximum=1024, restore="reset",
+             description="a thread's utilisation clamps [min, max]"),
     ]
     if cgroup_root is not None:
         out.append(Knob(CG_UCLAMP, FILE, paths=(f"{cgroup_root}/**/cpu.uclamp.min",

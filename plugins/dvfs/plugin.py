@@ -1,8 +1,9 @@
 """The dvfs subsystem: cpufreq governor, EPP, frequency limits and boost; task and
 cgroup utilisation clamps (uclamp), on the running kernel.
 
-Every value is saved in the journal before it is written
-(:mod:`plugins.dvfs.actuator`) and is put back exactly on rollback, at daemon
+Every value is written by the core's actuator within the plugin's declared
+knobs (:mod:`plugins.dvfs.knobs`, :mod:`plugins.dvfs.actuator`), saved in
+the journal before it is written and put back exactly on rollback, at daemon
 stop and at start-up after a crash; a value someone else changes after us
 is left alone and reported as overridden.  The sysfs CPU root and the cgroup
 v2 root are injectable (``[plugins.dvfs] sysfs_cpu``, ``cgroup_root``), so
@@ -13,14 +14,12 @@ knobs, the capability report and what was proven where.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from plugins.dvfs import applier, cpufreq, knobs, uclamp, verification
 from plugins.dvfs import policy as policy_mod
-from plugins.dvfs.actuator import SUBSYSTEM, Actuator
+from plugins.dvfs.actuator import SUBSYSTEM, Actuator, legacy
 from schedcpd.plugin_api import (
     ActivePolicy,
     ApplyResult,
@@ -28,25 +27,19 @@ from schedcpd.plugin_api import (
     Description,
     Finding,
     Health,
-    Journal,
+    JournaledPlugin,
     KeyDescription,
     Knob,
-    KnobActuator,
-    NotSupported,
     PluginContext,
-    RestoreReport,
     Scope,
-    apply_result,
-    bind_journal,
+    follow_inherited,
     hookimpl,
-    journal_state,
     journaled_keys,
     policy_body,
-    restore_owner,
+    thread_keys,
 )
 
 _LOGGER = logging.getLogger(__name__)
-OVERRIDE_CHECK_SECONDS = 2.0
 
 
 def _cap(ok: bool, why: str) -> Capability:
@@ -80,33 +73,22 @@ def _cgroup_root(config: dict[str, Any]) -> Path | None:
     return Path(root) if root else uclamp.cgroup_v2_root()
 
 
-class DvfsPlugin:
+class DvfsPlugin(JournaledPlugin[Actuator]):
     """Hook implementations of the dvfs subsystem (one instance per daemon)."""
 
-    def __init__(self) -> None:
-        self.actuator: Actuator | None = None
-        self.own_journal: Journal | None = None
-        self.caps: dict[str, Capability] = {}
-        self.clamp_ok: tuple[bool, str] = (False, "the dvfs plugin has not started")
-        self.policies: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        self._checked = 0.0
+    subsystem = SUBSYSTEM
 
-    def _act(self) -> Actuator:
-        if self.actuator is None:
-            raise NotSupported("the dvfs plugin has not started")
-        return self.actuator
+    def __init__(self) -> None:
+        super().__init__()
+        self.clamp_ok: tuple[bool, str] = (False, "the dvfs plugin has not started")
 
     @hookimpl
     def schedcp_startup(self, context: PluginContext) -> None:
         """Detect capabilities (the uclamp probe sets this thread's own clamps to themselves)."""
-        journal, self.own_journal = bind_journal(context)
         config = context.config or {}
         freq = cpufreq.CpuFreq(Path(config.get("sysfs_cpu", cpufreq.DEFAULT_ROOT)))
         cg_root = _cgroup_root(config)
-        core = context.actuator  # the host's, bound to schedcp_knobs' declarations
-        if core is None:  # started on its own (tests, crash child): the same core class
-            core = KnobActuator(journal, SUBSYSTEM, knobs.declare(freq.root, cg_root))
+        journal, core = self.bind(context, lambda: knobs.declare(freq.root, cg_root), legacy)
         self.actuator = Actuator(journal, freq, cg_root, core)
         self.clamp_ok = uclamp.probe()
         self.caps = capabilities(freq, self.actuator.cgroup_root, self.clamp_ok)
@@ -118,13 +100,6 @@ class DvfsPlugin:
     def schedcp_knobs(self, config: dict[str, Any]) -> list[Knob]:
         """The cpufreq, boost and cgroup clamp files under the configured roots."""
         return knobs.declare_from(config or {}, _cgroup_root(config or {}))
-
-    @hookimpl
-    def schedcp_shutdown(self) -> None:
-        """Close our own journal (the host's is the host's)."""
-        if self.own_journal is not None:
-            self.own_journal.close()
-        self.actuator = self.own_journal = None
 
     @hookimpl
     def schedcp_describe(self) -> Description:
@@ -165,25 +140,11 @@ class DvfsPlugin:
         """Plan, or make, the policy's writes for ``scope["owner"]``."""
         if subsystem != SUBSYSTEM:
             return None
-        owner = str(scope.get("owner", "manual"))
-        with self._lock:
-            plan = applier.plan(policy, self._act(), scope.get("pids"), self.clamp_ok)
-            skipped = plan.skipped
-            if not dry_run:
-                skipped = applier.apply(self._act(), plan, owner)
-                self.policies[owner] = policy
-        return apply_result(SUBSYSTEM, owner, dry_run, plan, skipped,
-                            f"{len(plan.writes)} dvfs value(s)",
-                            f"cpufreq, boost and cgroup clamps are machine-wide: applied "
-                            f"with every group ({len(plan.writes)} value(s))")
-
-    @hookimpl
-    def schedcp_restore(self, subsystem: str, scope: Scope) -> RestoreReport | None:
-        """Put back what ``scope["owner"]`` (or, without one, everything) changed."""
-        if subsystem != SUBSYSTEM:
-            return None
-        return restore_owner(self._act().restore, self._lock, self.policies,
-                             scope.get("owner"))
+        return self.apply(
+            policy, scope, dry_run,
+            lambda _: applier.plan(policy, self._act(), scope.get("pids"), self.clamp_ok),
+            applier.apply, "dvfs value(s)",
+            "cpufreq, boost and cgroup clamps are machine-wide: applied with every group")
 
     @hookimpl
     def schedcp_health(self, subsystem: str, scope: Scope) -> Health | None:
@@ -203,45 +164,17 @@ class DvfsPlugin:
                         "removed (CPU offlined or driver unloaded)"}
         with self._lock:
             targets = self._follow(owner, policy)
-            if time.monotonic() - self._checked > OVERRIDE_CHECK_SECONDS:
-                self._checked = time.monotonic()
-                for item in act.overridden():
-                    _LOGGER.warning("dvfs value overridden by someone else: %s", item)
+            self.check_overrides()
         return {"healthy": True, "targets": targets}
 
     def _follow(self, owner: str, policy: dict[str, Any]) -> dict[str, list[int]]:
-        """Journal the clamps new descendants inherited, so restore covers them."""
-        journal = self._act().journal
+        """Have the core journal the clamps new descendants inherited, so restore covers them."""
+        act = self._act()
         targets = {}
         for group in policy.get("group", []):
-            pids = policy_mod.selector(group).scan()
-            targets[group["name"]] = pids
-            ours = [e for e in journal.entries(owner=owner, subsystem=SUBSYSTEM)
-                    if e.kind == "uclamp"]
-            known = {e.key.split(":")[1] for e in ours}
-            rows = []
-            for pid in pids if ours else []:
-                for tid in uclamp.threads(pid):
-                    start = uclamp.start_time(tid)
-                    try:
-                        live = list(uclamp.get(tid))
-                    except uclamp.TaskGone:
-                        continue
-                    match = [e for e in ours if e.new == live]
-                    if str(tid) in known or start is None or not match:
-                        continue
-                    rows.append(("uclamp", f"uclamp:{tid}:{start}", match[-1].prior, live))
-            if rows:
-                journal.record_inherited(owner, rows, subsystem=SUBSYSTEM,
-                                         note="inherited at fork")
+            targets[group["name"]] = pids = policy_mod.selector(group).scan()
+            follow_inherited(act.core, act.journal, owner, SUBSYSTEM, knobs.UCLAMP, pids)
         return targets
-
-    @hookimpl
-    def schedcp_state(self, subsystem: str) -> dict[str, Any] | None:
-        """Open journal entries per owner, and values others overrode."""
-        if subsystem != SUBSYSTEM:
-            return None
-        return journal_state(self._act().journal, SUBSYSTEM)
 
     @hookimpl
     def schedcp_static_check(self, subsystem: str, policy: dict[str, Any],
@@ -264,12 +197,7 @@ class DvfsPlugin:
         """Journal keys of the clamps set on ``pid``'s threads."""
         if subsystem != SUBSYSTEM:
             return None
-        keys = []
-        for tid in uclamp.threads(pid):
-            start = uclamp.start_time(tid)
-            if start is not None:
-                keys.append(f"uclamp:{tid}:{start}")
-        return journaled_keys(self._act().journal, keys, SUBSYSTEM)
+        return journaled_keys(self._act().journal, thread_keys(knobs.UCLAMP, pid), SUBSYSTEM)
 
     @hookimpl
     def schedcp_describe_key(self, subsystem: str, key: str) -> KeyDescription | None:

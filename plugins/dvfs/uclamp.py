@@ -1,5 +1,11 @@
 """Utilisation clamps: per task (``sched_setattr``) and per cgroup v2 (``cpu.uclamp.*``).
 
+The clamps a policy sets are written by the core's actuator (the ``uclamp``
+knob, :mod:`plugins.dvfs.knobs`); this module reads them for the plan and
+sets them only where nothing is journaled: the capability probe (this
+thread's own clamps set to themselves) and verifier stage 4 (a test task
+the check starts and kills).
+
 A task's clamp is a pair ``(min, max)`` on the kernel's capacity scale
 0..1024: the scheduler treats the task as needing at least ``min`` and at
 most ``max`` of a CPU's capacity when it picks a frequency (schedutil) or a
@@ -24,10 +30,9 @@ import ctypes
 import errno
 import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from schedcpd.plugin_api import procfs
+from schedcpd.plugin_api import GroupMatch, procfs
 
 SCALE = 1024
 SCHED_FLAG_KEEP_POLICY = 0x08
@@ -124,32 +129,8 @@ threads = procfs.thread_ids
 """Thread ids of a process (empty when it is gone; in procfs, shared)."""
 
 
-@dataclass
-class Selector:
-    """A group's ``match``: process names and/or pids, and all their descendants."""
-
-    comm: list[str]
-    pids: list[int]
-
-    def scan(self) -> list[int]:
-        """Matched processes and their descendants, sorted."""
-        children: dict[int, list[int]] = {}
-        roots = {p for p in self.pids if Path(f"/proc/{p}").exists()}
-        for pid in procfs.list_pids():
-            stat = procfs.read_pid_stat(pid)
-            if stat is None:
-                continue
-            children.setdefault(stat.ppid, []).append(pid)
-            if stat.comm in self.comm:
-                roots.add(pid)
-        out: set[int] = set()
-        todo = list(roots)
-        while todo:
-            pid = todo.pop()
-            if pid not in out:
-                out.add(pid)
-                todo.extend(children.get(pid, ()))
-        return sorted(out)
+Selector = GroupMatch
+"""A group's ``match`` (shared by the plugins: ``plugin_api.GroupMatch``)."""
 
 
 def cgroup_v2_root() -> Path | None:

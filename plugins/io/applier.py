@@ -10,7 +10,8 @@ What cannot be applied is a named error, and nothing of the deployment is
 left half-applied: an unknown device or scheduler is refused before any
 write; a kernel refusal or a device removed during the apply restores what
 this owner wrote and raises.  A task that exits before its write is a
-recorded skip (its journal entry says so), not a failure.
+skip reported in the apply's problems (the core finds it gone before it
+journals anything), not a failure.
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ import logging
 from typing import Any
 
 from plugins.io import blkio, blockdev, ioprio
-from plugins.io.actuator import Actuator, Gone
+from plugins.io.actuator import Actuator
 from plugins.io.policy import THROTTLE_KEYS, selector
-from schedcpd.plugin_api import InvalidArgument, NotFound, NotSupported, Plan, Write
+from schedcpd.plugin_api import (
+    InvalidArgument,
+    KernelRefused,
+    NotFound,
+    NotSupported,
+    Plan,
+    TargetGone,
+    Write,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,14 +55,14 @@ def _device_writes(dev: dict[str, Any], plan: Plan) -> None:
             raise NotSupported(f"device {name!r}: I/O scheduler {sched!r} is not offered "
                                f"(offered: {', '.join(offered)})")
         if sched != active:
-            prior = {"scheduler": active, "nr_requests": blockdev.current(name, "nr_requests")}
-            plan.writes.append(Write("sched", prefix + "scheduler", prior, sched, name,
+            # The core journals nr_requests too (the switch resets it) and restores it after.
+            plan.writes.append(Write("sched", prefix + "scheduler", active, sched, name,
                                      "scheduler"))
     for knob in blockdev.QUEUE_KNOBS:
         if knob in dev:
             live = blockdev.current(name, knob)
             if knob == "nr_requests" and sched not in (None, active):
-                # The switch resets it: read the prior after the switch (apply).
+                # The switch resets it: the core reads the prior after the switch.
                 plan.writes.append(Write("queue", prefix + knob, None, str(dev[knob]), name,
                                          knob))
             elif live != str(dev[knob]):
@@ -132,29 +141,27 @@ def plan(doc: dict[str, Any], owner: str, pids: list[int] | None) -> Plan:
 
 
 def apply(actuator: Actuator, p: Plan, owner: str) -> list[dict[str, Any]]:
-    """Make the planned writes; on a failure restore this owner's writes and raise."""
+    """Make the planned writes; on a failure restore this owner's writes and raise.
+
+    A value already as planned (a queue knob read before a scheduler switch
+    that reset it) is left alone by the core and journals nothing.
+    """
     skipped = list(p.skipped)
     for w in p.writes:
-        prior = w.prior
         try:
-            if w.kind == "queue" and prior is None:
-                _, dev, _, knob = w.key.split(":", 3)
-                prior = blockdev.current(dev, knob)
-                if prior == w.new:
-                    continue
-            actuator.write(owner, w.kind, w.key, prior, w.new)
-        except (Gone, blockdev.DeviceGone) as err:
+            actuator.write(owner, w.kind, w.key, w.prior, w.new)
+        except TargetGone as err:
             if w.kind in ("ioprio", "move"):
                 skipped.append({"target": w.target, "note": str(err)})
                 continue
             _undo(actuator, owner)
             raise NotFound(f"{w.target}: {err}; what this deployment wrote is restored") \
                 from err
-        except OSError as err:
+        except (KernelRefused, OSError) as err:
             _undo(actuator, owner)
+            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise InvalidArgument(f"{w.target}: the kernel refused {w.knob} = {w.new!r} "
-                                  f"({err.strerror or err}); what this deployment wrote is "
-                                  "restored") from err
+                                  f"({why}); what this deployment wrote is restored") from err
     return skipped
 
 

@@ -107,20 +107,6 @@ def current(name: str, knob: str) -> str:
     return read(name, knob)
 
 
-def write(name: str, knob: str, value: str, expect_identity: str) -> None:
-    """Write a queue knob of the device whose identity is ``expect_identity``.
-
-    :class:`DeviceGone` when the name is gone or stands for another device;
-    ``OSError`` (e.g. EINVAL) when the kernel refuses the value.
-    """
-    if identity(name) != expect_identity:
-        raise DeviceGone(f"{name}: is not device {expect_identity} any more")
-    try:
-        knob_path(name, knob).write_text(value)
-    except (FileNotFoundError, NotADirectoryError) as err:
-        raise DeviceGone(f"{name}: no queue/{knob} ({err.strerror})") from err
-
-
 def is_loop(name: str) -> bool:
     """Whether ``name`` is a loop device (what the tests and the sandbox use)."""
     return name.startswith("loop")

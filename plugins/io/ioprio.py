@@ -1,4 +1,8 @@
-"""Per-task I/O priority (ioprio_get/ioprio_set) and the processes a group targets.
+"""Per-task I/O priority (read with ioprio_get) and the processes a group targets.
+
+The priorities a policy sets are written by the core's actuator (the
+``ioprio`` knob, :mod:`plugins.io.knobs`); this module reads them for the
+plan and the capability report.
 
 An I/O priority is a class (``none`` = follow the CPU nice, ``rt``, ``be``
 best-effort, ``idle``) and a level 0..7 (0 highest).  It is per thread; a
@@ -13,10 +17,8 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-from dataclasses import dataclass
-from pathlib import Path
 
-from schedcpd.plugin_api import procfs
+from schedcpd.plugin_api import GroupMatch, procfs
 
 CLASSES = {"none": 0, "rt": 1, "be": 2, "idle": 3}
 CLASS_NAMES = {v: k for k, v in CLASSES.items()}
@@ -59,16 +61,6 @@ def get(tid: int) -> int:
     return int(res)
 
 
-def set_(tid: int, raw: int) -> None:
-    """Set thread ``tid``'s raw ioprio; :class:`TaskGone` if it does not exist."""
-    res = _libc.syscall(_nr(0), _WHO_PROCESS, tid, raw)
-    if res < 0:
-        err = ctypes.get_errno()
-        if err == 3:
-            raise TaskGone(f"task {tid} is gone")
-        raise OSError(err, os.strerror(err))
-
-
 def available() -> tuple[bool, str]:
     """Whether ioprio_get works here."""
     try:
@@ -85,36 +77,5 @@ threads = procfs.thread_ids
 """Thread ids of a process (empty when it is gone; in procfs, shared)."""
 
 
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for pid in procfs.list_pids():
-        stat = procfs.read_pid_stat(pid)
-        if stat:
-            out.setdefault(stat.ppid, []).append(pid)
-    return out
-
-
-@dataclass
-class Selector:
-    """A group's ``match``: process names and/or pids (and their descendants)."""
-
-    comm: list[str]
-    pids: list[int]
-
-    def scan(self) -> list[int]:
-        """Matched processes and their descendants, sorted."""
-        roots = {p for p in self.pids if Path(f"/proc/{p}").exists()}
-        if self.comm:
-            for pid in procfs.list_pids():
-                stat = procfs.read_pid_stat(pid)
-                if stat and stat.comm in self.comm:
-                    roots.add(pid)
-        children = _children()
-        out: set[int] = set()
-        todo = list(roots)
-        while todo:
-            pid = todo.pop()
-            if pid not in out:
-                out.add(pid)
-                todo.extend(children.get(pid, ()))
-        return sorted(out)
+Selector = GroupMatch
+"""A group's ``match`` (shared by the plugins: ``plugin_api.GroupMatch``)."""

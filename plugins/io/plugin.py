@@ -1,8 +1,10 @@
 """The io subsystem: per-device I/O scheduler and queue settings, per-task I/O
 priority, and cgroup v1 blkio throttling, on the running kernel.
 
-Every value is saved in the journal before it is written
-(:mod:`plugins.io.actuator`) and is put back exactly on rollback, at daemon
+Every value is written by the core's actuator within the plugin's declared
+knobs (:mod:`plugins.io.knobs`), except the blkio cgroup directories and
+moves no knob can express (:mod:`plugins.io.actuator`); each is saved in the
+journal before it is written and put back exactly on rollback, at daemon
 stop and at start-up after a crash; a value someone else changes after us
 is left alone and reported as overridden.  docs/io.md describes the knobs,
 the capability report and what was proven on this machine.
@@ -11,14 +13,12 @@ the capability report and what was proven on this machine.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from plugins.io import applier, blkio, blockdev, ioprio, verification
+from plugins.io import applier, blkio, blockdev, ioprio, knobs, verification
 from plugins.io import policy as policy_mod
-from plugins.io.actuator import SUBSYSTEM, Actuator
+from plugins.io.actuator import SUBSYSTEM, Actuator, legacy
 from plugins.io.guards import IoGuards
 from schedcpd.plugin_api import (
     ActivePolicy,
@@ -28,25 +28,21 @@ from schedcpd.plugin_api import (
     Finding,
     Guards,
     Health,
-    Journal,
+    JournaledPlugin,
     KeyDescription,
-    NotSupported,
+    Knob,
     PluginContext,
-    RestoreReport,
     Scope,
-    apply_result,
-    bind_journal,
+    follow_inherited,
     hookimpl,
-    journal_state,
     journaled_keys,
     policy_body,
-    restore_owner,
+    thread_keys,
 )
 
 _LOGGER = logging.getLogger(__name__)
 GUARD_OWNER = "io-guards"
 """Journal owner of kernel.task_delayacct, turned on for the guards (restored at stop)."""
-OVERRIDE_CHECK_SECONDS = 2.0
 
 
 def capabilities() -> dict[str, Capability]:
@@ -75,39 +71,29 @@ def capabilities() -> dict[str, Capability]:
     return caps
 
 
-class IoPlugin:
+class IoPlugin(JournaledPlugin[Actuator]):
     """Hook implementations of the io subsystem (one instance per daemon)."""
 
-    def __init__(self) -> None:
-        self.actuator: Actuator | None = None
-        self.own_journal: Journal | None = None
-        self.state_dir = Path("/var/lib/schedcp")
-        self.caps: dict[str, Capability] = {}
-        self.policies: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        self._checked = 0.0
+    subsystem = SUBSYSTEM
 
-    def _act(self) -> Actuator:
-        if self.actuator is None:
-            raise NotSupported("the io plugin has not started")
-        return self.actuator
+    def __init__(self) -> None:
+        super().__init__()
+        self.state_dir = Path("/var/lib/schedcp")
 
     @hookimpl
     def schedcp_startup(self, context: PluginContext) -> None:
         """Detect capabilities and bind the journal; nothing is written here."""
-        journal, self.own_journal = bind_journal(context)
-        self.actuator = Actuator(journal)
+        journal, core = self.bind(context, knobs.declare, legacy)
+        self.actuator = Actuator(journal, core)
         self.state_dir = Path(context.state_dir)
         self.caps = capabilities()
         missing = sorted(k for k, c in self.caps.items() if not c["available"])
         _LOGGER.info("io plugin ready; unavailable: %s", ", ".join(missing) or "none")
 
     @hookimpl
-    def schedcp_shutdown(self) -> None:
-        """Close our own journal (the host's is the host's)."""
-        if self.own_journal is not None:
-            self.own_journal.close()
-        self.actuator = self.own_journal = None
+    def schedcp_knobs(self, config: dict[str, Any]) -> list[Knob]:
+        """Queue files, scheduler, ioprio, delay accounting and throttle files."""
+        return knobs.declare()
 
     @hookimpl
     def schedcp_describe(self) -> Description:
@@ -144,26 +130,10 @@ class IoPlugin:
         """Plan, or make, the policy's writes for ``scope["owner"]``."""
         if subsystem != SUBSYSTEM:
             return None
-        owner = str(scope.get("owner", "manual"))
-        pids = scope.get("pids")
-        with self._lock:
-            plan = applier.plan(policy, owner, pids)
-            skipped = plan.skipped
-            if not dry_run:
-                skipped = applier.apply(self._act(), plan, owner)
-                self.policies[owner] = policy
-        return apply_result(SUBSYSTEM, owner, dry_run, plan, skipped,
-                            f"{len(plan.writes)} io value(s)",
-                            f"device settings applied machine-wide with every group "
-                            f"({len(plan.writes)} value(s))")
-
-    @hookimpl
-    def schedcp_restore(self, subsystem: str, scope: Scope) -> RestoreReport | None:
-        """Put back what ``scope["owner"]`` (or, without one, everything) changed."""
-        if subsystem != SUBSYSTEM:
-            return None
-        return restore_owner(self._act().restore, self._lock, self.policies,
-                             scope.get("owner"))
+        return self.apply(policy, scope, dry_run,
+                          lambda owner: applier.plan(policy, owner, scope.get("pids")),
+                          applier.apply, "io value(s)",
+                          "device settings applied machine-wide with every group")
 
     @hookimpl
     def schedcp_guards(self, subsystem: str, policy: dict[str, Any],
@@ -196,49 +166,18 @@ class IoPlugin:
                         "observed": 0.0, "detail": f"device {dev['name']} was removed"}
         with self._lock:
             targets = self._follow(owner, policy)
-            if time.monotonic() - self._checked > OVERRIDE_CHECK_SECONDS:
-                self._checked = time.monotonic()
-                for item in self._act().overridden():
-                    _LOGGER.warning("io value overridden by someone else: %s", item)
+            self.check_overrides()
         return {"healthy": True, "targets": targets}
 
     def _follow(self, owner: str, policy: dict[str, Any]) -> dict[str, list[int]]:
-        """Journal the ioprio that new descendants inherited, so restore covers them."""
-        journal = self._act().journal
+        """Have the core journal the ioprio new descendants inherited, so restore covers them."""
+        act = self._act()
         targets = {}
         for group in policy.get("group", []):
-            pids = policy_mod.selector(group).scan()
-            targets[group["name"]] = pids
-            prio = group.get("ioprio")
-            if not prio:
-                continue
-            raw = ioprio.value(prio["class"], int(prio.get("level", 4)))
-            ours = [e for e in journal.entries(owner=owner, subsystem=SUBSYSTEM)
-                    if e.kind == "ioprio" and e.new == raw]
-            if not ours:
-                continue
-            known = {e.key.split(":")[1] for e in ours}
-            rows = []
-            for pid in pids:
-                for tid in ioprio.threads(pid):
-                    start = ioprio.start_time(tid)
-                    try:
-                        if str(tid) in known or start is None or ioprio.get(tid) != raw:
-                            continue
-                    except ioprio.TaskGone:
-                        continue
-                    rows.append(("ioprio", f"ioprio:{tid}:{start}", ours[-1].prior, raw))
-            if rows:
-                journal.record_inherited(owner, rows, subsystem=SUBSYSTEM,
-                                         note="inherited at fork")
+            targets[group["name"]] = pids = policy_mod.selector(group).scan()
+            if group.get("ioprio"):
+                follow_inherited(act.core, act.journal, owner, SUBSYSTEM, knobs.IOPRIO, pids)
         return targets
-
-    @hookimpl
-    def schedcp_state(self, subsystem: str) -> dict[str, Any] | None:
-        """Open journal entries per owner, and values others overrode."""
-        if subsystem != SUBSYSTEM:
-            return None
-        return journal_state(self._act().journal, SUBSYSTEM)
 
     @hookimpl
     def schedcp_static_check(self, subsystem: str, policy: dict[str, Any],
@@ -261,11 +200,7 @@ class IoPlugin:
         """Journal keys of the io values set on ``pid``'s threads and blkio cgroup."""
         if subsystem != SUBSYSTEM:
             return None
-        keys = []
-        for tid in ioprio.threads(pid):
-            start = ioprio.start_time(tid)
-            if start is not None:
-                keys.append(f"ioprio:{tid}:{start}")
+        keys = thread_keys(knobs.IOPRIO, pid)
         start = ioprio.start_time(pid)
         if start is not None:
             keys.append(f"blkio_move:{pid}:{start}")
@@ -293,6 +228,7 @@ plugin = IoPlugin()
 """The single instance; the host registers this module, whose hooks are its methods."""
 
 schedcp_startup = plugin.schedcp_startup
+schedcp_knobs = plugin.schedcp_knobs
 schedcp_shutdown = plugin.schedcp_shutdown
 schedcp_describe = plugin.schedcp_describe
 schedcp_observe = plugin.schedcp_observe

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,6 +254,28 @@ def thread_ids(pid: int) -> list[int]:
         return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
     except OSError:
         return []
+
+
+def process_tree(comm: Iterable[str], pids: Iterable[int]) -> list[int]:
+    """Processes named one of ``comm`` or listed in ``pids``, and all their descendants, sorted."""
+    names = set(comm)
+    roots = {p for p in pids if os.path.exists(f"{PROC}/{p}")}
+    children: dict[int, list[int]] = {}
+    for pid in list_pids():
+        stat = read_pid_stat(pid)
+        if stat is None:
+            continue
+        children.setdefault(stat.ppid, []).append(pid)
+        if stat.comm in names:
+            roots.add(pid)
+    out: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(children.get(pid, ()))
+    return sorted(out)
 
 
 def read_schedstat(pid: int, cache: FdCache | None = None) -> tuple[int, int, int] | None:

@@ -2,7 +2,8 @@
 
 Named to the host the way an entry point is (``third_party={"outside": ...}``).
 Its policy document says what to try: ``changes`` (a change set for the
-core's actuator) or ``direct_write`` (a path it opens for writing itself).
+core's actuator), ``adopt`` (values to have the core adopt) or ``direct_write``
+(a path it opens for writing itself).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def schedcp_apply(subsystem: str, policy: dict[str, Any], scope: dict[str, Any],
         except OSError as err:
             return {"errno": err.errno, "uid": os.getuid()}
         return {"errno": 0, "uid": os.getuid()}
+    if "adopt" in policy:
+        return {"entries": CONTEXT[-1].actuator.adopt(str(scope["owner"]), policy["adopt"]),
+                "uid": os.getuid()}
     outcomes = CONTEXT[-1].actuator.apply(str(scope["owner"]), policy["changes"])
     return {"changes": outcomes, "uid": os.getuid()}
 

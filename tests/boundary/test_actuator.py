@@ -9,17 +9,15 @@ someone else changed is left alone.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from schedcpd.actuator import KnobActuator, TargetGone
-from schedcpd.analysis import procfs
 from schedcpd.journal import Journal
 from schedcpd.knobs import BadDeclaration, Knob, KnobChange, KnobNotDeclared, KnobValueRefused
+from tests.boundary.conftest import IOPRIO
 
 
 @pytest.fixture
@@ -147,23 +145,16 @@ def test_bad_declarations_are_refused() -> None:
         Knob.from_dict({"name": "x", "kind": "file", "paths": ["/a"], "sneaky": 1})
 
 
-def test_ioprio_of_a_real_thread_through_the_syscall_table(journal: Journal) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        stat = procfs.read_pid_stat(child.pid)
-        assert stat is not None
-        target = f"{child.pid}:{stat.starttime}"
-        act = KnobActuator(journal, "fakeio", [
-            Knob("ioprio", "syscall", syscall="ioprio_set", type="int", minimum=0,
-                 maximum=(3 << 13) | 7)])
-        before = act.read("ioprio", target)
-        idle = 3 << 13
-        act.apply("d5", [KnobChange("ioprio", target, idle)])
-        assert os.popen(f"ionice -p {child.pid}").read().strip() == "idle"
-        assert act.restore("d5")["summary"] == {"restored": 1}
-        assert act.read("ioprio", target) == before
-        with pytest.raises(TargetGone):
-            act.read("ioprio", f"{child.pid}:{stat.starttime + 1}")  # another incarnation
-    finally:
-        child.kill()
-        child.wait()
+def test_ioprio_of_a_real_thread_through_the_syscall_table(
+        journal: Journal, thread_target: tuple[int, str]) -> None:
+    pid, target = thread_target
+    act = KnobActuator(journal, "fakeio", [IOPRIO])
+    before = act.read("ioprio", target)
+    idle = 3 << 13
+    act.apply("d5", [KnobChange("ioprio", target, idle)])
+    assert os.popen(f"ionice -p {pid}").read().strip() == "idle"
+    assert act.restore("d5")["summary"] == {"restored": 1}
+    assert act.read("ioprio", target) == before
+    start = int(target.split(":")[1])
+    with pytest.raises(TargetGone):
+        act.read("ioprio", f"{pid}:{start + 1}")  # another incarnation

@@ -135,6 +135,22 @@ def test_a_declared_change_is_written_journaled_and_restored_by_the_core(
     assert failures == [] and h.records["outside"].enabled
 
 
+def test_an_inherited_value_is_adopted_by_the_core_over_the_channel(
+        host: tuple[PluginHost, list], fake: Path, journal: Journal) -> None:
+    h, failures = host
+    path = fake / "block/sdb/queue/read_ahead_kb"
+    change = {"knob": "fake_ra", "target": str(path), "value": 128, "key": "ra:sdb",
+              "meta": {"prior": 64}}
+    result = _apply(h, "d7", {"adopt": [change, {**change, "value": 256}]})
+    (entry,) = journal.entries(owner="d7")  # only the change whose live value is its own
+    assert result["entries"] == [entry.id] and result["uid"] == 65534
+    assert (entry.state, entry.prior, entry.new, entry.target) == ("applied", "64", "128",
+                                                                   str(path))
+    h.call_first("schedcp_restore", subsystem="outside", scope={"owner": "d7"})
+    assert path.read_text().strip() == "64"
+    assert failures == []
+
+
 @pytest.mark.parametrize("target", ["kernel/sched_autogroup_enabled", str(AUTOGROUP),
                                     "block/sda/queue/../../../kernel/sched_autogroup_enabled"])
 def test_a_change_outside_the_declarations_is_refused_and_nothing_written(

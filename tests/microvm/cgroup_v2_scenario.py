@@ -193,6 +193,17 @@ async def uclamp_step(client: Client) -> None:
         out["bad_left"] = snap()
         uc.set_(pid, uc.RESET, uc.RESET)
         out["final"] = snap()
+        # An entry the old plugin wrote itself (no target), open at an upgrade:
+        # the new plugin hands it to the core, whose restore puts the clamp back.
+        uc.set_(pid, 300, 700)
+        old = journal.record("legacy", "uclamp", f"uclamp:{pid}:{uc.start_time(pid)}",
+                             [0, 1024], [300, 700], subsystem="dvfs")
+        journal.mark_applied(old)
+        plugin.schedcp_shutdown()
+        plugin = DvfsPlugin()
+        plugin.schedcp_startup(PluginContext(state_dir=state, journal=journal))
+        out["legacy_restore"] = plugin.schedcp_restore("dvfs", {})
+        out["legacy_after"] = snap()
     finally:
         plugin.schedcp_shutdown()
         journal.close()

@@ -194,4 +194,7 @@ def test_uclamp_for_real_in_the_guest(scenario: dict[str, Any]) -> None:
     assert "above its max 800" in data["bad"] and data["bad_journal"] == 0
     assert list(data["bad_left"]["task"].values()) == [[0, 800]], data["bad_left"]
     assert data["final"] == before
+    # An old entry (the plugin's own write, before the port) is restored by the core.
+    assert data["legacy_restore"]["summary"] == {"restored": 1}, data["legacy_restore"]
+    assert data["legacy_after"] == before, data["legacy_after"]
     assert data["subtree_after"] == data["subtree_before"]
