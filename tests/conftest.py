@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from schedcpd import __version__
-from tests.harness import ROOT, STATE_ROOT, PrivateBus, SchedcpdProcess
+from tests.harness import ROOT, STATE_ROOT, PrivateBus, SchedcpdProcess, remove_client_probe
 
 TEST_GROUP = "schedcp"
 _LANE_MARKS = {"microvm": "tcg", "packaging": "packaging"}
@@ -39,6 +39,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(_LANE_MARKS[parts[0]])
 
 TEST_USER = "schedcp-test"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _client_probe_removed() -> Iterator[None]:
+    """harness.client_probe()'s copy goes with the session that made it."""
+    yield
+    remove_client_probe()
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,6 @@ from tests.client_probe import run_calls
 
 __all__ = [
     "BUS_CONF",
-    "CLIENT_PROBE",
     "CTL",
     "FAST_WINDOWS",
     "POLICY_DIR",
@@ -69,6 +68,7 @@ __all__ = [
     "call",
     "call_error",
     "calls_as",
+    "client_probe",
     "ctl",
     "ctl_json",
     "ctl_ok",
@@ -76,6 +76,7 @@ __all__ = [
     "outcome",
     "poll",
     "poll_async",
+    "remove_client_probe",
     "run_as",
     "wait_deployment",
     "wait_for",
@@ -217,13 +218,37 @@ def run_as(uid: int, argv: list[str], **kwargs: Any) -> subprocess.CompletedProc
     return subprocess.run(argv, capture_output=True, text=True, **extra, **kwargs)
 
 
-_PROBE_DIR = Path(tempfile.mkdtemp(prefix="schedcp-client-"))
-_PROBE_DIR.chmod(0o755)
-CLIENT_PROBE = _PROBE_DIR / "client_probe.py"
-"""tests/client_probe.py where every user can read it (the checkout may be 0700)."""
-shutil.copy(Path(__file__).parent / "client_probe.py", CLIENT_PROBE)
-CLIENT_PROBE.chmod(0o644)
-atexit.register(shutil.rmtree, _PROBE_DIR, True)
+_probe_dir: Path | None = None
+
+
+def client_probe() -> Path:
+    """tests/client_probe.py where every user can read it (the checkout may be 0700).
+
+    Copied on first use into a 0755 directory of this process's own, removed
+    by :func:`remove_client_probe` (at the end of the test session, or when the
+    process exits).  Made lazily: a process that imports the harness and never
+    calls as another user (a crash test's child, killed with SIGKILL) leaves
+    nothing in /tmp.
+    """
+    global _probe_dir
+    if _probe_dir is None:
+        directory = Path(tempfile.mkdtemp(prefix="schedcp-client-"))
+        directory.chmod(0o755)
+        shutil.copy(Path(__file__).parent / "client_probe.py", directory / "client_probe.py")
+        (directory / "client_probe.py").chmod(0o644)
+        _probe_dir = directory
+    return _probe_dir / "client_probe.py"
+
+
+def remove_client_probe() -> None:
+    """Remove :func:`client_probe`'s copy, if this process made one."""
+    global _probe_dir
+    if _probe_dir is not None:
+        shutil.rmtree(_probe_dir, ignore_errors=True)
+        _probe_dir = None
+
+
+atexit.register(remove_client_probe)
 
 
 def _in_process(address: str, calls: list[list[Any]]) -> list[dict[str, Any]]:
@@ -254,7 +279,7 @@ def calls_as(uid: int, address: str, calls: list[list[Any]]) -> list[dict[str, A
     """
     if uid == os.geteuid():
         return _in_process(address, calls)
-    out = run_as(uid, [sys.executable, str(CLIENT_PROBE), address, json.dumps(calls)])
+    out = run_as(uid, [sys.executable, str(client_probe()), address, json.dumps(calls)])
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -288,7 +313,7 @@ def verify_passes_every_stage(address: str, policy_id: str,
     Asserts the report passed all four stages, the kernel stage for real;
     returns the token and the stages by name.
     """
-    out = run_as(0, [sys.executable, str(CLIENT_PROBE), address,
+    out = run_as(0, [sys.executable, str(client_probe()), address,
                      json.dumps([["VerifyPolicy", "s", [policy_id]]])], timeout=timeout)
     token, report_text = json.loads(out.stdout)[0]["ok"]
     report = json.loads(report_text)

@@ -24,7 +24,7 @@ import pytest
 from plugins.scheduler.microvm import MicroVM, host, rootfs
 from plugins.scheduler.microvm.guest import GuestResult
 from tests.deploy.conftest import forced_token
-from tests.harness import CLIENT_PROBE, ROOT, PrivateBus, SchedcpdProcess, run_as
+from tests.harness import ROOT, PrivateBus, SchedcpdProcess, client_probe, run_as
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -103,7 +103,7 @@ stall_seconds = 10.0
 
 def _call(address: str, member: str, signature: str, *body: Any, timeout: float = 60) -> Any:
     calls = [[member, signature, list(body)]]
-    out = run_as(0, [sys.executable, str(CLIENT_PROBE), address, json.dumps(calls)],
+    out = run_as(0, [sys.executable, str(client_probe()), address, json.dumps(calls)],
                  timeout=timeout)
     result = json.loads(out.stdout)[0]
     assert "ok" in result, (member, result)

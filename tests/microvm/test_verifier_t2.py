@@ -15,7 +15,7 @@ from typing import Any
 
 from plugins.scheduler import scx_policy, scx_rules
 from plugins.scheduler.microvm import MicroVM
-from tests.harness import CLIENT_PROBE, ROOT, run_as, verify_passes_every_stage
+from tests.harness import ROOT, client_probe, run_as, verify_passes_every_stage
 
 SOURCES = ROOT / "bpf" / "scx"
 
@@ -29,10 +29,10 @@ def test_good_policy_passes_every_stage_over_dbus(start_daemon, vm: MicroVM) -> 
     proc = start_daemon("[metrics]\nenabled = false\n[bus]\ncall_timeout_seconds = 400\n")
     text = (ROOT / "policies" / "t2" / "scx-vtime.toml").read_text()
     calls = [["SubmitPolicy", "s", [text]]]
-    out = run_as(0, [sys.executable, str(CLIENT_PROBE), proc.address, json.dumps(calls)])
+    out = run_as(0, [sys.executable, str(client_probe()), proc.address, json.dumps(calls)])
     policy_id = json.loads(out.stdout)[0]["ok"]
     calls = [["GetPolicy", "s", [policy_id]]]
-    out = run_as(0, [sys.executable, str(CLIENT_PROBE), proc.address, json.dumps(calls)])
+    out = run_as(0, [sys.executable, str(client_probe()), proc.address, json.dumps(calls)])
     assert json.loads(json.loads(out.stdout)[0]["ok"])["track"] == "T2"
     _, stages = verify_passes_every_stage(proc.address, policy_id)
     codes = {f["code"] for f in stages["dynamic"]["findings"]}
