@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,9 @@ class PrivateBus:
     def __init__(self, policy_dir: Path | None = None) -> None:
         policy_dir = policy_dir if policy_dir is not None else find_policy_dir()
         self.dir = Path(tempfile.mkdtemp(prefix="schedcp-bus-"))
+        # Removed on __exit__, or with the object when it was never entered (or its
+        # start failed): the directory does not outlive its user.
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self.dir, True)
         self.dir.chmod(0o755)  # unprivileged clients must reach the socket
         self.socket = self.dir / "bus"
         self.address = f"unix:path={self.socket}"
@@ -119,12 +123,16 @@ class PrivateBus:
             ["dbus-daemon", f"--config-file={self.config}", "--nofork", "--nopidfile"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_for(self.socket.exists, 10, "dbus-daemon", self.proc)
+        try:
+            wait_for(self.socket.exists, 10, "dbus-daemon", self.proc)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         stop_process(self.proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._remove_dir()
 
 
 class SchedcpdProcess:
@@ -139,6 +147,9 @@ class SchedcpdProcess:
                  extra_args: list[str] | None = None) -> None:
         self.address = address
         self.dir = Path(tempfile.mkdtemp(prefix="schedcpd-test-"))
+        # Removed on __exit__, or with the object: a test that only start()s a
+        # daemon (one that must fail to start) leaves nothing behind.
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self.dir, True)
         self.state_dir = state_dir or self.dir / "state"
         self.config = self.dir / "schedcpd.toml"
         self.config.write_text(config_text if config_text is not None else
@@ -174,11 +185,15 @@ class SchedcpdProcess:
         return self.log.read_text() if self.log.exists() else ""
 
     def __enter__(self) -> SchedcpdProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # not up in time: stopped and removed all the same
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._remove_dir()
 
 
 def name_owned(bus_arg: str) -> bool:

@@ -96,9 +96,8 @@ def test_sigterm_stops_cleanly_and_releases_the_name(start_daemon) -> None:
     assert "stopped" in proc.log_text()
 
 
-def test_bad_config_at_start_exits_2_naming_key_and_file(fresh_bus: PrivateBus) -> None:
-    proc2 = SchedcpdProcess(fresh_bus.address, "[metrics]\nport = 'x'\n")
-    proc2.start(wait=False)
+def test_bad_config_at_start_exits_2_naming_key_and_file(start_daemon) -> None:
+    proc2 = start_daemon("[metrics]\nport = 'x'\n", wait=False)
     assert proc2.proc.wait(20) == 2
     assert f"{proc2.config}: metrics.port = 'x' must be an integer" in proc2.log_text()
 
@@ -111,21 +110,20 @@ def test_second_daemon_exits_4_when_name_taken(start_daemon) -> None:
     assert first.proc.poll() is None
 
 
-def test_second_daemon_on_the_same_state_dir_touches_nothing(start_daemon,
-                                                             fresh_bus: PrivateBus) -> None:
+def test_second_daemon_on_the_same_state_dir_touches_nothing(start_daemon) -> None:
     first = start_daemon()
     with PrivateBus() as other_bus:
-        second = SchedcpdProcess(other_bus.address, state_dir=first.state_dir)
-        second.start(wait=False)
+        second = start_daemon("[metrics]\nport = 0\n", address=other_bus.address,
+                              state_dir=first.state_dir, wait=False)
         assert second.proc.wait(20) == 4
         assert f"another schedcpd is using {first.state_dir}" in second.log_text()
         assert "restored" not in second.log_text()
     assert first.proc.poll() is None
 
 
-def test_bus_unreachable_exits_3(tmp_path: Path) -> None:
-    proc = SchedcpdProcess(f"unix:path={tmp_path}/nobus")
-    proc.start(wait=False)
+def test_bus_unreachable_exits_3(start_daemon, tmp_path: Path) -> None:
+    proc = start_daemon("[metrics]\nport = 0\n", address=f"unix:path={tmp_path}/nobus",
+                        wait=False)
     assert proc.proc.wait(20) == 3
     assert "cannot connect" in proc.log_text()
 
@@ -167,14 +165,13 @@ def test_metrics_exporter(start_daemon) -> None:
            f'version="{__version__}"}} 1.0' in text
 
 
-def test_metrics_port_in_use_exits_2_naming_key_and_file(fresh_bus: PrivateBus) -> None:
+def test_metrics_port_in_use_exits_2_naming_key_and_file(start_daemon) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
     try:
-        proc = SchedcpdProcess(fresh_bus.address, f"[metrics]\nport = {port}\n")
-        proc.start(wait=False)
+        proc = start_daemon(f"[metrics]\nport = {port}\n", wait=False)
         assert proc.proc.wait(30) == 2
     finally:
         taken.close()
@@ -182,7 +179,6 @@ def test_metrics_port_in_use_exits_2_naming_key_and_file(fresh_bus: PrivateBus) 
     assert f"{proc.config}: metrics.address = '127.0.0.1', metrics.port = {port}" in log
     assert "Traceback" not in log
     assert not proc.owns_name()
-    proc.__exit__(None, None, None)
 
 
 def test_metrics_can_be_turned_off(start_daemon) -> None:
