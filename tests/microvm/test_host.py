@@ -200,10 +200,13 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_qemu_dies_with_a_killed_caller(guest_host: host.GuestHost) -> None:
+def test_qemu_dies_with_a_killed_caller(guest_host: host.GuestHost, tmp_path: Path) -> None:
     code = ("from plugins.scheduler.microvm import host\n"
             "host.GuestHost().run('true', timeout=300, boot_timeout=300)\n")
+    # The caller's temporary directory: a SIGKILLed caller cannot remove its job
+    # directory (schedcp-host-*), so it is left under the test's tmp_path, not in /tmp.
     caller = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
+                              env={**os.environ, "TMPDIR": str(tmp_path)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     qemu: list[int] = []
     try:
