@@ -10,10 +10,12 @@ import grp
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -39,6 +41,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(_LANE_MARKS[parts[0]])
 
 TEST_USER = "schedcp-test"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run stopped with SIGTERM (``timeout``, a cancelled CI job) tears its fixtures down.
+
+    Python's default for SIGTERM is to die on the spot: the daemons, buses and
+    workers the fixtures started kept running, their directories stayed in
+    /tmp.  As KeyboardInterrupt, pytest stops the test and finalizes every
+    fixture; a second SIGTERM (during that) ends the run at once.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise KeyboardInterrupt(f"signal {signum}: stopping, fixtures are torn down")
 
 
 @pytest.fixture(scope="session", autouse=True)
