@@ -34,7 +34,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
@@ -444,7 +444,7 @@ class Procs:
         for path in [self.dir, *self.extra_dirs]:
             shutil.rmtree(path, ignore_errors=True)
 
-    def __enter__(self) -> Procs:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

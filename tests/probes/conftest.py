@@ -7,15 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from schedcpd.probes.catalogue import ENV_BPF_DIR, OBJECT_PREFIX, SOURCE_BPF_DIR
-from tests.harness import poll
+from tests.harness import Procs, poll, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,35 +80,43 @@ HOG = "while :; do :; done"
 SLEEPER = "import time\nwhile True:\n    time.sleep(0.002)\n"
 
 
-@dataclass
-class Workload:
-    """Processes the test owns: CPU hogs (more than CPUs) and one sleeper."""
+class Workload(Procs):
+    """Processes the test owns: 4 CPU hogs and one sleeper, pinned to (at most) 2 CPUs.
 
-    hogs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    sleeper: subprocess.Popen[bytes] | None = None
+    In the test's own session (one autogroup: see :class:`~tests.harness.Procs`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("schedcp-probes-", new_session=False)
+        cpus = sorted(os.sched_getaffinity(0))[:2]
+        self.hogs = [self.start(["sh", "-c", HOG]) for _ in range(4)]
+        self.sleeper = self.start([sys.executable, "-c", SLEEPER])
+        for proc in self.procs:
+            os.sched_setaffinity(proc.pid, cpus)
 
     @property
     def hog_pids(self) -> list[int]:
         """Pids of the CPU-bound processes."""
         return [p.pid for p in self.hogs]
 
+    @property
+    def pids(self) -> list[int]:
+        """The hogs' pids and the sleeper's."""
+        return [*self.hog_pids, self.sleeper.pid]
+
+
+def _sleeping_often(pid: int) -> bool:
+    """Whether ``pid`` has made more voluntary switches than a Python start-up does."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0]) > 50
+
 
 @pytest.fixture(scope="module")
 def workload() -> Iterator[Workload]:
-    """4 single-threaded CPU hogs and a 2 ms sleeper, all pinned to (at most) 2 CPUs."""
-    load = Workload()
-    cpus = sorted(os.sched_getaffinity(0))[:2]
-    try:
-        for _ in range(4):
-            load.hogs.append(subprocess.Popen(["sh", "-c", HOG]))
-        load.sleeper = subprocess.Popen([sys.executable, "-c", SLEEPER])
-        for proc in [*load.hogs, load.sleeper]:
-            os.sched_setaffinity(proc.pid, cpus)
-        time.sleep(0.5)  # let them all be running and competing
+    """The module's :class:`Workload`, once every process of it runs (killed at the end)."""
+    with Workload() as load:
+        # Running and competing: each hog has had CPU time, the sleeper is in its loop.
+        wait_until(lambda: all(int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) > 0
+                               for pid in load.hog_pids), 10, "the hogs running")
+        wait_until(lambda: _sleeping_often(load.sleeper.pid), 10, "the sleeper's loop")
         yield load
-    finally:
-        procs = [*load.hogs, *([load.sleeper] if load.sleeper else [])]
-        for proc in procs:
-            proc.kill()
-        for proc in procs:
-            proc.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,6 +19,7 @@ from tests.probes.conftest import Workload
 
 WINDOW = 3.0
 ATTEMPTS = 3
+T = TypeVar("T")
 pytestmark = pytest.mark.slow
 
 
@@ -62,6 +64,23 @@ def migrations(pid: int) -> int | None:
         if line.startswith("se.nr_migrations"):
             return int(line.split(":")[1])
     return None
+
+
+def observe(probe: str, bpf_dir: Path, pids: list[int],
+            proc: Callable[[int], T]) -> tuple[dict[str, Any], dict[int, T], dict[int, T], float]:
+    """Attach ``probe`` for one window; its result, ``proc(pid)`` at both ends, the ns between.
+
+    The /proc figures are read right after the attach and right before the detach.
+    """
+    with ProbeSession(PROBES[probe], bpf_dir) as session:
+        session.start()
+        t0 = time.monotonic()
+        before = {pid: proc(pid) for pid in pids}
+        time.sleep(WINDOW)
+        after = {pid: proc(pid) for pid in pids}
+        elapsed_ns = (time.monotonic() - t0) * 1e9
+        session.stop()
+        return session.read(top=None), before, after, elapsed_ns
 
 
 def by_pid(result: dict) -> dict[int, dict]:
@@ -113,19 +132,11 @@ def test_runqlat_total_wait_matches_schedstat(bpf_dir: Path, workload: Workload)
 
 
 def test_cswitch_counts_match_proc_status(bpf_dir: Path, workload: Workload) -> None:
-    assert workload.sleeper is not None
-    sleeper = workload.sleeper.pid
-    pids = [*workload.hog_pids, sleeper]
+    sleeper, pids = workload.sleeper.pid, workload.pids
 
     def measure() -> list[str]:
-        with ProbeSession(PROBES["cswitch"], bpf_dir) as session:
-            session.start()
-            before = {pid: (*status_switches(pid), migrations(pid)) for pid in pids}
-            time.sleep(WINDOW)
-            after = {pid: (*status_switches(pid), migrations(pid)) for pid in pids}
-            session.stop()
-            result = session.read(top=None)
-
+        result, before, after, _ = observe("cswitch", bpf_dir, pids,
+                                           lambda pid: (*status_switches(pid), migrations(pid)))
         rows = by_pid(result)
         assert result["switches"] == result["voluntary"] + result["involuntary"]
         # ~2 ms sleeps: many voluntary switches (hundreds when quiet); hogs get preempted.
@@ -148,21 +159,10 @@ def test_cswitch_counts_match_proc_status(bpf_dir: Path, workload: Workload) -> 
 
 
 def test_offcpu_splits_blocked_and_runqueue(bpf_dir: Path, workload: Workload) -> None:
-    assert workload.sleeper is not None
-    sleeper = workload.sleeper.pid
-    pids = [*workload.hog_pids, sleeper]
+    sleeper, pids = workload.sleeper.pid, workload.pids
 
     def measure() -> list[str]:
-        with ProbeSession(PROBES["offcpu"], bpf_dir) as session:
-            session.start()
-            t0 = time.monotonic()
-            before = {pid: schedstat(pid) for pid in pids}
-            time.sleep(WINDOW)
-            after = {pid: schedstat(pid) for pid in pids}
-            elapsed_ns = (time.monotonic() - t0) * 1e9
-            session.stop()
-            result = session.read(top=None)
-
+        result, before, after, elapsed_ns = observe("offcpu", bpf_dir, pids, schedstat)
         rows = by_pid(result)
         assert result["off_cpu_ns"] == result["blocked_ns"] + result["runqueue_ns"]
         problems = []
