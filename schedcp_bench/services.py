@@ -159,13 +159,16 @@ class SchedcpdProcess:
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def argv(self) -> list[str]:
+        """The daemon's command line (a subclass may run it through a wrapper)."""
+        return [sys.executable, "-m", "schedcpd", "--config", str(self.config),
+                "--bus", self.address, "--state-dir", str(self.state_dir), *self.extra_args]
+
     def start(self, wait: bool = True) -> SchedcpdProcess:
         """Start the daemon; with ``wait``, return once it owns its bus name."""
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "schedcpd", "--config", str(self.config),
-                 "--bus", self.address, "--state-dir", str(self.state_dir), *self.extra_args],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, env=self.env,
                 cwd=checkout_root() or self.dir,
             )
         if wait:

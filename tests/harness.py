@@ -401,15 +401,24 @@ class Procs:
     groups first, so a test that judges how processes share a CPU by their
     policy and nice (SCHED_IDLE starving beside hogs) passes
     ``new_session=False`` to keep them in the test's own autogroup.
-    ``stop()`` also removes the scratch directory :attr:`dir`.
+    ``stop()`` also removes the scratch directory :attr:`dir` (made on first
+    use) and :attr:`extra_dirs`; the set may start processes again after it.
     """
 
     def __init__(self, prefix: str = "schedcp-test-", new_session: bool = True) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.prefix = prefix
         self.new_session = new_session
         self.procs: list[subprocess.Popen[bytes]] = []
         self.leaders: set[int] = set()  # started in a session of their own
         self.extra_dirs: list[Path] = []
+        self._dir: Path | None = None
+
+    @property
+    def dir(self) -> Path:
+        """The set's scratch directory (``prefix``*), made on first use."""
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix=self.prefix))
+        return self._dir
 
     @property
     def regex(self) -> str:
@@ -441,8 +450,11 @@ class Procs:
             except ProcessLookupError:
                 pass
             proc.wait(timeout=10)
-        for path in [self.dir, *self.extra_dirs]:
+        self.procs.clear()
+        self.leaders.clear()
+        for path in [*([self._dir] if self._dir else []), *self.extra_dirs]:
             shutil.rmtree(path, ignore_errors=True)
+        self.extra_dirs.clear()
 
     def __enter__(self) -> Self:
         return self

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,9 +29,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from schedcp_bench.services import checkout_root
 from tests.deploy.conftest import FAST
-from tests.harness import ROOT, PrivateBus, SchedcpdProcess, call, ctl_ok, wait_for, wait_until
+from tests.harness import (
+    ROOT,
+    PrivateBus,
+    Procs,
+    SchedcpdProcess,
+    call,
+    ctl_ok,
+    wait_for,
+    wait_until,
+)
 
 COLLECTIONS = ROOT / "ansible" / "collections"
 PLAYBOOK = COLLECTIONS / "ansible_collections" / "schedcp" / "fleet" / "playbooks" / "rollout.yml"
@@ -57,18 +64,10 @@ class HostDaemon(SchedcpdProcess):
         super().__init__(address, config_text)
         self.cgroup = cgroup
 
-    def start(self, wait: bool = True) -> HostDaemon:
+    def argv(self) -> list[str]:
         """Join the host's cgroup, unshare the cgroup namespace, exec the daemon."""
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec unshare --cgroup "$@"',
-                 str(self.cgroup), sys.executable, "-m", "schedcpd", "--config",
-                 str(self.config), "--bus", self.address, "--state-dir", str(self.state_dir)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                cwd=checkout_root() or self.dir)
-        if wait:
-            wait_for(self.owns_name, 30, "schedcpd", self.proc, self.log)
-        return self
+        return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec unshare --cgroup "$@"',
+                str(self.cgroup), *super().argv()]
 
 
 class Host:
@@ -86,7 +85,8 @@ class Host:
                               f'[verifier]\ntrusted_keys_dir = "{self.trusted}"\n')
         self.daemon = HostDaemon(self.bus.address, config, cgroup)
         stack.callback(self.daemon.__exit__, None, None, None)
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs = Procs(new_session=False)
+        stack.callback(self.procs.stop)
 
     @property
     def address(self) -> str:
@@ -95,27 +95,21 @@ class Host:
 
     def start(self, argv: list[str], where: str = APP) -> subprocess.Popen[bytes]:
         """A process of this host, in its application's cgroup (or ``other``)."""
-        proc = subprocess.Popen(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
+        proc = self.procs.start(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
                                  str(self.cgroup / where), *argv])
-        self.procs.append(proc)
         wait_until(lambda: str(proc.pid) in (self.cgroup / where / "cgroup.procs").read_text()
                    .split(), 10, f"{argv[0]} in {self.name}'s {where}")
         return proc
 
     def kill(self, pid: int) -> None:
         """Kill (and reap) the process ``pid`` that :meth:`start` started."""
-        [proc] = [p for p in self.procs if p.pid == pid]
+        [proc] = [p for p in self.procs.procs if p.pid == pid]
         proc.kill()
         proc.wait(timeout=10)
-        self.procs.remove(proc)
 
     def stop_processes(self) -> None:
         """Kill what :meth:`start` started."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        self.procs.clear()
+        self.procs.stop()
 
     def deployments(self) -> list[dict[str, Any]]:
         """This host's deployments over its bus, newest first."""
