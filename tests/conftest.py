@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from schedcpd import __version__
+from schedcpd.journal import Journal
 from tests.harness import ROOT, STATE_ROOT, PrivateBus, SchedcpdProcess, remove_client_probe
 
 TEST_GROUP = "schedcp"
@@ -101,6 +102,16 @@ def start_daemon(fresh_bus: PrivateBus) -> Iterator[Any]:
     yield start
     for proc in started:
         proc.__exit__(None, None, None)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    """A real journal in the test's tmp_path (on tmpfs where the directory makes it so)."""
+    j = Journal(tmp_path / "journal.db")
+    try:
+        yield j
+    finally:
+        j.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ someone else changed is left alone.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,28 +17,6 @@ from schedcpd.actuator import KnobActuator, TargetGone
 from schedcpd.journal import Journal
 from schedcpd.knobs import BadDeclaration, Knob, KnobChange, KnobNotDeclared, KnobValueRefused
 from tests.boundary.conftest import IOPRIO
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Path:
-    """A FAKE sysfs-like tree: two devices with queue files, and one file outside."""
-    root = tmp_path / "FAKE-sys"
-    for dev in ("sda", "sdb"):
-        (root / "block" / dev / "queue").mkdir(parents=True)
-        (root / "block" / dev / "queue" / "read_ahead_kb").write_text("128\n")
-        (root / "block" / dev / "queue" / "scheduler").write_text("none [mq-deadline]\n")
-    (root / "kernel").mkdir()
-    (root / "kernel" / "sched_autogroup_enabled").write_text("1\n")
-    return root
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal(tmp_path / "journal.db")
-    try:
-        yield j
-    finally:
-        j.close()
 
 
 def actuator(journal: Journal, fake: Path) -> KnobActuator:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,33 +23,6 @@ from schedcpd.plugins import PluginHost
 
 AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drops root to nobody: needs root")
-
-
-@pytest.fixture
-def fake() -> Iterator[Path]:
-    """A FAKE sysfs-like tree, root-owned, that nobody may read but not write."""
-    root = Path(tempfile.mkdtemp(prefix="FAKE-sys-"))
-    os.chmod(root, 0o755)
-    for dev in ("sda", "sdb"):
-        (root / "block" / dev / "queue").mkdir(parents=True)
-        (root / "block" / dev / "queue" / "read_ahead_kb").write_text("128\n")
-    (root / "kernel").mkdir()
-    (root / "kernel" / "sched_autogroup_enabled").write_text("1\n")
-    for path in root.rglob("*"):
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root)
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal(tmp_path / "journal.db")
-    try:
-        yield j
-    finally:
-        j.close()
 
 
 @pytest.fixture

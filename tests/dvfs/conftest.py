@@ -10,21 +10,13 @@ import pytest
 from plugins.dvfs.plugin import DvfsPlugin
 from schedcpd.plugin_api import Journal, PluginContext
 from tests.dvfs import fake_sysfs
+from tests.fixtures_plugins import started
 
 
 @pytest.fixture
 def fake_root(tmp_path: Path) -> Path:
     """The FAKE sysfs CPU root (tests/dvfs/fake_sysfs.py)."""
     return fake_sysfs.build(tmp_path / "FAKE-sys-devices-system-cpu")
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal(tmp_path / "journal.db")
-    try:
-        yield j
-    finally:
-        j.close()
 
 
 def start(tmp_path: Path, journal: Journal, fake_root: Path) -> DvfsPlugin:
@@ -38,9 +30,5 @@ def start(tmp_path: Path, journal: Journal, fake_root: Path) -> DvfsPlugin:
 @pytest.fixture
 def dvfs(tmp_path: Path, journal: Journal, fake_root: Path) -> Iterator[DvfsPlugin]:
     """A started dvfs plugin on the FAKE tree; everything it wrote is restored after."""
-    plugin = start(tmp_path, journal, fake_root)
-    try:
+    with started(DvfsPlugin(), "dvfs", tmp_path, journal, sysfs_cpu=str(fake_root)) as plugin:
         yield plugin
-    finally:
-        plugin.schedcp_restore("dvfs", {})
-        plugin.schedcp_shutdown()

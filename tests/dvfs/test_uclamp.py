@@ -20,7 +20,8 @@ import pytest
 
 from plugins.dvfs import cpufreq, uclamp
 from plugins.dvfs.plugin import DvfsPlugin
-from schedcpd.plugin_api import Journal, NotFound, NotSupported, PluginContext
+from schedcpd.plugin_api import Journal, NotFound, NotSupported
+from tests.fixtures_plugins import started
 
 GROUP = {"name": "ui", "match": {"pids": []}, "uclamp": {"min": 512}}
 
@@ -42,13 +43,8 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 @pytest.fixture
 def host_plugin(tmp_path: Path, journal: Journal) -> Iterator[DvfsPlugin]:
     """The dvfs plugin on this host's real sysfs and cgroups (it writes only clamps here)."""
-    plugin = DvfsPlugin()
-    plugin.schedcp_startup(PluginContext(state_dir=tmp_path, journal=journal))
-    try:
+    with started(DvfsPlugin(), "dvfs", tmp_path, journal) as plugin:
         yield plugin
-    finally:
-        plugin.schedcp_restore("dvfs", {})
-        plugin.schedcp_shutdown()
 
 
 def test_the_capability_report_says_what_this_host_lacks_and_why(
@@ -97,10 +93,8 @@ def fake_cgroups(tmp_path: Path) -> Path:
 
 def test_cgroup_clamps_on_a_fake_v2_tree(tmp_path: Path, journal: Journal, fake_root: Path,
                                          fake_cgroups: Path) -> None:
-    plugin = DvfsPlugin()
-    plugin.schedcp_startup(PluginContext(state_dir=tmp_path, journal=journal, config={
-        "sysfs_cpu": str(fake_root), "cgroup_root": str(fake_cgroups)}))
-    try:
+    with started(DvfsPlugin(), "dvfs", tmp_path, journal, sysfs_cpu=str(fake_root),
+                 cgroup_root=str(fake_cgroups)) as plugin:
         assert plugin.schedcp_describe()["capabilities"]["uclamp.cgroup"]["available"]
         app = fake_cgroups / "app.slice"
         doc = {"cgroup": [{"path": "app.slice", "uclamp_min": 20, "uclamp_max": 80.5}]}
@@ -123,9 +117,6 @@ def test_cgroup_clamps_on_a_fake_v2_tree(tmp_path: Path, journal: Journal, fake_
             plugin.schedcp_apply("dvfs", {"cgroup": [{"path": "bare", "uclamp_min": 1}]},
                                  {"owner": "c2"}, False)
         assert journal.entries(owner="c2") == []
-    finally:
-        plugin.schedcp_restore("dvfs", {})
-        plugin.schedcp_shutdown()
 
 
 def test_this_host_s_cgroup_v2_has_no_cpu_controller_and_says_so(

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from plugins.io import ioprio
 from plugins.io.plugin import IoPlugin
-from plugins.io.sandbox import ScratchDevice
-from schedcpd.plugin_api import Journal, PluginContext
+from plugins.io.sandbox import ScratchDevice, stop
+from schedcpd.plugin_api import Journal
+from tests.fixtures_plugins import started
+from tests.harness import wait_until
 
 
 @pytest.fixture
@@ -29,24 +32,25 @@ def loopdev(tmp_path: Path) -> Iterator[ScratchDevice]:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal(tmp_path / "journal.db")
+def writer(loopdev: ScratchDevice) -> Iterator[subprocess.Popen[bytes]]:
+    """A real fio writer on the loop device (its job process is forked: both are targets)."""
+    proc = subprocess.Popen(
+        ["fio", "--name=bulk", f"--filename={loopdev.path}", "--rw=write", "--bs=1M",
+         "--direct=1", "--ioengine=libaio", "--iodepth=4", "--time_based=1",
+         "--runtime=300", "--rate=8m"], stdout=subprocess.DEVNULL)
     try:
-        yield j
+        # fio forks its job process once set up: the group covers both.
+        wait_until(lambda: len(ioprio.Selector([], [proc.pid]).scan()) > 1, what="fio job")
+        yield proc
     finally:
-        j.close()
+        stop(proc)
 
 
 @pytest.fixture
 def io_plugin(tmp_path: Path, journal: Journal) -> Iterator[IoPlugin]:
     """A started io plugin on its own journal; everything it wrote is restored after."""
-    plugin = IoPlugin()
-    plugin.schedcp_startup(PluginContext(state_dir=tmp_path, journal=journal))
-    try:
+    with started(IoPlugin(), "io", tmp_path, journal) as plugin:
         yield plugin
-    finally:
-        plugin.schedcp_restore("io", {})
-        plugin.schedcp_shutdown()
 
 
 @pytest.fixture

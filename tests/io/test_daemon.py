@@ -11,28 +11,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
 from plugins.io import blockdev, ioprio
-from plugins.io.sandbox import ScratchDevice, stop
+from plugins.io.sandbox import ScratchDevice
 from tests.deploy.conftest import FAST
-from tests.harness import call, wait_deployment, wait_until
-
-
-@pytest.fixture
-def writer(loopdev: ScratchDevice) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        ["fio", "--name=bulk", f"--filename={loopdev.path}", "--rw=write", "--bs=1M",
-         "--direct=1", "--ioengine=libaio", "--iodepth=4", "--time_based=1",
-         "--runtime=300", "--rate=8m"], stdout=subprocess.DEVNULL)
-    try:
-        # fio forks its job process once set up: the group covers both.
-        wait_until(lambda: len(ioprio.Selector([], [proc.pid]).scan()) > 1, what="fio job")
-        yield proc
-    finally:
-        stop(proc)
+from tests.harness import call, wait_deployment
 
 
 @pytest.mark.slow

@@ -7,31 +7,11 @@ started here are changed.  Each fixture removes what it made.
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
-
-import pytest
 
 from plugins.io import ioprio
-from plugins.io.sandbox import ScratchDevice, stop
-from tests.harness import wait_until
-from tests.io.conftest import loopdev
+from tests.io.conftest import loopdev, writer
 
-__all__ = ["loopdev"]
-
-
-@pytest.fixture
-def writer(loopdev: ScratchDevice) -> Iterator[subprocess.Popen[bytes]]:
-    """A real fio writer on the loop device (its job process is forked: both are targets)."""
-    proc = subprocess.Popen(
-        ["fio", "--name=bulk", f"--filename={loopdev.path}", "--rw=write", "--bs=1M",
-         "--direct=1", "--ioengine=libaio", "--iodepth=4", "--time_based=1",
-         "--runtime=300", "--rate=8m"], stdout=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: len(ioprio.Selector([], [proc.pid]).scan()) > 1, what="fio job")
-        yield proc
-    finally:
-        stop(proc)
+__all__ = ["loopdev", "writer"]
 
 
 def threads(pids: list[int]) -> list[int]:

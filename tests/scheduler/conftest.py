@@ -67,13 +67,6 @@ def _empty_and_remove(hierarchy: cgroups.Hierarchy, path: Path) -> None:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal(tmp_path / "journal.db")
-    yield j
-    j.close()
-
-
-@pytest.fixture
 def plugin(journal: Journal, tmp_path: Path, cgroup_parent: str) -> Iterator[SchedulerPlugin]:
     p = make_plugin(journal, tmp_path, cgroup_parent)
     try:
