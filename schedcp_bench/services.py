@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from schedcpd.const import BUS_NAME
 
@@ -118,7 +118,7 @@ class PrivateBus:
         self.config.write_text(system_like_bus_config(self.socket, policy_dir))
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> PrivateBus:
+    def __enter__(self) -> Self:
         self.proc = subprocess.Popen(
             ["dbus-daemon", f"--config-file={self.config}", "--nofork", "--nopidfile"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -164,7 +164,7 @@ class SchedcpdProcess:
         return [sys.executable, "-m", "schedcpd", "--config", str(self.config),
                 "--bus", self.address, "--state-dir", str(self.state_dir), *self.extra_args]
 
-    def start(self, wait: bool = True) -> SchedcpdProcess:
+    def start(self, wait: bool = True) -> Self:
         """Start the daemon; with ``wait``, return once it owns its bus name."""
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -187,7 +187,7 @@ class SchedcpdProcess:
         """Everything the daemon logged so far."""
         return self.log.read_text() if self.log.exists() else ""
 
-    def __enter__(self) -> SchedcpdProcess:
+    def __enter__(self) -> Self:
         try:
             return self.start()
         except BaseException:  # not up in time: stopped and removed all the same

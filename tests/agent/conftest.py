@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 import pytest
 
@@ -26,6 +27,7 @@ from tests.conftest import TEST_GROUP, TEST_USER
 from tests.harness import FAST_WINDOWS, ROOT, PrivateBus, Procs, SchedcpdProcess, run_as
 
 WORKLOADS = Path(__file__).parent / "workloads.py"
+T = TypeVar("T")
 
 # Fast windows (as tests/deploy) and a lenient breaker: the breaker itself is
 # tested in tests/deploy; on this shared host (load average up to ~150 while
@@ -130,20 +132,23 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-class KnobWatcher:
-    """Samples the scheduling policy, nice and cpu cgroup of processes every 50 ms.
+class Sampler(Generic[T]):
+    """Reads ``read(pid)`` for each pid of ``pids()`` every 50 ms, in a thread, while entered.
 
-    How a test sees that a deployment was applied to the targets, whatever the
-    deployment's fate afterwards (the agent may revert it at the end).
+    :attr:`seen` holds every value read, by pid: how a test sees that a
+    deployment was applied to the targets, whatever the deployment's fate
+    afterwards (the agent may revert it at the end).  A pid ``read`` fails on
+    with one of ``errors`` (it exited) is passed over that round.
     """
 
-    def __init__(self, pids: Any) -> None:
-        self._pids = pids
-        self.seen: dict[int, set[tuple[int, int, str]]] = {}
+    def __init__(self, pids: Callable[[], Iterable[int]], read: Callable[[int], T],
+                 errors: tuple[type[Exception], ...] = (OSError,)) -> None:
+        self._pids, self._read, self._errors = pids, read, errors
+        self.seen: defaultdict[int, set[T]] = defaultdict(set)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> KnobWatcher:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -155,11 +160,21 @@ class KnobWatcher:
         while not self._stop.wait(0.05):
             for pid in self._pids():
                 try:
-                    knobs = (os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid),
-                             cpu_cgroup(pid))
-                except OSError:
+                    value = self._read(pid)
+                except self._errors:
                     continue
-                self.seen.setdefault(pid, set()).add(knobs)
+                self.seen[pid].add(value)
+
+
+def _knobs(pid: int) -> tuple[int, int, str]:
+    return os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid), cpu_cgroup(pid)
+
+
+class KnobWatcher(Sampler[tuple[int, int, str]]):
+    """Samples the scheduling policy, nice and cpu cgroup of processes (:class:`Sampler`)."""
+
+    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+        super().__init__(pids, _knobs)
 
     def saw(self, pid: int, policy: int | None = None, nice: int | None = None,
             cgroup_part: str | None = None) -> bool:

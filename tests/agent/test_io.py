@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 
 from plugins.io import ioprio
 from plugins.io.sandbox import ScratchDevice, stop
-from tests.agent.conftest import agent_cwd
+from tests.agent.conftest import Sampler, agent_cwd
 from tests.harness import Procs, run_as, wait_until, wait_workers_ready
 
 pytestmark = [pytest.mark.slow,
@@ -111,31 +110,13 @@ def _writer(started: list[subprocess.Popen[bytes]], dev: ScratchDevice) -> tuple
                 "--ioengine=libaio")
 
 
-class IoprioWatcher:
-    """Samples the I/O priority (and timer slack) of pids every 50 ms while the agent runs."""
+def _ioprio_and_slack(pid: int) -> tuple[int, int]:
+    return ioprio.get(pid), int(Path(f"/proc/{pid}/timerslack_ns").read_text())
 
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.seen: dict[int, set[tuple[int, int]]] = {p: set() for p in pids}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> IoprioWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            for pid in self.pids:
-                try:
-                    slack = int(Path(f"/proc/{pid}/timerslack_ns").read_text())
-                    self.seen[pid].add((ioprio.get(pid), slack))
-                except (OSError, ioprio.TaskGone, ValueError):
-                    continue
+def ioprio_watcher(pids: list[int]) -> Sampler[tuple[int, int]]:
+    """Samples the I/O priority (and timer slack) of ``pids`` while the agent runs."""
+    return Sampler(lambda: pids, _ioprio_and_slack, (OSError, ioprio.TaskGone, ValueError))
 
 
 def _optimize(address: str, uid: int, pids: list[int], *extra: str) -> dict:
@@ -159,7 +140,7 @@ def test_reads_beside_a_bulk_writer_get_io_protect_reads(agent_daemon, loop: Scr
                                                          fio_jobs: list, agent_uid: int) -> None:
     writer, writer_job = _writer(fio_jobs, loop)
     reader, reader_job = _reader(fio_jobs, loop)
-    with IoprioWatcher([writer_job, reader_job]) as watch:
+    with ioprio_watcher([writer_job, reader_job]) as watch:
         report = _optimize(agent_daemon.address, agent_uid, [writer, reader])
     print(_said(report))
     saw = report["saw"]
@@ -188,7 +169,7 @@ def test_reads_waiting_for_cpu_and_disk_get_the_database_policy(
     writer, _writer_job = _writer(fio_jobs, loop)
     reader, reader_job = _database_reader(fio_jobs, loop)
     slack = int(Path(f"/proc/{reader_job}/timerslack_ns").read_text())
-    with IoprioWatcher([reader_job]) as watch:
+    with ioprio_watcher([reader_job]) as watch:
         report = _optimize(agent_daemon.address, agent_uid,
                            [writer, reader, *(h.pid for h in hogs)], "--goal", "latency")
     print(_said(report))
