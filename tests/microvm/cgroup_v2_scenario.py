@@ -23,10 +23,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from t2_guest_scenario import CHILDREN, JOB, Client, read, report, spawn, stop
+from t2_guest_scenario import JOB, Client, main, read, report, spawn, stop
 
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -216,25 +217,9 @@ async def uclamp_step(client: Client) -> None:
     report("uclamp", out)
 
 
-STEPS = {"weights": weights, "confine": confine, "uclamp": uclamp_step}
-
-
-async def main(steps: list[str]) -> int:
-    client = await Client().connect()
-    try:
-        for step in steps:
-            started = time.monotonic()
-            try:
-                await STEPS[step](client)
-            except Exception as err:  # the host test reports it with the step's name
-                report(step, {"exception": f"{type(err).__name__}: {err}"})
-            finally:
-                stop(list(CHILDREN))
-            print(f"step {step}: {time.monotonic() - started:.1f} s", flush=True)
-    finally:
-        client.close()
-    return 0
+STEPS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "weights": weights, "confine": confine, "uclamp": uclamp_step}
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:] or list(STEPS))))
+    sys.exit(asyncio.run(main(sys.argv[1:] or list(STEPS), STEPS)))

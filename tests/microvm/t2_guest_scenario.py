@@ -332,14 +332,20 @@ STEPS: dict[str, Callable[..., Awaitable[Any]]] = {
     "tamper": tamper, "good": good, "regression": regression, "eject": eject, "crash": crash}
 
 
-async def main(steps: list[str]) -> int:
+async def main(steps: list[str], table: dict[str, Callable[..., Awaitable[Any]]] = STEPS
+               ) -> int:
+    """Run ``steps`` (``NAME`` or ``NAME=ARG``) of ``table`` in order, on one D-Bus client.
+
+    A step that raises is reported with its name; the processes it started
+    are stopped either way.  (cgroup_v2_scenario.py runs its own steps here.)
+    """
     client = await Client().connect()
     try:
         for step in steps:
             started = time.monotonic()
             name, _, arg = step.partition("=")
             try:
-                replaced = await (STEPS[name](client, arg) if arg else STEPS[name](client))
+                replaced = await (table[name](client, arg) if arg else table[name](client))
                 if isinstance(replaced, Client):  # the crash step reconnects
                     client = replaced
             except Exception as err:  # the host test reports it with the step's name

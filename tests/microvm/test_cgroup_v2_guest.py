@@ -12,7 +12,6 @@ guest has no systemd: this is the plain cgroupfs backend on v2.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ from typing import Any
 import pytest
 
 from plugins.scheduler.cgroups import shares_to_weight
-from plugins.scheduler.microvm import MicroVM, host, rootfs
-from tests.harness import PrivateBus, SchedcpdProcess
-from tests.microvm.test_t2_guest import GUEST_CONFIG, _call, step
+from plugins.scheduler.microvm import MicroVM
+from tests.microvm.test_t2_guest import GUEST_CONFIG, host_verifier, run_scenario, step
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -60,24 +58,12 @@ cgroup = { cpus = "1", quota_us = 80000, period_us = 100000 }
 @pytest.fixture(scope="module")
 def verified() -> Iterator[dict[str, Any]]:
     """The host's daemon (cgroup v1 here) verifies both policies: tokens and its key."""
-    config = "[metrics]\nenabled = false\n[bus]\ncall_timeout_seconds = 400\n" \
-             "[verifier]\ndynamic_seconds = 1.0\n"
-    with PrivateBus() as bus, SchedcpdProcess(bus.address, config) as proc:
-        out: dict[str, Any] = {}
-        for name, text in (("weights", WEIGHTS), ("confine", CONFINE)):
-            policy_id = _call(bus.address, "SubmitPolicy", "s", text)
-            token, report = _call(bus.address, "VerifyPolicy", "s", policy_id, timeout=420)
-            assert token, report[:4000]
-            out[name] = token
-        keys = sorted((proc.state_dir / "keys").glob("*.pub"))
-        assert len(keys) == 1, keys
-        out["key"] = (keys[0].name, keys[0].read_bytes())
+    with host_verifier({"weights": WEIGHTS, "confine": CONFINE}) as (_proc, out):
         yield out
 
 
 @pytest.fixture(scope="module")
 def scenario(vm: MicroVM, verified: dict[str, Any]) -> dict[str, Any]:
-    guest_host = host.GuestHost(vm).prepare()
     files: dict[str, Path | bytes] = {
         "cgroup_v2_scenario.py": HERE / "cgroup_v2_scenario.py",
         "t2_guest_scenario.py": HERE / "t2_guest_scenario.py",
@@ -87,17 +73,7 @@ def scenario(vm: MicroVM, verified: dict[str, Any]) -> dict[str, Any]:
         "confine.token": verified["confine"].encode(),
         verified["key"][0]: verified["key"][1],
     }
-    python = f"{rootfs.venv_dir()}/bin/python3"
-    result = guest_host.run(host.command_script([python, "/run/job/cgroup_v2_scenario.py"]),
-                            files, timeout=600, boot_timeout=180)
-    error = host.problem(result)
-    assert error is None, f"{error}\n" + "\n".join(result.output.get("schedcpd-log", []))
-    steps: dict[str, Any] = {"_result": result}
-    for line in result.output.get(host.COMMAND_STEP, []):
-        if line.startswith("RESULT "):
-            _, name, data = line.split(" ", 2)
-            steps[name] = json.loads(data)
-    return steps
+    return run_scenario(vm, "cgroup_v2_scenario.py", files)
 
 
 def group(state: dict[str, Any], dep: str, name: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +111,21 @@ def _call(address: str, member: str, signature: str, *body: Any, timeout: float 
     return result["ok"]
 
 
-@pytest.fixture(scope="module")
-def verified(vm: MicroVM) -> Iterator[dict[str, Any]]:
-    """The host's daemon verifies both policies: their tokens and its public key."""
-    config = "[metrics]\nenabled = false\n[bus]\ncall_timeout_seconds = 400\n" \
-             "[verifier]\ndynamic_seconds = 1.0\n"
-    with PrivateBus() as bus, SchedcpdProcess(bus.address, config) as proc:
+HOST_VERIFIER = "[metrics]\nenabled = false\n[bus]\ncall_timeout_seconds = 400\n" \
+                "[verifier]\ndynamic_seconds = 1.0\n"
+"""The host daemon's configuration: a T2 verification takes minutes."""
+
+
+@contextmanager
+def host_verifier(policies: dict[str, str]) -> Iterator[tuple[SchedcpdProcess, dict[str, Any]]]:
+    """A daemon on this host (a private bus) that verified ``policies`` (name: text).
+
+    With it, by name: each policy's token and (``NAME-report``) its report;
+    ``key``, the daemon's public key (file name, bytes) the guest must trust.
+    """
+    with PrivateBus() as bus, SchedcpdProcess(bus.address, HOST_VERIFIER) as proc:
         out: dict[str, Any] = {}
-        for name, text in (("vtime", VTIME), ("latency", LATENCY)):
+        for name, text in policies.items():
             policy_id = _call(bus.address, "SubmitPolicy", "s", text)
             token, report = _call(bus.address, "VerifyPolicy", "s", policy_id, timeout=420)
             assert token, json.dumps(json.loads(report), indent=1)[:4000]
@@ -126,6 +134,33 @@ def verified(vm: MicroVM) -> Iterator[dict[str, Any]]:
         keys = sorted((proc.state_dir / "keys").glob("*.pub"))
         assert len(keys) == 1, keys
         out["key"] = (keys[0].name, keys[0].read_bytes())
+        yield proc, out
+
+
+def run_scenario(vm: MicroVM, script: str, files: dict[str, Path | bytes]) -> dict[str, Any]:
+    """Boot the guest host and run ``script`` (one of ``files``, in /run/job) in its venv.
+
+    The steps' ``RESULT <step> <json>`` lines, decoded, by step; ``_result``
+    is the guest's whole result.  The test fails if the guest itself failed.
+    """
+    guest_host = host.GuestHost(vm).prepare()
+    python = f"{rootfs.venv_dir()}/bin/python3"
+    result = guest_host.run(host.command_script([python, f"/run/job/{script}"]),
+                            files, timeout=600, boot_timeout=180)
+    error = host.problem(result)
+    assert error is None, f"{error}\n" + "\n".join(result.output.get("schedcpd-log", []))
+    steps: dict[str, Any] = {"_result": result}
+    for line in result.output.get(host.COMMAND_STEP, []):
+        if line.startswith("RESULT "):
+            _, name, data = line.split(" ", 2)
+            steps[name] = json.loads(data)
+    return steps
+
+
+@pytest.fixture(scope="module")
+def verified(vm: MicroVM) -> Iterator[dict[str, Any]]:
+    """The host's daemon verifies both policies: their tokens and its public key."""
+    with host_verifier({"vtime": VTIME, "latency": LATENCY}) as (proc, out):
         out.update(forced(vm, proc, out["vtime"]))
         yield out
 
@@ -157,7 +192,6 @@ def forced(vm: MicroVM, proc: SchedcpdProcess, vtime_token: str) -> dict[str, An
 
 @pytest.fixture(scope="module")
 def scenario(vm: MicroVM, verified: dict[str, Any]) -> dict[str, Any]:
-    guest_host = host.GuestHost(vm).prepare()
     files: dict[str, Path | bytes] = {
         "t2_guest_scenario.py": HERE / "t2_guest_scenario.py",
         "schedcpd.toml": GUEST_CONFIG.encode(),
@@ -168,17 +202,7 @@ def scenario(vm: MicroVM, verified: dict[str, Any]) -> dict[str, Any]:
         verified["key"][0]: verified["key"][1],
         **{k: v for k, v in verified.items() if k.startswith("verified/")},
     }
-    python = f"{rootfs.venv_dir()}/bin/python3"
-    result = guest_host.run(host.command_script([python, "/run/job/t2_guest_scenario.py"]),
-                            files, timeout=600, boot_timeout=180)
-    error = host.problem(result)
-    assert error is None, f"{error}\n" + "\n".join(result.output.get("schedcpd-log", []))
-    steps: dict[str, Any] = {"_result": result}
-    for line in result.output.get(host.COMMAND_STEP, []):
-        if line.startswith("RESULT "):
-            _, step, data = line.split(" ", 2)
-            steps[step] = json.loads(data)
-    return steps
+    return run_scenario(vm, "t2_guest_scenario.py", files)
 
 
 def step(scenario: dict[str, Any], name: str) -> dict[str, Any]:
