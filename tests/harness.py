@@ -251,13 +251,13 @@ def remove_client_probe() -> None:
 atexit.register(remove_client_probe)
 
 
-def _in_process(address: str, calls: list[list[Any]]) -> list[dict[str, Any]]:
+def _in_process(address: str, calls: list[list[Any]], timeout: float) -> list[dict[str, Any]]:
     """The calls from this process, on a loop of their own (the test may be running one)."""
     result: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            result["out"] = asyncio.run(asyncio.wait_for(run_calls(address, calls), 60))
+            result["out"] = asyncio.run(asyncio.wait_for(run_calls(address, calls), timeout))
         except BaseException as err:  # re-raised in the test's thread
             result["err"] = err
 
@@ -269,31 +269,35 @@ def _in_process(address: str, calls: list[list[Any]]) -> list[dict[str, Any]]:
     return json.loads(json.dumps(result["out"]))  # the same plain values as from a child
 
 
-def calls_as(uid: int, address: str, calls: list[list[Any]]) -> list[dict[str, Any]]:
+def calls_as(uid: int, address: str, calls: list[list[Any]],
+             timeout: float = 60) -> list[dict[str, Any]]:
     """Make Manager calls as ``uid``; each outcome ({"ok": ...} or {"error", "message"}).
 
     As another uid the calls come from a child process running as that user
     (tests/client_probe.py), so the daemon sees that uid.  As the test's own
     uid they are made from this process: the daemon sees the same uid,
-    without a Python start-up per call.
+    without a Python start-up per call.  All of them within ``timeout``
+    seconds (a T2 verification takes minutes).
     """
     if uid == os.geteuid():
-        return _in_process(address, calls)
-    out = run_as(uid, [sys.executable, str(client_probe()), address, json.dumps(calls)])
+        return _in_process(address, calls, timeout)
+    out = run_as(uid, [sys.executable, str(client_probe()), address, json.dumps(calls)],
+                 timeout=timeout)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
 def outcome(address: str, member: str, signature: str = "", *body: Any, uid: int = 0,
-            interface: str = MANAGER) -> dict[str, Any]:
+            interface: str = MANAGER, timeout: float = 60) -> dict[str, Any]:
     """One Manager call as ``uid``: {"ok": result} or {"error": name, "message": text}."""
-    return calls_as(uid, address, [[member, signature, list(body), interface]])[0]
+    return calls_as(uid, address, [[member, signature, list(body), interface]], timeout)[0]
 
 
 def call(address: str, member: str, signature: str = "", *body: Any, uid: int = 0,
-         interface: str = MANAGER) -> Any:
+         interface: str = MANAGER, timeout: float = 60) -> Any:
     """One Manager call as ``uid``; its result (the test fails on an error reply)."""
-    result = outcome(address, member, signature, *body, uid=uid, interface=interface)
+    result = outcome(address, member, signature, *body, uid=uid, interface=interface,
+                     timeout=timeout)
     assert "ok" in result, (member, result)
     return result["ok"]
 
@@ -308,14 +312,12 @@ def call_error(address: str, member: str, signature: str = "", *body: Any,
 
 def verify_passes_every_stage(address: str, policy_id: str,
                               timeout: float = 420) -> tuple[str, dict[str, dict[str, Any]]]:
-    """VerifyPolicy as root from a client process (a T2 verification takes minutes).
+    """VerifyPolicy as root, within ``timeout`` (a T2 verification takes minutes).
 
     Asserts the report passed all four stages, the kernel stage for real;
     returns the token and the stages by name.
     """
-    out = run_as(0, [sys.executable, str(client_probe()), address,
-                     json.dumps([["VerifyPolicy", "s", [policy_id]]])], timeout=timeout)
-    token, report_text = json.loads(out.stdout)[0]["ok"]
+    token, report_text = call(address, "VerifyPolicy", "s", policy_id, timeout=timeout)
     report = json.loads(report_text)
     assert report["passed"], json.dumps(report, indent=1)[:6000]
     assert token.startswith("schedcp1.")

@@ -10,8 +10,6 @@ boots, about 25 s) to show a program policy gets a token.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 import tomllib
 from typing import Any
@@ -21,7 +19,7 @@ import pytest
 from plugins.scheduler import scx_policy
 from plugins.scheduler.microvm import MicroVM
 from plugins.scheduler.scxlang.derive import derive
-from tests.harness import ROOT, client_probe, run_as, verify_passes_every_stage
+from tests.harness import ROOT, call, verify_passes_every_stage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 EXAMPLES = sorted((ROOT / "policies" / "t2").glob("scxl-*.toml"))
@@ -88,9 +86,7 @@ def test_derived_programs_pass_all_four_stages(one_boot: dict[str, Any]) -> None
 def test_program_policy_gets_a_token_over_dbus(start_daemon, vm: MicroVM) -> None:
     proc = start_daemon("[metrics]\nenabled = false\n[bus]\ncall_timeout_seconds = 400\n")
     text = (ROOT / "policies" / "t2" / "scxl-latency-hogs.toml").read_text()
-    out = run_as(0, [sys.executable, str(client_probe()), proc.address,
-                     json.dumps([["SubmitPolicy", "s", [text]]])])
-    policy_id = json.loads(out.stdout)[0]["ok"]
+    policy_id = call(proc.address, "SubmitPolicy", "s", text)
     _, stages = verify_passes_every_stage(proc.address, policy_id)
     bounds = [f for f in stages["static"]["findings"] if f["code"] == "wait-bound"]
     assert {f["evidence"]["class"] for f in bounds} == {"interactive", "batch"}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from plugins.scheduler.microvm import MicroVM, host, rootfs
 from plugins.scheduler.microvm.guest import GuestResult
 from tests.deploy.conftest import forced_token
-from tests.harness import ROOT, PrivateBus, SchedcpdProcess, client_probe, run_as
+from tests.harness import ROOT, PrivateBus, SchedcpdProcess, call
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -102,13 +101,7 @@ stall_seconds = 10.0
 """)
 
 
-def _call(address: str, member: str, signature: str, *body: Any, timeout: float = 60) -> Any:
-    calls = [[member, signature, list(body)]]
-    out = run_as(0, [sys.executable, str(client_probe()), address, json.dumps(calls)],
-                 timeout=timeout)
-    result = json.loads(out.stdout)[0]
-    assert "ok" in result, (member, result)
-    return result["ok"]
+_call = call  # the name tests/microvm/test_systemd_cgroups.py imports it under
 
 
 HOST_VERIFIER = "[metrics]\nenabled = false\n[bus]\ncall_timeout_seconds = 400\n" \
@@ -126,8 +119,8 @@ def host_verifier(policies: dict[str, str]) -> Iterator[tuple[SchedcpdProcess, d
     with PrivateBus() as bus, SchedcpdProcess(bus.address, HOST_VERIFIER) as proc:
         out: dict[str, Any] = {}
         for name, text in policies.items():
-            policy_id = _call(bus.address, "SubmitPolicy", "s", text)
-            token, report = _call(bus.address, "VerifyPolicy", "s", policy_id, timeout=420)
+            policy_id = call(bus.address, "SubmitPolicy", "s", text)
+            token, report = call(bus.address, "VerifyPolicy", "s", policy_id, timeout=420)
             assert token, json.dumps(json.loads(report), indent=1)[:4000]
             out[name] = token
             out[f"{name}-report"] = json.loads(report)
@@ -185,7 +178,7 @@ def forced(vm: MicroVM, proc: SchedcpdProcess, vtime_token: str) -> dict[str, An
                            f"verified/{never_artifact['object_sha256']}.bpf.o": never}
     for name, text, binding in (("crash", CRASH, artifact), ("eject",
                                 EJECT.replace("{source}", source), never_artifact)):
-        policy_id = _call(proc.address, "SubmitPolicy", "s", text)
+        policy_id = call(proc.address, "SubmitPolicy", "s", text)
         out[name] = forced_token(proc.state_dir, proc.address, policy_id, artifact=binding)
     return out
 

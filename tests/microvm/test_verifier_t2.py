@@ -8,14 +8,13 @@ stage functions directly (one guest boot each).
 from __future__ import annotations
 
 import json
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from plugins.scheduler import scx_policy, scx_rules
 from plugins.scheduler.microvm import MicroVM
-from tests.harness import ROOT, client_probe, run_as, verify_passes_every_stage
+from tests.harness import ROOT, call, verify_passes_every_stage
 
 SOURCES = ROOT / "bpf" / "scx"
 
@@ -28,12 +27,8 @@ def t2_doc(source: str, name: str = "t2-test", **params: int) -> dict[str, Any]:
 def test_good_policy_passes_every_stage_over_dbus(start_daemon, vm: MicroVM) -> None:
     proc = start_daemon("[metrics]\nenabled = false\n[bus]\ncall_timeout_seconds = 400\n")
     text = (ROOT / "policies" / "t2" / "scx-vtime.toml").read_text()
-    calls = [["SubmitPolicy", "s", [text]]]
-    out = run_as(0, [sys.executable, str(client_probe()), proc.address, json.dumps(calls)])
-    policy_id = json.loads(out.stdout)[0]["ok"]
-    calls = [["GetPolicy", "s", [policy_id]]]
-    out = run_as(0, [sys.executable, str(client_probe()), proc.address, json.dumps(calls)])
-    assert json.loads(json.loads(out.stdout)[0]["ok"])["track"] == "T2"
+    policy_id = call(proc.address, "SubmitPolicy", "s", text)
+    assert json.loads(call(proc.address, "GetPolicy", "s", policy_id))["track"] == "T2"
     _, stages = verify_passes_every_stage(proc.address, policy_id)
     codes = {f["code"] for f in stages["dynamic"]["findings"]}
     assert {"workload", "scx-counters"} <= codes  # the run happened and was measured
