@@ -300,24 +300,34 @@ class ManagerService:
 
     # -- refused before dispatch ----------------------------------------
 
-    def _refuse(self, msg: Message, method: str, name: str, text: str) -> Message:
-        self._note_refusal(msg, method, name, text)
-        return Message.new_error(msg, name, text)
+    def _refuse(self, msg: Message, method: str, name: str, text: str) -> Message | bool:
+        return self._note_refusal(msg, method, name, text, Message.new_error(msg, name, text))
 
     def _refused_reply(self, msg: Message, spec: MethodSpec, err: errors.SchedcpError,
-                       start: float) -> Message:
+                       start: float) -> Message | bool:
         reply = self._error_reply(msg, spec, err, start)
-        self._note_refusal(msg, spec.name, err.dbus_name, str(err))
-        return reply
+        return self._note_refusal(msg, spec.name, err.dbus_name, str(err), reply)
 
-    def _note_refusal(self, msg: Message, method: str, name: str, text: str) -> None:
-        """Audit a refused call: a row of its own, or counted in a ``suppressed`` row."""
+    def _note_refusal(self, msg: Message, method: str, name: str, text: str,
+                      reply: Message) -> Message | bool:
+        """Audit a refused call: a row of its own, or counted in a ``suppressed`` row.
+
+        Returns the reply to send now, or True when the refusal has a row of
+        its own: then the reply goes out once the row is written.  The caller
+        waits for it, so it is still on the bus while its identity is resolved
+        (a caller that had already left was audited as uid -1), and a reply
+        received means its row is there.  Suppressed refusals (a flood) are
+        answered at once.
+        """
         if self._audit is None:
-            return
+            return reply
         sender = msg.sender or ""
-        if self._refusals.admit(sender, name):
-            self._spawn(self._audit_refusal(sender, method, msg.body, name, text))
+        admitted = self._refusals.admit(sender, name)
         self._flush_suppressed()
+        if not admitted:
+            return reply
+        self._spawn(self._audit_refusal(sender, method, msg.body, name, text, reply))
+        return True
 
     def _on_flush_timer(self) -> None:
         self._flush_timer = None
@@ -337,16 +347,19 @@ class ManagerService:
         task.add_done_callback(self._tasks.discard)
 
     async def _audit_refusal(self, sender: str, method: str, body: list[Any], name: str,
-                             text: str) -> None:
+                             text: str, reply: Message) -> None:
         try:
-            caller = await asyncio.wait_for(self._resolver.resolve(sender), self._timeout)
-            uid, pid = caller.uid, caller.pid
-        except Exception:  # the caller left the bus, or the bus did not answer
-            uid = pid = -1
-            text += " (the caller's identity could not be resolved)"
-        await self._write_refused(AuditRecord(
-            uid=uid, pid=pid, sender=sender, method=method, args_digest=digest_arguments(body),
-            result=name, detail=text))
+            try:
+                caller = await asyncio.wait_for(self._resolver.resolve(sender), self._timeout)
+                uid, pid = caller.uid, caller.pid
+            except Exception:  # the caller left the bus, or the bus did not answer
+                uid = pid = -1
+                text += " (the caller's identity could not be resolved)"
+            await self._write_refused(AuditRecord(
+                uid=uid, pid=pid, sender=sender, method=method,
+                args_digest=digest_arguments(body), result=name, detail=text))
+        finally:
+            self._bus.send(reply)
 
     async def _write_refused(self, rec: AuditRecord) -> None:
         assert self._audit is not None
