@@ -127,6 +127,13 @@ class Daemon:
             self.store.close()
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
+        # A stop asked for during start-up (systemd may send SIGTERM at any
+        # time) is honoured when start-up is done, before the name is requested,
+        # and restores like any stop: the handlers go in before anything is
+        # applied, not after the name is owned (a client that saw the name and
+        # sent SIGTERM at once killed the daemon outright).
+        loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
         audit = AuditLog(self.store)
         self.plugins = PluginHost(
             disabled=self.config["plugins"]["disabled"], on_failure=self._plugin_failed
@@ -173,12 +180,12 @@ class Daemon:
         try:
             if self.config["metrics"]["enabled"]:
                 self._serve_metrics()
+            if self._stop.is_set():
+                return self._exit_code  # stopped during start-up: never owned the name
             reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
             if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
                 raise StartupError(f"{BUS_NAME} is already owned (another schedcpd?)",
                                    EXIT_NAME_TAKEN)
-            loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
-            loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
             loop.add_signal_handler(signal.SIGHUP, self._reload_logged, "SIGHUP")
             self._tasks.append(loop.create_task(self.notifier.watchdog()))
             self._tasks.append(loop.create_task(self._watch_bus()))

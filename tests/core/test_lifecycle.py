@@ -96,6 +96,19 @@ def test_sigterm_stops_cleanly_and_releases_the_name(start_daemon) -> None:
     assert "stopped" in proc.log_text()
 
 
+def test_sigterm_during_start_up_stops_cleanly(start_daemon) -> None:
+    """SIGTERM while the daemon is still starting (plugins loaded, name not yet
+    requested) stops it like any stop; it was the default action (killed by the
+    signal) until the name was owned."""
+    proc = start_daemon("[metrics]\nenabled = false\n", wait=False)
+    wait_for_log(proc, "plugin scheduler loaded")
+    assert proc.stop(signal.SIGTERM) == 0, proc.log_text()
+    log = proc.log_text()
+    assert "SIGTERM received; stopping" in log and "stopped" in log, log
+    assert "Traceback" not in log
+    assert not proc.owns_name()
+
+
 def test_bad_config_at_start_exits_2_naming_key_and_file(start_daemon) -> None:
     proc2 = start_daemon("[metrics]\nport = 'x'\n", wait=False)
     assert proc2.proc.wait(20) == 2
