@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from plugins.scheduler.microvm import FetchError, MicroVM
 from schedcpd import __version__
 from schedcpd.journal import Journal
 from tests.harness import ROOT, STATE_ROOT, PrivateBus, SchedcpdProcess, remove_client_probe
@@ -212,3 +213,19 @@ def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     deb = Path(out.stdout.strip().splitlines()[-1])
     assert deb.is_file() and deb.name == f"schedcp_{__version__}_amd64.deb", deb
     return deb
+
+
+@pytest.fixture(scope="session")
+def vm() -> MicroVM:
+    """The micro-VM, prepared once per session (tests/microvm, tests/systemd_guest).
+
+    The first run on a machine downloads the guest kernel and build tools
+    and builds everything (cached in $SCHEDCP_MICROVM_CACHE, default
+    /var/cache/schedcp/microvm); later runs reuse the cache.  The tests skip,
+    with the reason, only when that download fails (no network); a build
+    failure is a test failure.
+    """
+    try:
+        return MicroVM().prepare()
+    except FetchError as err:
+        pytest.skip(f"cannot download the sched_ext guest kernel or tools: {err}")

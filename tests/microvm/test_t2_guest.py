@@ -103,7 +103,7 @@ stall_seconds = 10.0
 """)
 
 
-_call = call  # the name tests/microvm/test_systemd_cgroups.py imports it under
+_call = call  # the name tests/systemd_guest/conftest.py imports it under
 
 
 HOST_VERIFIER = "[metrics]\nenabled = false\n[bus]\ncall_timeout_seconds = 400\n" \

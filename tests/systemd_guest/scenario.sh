@@ -3,7 +3,8 @@
 # (lib.sh: `report STEP EVENT [JSON-FIELD...]`, `run STEP CMD...`); the
 # tests read the report.  Files: /run/job/new/schedcp_*.deb (this build),
 # /run/job/policy.toml, and with SCHEDCP_GUEST_UPGRADE=1
-# /run/job/prev/schedcp_*.deb (the previous build, installed first).
+# /run/job/prev/schedcp_*.deb (the previous build, installed first);
+# cgroups.sh (sourced after the watchdog step) and its files.
 . /usr/local/lib/schedcp-guest/lib.sh
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -127,16 +128,10 @@ wait_for 60 sh -c "[ \"\$(systemctl show -P WatchdogTimestampMonotonic $UNIT)\" 
 report watchdog pinged "\"first_us\":$FIRST" "\"now_us\":$(prop WatchdogTimestampMonotonic)"
 unit_report watchdog
 
-# -- kill -9: systemd restarts it and the new daemon restores from its journal ---
-deploy deploy2
-PID=$(prop MainPID)
-run kill systemctl kill -s KILL "$UNIT"
-wait_for 180 sh -c "[ \"\$(systemctl show -P MainPID $UNIT)\" != $PID ] && systemctl is-active -q $UNIT"
-unit_report killed
-wait_for 60 not_idle "$HOG1"
-report killed restored "\"pid_before\":$PID" "\"hog1\":\"$(policy_of $HOG1)\"" \
-    "\"hog2\":\"$(policy_of $HOG2)\""
-run journal sh -c "journalctl -b -u $UNIT --no-pager -o cat | tail -n 80"
+# -- cgroup v2 the systemd way (T1 groups as unit properties, T2 under the unit),
+# and kill -9 with a deployment live: systemd restarts the daemon, which
+# restores from its journal (cgroups.sh; test_systemd_cgroups.py) ----------------
+. /run/job/cgroups.sh
 
 # -- hardening in force on the running unit ------------------------------------
 run security systemd-analyze security --no-pager "$UNIT"

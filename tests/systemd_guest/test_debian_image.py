@@ -10,7 +10,9 @@ from plugins.scheduler.microvm.guest import GuestResult, _parse
 
 
 def test_guest_scripts_are_valid_sh() -> None:
-    for text in (debian_image.LIB, debian_image.RUNNER):
+    here = Path(__file__).parent
+    for text in (debian_image.LIB, debian_image.RUNNER, (here / "scenario.sh").read_text(),
+                 (here / "cgroups.sh").read_text()):
         proc = subprocess.run(["sh", "-n"], input=text, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
 

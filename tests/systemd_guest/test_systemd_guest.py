@@ -1,81 +1,39 @@
 """schedcp as users run it: the .deb in a Debian 12 guest with systemd as PID 1.
 
-One boot (module fixture) of the systemd guest
-(plugins/scheduler/microvm/systemd_guest.py: the sched_ext guest kernel,
-a Debian 12 image with systemd, udev, dbus and polkitd, cgroup v2 unified)
-runs scenario.sh as its job: install this build with apt (with
-SCHEDCP_GUEST_UPGRADE=1: install the previous build first and upgrade),
-then drive schedcpd.service with systemctl (ready, reload, stop restores,
-watchdog, kill -9 and restart), deploy a verified policy through D-Bus, run
-``systemd-analyze security``, the polkit matrix with the real polkitd,
-``schedcp-agent.service`` optimizing a workload as its own user, and
-``apt purge``.  The tests read its report.  Under TCG here the boot to
-multi-user takes 13 s and the whole run 3.5 min on a quiet host (up to 6
-under load, 2-4 min more with the upgrade)
+The one boot (conftest.py's ``booted``, shared with test_systemd_cgroups.py)
+of the systemd guest (plugins/scheduler/microvm/systemd_guest.py: the
+sched_ext guest kernel, a Debian 12 image with systemd, udev, dbus and
+polkitd, cgroup v2 unified) runs scenario.sh as its job: install this build
+with apt (with SCHEDCP_GUEST_UPGRADE=1: install the previous build first and
+upgrade), then drive schedcpd.service with systemctl (ready, reload, a
+verified policy deployed through D-Bus and restored by stop, D-Bus
+activation, the watchdog; cgroups.sh's steps, kill -9 among them, are
+test_systemd_cgroups.py's), run ``systemd-analyze security``, the polkit
+matrix with the real polkitd, ``schedcp-agent.service`` optimizing a
+workload as its own user, and ``apt purge``.  The tests read its report
 (docs/packaging.md has the figures).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import re
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from plugins.scheduler.microvm import systemd_guest as sg
 from plugins.scheduler.microvm.guest import GuestResult
 from schedcpd import __version__
 from tests.harness import ROOT
 from tests.packaging.conftest import unit_capabilities
-from tests.systemd_guest.conftest import PREVIOUS_SUFFIX, repack_previous
+from tests.systemd_guest.conftest import PREVIOUS_SUFFIX, UPGRADE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.tcg, pytest.mark.systemd_guest,
-              pytest.mark.timeout(2400)]
+              pytest.mark.timeout(3000)]
 
-HERE = Path(__file__).resolve().parent
 UNIT_FILE = ROOT / "systemd" / "schedcpd.service"
-POLICY = ROOT / "policies" / "latency-protect.toml"
-# The upgrade doubles the package work (~2-4 min more under TCG here): opt-in.
-UPGRADE_ENV = "SCHEDCP_GUEST_UPGRADE"
 CAP_NUMBERS = {"dac_override": 1, "net_admin": 12, "sys_ptrace": 19, "sys_nice": 23,
                "perfmon": 38, "bpf": 39}
-
-
-@pytest.fixture(scope="module")
-def booted(systemd_guest: sg.SystemdGuest, built_deb: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> GuestResult:
-    files: dict[str, Path | bytes] = {f"new/{built_deb.name}": built_deb,
-                                      "policy.toml": POLICY}
-    if os.environ.get(UPGRADE_ENV) == "1":
-        previous = repack_previous(built_deb, tmp_path_factory.mktemp("previous"))
-        files[f"prev/{previous.name}"] = previous
-    # The guest's output as it comes, and its whole report at the end, for diagnosis.
-    base = tmp_path_factory.getbasetemp()
-    with open(base / "systemd-guest.log", "w") as live:
-        def show(step: str, text: str) -> None:
-            live.write(f"{time.monotonic():.1f} {step} {text}\n")
-            live.flush()
-
-        result = systemd_guest.run((HERE / "scenario.sh").read_text(), files, timeout=1500,
-                                   on_output=show)
-    (base / "systemd-guest.json").write_text(json.dumps(dataclasses.asdict(result), indent=1))
-    figures = sg.summary(result)
-    start, unit = result.first("start", "start"), result.first("start", "unit")
-    if start and unit:  # `systemctl start` to active (READY=1), guest clock
-        figures["schedcpd_start_s"] = round(int(unit["active_us"]) / 1e6 - start["uptime_s"], 2)
-    for step in ("install-prev", "install", "purge"):
-        began, ended = result.first(step, "start"), result.first(step, "exit")
-        if began and ended and result.arrived.get(step):
-            figures[f"{step}_s"] = round(result.arrived[step][-1] - result.arrived[step][0], 1)
-    print("systemd guest figures:", json.dumps(figures))
-    error = sg.problem(result)
-    assert error is None, f"{error}\n" + "\n".join(result.console_tail[-20:])
-    return result
 
 
 def out(result: GuestResult, step: str, status: int | None = 0) -> list[str]:
@@ -190,26 +148,6 @@ def test_watchdog_pings_arrive_and_nothing_is_killed(booted: GuestResult) -> Non
     assert unit["watchdog"] == "30s"
     assert unit["active"] == "active" and unit["restarts"] == 0
     assert unit["pid"] == event(booted, "start", "unit")["pid"]
-
-
-def test_kill_9_restart_reconciles_the_journal(booted: GuestResult) -> None:
-    applied = event(booted, "deploy2", "applied")
-    assert applied["hog1"] == "SCHED_IDLE", booted.output.get("deploy2")
-    # systemctl's own status is not checked: systemd 252 kills the main process
-    # first, and when the rest of the cgroup (its forked helpers) is gone by
-    # the time their turn comes it answers "Failed to send signal SIGKILL to
-    # auxiliary processes: Input/output error" and exits 1 (seen once in 5
-    # runs).  What matters is checked instead: the main process died of
-    # SIGKILL and systemd restarted the unit.
-    out(booted, "kill", status=None)
-    journal = "\n".join(out(booted, "journal"))
-    assert "Main process exited, code=killed, status=9/KILL" in journal, journal[-3000:]
-    unit = event(booted, "killed", "unit")
-    restored = event(booted, "killed", "restored")
-    assert unit["active"] == "active" and unit["restarts"] == 1
-    assert unit["pid"] != restored["pid_before"]
-    assert restored["hog1"] == restored["hog2"] == "SCHED_OTHER"
-    assert "restored scheduler at start-up" in journal, journal[-3000:]
 
 
 def test_systemd_analyze_security_of_the_running_unit(booted: GuestResult) -> None:
