@@ -44,6 +44,8 @@ class Options:
     revert_at_end: bool = False
     hold: bool | None = None
     observe_seconds: float = 5.0
+    measure_seconds: float = 3.0
+    """How long an active deployment runs before its feedback is judged (the after window)."""
     max_iterations: int = 3
     budget_usd: float | None = None
     budget_tokens: int | None = None
@@ -211,6 +213,9 @@ class Agent:
                 self.progress(f"  {note}")
             res = await executor.deploy(cand)
             feedback = verdict = None
+            if res.deployment and res.state == "active" and opts.measure_seconds > 0:
+                # The after window: long enough for the rank test to tell a gain from noise.
+                await asyncio.sleep(opts.measure_seconds)
             if res.deployment:
                 feedback = await _feedback(self.client, res.deployment, goal_pids(profile))
                 verdict = judge(profile, res.state, feedback)

@@ -1,11 +1,15 @@
 """Tier-3 feedback: compare two windows of samples (baseline vs after a change).
 
 Every metric is a per-sample series; each window reports median, p10, p90,
-mean and the sample count, and the comparison gives ``delta`` (median after
-minus median before) and ``ratio`` (median after / median before, ``None``
-when the baseline median is 0).  The numbers are descriptive: deciding
-whether a change is a regression (with a margin) is the caller's job
-(the deployer's circuit breaker).
+mean and the sample count, plus ``values``: the series itself, one entry per
+sample of the window in time order (``null`` where the figure has no value:
+a process before it was first seen), so that every series of one window
+lines up with every other and a caller can test a change against the
+sample-to-sample noise itself (the agent's rank test, docs/agent.md).  The
+comparison gives ``delta`` (median after minus median before) and ``ratio``
+(median after / median before, ``None`` when the baseline median is 0).
+The numbers are descriptive: deciding whether a change is a regression
+(with a margin) is the caller's job (the deployer's circuit breaker).
 """
 
 from __future__ import annotations
@@ -55,9 +59,18 @@ def spread(values: list[float]) -> dict[str, float | int] | None:
     }
 
 
+def _values(values: list[float]) -> list[float | None]:
+    return [None if math.isnan(v) else round(v, 6) for v in values]
+
+
 def compare(before: list[float], after: list[float]) -> dict[str, Any]:
-    """Spread of each window plus delta and ratio of the medians."""
-    b, a = spread(before), spread(after)
+    """Spread and per-sample values of each window plus delta and ratio of the medians."""
+    b: dict[str, Any] | None = spread(before)
+    a: dict[str, Any] | None = spread(after)
+    if b is not None:
+        b = {**b, "values": _values(before)}
+    if a is not None:
+        a = {**a, "values": _values(after)}
     out: dict[str, Any] = {"before": b, "after": a, "delta": None, "ratio": None}
     if a is not None and b is not None:
         out["delta"] = round(float(a["median"]) - float(b["median"]), 6)
@@ -91,7 +104,8 @@ def _pid_series(samples: list[Sample], pid: int,
                 seen: float | None) -> tuple[list[float], list[float], list[float]]:
     """CPU (cores), run-queue wait (s/s) and block-layer I/O (KiB/s) of ``pid`` per sample.
 
-    Only samples since the process was first seen count.  Its I/O is read
+    One entry per sample, NaN before the process was first seen (dropped
+    from the statistics, ``null`` in ``values``).  Its I/O is read
     for the busiest processes, those in D state and a deployment's targets
     (sampler.py): an interval without a reading carries its bytes into the
     next one.
@@ -113,6 +127,9 @@ def _pid_series(samples: list[Sample], pid: int,
             cpu.append(0.0)
             wait.append(0.0)
             io.append(0.0)
+        else:
+            for series in (cpu, wait, io):
+                series.append(math.nan)
     return cpu, wait, io
 
 
@@ -141,7 +158,7 @@ def build(before_samples: list[Sample], after_samples: list[Sample],
             known = (seen or {}).get(pid)
             bc, bw, bi = _pid_series(before_samples, pid, known)
             ac, aw, ai = _pid_series(after_samples, pid, known)
-            if not (bc or ac):
+            if all(math.isnan(v) for v in bc + ac):
                 notes.append(f"pid {pid}: no activity recorded in either window")
             per[str(pid)] = {"cpu": compare(bc, ac), "wait": compare(bw, aw),
                              "io_kbs": compare(bi, ai)}

@@ -1,0 +1,134 @@
+"""Do no harm: the learning role keeps a deployment only on a gain beyond the same run's noise.
+
+Constructed per-sample feedback (the daemon's ``values``, one per 0.25 s
+sample), so the verdicts do not depend on this machine's load.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from schedcp_agent.learn import ALPHA, judge
+from schedcp_agent.observe import WorkloadProfile
+from schedcp_agent.ranktest import midranks, p_better, p_greater
+
+
+def _window(values: list[float | None]) -> dict[str, object]:
+    data = sorted(v for v in values if v is not None)
+    return {"median": data[len(data) // 2], "p10": data[0], "p90": data[-1],
+            "mean": sum(data) / len(data), "n": len(data), "values": values}
+
+
+def _fb(per_pid: dict[int, tuple[list[float | None], list[float | None]]],
+        kind: str = "wait") -> dict[str, object]:
+    return {"pids": {str(pid): {kind: {"before": _window(b), "after": _window(a)}}
+                     for pid, (b, a) in per_pid.items()}}
+
+
+LATENCY = WorkloadProfile("latency-beside-cpu-hogs", "latency", "given", "t",
+                          roles={"latency": [7]})
+BATCH = WorkloadProfile("cpu-batch", "throughput", "given", "t", roles={"batch": [7, 8]})
+
+
+def _bursty(rng: random.Random, n: int, scale: float) -> list[float | None]:
+    """A latency task's run-queue wait per 0.25 s: mostly small, now and then a burst."""
+    return [round(rng.choice([0.001, 0.01, 0.03, 0.06, 0.1, 0.28]) * scale
+                  * rng.uniform(0.8, 1.2), 6) for _ in range(n)]
+
+
+def test_rank_test_basics() -> None:
+    assert midranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    # Every split equally extreme: all tied is p = 1 (nothing moved).
+    assert p_greater([0.0] * 10, [0.0] * 5) == 1.0
+    # Exact: the 3 after samples above all 5 before samples: 1 split in C(8,3) = 56.
+    assert p_greater([1.0, 2.0, 3.0, 4.0, 5.0], [6.0, 7.0, 8.0]) == pytest.approx(1 / 56)
+    assert p_greater([6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0]) == 1.0
+    assert p_better([6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0], "lower") == pytest.approx(1 / 56)
+    # Drawn (C(60, 12) splits): deterministic, and tiny for a clean shift.
+    before, after = [float(i) for i in range(48)], [100.0 + i for i in range(12)]
+    assert p_greater(before, after) == p_greater(before, after) < 1e-3
+    with pytest.raises(ValueError):
+        p_greater([], [1.0])
+
+
+def test_the_t1_probe_case_is_kept() -> None:
+    # 2026-12-07: the probe's wait 0.057 -> 0.0086 s/s, before band 0.001..0.277.
+    # The band rule rolled it back; the samples show a clear drop.
+    rng = random.Random(1)
+    before, after = _bursty(rng, 24, 1.0), _bursty(rng, 20, 0.12)
+    v = judge(LATENCY, "active", _fb({7: (before, after)}))
+    assert v.goal_met and v.outcome == "improved", v.reason
+    assert v.p_value is not None and v.p_value <= ALPHA
+    assert v.samples == (24, 20)
+    assert "rank test over 24 before / 20 after samples" in v.reason
+
+
+def test_noise_alone_is_rarely_kept() -> None:
+    # The same process before and after (no change): a chance pass of the test at
+    # ALPHA = 5 %, and only with a 3 % gain on top; a chance "worse" alike.
+    rng = random.Random(2)
+    kept = worse = 0
+    for _ in range(100):
+        v = judge(LATENCY, "active", _fb({7: (_bursty(rng, 20, 1.0), _bursty(rng, 10, 1.0))}))
+        kept += v.goal_met
+        worse += v.outcome == "worse"
+    assert kept <= 10 and worse <= 10, (kept, worse)
+
+
+def test_a_regression_is_never_kept() -> None:
+    rng = random.Random(3)
+    before, after = _bursty(rng, 24, 1.0), _bursty(rng, 10, 3.0)
+    v = judge(LATENCY, "active", _fb({7: (before, after)}))
+    assert not v.goal_met and v.outcome == "worse", v.reason
+    # Throughput: CPU of the batch targets fell.
+    b = [1.9, 1.95, 1.92, 1.97, 1.93, 1.96, 1.94, 1.91]
+    a = [1.6, 1.65, 1.62, 1.61, 1.66]
+    v = judge(BATCH, "active", _fb({7: (b, a), 8: (b, a)}, "cpu"))
+    assert not v.goal_met and v.outcome == "worse", v.reason
+
+
+def test_significant_but_small_is_no_gain() -> None:
+    # CPU 1.93 -> 1.96 cores, every after sample above every before one: the test
+    # says "moved", but by 1.6 %, below the 3 % minimum gain.
+    b = [1.92, 1.93, 1.93, 1.94, 1.92, 1.93, 1.94, 1.93, 1.92, 1.94]
+    a = [1.96, 1.96, 1.97, 1.96, 1.95, 1.96]
+    v = judge(WorkloadProfile("cpu-batch", "throughput", "given", "t", roles={"batch": [7]}),
+              "active", _fb({7: (b, a)}, "cpu"))
+    assert not v.goal_met and v.outcome == "no gain" and "minimum gain" in v.reason, v.reason
+
+
+def test_a_figure_that_stays_at_zero_is_no_gain() -> None:
+    # msglat, perf-pipe on 2026-12-07: 0 -> 0 s/s.  Nothing moved, nothing kept.
+    v = judge(LATENCY, "active", _fb({7: ([0.0] * 20 + [0.8], [0.0] * 8)}))
+    assert not v.goal_met and v.outcome == "no gain", v.reason
+
+
+def test_too_few_samples_are_no_gain() -> None:
+    v = judge(LATENCY, "active", _fb({7: ([0.3, 0.2, 0.25, 0.3], [0.0, 0.0])}))
+    assert not v.goal_met and "too few" in v.reason, v.reason
+
+
+def test_pids_are_combined_per_sample() -> None:
+    # Two batch targets; pid 8 starts in the middle of the before window (null
+    # before it was seen).  Their CPU is summed per sample: 1.0 -> 1.9 cores.
+    b7 = [0.5] * 12
+    b8: list[float | None] = [None] * 6 + [0.5] * 6
+    a7, a8 = [0.95, 0.96, 0.94, 0.95, 0.95, 0.96], [0.95, 0.94, 0.96, 0.95, 0.95, 0.94]
+    v = judge(BATCH, "active", _fb({7: (b7, a7), 8: (b8, a8)}, "cpu"))
+    assert v.before == pytest.approx(0.75) and v.after == pytest.approx(1.9)
+    assert v.goal_met and v.samples == (12, 6), v.reason
+    # Series that do not line up (an older daemon mixed with a newer one): the
+    # band rule on the per-pid spreads, not a test on misaligned samples.
+    bad = _fb({7: (b7, a7), 8: (b8[4:], a8)}, "cpu")
+    assert judge(BATCH, "active", bad).p_value is None
+
+
+def test_the_machine_wide_figure_is_never_evidence() -> None:
+    rq = _window([0.3, 0.2, 0.25, 0.3, 0.28, 0.27, 0.3, 0.26])
+    fb = {"pids": {}, "metrics": {"rq_wait": {"before": rq,
+                                              "after": _window([0.0, 0.01, 0.0, 0.0, 0.01])}}}
+    v = judge(LATENCY, "active", fb)
+    assert v.metric.startswith("system") and not v.goal_met
+    assert "no evidence about them" in v.reason
