@@ -79,20 +79,21 @@ def read_proc(pid: int) -> Proc | None:
                 child_ticks=int(rest[13]) + int(rest[14]))
 
 
-def read_schedstat(pid: int) -> tuple[int, int] | None:
-    """(ns on a CPU, ns waiting on a run queue) of ``pid``'s threads so far, or None.
+def read_schedstat(pid: int) -> tuple[int, int, int] | None:
+    """(ns on a CPU, ns waiting on a run queue, times run) of ``pid``'s threads so far, or None.
 
     ``/proc/PID/schedstat`` is world-readable like ``stat``: how long the
     process waited for a CPU is the first sign of what it competes with.
     """
-    run = wait = 0
+    run = wait = slices = 0
     try:
         for task in os.scandir(_PROC / str(pid) / "task"):  # every thread
             fields = (Path(task.path) / "schedstat").read_text().split()
             run, wait = run + int(fields[0]), wait + int(fields[1])
+            slices += int(fields[2])
     except (OSError, ValueError, IndexError):
         return None
-    return run, wait
+    return run, wait, slices
 
 
 def process_table() -> dict[int, Proc]:
@@ -167,8 +168,9 @@ class ScopeTracker:
         self.started = 0.0
         self.ended = 0.0
         self.current: dict[int, Proc] = {}
-        self.schedstat: dict[int, tuple[float, tuple[int, int], float, tuple[int, int]]] = {}
-        """pid -> (first time, first schedstat, last time, last schedstat)."""
+        self.schedstat: dict[int, tuple[float, tuple[int, ...], float, tuple[int, ...]]] = {}
+        """pid -> (first time, first schedstat, last time, last schedstat); a schedstat is
+        (ns run, ns waited, times run)."""
 
     def snapshot(self) -> dict[int, Proc]:
         """Take one snapshot; return the scope now."""
