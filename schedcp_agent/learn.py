@@ -193,12 +193,17 @@ def _pct(data: list[float], q: float) -> float:
     return data[lo] + (data[hi] - data[lo]) * (pos - lo)
 
 
-def _pid_figure(feedback: dict[str, Any], pids: list[int], kind: str, agg: str) -> Figure:
+def _pid_figure(feedback: dict[str, Any], pids: list[int], kind: str, agg: str,
+                trees: set[int] | None = None) -> Figure:
+    """The figure over ``pids``; a driver in ``trees`` counts with its descendants."""
     per = feedback.get("pids") or {}
     pairs = []
     for pid in pids:
-        entry = per.get(str(pid), {}).get(kind, {})
-        pairs.append((entry.get("before") or {}, entry.get("after") or {}))
+        entry = per.get(str(pid), {})
+        if pid in (trees or set()) and kind in (entry.get("tree") or {}):
+            entry = entry["tree"]
+        figure = entry.get(kind, {})
+        pairs.append((figure.get("before") or {}, figure.get("after") or {}))
     return _combine(pairs, agg)
 
 
@@ -217,20 +222,23 @@ def goal_figure(profile: WorkloadProfile,
                 feedback: dict[str, Any] | None) -> tuple[str, str, Figure]:
     """(metric name, which way is better, the figure) for the profile's goal."""
     goal, pids, fb = profile.goal, goal_pids(profile), feedback or {}
+    trees = set(profile.trees)
+    jobs = " (a driver with its jobs)" if trees & set(pids) else ""
     io_roles = _IO_ROLES.get((profile.shape, goal))
     if io_roles:
         return (f"block-layer I/O (KiB/s) of the {'/'.join(io_roles)} targets", "higher",
                 _pid_figure(fb, pids, "io_kbs", "sum"))
     if goal == "latency":
-        fig = _pid_figure(fb, pids, "wait", "mean")
+        fig = _pid_figure(fb, pids, "wait", "mean", trees)
         if fig.before is None and feedback:
             rq = feedback.get("metrics", {}).get("rq_wait", {})
             return ("system run-queue wait (s/s)", "lower",
                     _combine([(rq.get("before") or {}, rq.get("after") or {})], "mean"))
-        return "run-queue wait (s/s) of the latency targets", "lower", fig
+        return f"run-queue wait (s/s) of the latency targets{jobs}", "lower", fig
     if goal == "fairness":
         return "min/max CPU across targets", "higher", _pid_figure(fb, pids, "cpu", "fair")
-    return f"CPU (cores) of the {goal} targets", "higher", _pid_figure(fb, pids, "cpu", "sum")
+    return (f"CPU (cores) of the {goal} targets{jobs}", "higher",
+            _pid_figure(fb, pids, "cpu", "sum", trees))
 
 
 def assess(better: str, fig: Figure) -> tuple[str, str, float | None]:

@@ -426,6 +426,9 @@ class Observer:
         structure = self._structure(targets)
         if structure is not None:
             evidence.extend(structure[2])
+            if structure[0] in ("job-batch", "fork-churn"):
+                # The drivers' jobs come and go: their figure is the whole tree's.
+                self.trees = sorted({p for pids in structure[1].values() for p in pids})
             return structure[0], structure[1]
         hogs = sorted(t.pid for t in targets.values() if t.cls == "cpu-bound")
         io_shape = iowait.io_shape(self.io, hogs, bool(self.found))

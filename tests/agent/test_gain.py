@@ -132,3 +132,21 @@ def test_the_machine_wide_figure_is_never_evidence() -> None:
     v = judge(LATENCY, "active", fb)
     assert v.metric.startswith("system") and not v.goal_met
     assert "no evidence about them" in v.reason
+
+
+def test_a_driver_is_judged_by_its_jobs() -> None:
+    # msglat: the foreground role is the driver, whose own wait is always 0;
+    # its runs (the daemon's "tree" figure) are what the policy changes.
+    own = ([0.0] * 20, [0.0] * 12)
+    tree_b = [0.3, 0.25, 0.4, 0.35, 0.3, 0.28, 0.33, 0.31, 0.36, 0.29] * 2
+    tree_a = [0.1, 0.12, 0.09, 0.11, 0.1, 0.13, 0.08, 0.1, 0.12, 0.11, 0.1, 0.09]
+    fb = {"pids": {"100": {"wait": {"before": _window(own[0]), "after": _window(own[1])},
+                           "tree": {"wait": {"before": _window(tree_b),
+                                             "after": _window(tree_a)}}}}}
+    prof = WorkloadProfile("interactive", "latency", "given", "t",
+                           roles={"foreground": [100]}, trees=[100])
+    v = judge(prof, "active", fb)
+    assert v.goal_met and v.metric.endswith("(a driver with its jobs)"), v.reason
+    # Not a driver of jobs: its own figure, which never moves.
+    prof.trees = []
+    assert not judge(prof, "active", fb).goal_met

@@ -150,7 +150,8 @@ def test_batch_shapes_stay_when_that_is_what_the_targets_are() -> None:
     t.proc(DRIVER, 1, "python3", cores=0.01, runs_per_s=3, child_ticks=100)
     _runs(t, DRIVER, "sysbench", 200, cores=1.5, wait=0.05, runs_per_s=200, threads=2)
     assert latency_case(t.tracker).latency == []
-    assert t.shape(None)[0] == "job-batch"
+    shape, roles, trees, _ = t.shape(None)
+    assert (shape, roles, trees) == ("job-batch", {"batch": [DRIVER]}, [DRIVER])
     # hackbench-like: short-burst message passers with goal throughput and
     # nothing CPU-bound beside them: not turned into a latency case.
     h = Tree()

@@ -90,10 +90,11 @@ def test_percentiles() -> None:
     assert s == {"median": 2.0, "p10": 1.2, "p90": 2.8, "mean": 2.0, "n": 3}
 
 
-def _sample(t: float, procs: dict[int, float]) -> Sample:
+def _sample(t: float, procs: dict[int, float], ppid: dict[int, int] | None = None) -> Sample:
     """A constructed sample: each pid in ``procs`` waited that many s/s for a CPU."""
-    deltas = {pid: ProcDelta(pid, "p", 1, pid, "R", 1, None, 0.1, 0.0, 0.1, w, 3, None, None,
-                             0, 0, "schedstat", 0.0) for pid, w in procs.items()}
+    deltas = {pid: ProcDelta(pid, "p", (ppid or {}).get(pid, 1), pid, "R", 1, None, 0.1, 0.0,
+                             0.1, w, 3, None, None, 0, 0, "schedstat", 0.0)
+              for pid, w in procs.items()}
     return Sample(t, 1.0, t, [0.5], 0.5, 0.0, 10.0, 0.0, 1, 0, (0.0, 0.0, 0.0), {}, 0.0, 1, 0.0,
                   deltas)
 
@@ -113,3 +114,19 @@ def test_values_line_up_per_sample() -> None:
     assert w8["after"]["values"] == [0.1, 0.0]
     assert fb["pids"]["9"]["wait"]["before"] is None
     assert fb["notes"] == ["pid 9: no activity recorded in either window"]
+
+
+def test_a_driver_gets_the_figure_of_its_tree() -> None:
+    # Driver 100 starts job 200 (recorded only when born), which runs worker 300;
+    # then job 201 in the after window.  Pid 7 has no children: no "tree".
+    parents = {200: 100, 300: 200, 201: 100}
+    before = [_sample(1.0, {100: 0.0, 7: 0.1}), _sample(2.0, {200: 0.0, 300: 0.4}, parents),
+              _sample(3.0, {300: 0.5}, parents)]
+    after = [_sample(4.0, {201: 0.1}, parents), _sample(5.0, {201: 0.2, 100: 0.0}, parents)]
+    fb = build(before, after, (0.5, 3.0), (3.5, 5.0), [100, 7], None, {100: 0.5, 7: 0.5})
+    tree = fb["pids"]["100"]["tree"]["wait"]
+    assert tree["before"]["values"] == [0.0, 0.4, 0.5]
+    assert tree["after"]["values"] == [0.1, 0.2]
+    assert fb["pids"]["100"]["wait"]["before"]["values"] == [0.0, 0.0, 0.0]  # its own
+    assert fb["pids"]["100"]["tree"]["cpu"]["after"]["values"] == [0.1, 0.2]
+    assert "tree" not in fb["pids"]["7"]
