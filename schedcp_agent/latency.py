@@ -10,18 +10,30 @@ are (:mod:`schedcp_agent.jobs`).
 
 The evidence is each process's own scheduler statistics over the
 observation (``/proc/PID/task/*/schedstat``: time run, time waited for a
-CPU, times run), summed per *unit*: a process that persisted is one unit;
+CPU, times run; ``status``: voluntary and involuntary context switches),
+summed per *unit*: a process that persisted is one unit;
 processes that came and went are grouped by their command (and whether
 they forked) under the persisting ancestor that started them (the driver),
 so a load generator's runs count as one task, and ``perf bench sched pipe``'s
 forking parent and its leaf partner stay apart.  A unit is
 
-- **latency-sensitive** when it ran in short bursts (under
-  :data:`BURST_MS` of CPU each time it got a CPU), at least
-  :data:`MIN_WAKEUPS` times a second, and forked nothing (a driver or a
-  build's make is woken by its children, not by requests);
 - **CPU-bound** when it used or wanted (run + wait) at least
-  :data:`CPU_BOUND` cores in bursts of :data:`LONG_BURST_MS` or more.
+  :data:`CPU_BOUND` cores and hardly ever gave up the CPU itself (under
+  :data:`SLEEPS` of its switches voluntary: it always had work).  Burst
+  length does not tell it on a busy host: a hog preempted by a probe waking
+  1000 times a second ran 0.6-1.0 ms per turn (measured here);
+- **latency-sensitive** when it did sleep (at least :data:`SLEEPS` of its
+  switches voluntary: it waits for a request, a timer or a message), in
+  short bursts (under :data:`BURST_MS` of CPU each time it got a CPU),
+  at least :data:`MIN_WAKEUPS` times a second, and forked nothing (a driver
+  or a build's make is woken by its children, not by requests).  Not "mostly
+  voluntary": a request handler beside its load generator is preempted on
+  the generator's every wake-up (nginx under wrk beside a hog: 46 %
+  voluntary, 0.05 ms per run; t1_hog, sysbench, cc1, the query streams: 0-2 %).
+
+Without the switch counts (a process gone before they were read) the burst
+length decides: CPU-bound at :data:`LONG_BURST_MS` or more, latency-sensitive
+under :data:`BURST_MS`.
 
 Units seen for less than :data:`MIN_SECONDS` say nothing (a helper that
 execs and exits).
@@ -38,6 +50,8 @@ MIN_WAKEUPS = 20.0
 CPU_BOUND = 0.5
 LONG_BURST_MS = 1.0
 MIN_SECONDS = 0.5
+SLEEPS = 0.25
+"""Share of voluntary switches that tells a task that sleeps from one that always has work."""
 WAITS = 0.001
 """Run-queue wait (s/s) above which a latency unit waited for a CPU."""
 
@@ -55,6 +69,10 @@ class Unit:
     run: float = 0.0
     wait: float = 0.0
     slices: int = 0
+    voluntary: int = 0
+    involuntary: int = 0
+    switches: bool = True
+    """Whether every process of the unit had its switch counts read."""
     forks: bool = False
 
     @property
@@ -77,13 +95,22 @@ class Unit:
         """Times it got a CPU per second."""
         return self.slices / max(self.seconds, 1e-9)
 
+    @property
+    def sleeps(self) -> float | None:
+        """Share of its switches that were voluntary (None: not read)."""
+        total = self.voluntary + self.involuntary
+        return self.voluntary / total if self.switches and total else None
+
     def kind(self) -> str:
         """``latency``, ``cpu-bound`` or ``other``."""
         if self.seconds < MIN_SECONDS:
             return "other"
-        if self.cores + self.waits >= CPU_BOUND and self.burst_ms >= LONG_BURST_MS:
+        sleeps = self.sleeps
+        busy = self.cores + self.waits >= CPU_BOUND
+        if busy and (sleeps < SLEEPS if sleeps is not None else self.burst_ms >= LONG_BURST_MS):
             return "cpu-bound"
-        if not self.forks and self.burst_ms < BURST_MS and self.wakeups >= MIN_WAKEUPS:
+        if (not self.forks and (sleeps is None or sleeps >= SLEEPS)
+                and self.burst_ms < BURST_MS and self.wakeups >= MIN_WAKEUPS):
             return "latency"
         return "other"
 
@@ -91,9 +118,10 @@ class Unit:
         """One line of evidence."""
         who = (f"{len(self.pids)} run(s) of {self.comm} under [{self.root}]" if self.transient
                else f"{self.comm}[{self.root}]")
-        return (f"{who}: {self.cores:.2f} cores, {self.wakeups:.0f} wake-ups/s, "
-                f"{self.burst_ms:.2f} ms per run, waited {self.waits:.3f} s/s for a CPU: "
-                f"{self.kind()}")
+        sleeps = "" if self.sleeps is None else f", {self.sleeps:.0%} of switches voluntary"
+        return (f"{who}: {self.cores:.2f} cores, {self.wakeups:.0f} runs/s, "
+                f"{self.burst_ms:.2f} ms per run{sleeps}, waited {self.waits:.3f} s/s for a "
+                f"CPU: {self.kind()}")
 
 
 def units(tracker: ScopeTracker) -> list[Unit]:
@@ -128,6 +156,11 @@ def units(tracker: ScopeTracker) -> list[Unit]:
         u.wait += max(0, last[1] - first[1]) / 1e9
         if len(first) > 2 and len(last) > 2:
             u.slices += max(0, last[2] - first[2])
+        if len(first) > 4 and len(last) > 4:
+            u.voluntary += max(0, last[3] - first[3])
+            u.involuntary += max(0, last[4] - first[4])
+        else:
+            u.switches = False
         u.forks = forks
     return sorted(out.values(), key=lambda u: (u.root, u.comm))
 

@@ -403,7 +403,7 @@ class Observer:
                 batch.update(p for p in u.pids if p in self.tracker.current)
             else:
                 batch.add(u.root)
-                if u.transient:
+                if u.transient and u.root not in self.trees:
                     self.trees.append(u.root)
         batch |= {c.pid for c in self.allowed}
         evidence.append(f"latency-sensitive tasks {'waited for a CPU ' if case.waited else ''}"
