@@ -262,7 +262,7 @@ def assess(better: str, fig: Figure) -> tuple[str, str, float | None]:
     sign = 1.0 if better == "higher" else -1.0
     gain = sign * (a - b)
     big = gain >= MIN_GAIN * abs(b) and gain > 0
-    pct = f"{gain / max(abs(b), 1e-12):+.0%}" if b else "from 0"
+    pct = f"{gain / max(abs(b), 1e-12):.0%} better" if b else "from 0"
     if fig.before_values and fig.after_values:
         nb, na = len(fig.before_values), len(fig.after_values)
         greater, less = p_tails(fig.before_values, fig.after_values)
