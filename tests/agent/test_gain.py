@@ -150,3 +150,12 @@ def test_a_driver_is_judged_by_its_jobs() -> None:
     # Not a driver of jobs: its own figure, which never moves.
     prof.trees = []
     assert not judge(prof, "active", fb).goal_met
+
+
+def test_the_model_gets_the_figures_without_the_series() -> None:
+    from schedcp_agent.claude import without_values
+    fb = _fb({7: ([0.1, 0.2, 0.3], [0.0, 0.1, 0.0])})
+    brief = without_values(fb)
+    window = brief["pids"]["7"]["wait"]["before"]
+    assert "values" not in window and window["median"] == 0.2
+    assert "values" in fb["pids"]["7"]["wait"]["before"]  # the agent's copy is untouched
