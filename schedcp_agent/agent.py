@@ -196,6 +196,8 @@ class Agent:
             self.progress(f"plan: {hit.reasoning}")
         attempts: list[Attempt] = []
         kept: str | None = None
+        # When the last deployment of this run ended: the next one's baseline starts there.
+        clean_since: float | None = None
         for i in range(opts.max_iterations):
             try:
                 self.budget.check()
@@ -218,7 +220,7 @@ class Agent:
                 await asyncio.sleep(opts.measure_seconds)
             if res.deployment:
                 feedback = await _feedback(self.client, res.deployment, goal_pids(profile))
-                verdict = judge(profile, res.state, feedback)
+                verdict = judge(profile, res.state, feedback, clean_since)
                 self.progress(f"learn: {verdict.outcome}: {verdict.reason}")
             report["attempts"].append(_attempt_record(cand, res, verdict, feedback))
             outcome = "refused" if not res.verified else (
@@ -237,8 +239,13 @@ class Agent:
                 report["status"] = IMPROVED
                 report["measured"] = verdict.as_dict()
                 break
+            if res.deployment:
+                # Reverted by the breaker or rolled back here: from now on the
+                # targets run without it again.
+                clean_since = time.monotonic()
             if res.deployment and res.state not in ("reverted", "failed"):
                 await executor.rollback(res.deployment)
+                clean_since = time.monotonic()
                 self.progress(f"rolled back {res.deployment}: "
                               f"{verdict.outcome if verdict else 'no measurement'}")
         else:

@@ -289,8 +289,48 @@ def assess(better: str, fig: Figure) -> tuple[str, str, float | None]:
     return NO_GAIN, f"{moved}: inside {band}", None
 
 
-def judge(profile: WorkloadProfile, state: str, feedback: dict[str, Any] | None) -> Verdict:
-    """Keep (improved beyond noise) or roll back, from the deployment's state and feedback."""
+def since(feedback: dict[str, Any], start: float) -> dict[str, Any]:
+    """``feedback`` with the before window's samples taken before ``start`` left out.
+
+    The daemon's before window is the minute before the first write; after an
+    earlier deployment of the same run was rolled back, part of that minute
+    ran under it, and a baseline that ran under a regression would make the
+    next candidate look like a gain.  Needs the daemon's ``times``; without
+    them the feedback is returned as it is.
+    """
+    times = (feedback.get("before") or {}).get("times")
+    if not isinstance(times, list) or not times:
+        return feedback
+    keep = [i for i, t in enumerate(times) if isinstance(t, int | float) and t >= start]
+    if len(keep) == len(times):
+        return feedback
+
+    def cut(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                if (k == "before" and isinstance(v, dict)
+                        and isinstance(v.get("values"), list) and len(v["values"]) == len(times)):
+                    out[k] = {**v, "values": [v["values"][i] for i in keep]}
+                else:
+                    out[k] = cut(v)
+            return out
+        return node
+
+    trimmed: dict[str, Any] = cut(feedback)
+    trimmed["before"] = {**feedback["before"], "times": [times[i] for i in keep]}
+    return trimmed
+
+
+def judge(profile: WorkloadProfile, state: str, feedback: dict[str, Any] | None,
+          clean_since: float | None = None) -> Verdict:
+    """Keep (improved beyond noise) or roll back, from the deployment's state and feedback.
+
+    ``clean_since``: the monotonic time the run's previous deployment was
+    rolled back; the before window's samples before it are left out.
+    """
+    if feedback is not None and clean_since is not None:
+        feedback = since(feedback, clean_since)
     metric, better, fig = goal_figure(profile, feedback)
     improved = None if fig.before is None or fig.after is None else (
         fig.after < fig.before if better == "lower" else fig.after > fig.before)

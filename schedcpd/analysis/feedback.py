@@ -8,7 +8,8 @@ lines up with every other and a caller can test a change against the
 sample-to-sample noise itself (the agent's rank test, docs/agent.md).  The
 comparison gives ``delta`` (median after minus median before) and ``ratio``
 (median after / median before, ``None`` when the baseline median is 0).
-A pid that had descendants recorded in either window also gets ``tree``:
+Each window's ``times`` are its samples' monotonic times, the index of every
+``values`` list.  A pid that had descendants recorded in either window also gets ``tree``:
 the CPU and run-queue wait of the process with all of them, per sample (a
 driver's jobs, which come and go, as one figure).  The numbers are
 descriptive: deciding whether a change is a regression (with a margin) is
@@ -188,8 +189,10 @@ def build(before_samples: list[Sample], after_samples: list[Sample],
                     if history else " (ring is empty)")
             notes.append(f"{name}: no samples in window{span}")
     out: dict[str, Any] = {
-        "before": {"start": before[0], "end": before[1], "samples": len(before_samples)},
-        "after": {"start": after[0], "end": after[1], "samples": len(after_samples)},
+        "before": {"start": before[0], "end": before[1], "samples": len(before_samples),
+                   "times": [round(x.t, 3) for x in before_samples]},
+        "after": {"start": after[0], "end": after[1], "samples": len(after_samples),
+                  "times": [round(x.t, 3) for x in after_samples]},
         "metrics": {
             name: compare([f(s) for s in before_samples], [f(s) for s in after_samples])
             for name, f in SYSTEM_METRICS.items()

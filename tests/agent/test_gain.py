@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from schedcp_agent.learn import ALPHA, judge
+from schedcp_agent.learn import ALPHA, judge, since
 from schedcp_agent.observe import WorkloadProfile
 from schedcp_agent.ranktest import midranks, p_better, p_greater
 
@@ -159,3 +159,20 @@ def test_the_model_gets_the_figures_without_the_series() -> None:
     window = brief["pids"]["7"]["wait"]["before"]
     assert "values" not in window and window["median"] == 0.2
     assert "values" in fb["pids"]["7"]["wait"]["before"]  # the agent's copy is untouched
+
+
+def test_a_baseline_that_ran_under_the_previous_deployment_is_cut() -> None:
+    # Candidate 1 made the wait worse (0.6 s/s) and was rolled back at t = 10;
+    # candidate 2 changes nothing (0.2 before and after).  The daemon's before
+    # window (the minute before candidate 2's first write) holds both: judged
+    # on all of it, candidate 2 would look like a gain.
+    times = [float(t) for t in range(20)]
+    before = [0.6 + 0.01 * (i % 3) for i in range(10)] + [0.2 + 0.01 * (i % 3) for i in range(10)]
+    after = [0.2 + 0.01 * (i % 3) for i in range(10)]
+    fb = {**_fb({7: (before, after)}), "before": {"times": times}}
+    assert judge(LATENCY, "active", fb).goal_met  # the trap
+    v = judge(LATENCY, "active", fb, clean_since=10.0)
+    assert not v.goal_met and v.samples == (10, 10), v.reason
+    # Without the daemon's times (an older daemon) nothing can be cut.
+    old = _fb({7: (before, after)})
+    assert since(old, 10.0) is old

@@ -106,6 +106,7 @@ def test_values_line_up_per_sample() -> None:
     after = [_sample(4.0, {7: 0.1, 8: 0.1}), _sample(5.0, {8: 0.0})]
     fb = build(before, after, (0.5, 3.0), (3.5, 5.0), [7, 8, 9], None, {8: 2.5, 7: 0.0})
     assert fb["metrics"]["rq_wait"]["before"]["values"] == [0.0, 0.0, 0.0]
+    assert fb["before"]["times"] == [1.0, 2.0, 3.0] and fb["after"]["times"] == [4.0, 5.0]
     w7, w8 = fb["pids"]["7"]["wait"], fb["pids"]["8"]["wait"]
     assert w7["before"]["values"] == [0.5, 0.4, 0.3]
     assert w7["after"]["values"] == [0.1, 0.0]  # known since 0.0, no record: idle
