@@ -163,6 +163,10 @@ class Agent:
         report["track"] = {"asked": opts.track, "t2": t2}
         await self.client.watch_deployments(executor.on_signal)
         tracker = ScopeTracker(opts.scope)
+        # The baseline is what this run watched: from here to the first write
+        # (not whatever ran in the daemon's minute before it: an earlier run's
+        # deployment, another client's).
+        observed_from = time.monotonic()
         self.progress(f"observing {opts.scope.describe()} for {opts.observe_seconds:.0f} s")
         profile = await Observer(self.client, tracker, opts.observe_seconds,
                                  may_act_on_neighbours=opts.may_act_on_neighbours,
@@ -197,7 +201,7 @@ class Agent:
         attempts: list[Attempt] = []
         kept: str | None = None
         # When the last deployment of this run ended: the next one's baseline starts there.
-        clean_since: float | None = None
+        clean_since: float = observed_from
         for i in range(opts.max_iterations):
             try:
                 self.budget.check()
