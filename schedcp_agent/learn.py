@@ -166,8 +166,12 @@ def _combine(pairs: list[tuple[dict[str, Any], dict[str, Any]]], agg: str) -> Fi
             and _stat(a, "median") is not None]
     bv = _per_sample([_series(b) for b, _ in kept], agg)
     av = _per_sample([_series(a) for _, a in kept], agg)
-    if bv and av:
-        # The figure per sample: its medians and band are those of the series tested.
+    if bv is not None and av is not None:
+        # The daemon sent the series: the figure per sample, its medians and band
+        # those of the series tested.  None left (a baseline cut to nothing): no
+        # figure, never the daemon's statistics over the uncut window.
+        if not bv or not av:
+            return Figure(samples=min(len(bv), len(av)))
         bs, as_ = sorted(bv), sorted(av)
         return Figure(statistics.median(bs), statistics.median(as_),
                       (_pct(bs, 10), _pct(bs, 90)), (_pct(as_, 10), _pct(as_, 90)),

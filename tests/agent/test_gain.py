@@ -173,6 +173,10 @@ def test_a_baseline_that_ran_under_the_previous_deployment_is_cut() -> None:
     assert judge(LATENCY, "active", fb).goal_met  # the trap
     v = judge(LATENCY, "active", fb, clean_since=10.0)
     assert not v.goal_met and v.samples == (10, 10), v.reason
+    # Cut to nothing (rolled back after the last before sample): no figure, and
+    # never the daemon's statistics over the uncut window.
+    empty = judge(LATENCY, "active", fb, clean_since=100.0)
+    assert not empty.goal_met and empty.before is None, empty.reason
     # Without the daemon's times (an older daemon) nothing can be cut.
     old = _fb({7: (before, after)})
     assert since(old, 10.0) is old
