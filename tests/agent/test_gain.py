@@ -10,9 +10,10 @@ import random
 
 import pytest
 
+from schedcp_agent import ranktest
 from schedcp_agent.learn import ALPHA, judge, since
 from schedcp_agent.observe import WorkloadProfile
-from schedcp_agent.ranktest import midranks, p_better, p_greater
+from schedcp_agent.ranktest import midranks, p_better, p_greater, p_tails
 
 
 def _window(values: list[float | None]) -> dict[str, object]:
@@ -46,35 +47,55 @@ def test_rank_test_basics() -> None:
     assert p_greater([1.0, 2.0, 3.0, 4.0, 5.0], [6.0, 7.0, 8.0]) == pytest.approx(1 / 56)
     assert p_greater([6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0]) == 1.0
     assert p_better([6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0, 5.0], "lower") == pytest.approx(1 / 56)
-    # Drawn (C(60, 12) splits): deterministic, and tiny for a clean shift.
+    # C(60, 12) splits, 12 samples each side or more: the normal approximation;
+    # fewer: drawn from a fixed seed.  Both deterministic, tiny for a clean shift,
+    # and close to the exact value where that can be counted.
     before, after = [float(i) for i in range(48)], [100.0 + i for i in range(12)]
     assert p_greater(before, after) == p_greater(before, after) < 1e-3
+    few = [100.0 + i for i in range(5)]
+    assert p_greater(before, few) == p_greater(before, few) < 1e-3
+    b, a = [float(i % 7) for i in range(10)], [float(i % 5) + 1.5 for i in range(10)]
+    exact = p_tails(b, a)
+    ranktest.EXACT_SPLITS, kept_limit = 0, ranktest.EXACT_SPLITS
+    try:
+        approx = p_tails(b, a)
+    finally:
+        ranktest.EXACT_SPLITS = kept_limit
+    assert approx[0] == pytest.approx(exact[0], abs=0.02)
+    assert approx[1] == pytest.approx(exact[1], abs=0.02)
     with pytest.raises(ValueError):
         p_greater([], [1.0])
 
 
 def test_the_t1_probe_case_is_kept() -> None:
-    # 2026-12-07: the probe's wait 0.057 -> 0.0086 s/s, before band 0.001..0.277.
-    # The band rule rolled it back; the samples show a clear drop.
+    # 2026-12-07: the probe's wait 0.057 -> 0.0086 s/s (-85 %), before band
+    # 0.001..0.277: the band rule rolled it back.  The bench's daemon samples at
+    # 4 Hz: 24 samples before (observation and planning), 20 after (canary,
+    # full, --measure-seconds 3).  Drawn 50 times from bursty waits that
+    # overlap a lot (a 0.001 and a 0.01 s/s sample are common in both), the
+    # drop is kept in most draws (153 of 200 with this generator; the real
+    # probe beside two spinners in test_offline.py: p = 0.0001).
     rng = random.Random(1)
-    before, after = _bursty(rng, 24, 1.0), _bursty(rng, 20, 0.12)
-    v = judge(LATENCY, "active", _fb({7: (before, after)}))
-    assert v.goal_met and v.outcome == "improved", v.reason
-    assert v.p_value is not None and v.p_value <= ALPHA
-    assert v.samples == (24, 20)
-    assert "rank test over 24 before / 20 after samples" in v.reason
+    kept = []
+    for _ in range(50):
+        v = judge(LATENCY, "active", _fb({7: (_bursty(rng, 24, 1.0), _bursty(rng, 20, 0.15))}))
+        kept.append(v)
+    assert sum(v.goal_met for v in kept) >= 30, [v.reason for v in kept if not v.goal_met]
+    v = next(v for v in kept if v.goal_met)
+    assert v.outcome == "improved" and v.p_value is not None and v.p_value <= ALPHA
+    assert v.samples == (24, 20) and "rank test over 24 before / 20 after samples" in v.reason
 
 
 def test_noise_alone_is_rarely_kept() -> None:
     # The same process before and after (no change): a chance pass of the test at
-    # ALPHA = 5 %, and only with a 3 % gain on top; a chance "worse" alike.
+    # ALPHA = 1 %, and only with a 3 % gain on top; a chance "worse" alike.
     rng = random.Random(2)
     kept = worse = 0
     for _ in range(100):
-        v = judge(LATENCY, "active", _fb({7: (_bursty(rng, 20, 1.0), _bursty(rng, 10, 1.0))}))
+        v = judge(LATENCY, "active", _fb({7: (_bursty(rng, 24, 1.0), _bursty(rng, 20, 1.0))}))
         kept += v.goal_met
         worse += v.outcome == "worse"
-    assert kept <= 10 and worse <= 10, (kept, worse)
+    assert kept <= 3 and worse <= 3, (kept, worse)
 
 
 def test_a_regression_is_never_kept() -> None:
@@ -167,12 +188,12 @@ def test_a_baseline_that_ran_under_the_previous_deployment_is_cut() -> None:
     # window (the minute before candidate 2's first write) holds both: judged
     # on all of it, candidate 2 would look like a gain.
     times = [float(t) for t in range(20)]
-    before = [0.6 + 0.01 * (i % 3) for i in range(10)] + [0.2 + 0.01 * (i % 3) for i in range(10)]
+    before = [0.6 + 0.01 * (i % 3) for i in range(14)] + [0.2 + 0.01 * (i % 3) for i in range(6)]
     after = [0.2 + 0.01 * (i % 3) for i in range(10)]
     fb = {**_fb({7: (before, after)}), "before": {"times": times}}
     assert judge(LATENCY, "active", fb).goal_met  # the trap
-    v = judge(LATENCY, "active", fb, clean_since=10.0)
-    assert not v.goal_met and v.samples == (10, 10), v.reason
+    v = judge(LATENCY, "active", fb, clean_since=14.0)
+    assert not v.goal_met and v.samples == (6, 10), v.reason
     # Cut to nothing (rolled back after the last before sample): no figure, and
     # never the daemon's statistics over the uncut window.
     empty = judge(LATENCY, "active", fb, clean_since=100.0)
