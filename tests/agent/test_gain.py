@@ -74,7 +74,7 @@ def test_the_t1_probe_case_is_kept() -> None:
     # full, --measure-seconds 3).  Drawn 50 times from bursty waits that
     # overlap a lot (a 0.001 and a 0.01 s/s sample are common in both), the
     # drop is kept in most draws (153 of 200 with this generator; the real
-    # probe beside two spinners in test_offline.py: p = 0.0001).
+    # probe beside two spinners in test_offline.py: p = 0.0016).
     rng = random.Random(1)
     kept = []
     for _ in range(50):
