@@ -44,6 +44,8 @@ class Options:
     revert_at_end: bool = False
     hold: bool | None = None
     observe_seconds: float = 5.0
+    measure_seconds: float = 3.0
+    """How long an active deployment runs before its feedback is judged (the after window)."""
     max_iterations: int = 3
     budget_usd: float | None = None
     budget_tokens: int | None = None
@@ -161,6 +163,10 @@ class Agent:
         report["track"] = {"asked": opts.track, "t2": t2}
         await self.client.watch_deployments(executor.on_signal)
         tracker = ScopeTracker(opts.scope)
+        # The baseline is what this run watched: from here to the first write
+        # (not whatever ran in the daemon's minute before it: an earlier run's
+        # deployment, another client's).
+        observed_from = time.monotonic()
         self.progress(f"observing {opts.scope.describe()} for {opts.observe_seconds:.0f} s")
         profile = await Observer(self.client, tracker, opts.observe_seconds,
                                  may_act_on_neighbours=opts.may_act_on_neighbours,
@@ -194,6 +200,8 @@ class Agent:
             self.progress(f"plan: {hit.reasoning}")
         attempts: list[Attempt] = []
         kept: str | None = None
+        # When the last deployment of this run ended: the next one's baseline starts there.
+        clean_since: float = observed_from
         for i in range(opts.max_iterations):
             try:
                 self.budget.check()
@@ -211,9 +219,12 @@ class Agent:
                 self.progress(f"  {note}")
             res = await executor.deploy(cand)
             feedback = verdict = None
+            if res.deployment and res.state == "active" and opts.measure_seconds > 0:
+                # The after window: long enough for the rank test to tell a gain from noise.
+                await asyncio.sleep(opts.measure_seconds)
             if res.deployment:
                 feedback = await _feedback(self.client, res.deployment, goal_pids(profile))
-                verdict = judge(profile, res.state, feedback)
+                verdict = judge(profile, res.state, feedback, clean_since)
                 self.progress(f"learn: {verdict.outcome}: {verdict.reason}")
             report["attempts"].append(_attempt_record(cand, res, verdict, feedback))
             outcome = "refused" if not res.verified else (
@@ -232,8 +243,13 @@ class Agent:
                 report["status"] = IMPROVED
                 report["measured"] = verdict.as_dict()
                 break
+            if res.deployment:
+                # Reverted by the breaker or rolled back here: from now on the
+                # targets run without it again.
+                clean_since = time.monotonic()
             if res.deployment and res.state not in ("reverted", "failed"):
                 await executor.rollback(res.deployment)
+                clean_since = time.monotonic()
                 self.progress(f"rolled back {res.deployment}: "
                               f"{verdict.outcome if verdict else 'no measurement'}")
         else:

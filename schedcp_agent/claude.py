@@ -152,6 +152,17 @@ def _io(profile: WorkloadProfile) -> str:
             f"settings you may change: {profile.io_devices or 'none'}.\n")
 
 
+def without_values(obj: Any) -> Any:
+    """Feedback without its per-sample series (``values``): the model reads the
+    medians and bands; hundreds of samples per figure would crowd out the rest
+    of a truncated message."""
+    if isinstance(obj, dict):
+        return {k: without_values(v) for k, v in obj.items() if k != "values"}
+    if isinstance(obj, list):
+        return [without_values(v) for v in obj]
+    return obj
+
+
 class ClaudePlanner:
     """Planner backend driving a Claude model with the schedcpd tools."""
 
@@ -208,8 +219,9 @@ class ClaudePlanner:
     @staticmethod
     def _attempt_message(last: Attempt) -> str:
         figures = {"deployment": last.execution,
-                   "feedback": {k: last.feedback.get(k) for k in ("notes", "metrics", "pids")
-                                if k in last.feedback}}
+                   "feedback": without_values({k: last.feedback.get(k)
+                                               for k in ("notes", "metrics", "pids")
+                                               if k in last.feedback})}
         return (f"The agent deployed {last.candidate.policy_id[:12]} ({last.candidate.base}): "
                 f"{last.outcome}. {last.detail}\nThe deployment's final state (the circuit "
                 f"breaker's trip, if any) and the feedback engine's figures: "
@@ -263,6 +275,8 @@ class ClaudePlanner:
         self.tool_calls += 1
         result = await self._tool_value(name, args)
         is_error = isinstance(result, _ToolError)
+        if name in ("GetFeedback", "GetFeedbackFor") and not is_error:
+            result = without_values(result)  # the series: for the agent's rank test
         text = str(result) if is_error else json.dumps(result)[:MAX_RESULT_CHARS]
         if is_error:
             self.tool_errors += 1

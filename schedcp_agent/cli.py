@@ -59,6 +59,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prices", help="JSON price table (dollars per million tokens)")
     p.add_argument("--transcript-dir", type=Path, help="where model transcripts go")
     p.add_argument("--observe-seconds", type=float, default=5.0)
+    p.add_argument("--measure-seconds", type=float, default=3.0,
+                   help="how long each deployment runs once active before its gain is "
+                        "judged (more samples in the after window: a smaller gain is told "
+                        "from noise)")
     p.add_argument("--max-iterations", type=int, default=3)
     p.add_argument("--track", choices=("auto", "T1", "T2"), default="auto",
                    help="T1: retune the targets; T2: synthesize a sched_ext program only; "
@@ -215,6 +219,7 @@ def options(args: argparse.Namespace) -> Options:
         scope=Scope(pids=list(args.pid), cgroup=args.cgroup, match=args.match),
         goal=args.goal, command=cmd or None, bus=args.bus, backend=args.backend,
         revert_at_end=args.revert_at_end, observe_seconds=args.observe_seconds,
+        measure_seconds=args.measure_seconds,
         max_iterations=args.max_iterations, budget_usd=args.budget_usd,
         budget_tokens=args.budget_tokens, budget_seconds=args.budget_seconds,
         model=args.model, base_url=args.base_url, prices=args.prices,

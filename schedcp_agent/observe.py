@@ -19,7 +19,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from schedcp_agent import contention, iowait
+from schedcp_agent import contention, iowait, latency
 from schedcp_agent.client import DaemonError, SchedcpClient
 from schedcp_agent.jobs import JobBatch, helpers_that_fork, job_batches
 from schedcp_agent.targets import Proc, ScopeTracker, own_lineage
@@ -99,6 +99,8 @@ class WorkloadProfile:
     """pid -> the target's I/O evidence (iowait.IoEvidence.as_dict) from GetSummary."""
     io_devices: list[str] = field(default_factory=list)
     """Block devices whose queue settings the agent may change (``--io-device``)."""
+    trees: list[int] = field(default_factory=list)
+    """Drivers in a role for the jobs they start: their groups cover descendants."""
 
     @property
     def key(self) -> str:
@@ -157,6 +159,8 @@ class Observer:
         self.batches: list[JobBatch] = []
         self.io_devices = list(io_devices or [])
         self.io: dict[int, iowait.IoEvidence] = {}
+        self.goal: str | None = None
+        self.trees: list[int] = []
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -169,6 +173,7 @@ class Observer:
 
     async def observe(self, goal: str | None) -> WorkloadProfile:
         """Watch, summarise, profile deeper where needed; return the profile."""
+        self.goal = goal
         await self._watch()
         summary = await self.client.call("GetSummary", "normal")
         current = self.tracker.current
@@ -218,6 +223,7 @@ class Observer:
                                   [c.as_dict() for c in self.found], self.may_act)
         profile.io = {str(p): e.as_dict() for p, e in self.io.items()}
         profile.io_devices = list(self.io_devices)
+        profile.trees = list(self.trees)
         profile.nothing_to_gain = self._nothing_to_gain(profile)
         profile.advice = self._advice(profile)
         return profile
@@ -364,6 +370,48 @@ class Observer:
             return "fork-churn", {"build": roots or sorted(current)}, helpers
         return None
 
+    def _latency_first(self, evidence: list[str]) -> tuple[str, dict[str, list[int]]] | None:
+        """A latency shape when the run pattern shows one (module latency), before job shapes.
+
+        A latency-sensitive unit beside CPU-bound work (in the scope, or
+        competitors outside it) is a latency case when it waited for a CPU or
+        the goal is latency, whatever short jobs run around it; with the goal
+        latency and nothing CPU-bound, latency-sensitive units are
+        ``interactive``.  Targets that wait on the disk are left to the I/O
+        shapes.
+        """
+        if any(e.d_frac > 0 or e.blkio > 0 for e in self.io.values()):
+            return None
+        case = latency.latency_case(self.tracker)
+        if not case.latency:
+            return None
+        beside = bool(case.cpu_bound or self.found)
+        if not ((beside and (case.waited or self.goal == "latency"))
+                or self.goal == "latency"):
+            return None
+        evidence.extend(u.describe() for u in case.latency + case.cpu_bound)
+        lat = sorted({u.root for u in case.latency})
+        self.trees = sorted({u.root for u in case.latency if u.transient})
+        if not beside:
+            evidence.append("latency-sensitive tasks (short runs, woken often) and nothing "
+                            "CPU-bound beside them: an interactive case, whatever job loop "
+                            "runs them")
+            return "interactive", {"foreground": lat}
+        batch: set[int] = set()
+        for u in case.cpu_bound:
+            if u.transient and u.root in lat:
+                batch.update(p for p in u.pids if p in self.tracker.current)
+            else:
+                batch.add(u.root)
+                if u.transient and u.root not in self.trees:
+                    self.trees.append(u.root)
+        batch |= {c.pid for c in self.allowed}
+        evidence.append(f"latency-sensitive tasks {'waited for a CPU ' if case.waited else ''}"
+                        f"beside CPU-bound work: a latency case, whatever short jobs run "
+                        f"beside them")
+        return "latency-beside-cpu-hogs", {"latency": lat,
+                                           **({"batch": sorted(batch)} if batch else {})}
+
     def _shape(self, targets: dict[int, Target],
                evidence: list[str]) -> tuple[str, dict[str, list[int]]]:
         tr = self.tracker
@@ -372,9 +420,15 @@ class Observer:
         rate = len(appeared) / tr.seconds
         evidence.append(f"{len(appeared)} processes appeared ({rate:.1f}/s), {len(vanished)} "
                         f"ended, {len(persisted)} persisted through the observation")
+        first = self._latency_first(evidence)
+        if first is not None:
+            return first
         structure = self._structure(targets)
         if structure is not None:
             evidence.extend(structure[2])
+            if structure[0] in ("job-batch", "fork-churn"):
+                # The drivers' jobs come and go: their figure is the whole tree's.
+                self.trees = sorted({p for pids in structure[1].values() for p in pids})
             return structure[0], structure[1]
         hogs = sorted(t.pid for t in targets.values() if t.cls == "cpu-bound")
         io_shape = iowait.io_shape(self.io, hogs, bool(self.found))

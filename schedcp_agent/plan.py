@@ -105,7 +105,9 @@ def bindings_for(profile: WorkloadProfile) -> dict[str, list[int]]:
 def descendant_groups(profile: WorkloadProfile) -> dict[str, bool]:
     """Which groups must cover children forked later (trees) and which must not."""
     tree = profile.shape in ("fork-churn", "long-tail-batch", "job-batch")
-    return {g: tree for g in ("build", "short", "batch", "latency", "long", "foreground", "all")}
+    drivers = set(profile.trees)
+    return {g: tree or bool(drivers & set(profile.roles.get(g, [])))
+            for g in ("build", "short", "batch", "latency", "long", "foreground", "all")}
 
 
 class RepositoryView:

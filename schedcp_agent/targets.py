@@ -79,20 +79,41 @@ def read_proc(pid: int) -> Proc | None:
                 child_ticks=int(rest[13]) + int(rest[14]))
 
 
-def read_schedstat(pid: int) -> tuple[int, int] | None:
-    """(ns on a CPU, ns waiting on a run queue) of ``pid``'s threads so far, or None.
+def read_schedstat(pid: int) -> tuple[int, int, int] | None:
+    """(ns on a CPU, ns waiting on a run queue, times run) of ``pid``'s threads so far, or None.
 
     ``/proc/PID/schedstat`` is world-readable like ``stat``: how long the
     process waited for a CPU is the first sign of what it competes with.
     """
-    run = wait = 0
+    run = wait = slices = 0
     try:
         for task in os.scandir(_PROC / str(pid) / "task"):  # every thread
             fields = (Path(task.path) / "schedstat").read_text().split()
             run, wait = run + int(fields[0]), wait + int(fields[1])
+            slices += int(fields[2])
     except (OSError, ValueError, IndexError):
         return None
-    return run, wait
+    return run, wait, slices
+
+
+def read_switches(pid: int) -> tuple[int, int] | None:
+    """(voluntary, involuntary) context switches of ``pid``'s threads so far, or None.
+
+    A task that sleeps for an event (a request, a timer, a message) switches
+    out voluntarily; one that always has work is preempted (involuntary).
+    ``/proc/PID/task/TID/status`` is world-readable.
+    """
+    vol = invol = 0
+    try:
+        for task in os.scandir(_PROC / str(pid) / "task"):
+            for line in (Path(task.path) / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    vol += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    invol += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return vol, invol
 
 
 def process_table() -> dict[int, Proc]:
@@ -167,8 +188,9 @@ class ScopeTracker:
         self.started = 0.0
         self.ended = 0.0
         self.current: dict[int, Proc] = {}
-        self.schedstat: dict[int, tuple[float, tuple[int, int], float, tuple[int, int]]] = {}
-        """pid -> (first time, first schedstat, last time, last schedstat)."""
+        self.schedstat: dict[int, tuple[float, tuple[int, ...], float, tuple[int, ...]]] = {}
+        """pid -> (first time, first schedstat, last time, last schedstat); a schedstat is
+        (ns run, ns waited, times run, voluntary switches, involuntary switches)."""
 
     def snapshot(self) -> dict[int, Proc]:
         """Take one snapshot; return the scope now."""
@@ -189,7 +211,10 @@ class ScopeTracker:
                 s.frames += 1
                 s.proc = p  # the latest view: a forked child's comm changes at exec
             s.peak = max(s.peak, siblings[p.ppid])
-            st = read_schedstat(p.pid)
+            st: tuple[int, ...] | None = read_schedstat(p.pid)
+            sw = read_switches(p.pid)
+            if st is not None and sw is not None:
+                st = st + sw
             if st is not None:
                 old = self.schedstat.get(p.pid)
                 self.schedstat[p.pid] = (old[0], old[1], now, st) if old else (now, st, now, st)

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from schedcpd.analysis import WorkloadAnalyzer
-from schedcpd.analysis.feedback import percentile, spread
+from schedcpd.analysis.feedback import build, percentile, spread
+from schedcpd.analysis.sampler import ProcDelta, Sample
 from schedcpd.errors import InvalidArgument
 
 
@@ -87,3 +88,46 @@ def test_percentiles() -> None:
     assert percentile([5.0], 90) == 5.0
     s = spread([3.0, 1.0, 2.0, float("nan")])
     assert s == {"median": 2.0, "p10": 1.2, "p90": 2.8, "mean": 2.0, "n": 3}
+
+
+def _sample(t: float, procs: dict[int, float], ppid: dict[int, int] | None = None) -> Sample:
+    """A constructed sample: each pid in ``procs`` waited that many s/s for a CPU."""
+    deltas = {pid: ProcDelta(pid, "p", (ppid or {}).get(pid, 1), pid, "R", 1, None, 0.1, 0.0,
+                             0.1, w, 3, None, None, 0, 0, "schedstat", 0.0)
+              for pid, w in procs.items()}
+    return Sample(t, 1.0, t, [0.5], 0.5, 0.0, 10.0, 0.0, 1, 0, (0.0, 0.0, 0.0), {}, 0.0, 1, 0.0,
+                  deltas)
+
+
+def test_values_line_up_per_sample() -> None:
+    # pid 8 appears in the third sample of the before window: its series has a
+    # null where it did not exist yet, so every series of a window lines up.
+    before = [_sample(1.0, {7: 0.5}), _sample(2.0, {7: 0.4}), _sample(3.0, {7: 0.3, 8: 0.2})]
+    after = [_sample(4.0, {7: 0.1, 8: 0.1}), _sample(5.0, {8: 0.0})]
+    fb = build(before, after, (0.5, 3.0), (3.5, 5.0), [7, 8, 9], None, {8: 2.5, 7: 0.0})
+    assert fb["metrics"]["rq_wait"]["before"]["values"] == [0.0, 0.0, 0.0]
+    assert fb["before"]["times"] == [1.0, 2.0, 3.0] and fb["after"]["times"] == [4.0, 5.0]
+    w7, w8 = fb["pids"]["7"]["wait"], fb["pids"]["8"]["wait"]
+    assert w7["before"]["values"] == [0.5, 0.4, 0.3]
+    assert w7["after"]["values"] == [0.1, 0.0]  # known since 0.0, no record: idle
+    assert w8["before"]["values"] == [None, None, 0.2]
+    assert w8["before"]["n"] == 1 and w8["before"]["median"] == 0.2
+    assert w8["after"]["values"] == [0.1, 0.0]
+    assert fb["pids"]["9"]["wait"]["before"] is None
+    assert fb["notes"] == ["pid 9: no activity recorded in either window"]
+
+
+def test_a_driver_gets_the_figure_of_its_tree() -> None:
+    # Driver 100 starts job 200 (recorded only when born), which runs worker 300;
+    # then job 201 in the after window.  Pid 7 has no children: no "tree".
+    parents = {200: 100, 300: 200, 201: 100}
+    before = [_sample(1.0, {100: 0.0, 7: 0.1}), _sample(2.0, {200: 0.0, 300: 0.4}, parents),
+              _sample(3.0, {300: 0.5}, parents)]
+    after = [_sample(4.0, {201: 0.1}, parents), _sample(5.0, {201: 0.2, 100: 0.0}, parents)]
+    fb = build(before, after, (0.5, 3.0), (3.5, 5.0), [100, 7], None, {100: 0.5, 7: 0.5})
+    tree = fb["pids"]["100"]["tree"]["wait"]
+    assert tree["before"]["values"] == [0.0, 0.4, 0.5]
+    assert tree["after"]["values"] == [0.1, 0.2]
+    assert fb["pids"]["100"]["wait"]["before"]["values"] == [0.0, 0.0, 0.0]  # its own
+    assert fb["pids"]["100"]["tree"]["cpu"]["after"]["values"] == [0.1, 0.2]
+    assert "tree" not in fb["pids"]["7"]
