@@ -42,15 +42,18 @@ import json
 import re
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
-from sqlite_utils import Database
 
 from schedcpd import errors
 from schedcpd.keys import DEFAULT_LIFETIME, KeyStore, key_id
 from schedcpd.safety_events import NO_EVENTS, SafetyEvents
-from schedcpd.state import StateStore
+
+if TYPE_CHECKING:  # annotations only: schedcpctl decodes tokens without sqlite-utils' import
+    from sqlite_utils import Database
+
+    from schedcpd.state import StateStore
 
 __all__ = ["DEFAULT_LIFETIME", "PREFIX", "KeyStore", "TokenAuthority", "decode", "digest_of",
            "key_id"]

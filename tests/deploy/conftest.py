@@ -27,6 +27,23 @@ stall_seconds = 10.0
 # is lenient here (tests/deploy/test_stall.py sets it back to 2 s).
 
 
+def _quick(config: str) -> str:
+    for key, seconds in (("baseline", "1.5"), ("canary", "2.0"), ("full", "2.0")):
+        line = f"{key}_seconds = {seconds}\n"
+        assert line in config, f"FAST_WINDOWS no longer sets {line!r}"
+        config = config.replace(line, f"{key}_seconds = 0.3\n")
+    return config
+
+
+QUICK = _quick(FAST)
+"""FAST with a baseline, canary and full window of 0.3 s each: for tests of what
+happens around a deployment's steps (a crash at one, the restart after), not of
+what the breaker judges.  At the breaker's default rate (10 Hz) a 0.3 s baseline
+holds fewer samples than its ``min_samples`` (8), so no guard is judged: the
+deployment goes through every step to active in about a second, and the host's
+load cannot trip it on the way (which would change the steps it goes through)."""
+
+
 class Workload(Procs):
     """A periodic waker (the latency probe) and CPU hogs, as child processes."""
 

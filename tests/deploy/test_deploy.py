@@ -15,7 +15,7 @@ from dbus_fast import Message, MessageType
 
 from schedcpd.const import MANAGER_INTERFACE, OBJECT_PATH
 from schedcpd.dbus.bus import MessageBus
-from tests.deploy.conftest import FAST, policy_text, verified_token
+from tests.deploy.conftest import FAST, QUICK, policy_text, verified_token
 from tests.harness import (
     add_match,
     bus_call,
@@ -181,8 +181,11 @@ def test_bad_guards_are_rejected_by_name(start_daemon) -> None:
 
 @pytest.mark.slow
 def test_signals_announce_every_transition(start_daemon, workload) -> None:
-    """DeploymentChanged for each state, PropertiesChanged(ActivePolicies) when it changes."""
-    proc = start_daemon(FAST)
+    """DeploymentChanged for each state, PropertiesChanged(ActivePolicies) when it changes.
+
+    The signals, not the breaker, are under test: QUICK windows (no guard judged).
+    """
+    proc = start_daemon(QUICK)
     hogs = [h.pid for h in workload.hogs]
     _, token = verified_token(proc.address, policy_text(
         "deploy-signals", [("batch", hogs, '{ policy = "idle" }')]))

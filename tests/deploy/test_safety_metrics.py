@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.deploy.conftest import FAST, forced_token, policy_text, verified_token
+from tests.deploy.conftest import FAST, QUICK, forced_token, policy_text, verified_token
 from tests.harness import call, call_error, calls_as, wait_deployment, wait_until
 from tests.policy.test_policy_dbus import STARVING as DBUS_STARVING
 
@@ -152,7 +152,7 @@ def test_after_a_crash_the_gauges_are_right_and_the_restart_is_a_trip(
         start_daemon, workload, daemon_state: Path) -> None:
     """kill -9 with a deployment active; the next daemon's /metrics tells what happened."""
     state = daemon_state
-    first = start_daemon(FAST + "[debug]\nfault_injection = true\n", state_dir=state,
+    first = start_daemon(QUICK + "[debug]\nfault_injection = true\n", state_dir=state,
                          env={"SCHEDCP_FAULT_AT": "after_active"})
     hogs = [h.pid for h in workload.hogs]
     policy_id = call(first.address, "SubmitPolicy", "s",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import FAST, forced_token
+from tests.deploy.conftest import FAST, QUICK, forced_token
 from tests.deploy.fake_sched_ext import FakeSchedExt
 from tests.harness import call, call_error, calls_as, wait_deployment, wait_until
 
@@ -205,7 +205,9 @@ T2_STEPS = ("scx_after_journal", "scx_after_start", "after_canary_apply", "after
 def test_t2_crash_at_every_step_leaves_no_loader(step: str, start_daemon, fake: FakeSchedExt,
                                                  daemon_state: Path) -> None:
     state = daemon_state
-    config = FAST + fake.config() + "fault_injection = true\n[debug]\nfault_injection = true\n"
+    # The trip is judged in the canary (FAST); the other steps go by quickly (QUICK).
+    windows = FAST if step == "after_trip_decision" else QUICK
+    config = windows + fake.config() + "fault_injection = true\n[debug]\nfault_injection = true\n"
     first = start_daemon(config, state_dir=state, env={"SCHEDCP_FAULT_AT": step})
     policy_id = call(first.address, "SubmitPolicy", "s", T2.format(name="t2-crash"))
     token = forced_token(state, first.address, policy_id, artifact=binding(fake))

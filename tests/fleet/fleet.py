@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tests.deploy.conftest import FAST
+from tests.deploy.conftest import FAST, QUICK
 from tests.harness import (
     ROOT,
     PrivateBus,
@@ -73,7 +73,7 @@ class HostDaemon(SchedcpdProcess):
 class Host:
     """One host of the fleet: its bus, daemon, trusted keys and cgroup."""
 
-    def __init__(self, name: str, cgroup: Path, stack: ExitStack) -> None:
+    def __init__(self, name: str, cgroup: Path, stack: ExitStack, windows: str = FAST) -> None:
         self.name = name
         self.cgroup = cgroup
         (cgroup / APP).mkdir(parents=True)
@@ -81,7 +81,7 @@ class Host:
         self.bus = stack.enter_context(PrivateBus())
         self.trusted = Path(tempfile.mkdtemp(prefix=f"schedcp-{name}-keys-"))
         stack.callback(shutil.rmtree, self.trusted, True)
-        config = FAST.replace("[verifier]\n",
+        config = windows.replace("[verifier]\n",
                               f'[verifier]\ntrusted_keys_dir = "{self.trusted}"\n')
         self.daemon = HostDaemon(self.bus.address, config, cgroup)
         stack.callback(self.daemon.__exit__, None, None, None)
@@ -123,9 +123,15 @@ class Host:
 
 
 class Fleet:
-    """A verifier daemon and ``n`` hosts that trust its key; all torn down by ``close``."""
+    """A verifier daemon and ``n`` hosts that trust its key; all torn down by ``close``.
 
-    def __init__(self, names: list[str]) -> None:
+    The hosts named in ``judged`` deploy through windows the breaker judges
+    (FAST); the others through QUICK ones (tests/deploy/conftest.py), too short
+    for it to judge: they go active in about a second, and the host's load
+    cannot trip them.
+    """
+
+    def __init__(self, names: list[str], judged: frozenset[str] | None = None) -> None:
         self.stack = ExitStack()
         self.root = cgroup2_mount() / f"schedcp-fleet-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.root.mkdir()
@@ -136,7 +142,9 @@ class Fleet:
             verifier_bus = self.stack.enter_context(PrivateBus())
             self.verifier = self.stack.enter_context(
                 SchedcpdProcess(verifier_bus.address, FAST))
-            self.hosts = {name: Host(name, self.root / name, self.stack) for name in names}
+            judged = frozenset(names) if judged is None else judged
+            self.hosts = {name: Host(name, self.root / name, self.stack,
+                                     FAST if name in judged else QUICK) for name in names}
             for host in self.hosts.values():
                 host.daemon.start(wait=False)
             for host in self.hosts.values():
