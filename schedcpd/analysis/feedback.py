@@ -120,8 +120,6 @@ def _pid_series(samples: list[Sample], pid: int,
     for s in samples:
         d = s.procs.get(pid)
         if d is not None:
-            # schedstat/TaskStats run time is ns-exact; utime ticks are 10 ms
-            # coarse, but the only all-threads figure without TaskStats.
             cpu.append(_cpu(d, s.dt))
             wait.append(d.wait_s / s.dt)
             io.append(d.io_bytes / 1024 / s.dt)
