@@ -259,18 +259,27 @@ class Observer:
     def _nothing_to_gain(self, profile: WorkloadProfile) -> str:
         """Why the profile offers nothing to decide, or "".
 
-        Only for CPU-bound batch work (``cpu-batch``, ``job-batch``) with no
-        latency-sensitive task and nothing else competing on the machine,
-        whose threads did not wait for each other: run-queue wait under
-        :data:`FITS` of their run time means at most one runnable thread per
-        CPU.  No scheduling decision makes such work run faster.
+        For CPU-bound batch work (``cpu-batch``, ``job-batch``) with no
+        latency-sensitive task, and for latency-sensitive tasks with nothing
+        CPU-bound beside them (``interactive``), when nothing else competes
+        on the machine and the targets' threads did not wait for each other:
+        run-queue wait under :data:`FITS` of their run time means at most one
+        runnable thread per CPU.  No per-task or per-cgroup decision (slice,
+        policy, weight) then has anything to arbitrate.  (perf bench sched
+        pipe on 2026-12-07: interactive-boost cut its run-queue wait 56 %
+        and its pipe round trip got 18 % slower.)
         """
-        if self.found or profile.shape not in ("cpu-batch", "job-batch"):
+        if self.found or profile.shape not in ("cpu-batch", "job-batch", "interactive"):
             return ""
         run, wait = self.tracker.demand()
         if run <= 0.05 or wait > FITS * run:
             return ""
         ncpu = os.cpu_count() or 1
+        if profile.shape == "interactive":
+            return (f"nothing to gain here: the latency-sensitive tasks ran {run:.2f} cores on "
+                    f"{ncpu} CPUs and waited {wait:.3f} s/s for a CPU (at most one runnable "
+                    f"thread per CPU), nothing CPU-bound beside them and nothing else competing "
+                    f"on the machine")
         what = (", ".join(f"{b.command} jobs" for b in self.batches[:3])
                 if profile.shape == "job-batch" else "CPU-bound processes")
         return (f"nothing to gain here: {what} ran {run:.2f} cores on {ncpu} CPUs and waited "

@@ -147,6 +147,34 @@ def test_msglat_and_perf_pipe_alone_are_interactive() -> None:
     assert p.shape("latency")[0] == "interactive"
 
 
+def _nothing_to_gain(tree: Tree, goal: str) -> str:
+    obs = Observer(None, tree.tracker)  # type: ignore[arg-type]
+    obs.goal = goal
+    shape, roles = obs._shape({}, [])
+    return obs._nothing_to_gain(WorkloadProfile(shape, goal, "given", "", roles=roles))
+
+
+def test_interactive_tasks_that_do_not_wait_have_nothing_to_gain() -> None:
+    """One runnable thread per CPU: no slice or weight has anything to arbitrate.
+
+    perf bench sched pipe's pair waits ~5 % of its run time (2026-12-07:
+    interactive-boost cut that wait and made the round trip 18 % slower);
+    msglat's six threads on two CPUs wait most of theirs.
+    """
+    pipe = Tree()
+    pipe.proc(DRIVER, 1, "python3", cores=0.01, runs_per_s=3, child_ticks=100)
+    _runs(pipe, DRIVER, "perf", 200, cores=0.6, wait=0.03, runs_per_s=28000, child_ticks=50)
+    for i in range(3):
+        pipe.proc(300 + i, 200 + i, "perf", cores=0.6, wait=0.03, runs_per_s=28000,
+                  life=(i + 0.1, min(SECONDS, i + 0.95)))
+    why = _nothing_to_gain(pipe, "latency")
+    assert why.startswith("nothing to gain here: the latency-sensitive tasks"), why
+    msglat = Tree()
+    msglat.proc(DRIVER, 1, "python3", cores=0.01, runs_per_s=3, child_ticks=100)
+    _runs(msglat, DRIVER, "msglat", 200, cores=1.2, wait=0.9, runs_per_s=30000)
+    assert _nothing_to_gain(msglat, "latency") == ""
+
+
 def test_batch_shapes_stay_when_that_is_what_the_targets_are() -> None:
     # sysbench looped: CPU-bound leaves, nothing latency-sensitive: a job batch.
     t = Tree()
