@@ -395,8 +395,7 @@ class Observer:
         if not case.latency:
             return None
         beside = bool(case.cpu_bound or self.found)
-        if not ((beside and (case.waited or self.goal == "latency"))
-                or self.goal == "latency"):
+        if not (self.goal == "latency" or (beside and case.waited)):
             return None
         evidence.extend(u.describe() for u in case.latency + case.cpu_bound)
         lat = sorted({u.root for u in case.latency})
