@@ -1,4 +1,4 @@
-"""The deployment part of the Manager API: deploy, plan, rollback, holds, explain.
+"""The deployment part of the Manager API: deploy, plan, rollback, holds, verdicts, explain.
 
 Mixed into :class:`schedcpd.manager.Manager`; each method is one declared
 API call with its authorization action (see :mod:`schedcpd.api`).
@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 
+from schedcpd import verdicts
 from schedcpd.api import Caller, api_property, method, to_json
 from schedcpd.authz import Authorizer
 from schedcpd.const import ACTION_ADMIN, ACTION_DEPLOY, ACTION_OBSERVE
 from schedcpd.deployer import Deployer
 from schedcpd.errors import InvalidArgument, NotOwner, NotSupported
 from schedcpd.explain import Explainer
+from schedcpd.repository import Repository
 
 
 def _check_id(dep_id: str) -> str:
@@ -74,6 +76,23 @@ class DeployAPI:
         """Restore what the deployment changed and end it (its owner or an admin)."""
         dep_id = await self._check_owner(caller, deployment_id, "roll back")
         return to_json(await self._deployer().rollback(dep_id, f"rollback by uid {caller.uid}"))
+
+    @method(ACTION_DEPLOY, in_args=(("deployment_id", "s"), ("verdict", "s")),
+            out_args=(("recorded", "s"),), mutating=True)
+    async def RecordVerdict(self, caller: Caller, deployment_id: str, verdict: str) -> str:
+        """Record the owner's verdict (JSON: improved, no-gain or worse) in the policy's history.
+
+        Only the deployment's owner or an admin; once per deployment, after it
+        became active.  ``worse`` also records an antipattern for the
+        version's profile (:mod:`schedcpd.verdicts`).
+        """
+        repo: Repository | None = getattr(self, "repository", None)  # PolicyAPI's
+        if repo is None:
+            raise NotSupported("the policy repository is not available in this daemon")
+        judged = verdicts.parse(verdict)
+        dep_id = await self._check_owner(caller, deployment_id, "record a verdict on")
+        return to_json(await verdicts.record(repo, await self._deployer().get(dep_id), judged,
+                                             caller.uid))
 
     @method(ACTION_OBSERVE, in_args=(("deployment_id", "s"),), out_args=(("deployment", "s"),))
     async def GetDeployment(self, caller: Caller, deployment_id: str) -> str:

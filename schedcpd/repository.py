@@ -350,16 +350,28 @@ class Repository:
     # -- history --------------------------------------------------------
 
     async def record_outcome(self, policy_id: str, deployment_id: str, outcome: str,
-                             metrics: dict[str, Any], note: str = "") -> None:
-        """Append a deployment's measured outcome to the policy's history."""
+                             metrics: dict[str, Any], note: str = "",
+                             once_per: str = "") -> bool:
+        """Append a deployment's measured outcome to the policy's history.
+
+        With ``once_per`` (an outcome prefix), nothing is added when the
+        deployment already has an outcome starting with it (checked and
+        written in one transaction); returns whether the row was added.
+        """
         row = {"policy_id": policy_id, "time": time.time(), "deployment_id": deployment_id,
                "outcome": outcome, "metrics": json.dumps(metrics), "note": note}
 
-        def insert(db: Database) -> None:
+        def insert(db: Database) -> bool:
             with db.conn:
+                if once_per and db.execute(
+                        "SELECT 1 FROM policy_outcomes WHERE deployment_id = ? "
+                        "AND substr(outcome, 1, ?) = ?",
+                        [deployment_id, len(once_per), once_per]).fetchone():
+                    return False
                 db.table("policy_outcomes").insert(row)
+                return True
 
-        await self._store.run(insert)
+        return await self._store.run(insert)
 
     async def record_antipattern(self, policy_id: str, profile: str, metric: str,
                                  regression: float, detail: str = "") -> None:

@@ -51,7 +51,8 @@ METHODS = {
     "GetVerificationReport": "s",
     "GetPolicy": "s", "GetPolicyHistory": "s", "GetStatus": "", "GetSummary": "s",
     "GetVerifierKeys": "", "HoldDeployment": "s", "ListDeployments": "", "ListPolicies": "s",
-    "ListProbes": "", "PlanDeployment": "s", "ReleaseHold": "s", "Reload": "",
+    "ListProbes": "", "PlanDeployment": "s", "RecordVerdict": "ss", "ReleaseHold": "s",
+    "Reload": "",
     "Rollback": "s", "RotateVerifierKey": "", "RunPerfStat": "isd", "RunProbe": "sdi",
     "SetPolicyState": "ss", "SubmitPolicy": "s", "VerifyPolicy": "s",
 }

@@ -56,6 +56,8 @@ CALLS.update({
     "Rollback": ["Rollback", "s", ["dep-000000000000"], MGR],
     "HoldDeployment": ["HoldDeployment", "s", ["dep-000000000000"], MGR],
     "ReleaseHold": ["ReleaseHold", "s", ["dep-000000000000"], MGR],
+    "RecordVerdict": ["RecordVerdict", "ss",
+                      ["dep-000000000000", '{"verdict": "no-gain", "metric": "wait"}'], MGR],
     "GetDeployment": ["GetDeployment", "s", ["dep-000000000000"], MGR],
     "GetFeedback": ["GetFeedback", "s", ["dep-000000000000"], MGR],
     "GetFeedbackFor": ["GetFeedbackFor", "ss", ["dep-000000000000", "1"], MGR],
@@ -72,10 +74,12 @@ OBSERVE = ("GetStatus", "Properties.Get", "Properties.GetAll", "ListPolicies", "
 # named error other than AccessDenied (NotFound, InvalidToken, ...).
 # Profiling is also judged only on refusal: its results have tests of their own.
 FAKE_OBJECT = {"Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold",
+               "RecordVerdict",
                "GetDeployment", "GetVerificationReport", "Explain",
                "GetFeedback", "GetFeedbackFor", "RunProbe", "RunPerfStat", "ExportBundle",
                "ImportBundle"}
-DEPLOY = ("Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold")
+DEPLOY = ("Deploy", "PlanDeployment", "Rollback", "HoldDeployment", "ReleaseHold",
+          "RecordVerdict")
 # Bundles need the verify action, as VerifyPolicy does (docs/fleet.md).
 ADMIN = ("GetAudit", "Reload", "SetPolicyState", "RotateVerifierKey", "VerifyPolicy",
          "ExportBundle", "ImportBundle")
