@@ -3,8 +3,9 @@
 Decision ladder, cheapest first:
 
 1. **reuse** — a policy the agent already proved on the same profile
-   (``profile:<goal>.<shape>`` tag, state ``proven``, its history has an
-   ``active`` outcome and no antipattern): bind it to today's pids.  No
+   (``profile:<goal>.<shape>`` tag, state ``proven``, its last judged
+   outcome ``active``, no antipattern, and the agent's latest verdict on it,
+   if any, ``improved``: :func:`reuse_check`): bind it to today's pids.  No
    model call, whatever the backend.
 2. **configure** — a repository policy made for this kind of workload,
    found with ``ListPolicies``, its groups bound to the targets and its
@@ -157,18 +158,71 @@ class RepositoryView:
         return out
 
 
+VERDICT_PREFIX = "agent:"
+"""The daemon's outcome rows of a deployment's owner's verdict (``RecordVerdict``)."""
+
+
+@dataclass
+class ReuseCheck:
+    """What a version's history says about reusing it (:func:`reuse_check`)."""
+
+    refused: str
+    """Why it must not be reused; "" when it may be."""
+    active: int
+    """Deployments of it that passed probation (the daemon's ``active``)."""
+    verdict: str
+    """The agent's latest verdict on it (``improved``, ``no-gain``, ``worse``), or ""."""
+
+
+def reuse_check(hist: dict[str, Any], deployed: bool = True) -> ReuseCheck:
+    """The one rule for reusing one of the agent's versions on the profile it was tagged for.
+
+    - No antipattern: a breaker trip, or an agent's ``worse`` verdict.
+    - The daemon's judged outcomes — leaving out rollbacks (asked for, or a
+      holder leaving: they say nothing about the policy) and the agent's
+      verdicts — must end with ``active``; with ``deployed=False`` (a T2
+      program that may only have passed verification) they may also be
+      empty.
+    - The agent's latest verdict (``agent:<verdict>`` rows, recorded with
+      ``RecordVerdict`` before it rolls back), if there is one, must be
+      ``improved``.  ``active`` only says the deployment was safe; a version
+      the agent itself rolled back as no gain (or worse) is not proven for
+      this profile.  A version without any verdict (deployed by hand, or by
+      an agent older than ``RecordVerdict``) keeps the daemon-only rule.
+    """
+    outcomes = hist.get("outcomes", [])
+    verdicts = [str(o["outcome"])[len(VERDICT_PREFIX):] for o in outcomes
+                if str(o.get("outcome", "")).startswith(VERDICT_PREFIX)]
+    judged = [o for o in outcomes if o.get("outcome") != "rolled-back"
+              and not str(o.get("outcome", "")).startswith(VERDICT_PREFIX)]
+    active = sum(o.get("outcome") == "active" for o in judged)
+    verdict = verdicts[-1] if verdicts else ""
+    refused = ""
+    if hist.get("antipatterns"):
+        refused = "an antipattern is recorded on it"
+    elif judged and judged[-1].get("outcome") != "active":
+        refused = f"its last judged deployment was {judged[-1].get('outcome')}"
+    elif not judged and deployed:
+        refused = "no deployment of it became active"
+    elif verdict and verdict != "improved":
+        refused = f"the agent's last verdict on it was {verdict}"
+    return ReuseCheck(refused, active, verdict)
+
+
 async def repository_hit(repo: RepositoryView, profile: WorkloadProfile) -> Candidate | None:
-    """A policy proven on the same profile, re-bound to today's targets; or None."""
+    """A policy proven on the same profile, re-bound to today's targets; or None.
+
+    Proven: state ``proven`` and :func:`reuse_check` passes (last judged
+    outcome ``active``, no antipattern, and the agent's latest verdict, if
+    any, ``improved``).
+    """
     for p in await repo.agent_versions(profile):
         if p.get("state") != "proven":
             continue
-        hist = await repo.history(p["id"])
-        # A rollback (asked for, or a holder leaving) says nothing about the
-        # policy; the last judged outcome must be "active".
-        judged = [o for o in hist.get("outcomes", []) if o.get("outcome") != "rolled-back"]
-        if hist.get("antipatterns") or not judged or judged[-1].get("outcome") != "active":
+        check = reuse_check(await repo.history(p["id"]))
+        if check.refused:
+            _LOGGER.info("not reusing %s (%s): %s", p["name"], p["id"][:12], check.refused)
             continue
-        active = sum(o.get("outcome") == "active" for o in judged)
         full = await repo.get(p["id"])
         base = next((t[5:] for t in p.get("tags", []) if t.startswith("base:")), p["name"])
         doc = tomllib.loads(full["document"])
@@ -181,10 +235,13 @@ async def repository_hit(repo: RepositoryView, profile: WorkloadProfile) -> Cand
                                   devices=profile.io_devices)
         if not document.has_groups(bound):
             continue
+        judged = ("the agent's last verdict was improved" if check.verdict else
+                  "no agent verdict recorded (deployed before verdicts were)")
         return Candidate(base, "reuse", document.dump(bound),
                          f"repository hit: {p['name']} ({p['id'][:12]}) was proven on the "
-                         f"same profile ({profile.key}) with {active} active "
-                         f"deployment(s) and no antipattern; re-bound to today's targets",
+                         f"same profile ({profile.key}): {check.active} active "
+                         f"deployment(s), {judged}, no antipattern; re-bound to today's "
+                         f"targets",
                          source_id=p["id"])
     return None
 

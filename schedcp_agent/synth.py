@@ -25,12 +25,15 @@ sched_ext, but not deployed there.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tomllib
 from typing import Any
 
 from schedcp_agent.observe import WorkloadProfile
-from schedcp_agent.plan import Candidate, RepositoryView
+from schedcp_agent.plan import Candidate, RepositoryView, reuse_check
+
+_LOGGER = logging.getLogger(__name__)
 
 MAX_PROGRAM_BYTES = 16 * 1024
 _NAME = re.compile(r"[^a-z0-9]+")
@@ -165,8 +168,10 @@ async def repository_hit(repo: RepositoryView, profile: WorkloadProfile) -> Cand
     """A T2 program the agent wrote for the same profile that passed every stage.
 
     "Worked" means: its version reached ``verified`` (all four stages) or
-    ``proven`` (deployed and measured good), it has no antipattern, and its
-    last judged deployment outcome (if any) is not a revert.
+    ``proven`` (deployed and measured good), and :func:`plan.reuse_check`
+    passes with or without a deployment: no antipattern, its last judged
+    deployment outcome (if any) is ``active``, and the agent's latest
+    verdict (if any) ``improved``.
     """
     tag = f"profile:{profile.key}"
     found = [p for p in await repo.search(f"agent scxlang {profile.shape.replace('-', ' ')}")
@@ -176,14 +181,15 @@ async def repository_hit(repo: RepositoryView, profile: WorkloadProfile) -> Cand
     for p in found:
         if p.get("state") not in ("verified", "proven"):
             continue
-        hist = await repo.history(p["id"])
-        judged = [o for o in hist.get("outcomes", []) if o.get("outcome") != "rolled-back"]
-        if hist.get("antipatterns") or (judged and judged[-1].get("outcome") != "active"):
+        check = reuse_check(await repo.history(p["id"]), deployed=False)
+        if check.refused:
+            _LOGGER.info("not reusing %s (%s): %s", p["name"], p["id"][:12], check.refused)
             continue
         full = await repo.get(p["id"])
         return Candidate(p["name"], "reuse", full["document"],
                          f"repository hit: the program {p['name']} ({p['id'][:12]}, state "
-                         f"{p['state']}, {len(judged)} judged deployment(s)) passed every "
+                         f"{p['state']}, {check.active} active deployment(s), agent's last "
+                         f"verdict {check.verdict or 'none'}) passed every "
                          f"stage for the same profile ({profile.key}); reused before "
                          "writing a new one", source_id=p["id"],
                          notes=[f"reused {p['state']} T2 program {p['id'][:12]}"])
