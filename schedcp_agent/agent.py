@@ -92,13 +92,14 @@ def t2_allowed(track: str, offer: tuple[bool, str]) -> bool:
 
 
 def _attempt_record(cand: Candidate, res: ExecResult, verdict: Verdict | None,
-                    feedback: dict[str, Any] | None) -> dict[str, Any]:
+                    feedback: dict[str, Any] | None, recorded: str = "") -> dict[str, Any]:
     return {
         "candidate": cand.as_dict(),
         "execution": {k: getattr(res, k) for k in ("policy_id", "verified", "fixes", "plan",
                                                    "deployment", "state", "reason", "error")},
         "findings": res.findings[:10],
         "verdict": verdict.as_dict() if verdict else None,
+        "verdict_recorded": recorded,
         "feedback_notes": (feedback or {}).get("notes", []),
     }
 
@@ -219,6 +220,7 @@ class Agent:
                 self.progress(f"  {note}")
             res = await executor.deploy(cand)
             feedback = verdict = None
+            recorded = ""
             if res.deployment and res.state == "active" and opts.measure_seconds > 0:
                 # The after window: long enough for the rank test to tell a gain from noise.
                 await asyncio.sleep(opts.measure_seconds)
@@ -226,7 +228,11 @@ class Agent:
                 feedback = await _feedback(self.client, res.deployment, goal_pids(profile))
                 verdict = judge(profile, res.state, feedback, clean_since)
                 self.progress(f"learn: {verdict.outcome}: {verdict.reason}")
-            report["attempts"].append(_attempt_record(cand, res, verdict, feedback))
+                # Before any rollback: the daemon keeps it with the policy's history,
+                # and the next run reuses the version only if it was "improved".
+                recorded = await executor.record_verdict(res.deployment, verdict)
+                self.progress(f"learn: verdict {recorded}")
+            report["attempts"].append(_attempt_record(cand, res, verdict, feedback, recorded))
             outcome = "refused" if not res.verified else (
                 verdict.outcome if verdict else f"not deployed ({res.state or res.error})")
             attempts.append(Attempt(cand, outcome, (verdict.reason if verdict else res.error),

@@ -21,6 +21,7 @@ candidate; the learning role moves on.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import tomllib
@@ -30,6 +31,7 @@ from typing import Any
 
 from schedcp_agent import document, synth
 from schedcp_agent.client import DaemonError, SchedcpClient
+from schedcp_agent.learn import Verdict
 from schedcp_agent.plan import Candidate
 
 _LOGGER = logging.getLogger(__name__)
@@ -307,6 +309,28 @@ class Executor:
                 await asyncio.wait_for(self._changed.wait(), 0.5)
             except TimeoutError:
                 pass
+
+    async def record_verdict(self, dep: str, verdict: Verdict) -> str:
+        """Tell the daemon what ``dep`` did (``RecordVerdict``); what happened, in words.
+
+        The daemon keeps it in the policy's history, so a later run does not
+        reuse a version this run judged no gain or worse.  It never stops the
+        run: a daemon older than the method (``UnknownMethod``) or any refusal
+        is logged, and the run goes on as before.
+        """
+        wire = verdict.wire()
+        if wire is None:
+            return "not recorded: the daemon ended the deployment itself"
+        try:
+            await self.client.call("RecordVerdict", dep, json.dumps(wire))
+        except DaemonError as err:
+            if err.short == "UnknownMethod":
+                why = "the daemon predates RecordVerdict"
+            else:
+                why = f"{err.short}: {err.message}"
+            _LOGGER.warning("verdict on %s not recorded: %s", dep, why)
+            return f"not recorded: {why}"
+        return f"recorded: {wire['verdict']}"
 
     async def rollback(self, dep: str) -> dict[str, Any] | None:
         """Roll back ``dep`` unless it already ended; returns the daemon's answer."""

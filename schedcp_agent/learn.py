@@ -104,6 +104,20 @@ class Verdict:
         """JSON-ready form."""
         return asdict(self)
 
+    def wire(self) -> dict[str, Any] | None:
+        """The ``RecordVerdict`` form of this verdict; None when the daemon ended it.
+
+        ``change`` is the relative move of the median, (after - before) /
+        before (null without both, or from 0).
+        """
+        name = {IMPROVED: "improved", NO_GAIN: "no-gain", WORSE: "worse"}.get(self.outcome)
+        if name is None:
+            return None
+        change = (None if self.before is None or self.after is None or self.before == 0
+                  else round((self.after - self.before) / abs(self.before), 6))
+        return {"verdict": name, "metric": self.metric[:200], "change": change,
+                "p_value": self.p_value, "note": self.reason[:2000]}
+
 
 def _stat(stat: dict[str, Any] | None, key: str) -> float | None:
     if not stat:

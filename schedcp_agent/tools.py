@@ -156,6 +156,13 @@ TOOLS: tuple[Tool, ...] = (
           Arg("pids", "s", "comma-separated process ids, at most 64"))),
     Tool("Rollback", "Restore everything a deployment changed and end it.", ACTION_DEPLOY,
          (Arg("deployment_id", "s", "dep-..."),)),
+    Tool("RecordVerdict", "Record the owner's verdict on its deployment in the policy's "
+         "history: a JSON object {verdict: improved|no-gain|worse, metric, change (relative, "
+         "after vs. before), p_value, note}. 'worse' also records an antipattern for the "
+         "policy's profile; later runs reuse a version only when its last verdict is "
+         "'improved'.", ACTION_DEPLOY,
+         (Arg("deployment_id", "s", "dep-..."),
+          Arg("verdict", "s", "the verdict as JSON text, at most 4096 bytes"))),
     Tool("GetStatus", "Daemon status: version, subsystems, authorization mode, the caller.",
          ACTION_OBSERVE),
 )
