@@ -18,7 +18,8 @@ import pytest
 from schedcp_agent.tools import claude_tools
 from tests.agent.conftest import KnobWatcher, run_agent, user_dir
 from tests.agent.fake_messages import FakeMessagesAPI, last_tool_results, message, tool_use
-from tests.harness import Procs, calls_as, wait_workers_ready
+from tests.deploy.conftest import forced_token
+from tests.harness import Procs, calls_as, wait_deployment, wait_workers_ready
 
 # claude-sonnet-4-5 is charged at the claude-sonnet-4 entry: $/M tokens.
 PRICE = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}
@@ -171,7 +172,29 @@ def test_repository_hit_needs_no_model_call(agent_daemon, procs: Procs,
         "--max-iterations", "1"], agent_uid)
     assert first is not None, err
     # A deployment that reached "active" is what makes the version proven.
-    assert first["attempts"][0]["execution"]["state"] == "active", first["attempts"][0]
+    execution = first["attempts"][0]["execution"]
+    assert execution["state"] == "active", first["attempts"][0]
+    # The run told the daemon its verdict; on spinners it is mostly "no gain", and
+    # a version judged so is not reused.  What a hit reuses is a version an
+    # earlier run judged improved: a copy of this one, deployed by the agent's
+    # uid (a token signed with the daemon's key: the verifier is not tested here).
+    recorded = first["attempts"][0]["verdict_recorded"]
+    assert recorded.startswith("recorded: "), recorded
+    history = json.loads(calls_as(0, agent_daemon.address, [
+        ["GetPolicyHistory", "s", [execution["policy_id"]]]])[0]["ok"])
+    assert "agent:" + recorded.split(": ")[1] in [o["outcome"] for o in history["outcomes"]]
+    original = json.loads(calls_as(0, agent_daemon.address, [
+        ["GetPolicy", "s", [execution["policy_id"]]]])[0]["ok"])["document"]
+    [copy] = calls_as(0, agent_daemon.address, [
+        ["SubmitPolicy", "s", [original + "# judged improved by an earlier run\n"]]])
+    token = forced_token(agent_daemon.state_dir, agent_daemon.address, copy["ok"], uid=agent_uid)
+    [dep] = calls_as(agent_uid, agent_daemon.address, [["Deploy", "s", [token]]])
+    wait_deployment(agent_daemon.address, dep["ok"], {"active"}, timeout=60)
+    improved = json.dumps({"verdict": "improved", "metric": "cpu", "change": 0.2,
+                           "p_value": 0.001})
+    judged = calls_as(agent_uid, agent_daemon.address, [
+        ["RecordVerdict", "ss", [dep["ok"], improved]], ["Rollback", "s", [dep["ok"]]]])
+    assert all("ok" in r for r in judged), judged
     with FakeMessagesAPI([]) as fake:
         _rc, report, err = run_agent(agent_daemon.address, [
             "--backend", "claude", "--goal", "throughput", "--match", procs.regex,
@@ -182,6 +205,8 @@ def test_repository_hit_needs_no_model_call(agent_daemon, procs: Procs,
     att = report["attempts"][0]
     assert att["candidate"]["rung"] == "reuse", att["candidate"]
     assert "repository hit" in att["candidate"]["reasoning"]
+    assert att["candidate"]["source_id"] == copy["ok"], att["candidate"]
+    assert "the agent's last verdict was improved" in att["candidate"]["reasoning"]
     assert att["execution"]["deployment"].startswith("dep-")
     assert report["cost"]["model_calls"] == 0 and report["cost"]["usd"] == 0.0
     assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in spinners)

@@ -7,6 +7,9 @@
   pick the next rule, saying why.
 - A policy without ``[[group]]`` (the T2 sched_ext ``scx-vtime``) in the
   repository is skipped by the offline planner; it moves on to the next rule.
+- The agent's verdicts (``RecordVerdict``) decide reuse: a proven version
+  whose last verdict is ``no-gain`` is not reused, one judged ``improved``
+  is, and ``worse`` records an antipattern for the profile.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from typing import Any
 
 import pytest
 
-from schedcp_agent import document, offline
+from schedcp_agent import document, offline, plan
 from schedcp_agent.client import SchedcpClient
 from schedcp_agent.observe import _DESCRIPTION, WorkloadProfile
 from schedcp_agent.offline import OfflinePlanner
 from schedcp_agent.plan import RepositoryView, configure
 from tests.agent.conftest import AGENT_CONFIG, run_agent
-from tests.harness import ROOT, Procs, call, wait_deployment, wait_workers_ready
+from tests.deploy.conftest import QUICK, forced_token
+from tests.harness import ROOT, Procs, call, wait_deployment, wait_until, wait_workers_ready
 
 # The daemon's default circuit breaker (AGENT_CONFIG's lenient one would not trip).
 STRICT_CONFIG = AGENT_CONFIG.split("[breaker]")[0]
@@ -121,3 +125,59 @@ def test_without_a_rule_it_composes_once_then_has_no_candidate(agent_daemon) -> 
     assert doc["group"][0]["match"] == {"pid": [os.getpid()]}
     assert f"profile:{profile.key}" in doc["policy"]["tags"]
     assert nothing is None  # the loop then ends with "no candidate left"
+
+
+def _version(profile: WorkloadProfile) -> str:
+    """An agent version for ``profile``, as ``document.retarget`` writes it."""
+    base = {"policy": {"name": "verdict-base", "description": "latency guard for a test"},
+            "group": [{"name": "latency", "match": {"pid": [0]},
+                       "task": {"timer_slack_ns": 1}}]}
+    return document.dump(document.retarget(
+        base, plan.bindings_for(profile), base_name="verdict-base", profile_key=profile.key,
+        profile_text=profile.text, goal=profile.goal))
+
+
+def test_reuse_follows_the_agents_last_verdict(start_daemon, procs: Procs) -> None:
+    """No verdict: today's rule; no-gain: not reused; improved: reused; worse: antipattern."""
+    daemon = start_daemon(QUICK)
+    probe = procs.worker("periodic")
+    wait_workers_ready([probe])
+    profile = WorkloadProfile(PROFILE, "latency", "given", _DESCRIPTION[PROFILE],
+                              roles={"latency": [probe.pid]})
+    policy_id = call(daemon.address, "SubmitPolicy", "s", _version(profile))
+
+    def deployment(verdict: str | None) -> str:
+        """Deploy the version to active, record ``verdict`` (as its owner), roll it back."""
+        dep = call(daemon.address, "Deploy", "s",
+                   forced_token(daemon.state_dir, daemon.address, policy_id))
+        wait_deployment(daemon.address, dep, {"active"})
+        wait_until(lambda: json.loads(call(daemon.address, "GetPolicy", "s", policy_id))
+                   ["state"] == "proven", what="the version is proven")
+        if verdict:
+            call(daemon.address, "RecordVerdict", "ss", dep, json.dumps(
+                {"verdict": verdict, "metric": "wait", "change": 0.1, "p_value": 0.5}))
+        call(daemon.address, "Rollback", "s", dep)
+        return dep
+
+    async def plan_now() -> tuple[Any, dict[str, str]]:
+        async with SchedcpClient(daemon.address) as client:
+            repo = RepositoryView(client)
+            return await plan.repository_hit(repo, profile), await repo.avoided_bases(profile)
+
+    deployment(None)  # deployed by hand, or by an agent older than RecordVerdict
+    hit, _ = asyncio.run(plan_now())
+    assert hit is not None and hit.source_id == policy_id, hit
+    assert "no agent verdict recorded" in hit.reasoning
+    deployment("no-gain")  # what redis reused in the benchmark (docs/benchmark.md, run c)
+    hit, _ = asyncio.run(plan_now())
+    assert hit is None
+    deployment("improved")  # the latest verdict counts
+    hit, avoided = asyncio.run(plan_now())
+    assert hit is not None and "the agent's last verdict was improved" in hit.reasoning, hit
+    assert avoided == {}
+    deployment("worse")
+    hit, avoided = asyncio.run(plan_now())
+    assert hit is None
+    assert list(avoided) == ["verdict-base"] and "wait regressed x1.1" in avoided["verdict-base"]
+    history = json.loads(call(daemon.address, "GetPolicyHistory", "s", policy_id))
+    assert [a["profile"] for a in history["antipatterns"]] == [f"profile:{profile.key}"]
