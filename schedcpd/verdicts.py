@@ -85,6 +85,11 @@ def parse(text: str) -> dict[str, Any]:
         if isinstance(number, float) and not math.isfinite(number):  # json reads NaN, Infinity
             raise InvalidArgument(f"verdict.{key}: must be a finite number or null, "
                                   f"not {number}")
+    for key in ("metric", "note"):
+        try:
+            str(value.get(key, "")).encode()
+        except UnicodeEncodeError as err:  # a JSON escape of a lone surrogate
+            raise InvalidArgument(f"verdict.{key}: not valid Unicode text: {err.reason}") from err
     return {"change": None, "p_value": None, "note": "", **value}
 
 

@@ -117,6 +117,8 @@ def test_bad_verdicts_get_named_errors(start_daemon, target: int) -> None:
         (dep, '{"verdict": "worse", "metric": "m", "change": NaN}', "InvalidArgument",
          "finite number"),
         (dep, _verdict("worse", note="x" * 5000), "InvalidArgument", "larger than 4096 bytes"),
+        (dep, '{"verdict": "worse", "metric": "\\ud800"}', "InvalidArgument",
+         "verdict.metric: not valid Unicode"),
         ("dep-1", _verdict("worse"), "InvalidArgument", "looks like dep-0123456789ab"),
         (unknown, _verdict("worse"), "NotFound", f"no deployment {unknown}"),
         (dep, _verdict("improved"), "Conflict", "never became active (canary)"),
