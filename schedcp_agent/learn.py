@@ -29,8 +29,9 @@ the same samples would: kept when its p-value is at most :data:`ALPHA`
 median, with at least :data:`MIN_SAMPLES` samples in each window.  The
 same test the other way marks it "worse".  Anything else -- inside the
 noise, worse, too few samples, no figure at all, only the machine-wide
-run-queue wait (it moves with every other tenant), a deployment the daemon
-ended -- is "no gain" (or "worse", or the state it ended in): the
+run-queue wait (it moves with every other tenant), a latency target's wait
+that fell while its CPU fell beyond the noise too (it waited less because it
+ran less), a deployment the daemon ended -- is "no gain" (or "worse", or the state it ended in): the
 deployment is rolled back and the next candidate is tried, within the
 budget.  A daemon that reports no per-sample values gets the older, stricter
 rule: the after median outside the before window's p10..p90 on the better
@@ -342,6 +343,26 @@ def since(feedback: dict[str, Any], start: float) -> dict[str, Any]:
     return trimmed
 
 
+def _latency_cost(profile: WorkloadProfile, feedback: dict[str, Any] | None,
+                  outcome: str, why: str) -> tuple[str, str]:
+    """No gain when the latency targets waited less because they ran less.
+
+    Their run-queue wait is a proxy: a policy that slows the workload's own
+    load (a benchmark client, a load generator in the same scope) shortens
+    every queue it sits in, and the wait falls while the requests served
+    fall with it (quick suite, 2026-12-07: redis's wait "improved" as its
+    requests per second fell 18 %).  So the same targets' CPU, the work they
+    got done, must not be worse beyond the noise by the same rank test.
+    """
+    pids, trees = goal_pids(profile), set(profile.trees)
+    cpu = _pid_figure(feedback or {}, pids, "cpu", "sum", trees)
+    result, cpu_why, _p = assess("higher", cpu)
+    if result != WORSE:
+        return outcome, why
+    return NO_GAIN, (f"{why}; but their CPU (cores) fell, {cpu_why}: they waited less "
+                     f"because they ran less, not because they were served sooner")
+
+
 def judge(profile: WorkloadProfile, state: str, feedback: dict[str, Any] | None,
           clean_since: float | None = None) -> Verdict:
     """Keep (improved beyond noise) or roll back, from the deployment's state and feedback.
@@ -364,6 +385,8 @@ def judge(profile: WorkloadProfile, state: str, feedback: dict[str, Any] | None,
         # evidence about the targets (their own figure was not sampled).
         outcome, why = NO_GAIN, (f"{why}; but only the machine-wide figure was measured "
                                  f"(the targets' own was not sampled): no evidence about them")
+    elif outcome == IMPROVED and better == "lower" and metric.startswith("run-queue wait"):
+        outcome, why = _latency_cost(profile, feedback, outcome, why)
     counts = ((len(fig.before_values), len(fig.after_values))
               if fig.before_values and fig.after_values else None)
     return Verdict(metric, fig.before, fig.after, better, improved, outcome == IMPROVED,

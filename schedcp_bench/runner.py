@@ -108,9 +108,7 @@ class WorkloadRun:
         self.result: dict[str, Any] = {
             "name": workload.name, "description": workload.description,
             "track": workload.track, "goal": workload.goal, "quick": workload.quick,
-            "metrics": [{"name": m.name, "unit": m.unit, "better": m.better,
-                         "weight": m.weight, "description": m.description}
-                        for m in workload.metrics],
+            "metrics": [m.as_dict() for m in workload.metrics],
             "slos": [{"metric": s.metric, "op": s.op, "value": s.value, "hard": s.hard}
                      for s in workload.slos],
             "status": "ok", "reason": None, "arms": {}, "scores": {},

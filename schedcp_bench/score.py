@@ -9,8 +9,10 @@ baseline arm (kernel defaults)::
              - lambda * BudgetOveruse
 
 ``I > 1`` means the candidate is better.  Each ratio is clamped to
-``[1/max_ratio, max_ratio]``; a metric without a median on either side is
-left out of the sum (and reported).  The baseline arm scored against itself
+``[1/max_ratio, max_ratio]``, and a figure below its metric's ``floor``
+(the least value worth telling apart, for figures that reach 0) counts as
+the floor; a metric without a median on either side is left out of the sum
+(and reported).  The baseline arm scored against itself
 gets ``sum_m alpha[m]`` per workload whose hard SLOs it meets, which is the
 reference a candidate's score is read against.  An arm that does not apply
 to a workload (a built-in policy whose groups the workload has no processes
@@ -106,10 +108,15 @@ def load_config(path: Path | None = None) -> ScoreConfig:
 
 
 def ratio(baseline: float | None, candidate: float | None, better: str,
-          max_ratio: float = 100.0) -> float | None:
-    """I for one metric: > 1 when the candidate is better; None without both values."""
+          max_ratio: float = 100.0, floor: float = 0.0) -> float | None:
+    """I for one metric: > 1 when the candidate is better; None without both values.
+
+    Values below the metric's ``floor`` count as the floor (both sides).
+    """
     if baseline is None or candidate is None:
         return None
+    if floor > 0:
+        baseline, candidate = max(baseline, floor), max(candidate, floor)
     num, den = (baseline, candidate) if better == "lower" else (candidate, baseline)
     if num < 0 or den < 0:
         return None
@@ -144,7 +151,7 @@ def workload_score(workload: str, metrics: list[dict[str, Any]], slos: list[dict
     for m in metrics:
         alpha = cfg.alpha(workload, m["name"], float(m.get("weight", 1.0)))
         i = ratio(baseline.get(m["name"]), candidate.get(m["name"]), m["better"],
-                  cfg.max_ratio)
+                  cfg.max_ratio, float(m.get("floor", 0.0)))
         terms[m["name"]] = {"alpha": alpha, "I": i}
         if i is None:
             missing.append(m["name"])

@@ -43,6 +43,16 @@ class Metric:
     better: Better
     weight: float = 1.0
     description: str = ""
+    floor: float = 0.0
+    """The least value the score tells apart: below it a figure counts as it
+    in a ratio.  For figures that reach 0 (a probe that missed no period): 0
+    against 0.1 % would otherwise be a ratio clamped at ``max_ratio``, one
+    term outweighing a whole suite."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (results.json's ``metrics``; the score reads it)."""
+        return {"name": self.name, "unit": self.unit, "better": self.better,
+                "weight": self.weight, "description": self.description, "floor": self.floor}
 
 
 @dataclass(frozen=True)

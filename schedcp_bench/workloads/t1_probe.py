@@ -40,7 +40,9 @@ class T1Probe(BenchWorkload):
         Metric("wake_p99_us", "us", "lower", 1.0, "probe wake-up latency, 99th percentile"),
         Metric("resp_p99_us", "us", "lower", 0.5,
                "probe response time (timer expiry to work done), 99th percentile"),
-        Metric("missed_pct", "%", "lower", 0.25, "periods the probe missed entirely"),
+        # Under 1 % of periods missed is the soft SLO met: 0 and 0.3 % alike.
+        Metric("missed_pct", "%", "lower", 0.25, "periods the probe missed entirely",
+               floor=1.0),
         Metric("hog_rate", "M iter/s", "higher", 1.0, "CPU hog throughput"),
         Metric("wake_p50_us", "us", "lower", 0.0, "probe wake-up latency, median (reported)"),
         Metric("hog_cpu_pct", "%", "higher", 0.0, "share of all CPUs the hog got (reported)"),

@@ -201,3 +201,27 @@ def test_a_baseline_that_ran_under_the_previous_deployment_is_cut() -> None:
     # Without the daemon's times (an older daemon) nothing can be cut.
     old = _fb({7: (before, after)})
     assert since(old, 10.0) is old
+
+
+
+def _kinds(pid: int, **series: tuple[list[float], list[float]]) -> dict[str, object]:
+    """Feedback for one pid with several figures (``wait=(before, after)``, ``cpu=...``)."""
+    return {"pids": {str(pid): {kind: {"before": _window(list(b)), "after": _window(list(a))}
+                                for kind, (b, a) in series.items()}}}
+
+
+def test_latency_bought_with_the_targets_own_work_is_no_gain() -> None:
+    # Quick suite, 2026-12-07: redis's wait fell (kept) while the requests it
+    # served fell 18 %: the policy slowed the load generator in the scope.
+    wait = ([0.3, 0.25, 0.4, 0.35, 0.3, 0.28, 0.33, 0.31, 0.36, 0.29] * 2,
+            [0.1, 0.12, 0.09, 0.11, 0.1, 0.13, 0.08, 0.1, 0.12, 0.11, 0.1, 0.09])
+    before_cpu = [0.8, 0.82, 0.79, 0.81, 0.8, 0.78, 0.83, 0.8, 0.81, 0.79] * 2
+    same = [0.8, 0.81, 0.79, 0.82, 0.8, 0.78, 0.83, 0.8, 0.81, 0.79, 0.8, 0.82]
+    fell = [0.62, 0.64, 0.6, 0.63, 0.61, 0.65, 0.62, 0.6, 0.63, 0.64, 0.61, 0.62]
+    kept = judge(LATENCY, "active", _kinds(7, wait=wait, cpu=(before_cpu, same)))
+    assert kept.goal_met and kept.outcome == "improved", kept.reason
+    v = judge(LATENCY, "active", _kinds(7, wait=wait, cpu=(before_cpu, fell)))
+    assert not v.goal_met and v.outcome == "no gain", v.reason
+    assert "ran less" in v.reason and "CPU (cores) fell" in v.reason
+    # More CPU than before (a starved service served again) is no reason to refuse.
+    assert judge(LATENCY, "active", _kinds(7, wait=wait, cpu=(fell * 2, before_cpu))).goal_met

@@ -139,3 +139,17 @@ def test_not_applicable_is_no_term_and_no_missed_slo() -> None:
     assert pol["relative"] == pytest.approx(5.0 / 3.0)
     assert base["sum"] == pytest.approx(6.0)
     assert base["relative"] == pytest.approx(1.0)
+
+
+def test_a_figure_that_reaches_zero_counts_at_its_floor() -> None:
+    # t1-probe's missed_pct, quick suite 2026-12-07: 0.1 % -> 0 was clamped at
+    # 100, a term (x 0.25) worth more than the rest of the suite.
+    assert score.ratio(0.1, 0.0, "lower") == 100.0
+    assert score.ratio(0.1, 0.0, "lower", floor=1.0) == 1.0
+    assert score.ratio(4.0, 0.0, "lower", floor=1.0) == 4.0
+    assert score.ratio(0.5, 2.0, "lower", floor=1.0) == 0.5
+    cfg = score.ScoreConfig()
+    metrics = [{"name": "missed_pct", "better": "lower", "weight": 0.25, "floor": 1.0}]
+    term = score.workload_score("t1-probe", metrics, [], {"missed_pct": 0.1},
+                                {"missed_pct": 0.0}, cfg)
+    assert term["terms"]["missed_pct"]["I"] == 1.0
