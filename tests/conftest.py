@@ -215,6 +215,36 @@ def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return deb
 
 
+PREVIOUS_SUFFIX = "~prev1"
+
+
+@pytest.fixture(scope="session")
+def previous_deb(built_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """"The previous build": ``built_deb`` repacked with its version lowered to ``<version>~prev1``.
+
+    What an upgrade exercises is dpkg's and the maintainer scripts' handling
+    of an installed (and, under systemd, running) package, which does not
+    depend on the code differing: the same files, a lower version.
+    """
+    dest = tmp_path_factory.mktemp("previous")
+    tree = dest / "tree"
+    out = subprocess.run(["dpkg-deb", "-R", str(built_deb), str(tree)], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    control = tree / "DEBIAN" / "control"
+    version = __version__ + PREVIOUS_SUFFIX
+    text = control.read_text()
+    assert f"\nVersion: {__version__}\n" in text, text
+    control.write_text(text.replace(f"\nVersion: {__version__}\n", f"\nVersion: {version}\n"))
+    built = dest / f"schedcp_{version}_amd64.deb"
+    # gzip -1: this copy only has to install, not to be small.
+    out = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", str(tree),
+                          str(built)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    shutil.rmtree(tree)
+    return built
+
+
 @pytest.fixture(scope="session")
 def vm() -> MicroVM:
     """The micro-VM, prepared once per session (tests/microvm, tests/systemd_guest).

@@ -36,6 +36,7 @@ import pytest
 
 from schedcpd import __version__
 from schedcpd.const import ACTION_OBSERVE, ACTIONS, BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
+from tests.conftest import PREVIOUS_SUFFIX
 from tests.harness import ROOT, PrivateBus, run_as, wait_for, wait_until
 from tests.packaging.conftest import SYSTEMD_DIR, unit_capabilities
 
@@ -437,6 +438,11 @@ def run_installed_daemon(bus: PrivateBus, tmp_path: Path) -> None:
             proc.wait()
     assert (STATE / "schedcpd.db").exists()
     # Byte-code shipped for everything imported: the run wrote nothing to /usr.
+    check_nothing_unowned()
+
+
+def check_nothing_unowned() -> None:
+    """Every path under /usr/lib/schedcp belongs to the installed package."""
     owned = set(_run(["dpkg-query", "-L", PACKAGE]).stdout.split())
     unowned = set(_run(["find", "/usr/lib/schedcp"]).stdout.split()) - owned
     assert not unowned, sorted(unowned)[:10]
@@ -491,18 +497,44 @@ def test_install_run_purge(deb: Path, polkit_bus: PrivateBus, tmp_path: Path,
         purge()
 
 
-def test_purge_keeps_accounts_it_did_not_create(deb: Path, cache_aside: None) -> None:
-    """Group schedcp made before the package (by an admin, or by tests/conftest.py) stays."""
+def test_upgrade_then_purge_keeps_what_the_package_did_not_make(
+        deb: Path, previous_deb: Path, cache_aside: None) -> None:
+    """The previous build, then this one over it (dpkg -i), then purge.
+
+    The upgrade keeps the administrator's edited configuration (a conffile),
+    the state directory (the policy repository, keys and journal live there)
+    and the record of the accounts the first install made, and leaves no
+    file of the old version behind.  Purge then removes only what the
+    package made: group schedcp made before it (by an admin, or by
+    tests/conftest.py) stays.  Without systemd as PID 1 the maintainer
+    scripts' restart of a running service is a no-op here; the systemd guest
+    checks it (SCHEDCP_GUEST_UPGRADE=1, docs/packaging.md).
+    """
     made_group = not accounts()["group:schedcp"]
     if made_group:
         subprocess.run(["groupadd", "--system", "schedcp"], check=True)
+    conf, kept = Path("/etc/schedcp/schedcpd.toml"), STATE / "kept-across-upgrade"
     try:
         before = accounts()
+        install(previous_deb)
+        assert _run(["dpkg-query", "-W", "-f=${Version}", PACKAGE]).stdout == \
+            __version__ + PREVIOUS_SUFFIX
+        record = RECORD.read_text()
+        assert "group:schedcp" not in record.split()
+        edited = conf.read_text() + "\n# an administrator's change\n"
+        conf.write_text(edited)
+        kept.write_text("what the daemon keeps in its state directory\n")
         install(deb)
-        assert "group:schedcp" not in RECORD.read_text().split()
+        assert _run(["dpkg-query", "-W", "-f=${Version}", PACKAGE]).stdout == __version__
+        assert conf.read_text() == edited
+        assert not conf.with_name(conf.name + ".dpkg-dist").exists()
+        assert kept.exists() and RECORD.read_text() == record
+        out = _run(["/usr/bin/schedcpd", "--version"], env={})
+        assert out.returncode == 0 and out.stdout.strip() == f"schedcpd {__version__}", out
+        check_nothing_unowned()
         purge()
         assert accounts() == before
-        assert not STATE.exists()
+        assert not STATE.exists() and not conf.exists()
     finally:
         purge()
         if made_group:

@@ -1,10 +1,9 @@
 """Fixtures for the systemd guest: the .deb (this build, a previous one), the image, one boot.
 
 The .deb is tests/conftest.py's ``built_deb`` (one packaging/build-deb per
-session, or ``$SCHEDCP_DEB``).  "The previous build" is the same package repacked with
-a lower version (``<version>~prev1``): what an upgrade exercises is dpkg's
-and the maintainer scripts' handling of a running schedcpd.service, which
-does not depend on the code differing.  The tests skip, with the reason,
+session, or ``$SCHEDCP_DEB``); "the previous build" its ``previous_deb``
+(the same package with a lower version), installed first and upgraded
+under systemd with SCHEDCP_GUEST_UPGRADE=1.  The tests skip, with the reason,
 when the kernel or the Debian packages cannot be downloaded (no network)
 or when not root (mmdebstrap, qemu's disk).
 
@@ -32,12 +31,10 @@ from plugins.scheduler.microvm import FetchError, MicroVM
 from plugins.scheduler.microvm import systemd_guest as sg
 from plugins.scheduler.microvm.guest import GuestResult
 from plugins.scheduler.microvm.systemd_guest import SystemdGuest
-from schedcpd import __version__
 from tests.harness import ROOT, PrivateBus, SchedcpdProcess
 from tests.microvm.test_cgroup_v2_guest import CONFINE, WEIGHTS
 from tests.microvm.test_t2_guest import VTIME, _call
 
-PREVIOUS_SUFFIX = "~prev1"
 HERE = Path(__file__).resolve().parent
 POLICY = ROOT / "policies" / "latency-protect.toml"
 # The upgrade doubles the package work (~2-4 min more under TCG here): opt-in.
@@ -75,24 +72,6 @@ min_ratio = 0.05
 
 def _run(argv: list[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-
-
-def repack_previous(deb: Path, dest: Path) -> Path:
-    """``deb`` with its version lowered to ``<version>~prev1`` (dpkg-deb -R, edit, -b)."""
-    tree = dest / "tree"
-    out = _run(["dpkg-deb", "-R", str(deb), str(tree)])
-    assert out.returncode == 0, out.stderr
-    control = tree / "DEBIAN" / "control"
-    version = __version__ + PREVIOUS_SUFFIX
-    text = control.read_text()
-    assert f"\nVersion: {__version__}\n" in text, text
-    control.write_text(text.replace(f"\nVersion: {__version__}\n", f"\nVersion: {version}\n"))
-    built = dest / f"schedcp_{version}_amd64.deb"
-    # gzip -1: this copy only has to install, not to be small.
-    out = _run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", str(tree), str(built)])
-    assert out.returncode == 0, out.stderr
-    subprocess.run(["rm", "-rf", str(tree)], check=True)
-    return built
 
 
 @pytest.fixture(scope="session")
@@ -133,11 +112,11 @@ def verified(vm: MicroVM) -> dict[str, Any]:
     return out
 
 
-def _job_files(deb: Path, verified: dict[str, Any], dest: Path) -> dict[str, Path | bytes]:
+def _job_files(deb: Path, previous: Path | None,
+               verified: dict[str, Any]) -> dict[str, Path | bytes]:
     """scenario.sh's files, and cgroups.sh's with the policies and tokens of ``verified``."""
     files: dict[str, Path | bytes] = {f"new/{deb.name}": deb, "policy.toml": POLICY}
-    if os.environ.get(UPGRADE_ENV) == "1":
-        previous = repack_previous(deb, dest)
+    if previous is not None:
         files[f"prev/{previous.name}"] = previous
     files.update({
         "cgroups.sh": HERE / "cgroups.sh",
@@ -158,10 +137,13 @@ def _job_files(deb: Path, verified: dict[str, Any], dest: Path) -> dict[str, Pat
 
 @pytest.fixture(scope="session")
 def booted(systemd_guest: SystemdGuest, built_deb: Path, verified: dict[str, Any],
-           tmp_path_factory: pytest.TempPathFactory) -> GuestResult:
+           tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> GuestResult:
     """The one boot: scenario.sh (and cgroups.sh) run in the guest; its report."""
     base = tmp_path_factory.getbasetemp()
-    files = _job_files(built_deb, verified, tmp_path_factory.mktemp("previous"))
+    previous = (request.getfixturevalue("previous_deb") if os.environ.get(UPGRADE_ENV) == "1"
+                else None)
+    files = _job_files(built_deb, previous, verified)
     # The guest's output as it comes, and its whole report at the end, for diagnosis.
     with open(base / "systemd-guest.log", "w") as live:
         def show(step: str, text: str) -> None:

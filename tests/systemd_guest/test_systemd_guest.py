@@ -24,9 +24,10 @@ import pytest
 
 from plugins.scheduler.microvm.guest import GuestResult
 from schedcpd import __version__
+from tests.conftest import PREVIOUS_SUFFIX
 from tests.harness import ROOT
 from tests.packaging.conftest import unit_capabilities
-from tests.systemd_guest.conftest import PREVIOUS_SUFFIX, UPGRADE_ENV
+from tests.systemd_guest.conftest import UPGRADE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.tcg, pytest.mark.systemd_guest,
               pytest.mark.timeout(3000)]
