@@ -201,36 +201,44 @@ def test_perf_classification() -> None:
     assert classify_perf(perf(1, 0))[0] == "idle"
 
 
-def _fb(before: list[float], after: list[float], n: int = 20) -> dict[str, object]:
+def _fb_both(before: list[float], after: list[float], n: int = 20,
+             cpu: tuple[list[float], list[float]] | None = None) -> dict[str, object]:
+    """The wait and the CPU figure of pid 7 (both ``before``/``after`` unless ``cpu``)."""
     def s(v: list[float]) -> dict[str, float]:
         return {"median": v[1], "p10": v[0], "p90": v[2], "mean": v[1], "n": n}
+    cpu_b, cpu_a = cpu or (before, after)
     return {"pids": {"7": {"wait": {"before": s(before), "after": s(after)},
-                           "cpu": {"before": s(before), "after": s(after)}}}}
+                           "cpu": {"before": s(cpu_b), "after": s(cpu_a)}}}}
 
 
 def test_judge_keeps_only_a_gain_beyond_the_noise_of_the_same_run() -> None:
     prof = WorkloadProfile("latency-beside-cpu-hogs", "latency", "given", "t",
                            roles={"latency": [7]})
+    steady = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])  # the latency target's CPU: unchanged
+
+    def lat(before: list[float], after: list[float], n: int = 20) -> dict[str, object]:
+        return _fb_both(before, after, n, steady)
+
     # Lower is better: the after median below the before window's p10.
-    kept = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03]))
+    kept = judge(prof, "active", lat([0.1, 0.2, 0.3], [0.01, 0.02, 0.03]))
     assert kept.goal_met and kept.outcome == "improved" and kept.noise == (0.1, 0.3)
     assert "beyond the before window's noise band 0.1..0.3" in kept.reason, kept.reason
     # Better median, but inside the band: noise, rolled back as "no gain".
-    inside = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.12, 0.15, 0.2]))
+    inside = judge(prof, "active", lat([0.1, 0.2, 0.3], [0.12, 0.15, 0.2]))
     assert not inside.goal_met and inside.outcome == "no gain" and inside.improved
     assert "inside the before window's noise band" in inside.reason
     # The old rule kept a regression within 10 %: now it is no gain, and rolled back.
-    slight = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.1, 0.21, 0.3]))
+    slight = judge(prof, "active", lat([0.1, 0.2, 0.3], [0.1, 0.21, 0.3]))
     assert not slight.goal_met and slight.outcome == "no gain"
-    worse = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.5, 0.6, 0.7]))
+    worse = judge(prof, "active", lat([0.1, 0.2, 0.3], [0.5, 0.6, 0.7]))
     assert not worse.goal_met and worse.outcome == "worse"
     # A band with no width: the gain must still reach MIN_GAIN (3 %).
     flat = WorkloadProfile("cpu-batch", "throughput", "given", "t", roles={"batch": [7]})
-    tiny = judge(flat, "active", _fb([2.0, 2.0, 2.0], [2.0, 2.01, 2.02]))
+    tiny = judge(flat, "active", _fb_both([2.0, 2.0, 2.0], [2.0, 2.01, 2.02]))
     assert not tiny.goal_met and "minimum gain" in tiny.reason, tiny.reason
-    assert judge(flat, "active", _fb([1.0, 1.0, 1.0], [1.5, 1.6, 1.7])).goal_met
+    assert judge(flat, "active", _fb_both([1.0, 1.0, 1.0], [1.5, 1.6, 1.7])).goal_met
     # Too few samples, no figure, or a deployment the daemon ended: never kept.
-    few = judge(prof, "active", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03], n=2))
+    few = judge(prof, "active", lat([0.1, 0.2, 0.3], [0.01, 0.02, 0.03], n=2))
     assert not few.goal_met and "too few" in few.reason
     assert judge(prof, "active", None).outcome == "no gain"
     # Only the machine-wide wait (the targets were not sampled): never evidence.
@@ -239,7 +247,7 @@ def test_judge_keeps_only_a_gain_beyond_the_noise_of_the_same_run() -> None:
         "before": rq, "after": {**rq, "median": 0.01, "p10": 0.0, "p90": 0.02}}}})
     assert system.metric.startswith("system") and not system.goal_met
     assert "no evidence about them" in system.reason
-    ended = judge(prof, "reverted", _fb([0.1, 0.2, 0.3], [0.01, 0.02, 0.03]))
+    ended = judge(prof, "reverted", lat([0.1, 0.2, 0.3], [0.01, 0.02, 0.03]))
     assert not ended.goal_met and ended.outcome == "ended reverted"
 
 
