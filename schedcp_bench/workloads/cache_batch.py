@@ -69,7 +69,7 @@ class CacheBatch(BenchWorkload):
     slos = (
         SLO("mloads_per_s", ">=", 1.0, hard=True),
         SLO("cpus_used", ">=", 0.5, hard=True),
-        SLO("mloads_per_s", ">=", 50.0, hard=False),
+        SLO("mloads_per_s", ">=", 20.0, hard=False),
     )
 
     def start(self, run_dir: Path, seed: int) -> Session:

@@ -38,7 +38,7 @@ class FfmpegX264(BenchWorkload):
     )
     slos = (
         SLO("fps", ">=", 10.0, hard=True),
-        SLO("fps", ">=", 100.0, hard=False),
+        SLO("fps", ">=", 83.0, hard=False),
     )
 
     def start(self, run_dir: Path, seed: int) -> Session:

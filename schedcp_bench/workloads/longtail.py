@@ -90,8 +90,8 @@ class LongTail(BenchWorkload):
     )
     slos = (
         SLO("makespan_s", "<=", 5.0, hard=True),
-        SLO("makespan_s", "<=", 0.8, hard=False),
-        SLO("avg_completion_s", "<=", 0.4, hard=False),
+        SLO("makespan_s", "<=", 1.0, hard=False),
+        SLO("avg_completion_s", "<=", 0.31, hard=False),
     )
 
     def start(self, run_dir: Path, seed: int) -> Session:

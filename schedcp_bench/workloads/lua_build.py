@@ -107,7 +107,7 @@ class LuaBuild(BenchWorkload):
                       "wall time of one clean build (median of builds)"),)
     slos = (
         SLO("makespan_s", "<=", 60.0, hard=True),
-        SLO("makespan_s", "<=", 5.0, hard=False),
+        SLO("makespan_s", "<=", 4.5, hard=False),
     )
 
     def __init__(self) -> None:

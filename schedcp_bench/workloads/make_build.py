@@ -104,7 +104,7 @@ class MakeBuild(BenchWorkload):
                       "wall time of one clean build (median of builds)"),)
     slos = (
         SLO("makespan_s", "<=", 10.0, hard=True),
-        SLO("makespan_s", "<=", 1.5, hard=False),
+        SLO("makespan_s", "<=", 0.97, hard=False),
     )
 
     def start(self, run_dir: Path, seed: int) -> Session:

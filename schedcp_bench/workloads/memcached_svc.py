@@ -42,7 +42,7 @@ class MemcachedSvc(ServiceBesideHog):
     slos = (
         SLO("p99_us", "<=", 50000.0, hard=True),
         SLO("rps", ">=", 500.0, hard=True),
-        SLO("p99_us", "<=", 2000.0, hard=False),
+        SLO("p99_us", "<=", 460.0, hard=False),
     )
 
     def serve(self, session: Session, seed: int) -> Service:

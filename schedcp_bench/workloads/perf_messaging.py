@@ -37,7 +37,7 @@ class PerfMessaging(BenchWorkload):
     metrics = (Metric("time_s", "s", "lower", 1.0, "perf messaging total time (median)"),)
     slos = (
         SLO("time_s", "<=", 5.0, hard=True),
-        SLO("time_s", "<=", 0.8, hard=False),
+        SLO("time_s", "<=", 0.65, hard=False),
     )
 
     def start(self, run_dir: Path, seed: int) -> Session:

@@ -137,7 +137,7 @@ class SqliteOltp(BenchWorkload):
     slos = (
         SLO("tps", ">=", 50.0, hard=True),
         SLO("p99_ms", "<=", 1000.0, hard=True),
-        SLO("p99_ms", "<=", 20.0, hard=False),
+        SLO("p99_ms", "<=", 6.2, hard=False),
     )
 
     def start(self, run_dir: Path, seed: int) -> Session:

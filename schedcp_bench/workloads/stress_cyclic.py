@@ -64,8 +64,8 @@ class StressCyclic(BenchWorkload):
     slos = (
         SLO("cyclic_p99_us", "<=", 2000.0, hard=True),
         SLO("cpu_bogo_ops_per_s", ">=", 100.0, hard=True),
-        SLO("cyclic_p99_us", "<=", 100.0, hard=False),
-        SLO("cyclic_max_us", "<=", 1000.0, hard=False),
+        SLO("cyclic_p99_us", "<=", 51.0, hard=False),
+        SLO("cyclic_max_us", "<=", 340.0, hard=False),
     )
 
     def start(self, run_dir: Path, seed: int) -> Session:

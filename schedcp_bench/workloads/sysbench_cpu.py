@@ -38,7 +38,7 @@ class SysbenchCpu(BenchWorkload):
                       "sysbench cpu events per second (median)"),)
     slos = (
         SLO("events_per_s", ">=", 200.0, hard=True),
-        SLO("events_per_s", ">=", 1500.0, hard=False),
+        SLO("events_per_s", ">=", 7600.0, hard=False),
     )
 
     def start(self, run_dir: Path, seed: int) -> Session:

@@ -40,7 +40,7 @@ class T1Probe(BenchWorkload):
         Metric("wake_p99_us", "us", "lower", 1.0, "probe wake-up latency, 99th percentile"),
         Metric("resp_p99_us", "us", "lower", 0.5,
                "probe response time (timer expiry to work done), 99th percentile"),
-        # Under 1 % of periods missed is the soft SLO met: 0 and 0.3 % alike.
+        # The quiet default misses 0.2-0.5 % of periods: under 1 % is not told apart.
         Metric("missed_pct", "%", "lower", 0.25, "periods the probe missed entirely",
                floor=1.0),
         Metric("hog_rate", "M iter/s", "higher", 1.0, "CPU hog throughput"),
@@ -50,9 +50,9 @@ class T1Probe(BenchWorkload):
     slos = (
         SLO("hog_cpu_pct", ">=", 25.0, hard=True),
         SLO("missed_pct", "<=", 25.0, hard=True),
-        SLO("wake_p99_us", "<=", 500.0, hard=False),
-        SLO("resp_p99_us", "<=", 1000.0, hard=False),
-        SLO("missed_pct", "<=", 1.0, hard=False),
+        SLO("wake_p99_us", "<=", 60.0, hard=False),
+        SLO("resp_p99_us", "<=", 290.0, hard=False),
+        SLO("missed_pct", "<=", 0.31, hard=False),
     )
 
     def start(self, run_dir: Path, seed: int) -> Session:

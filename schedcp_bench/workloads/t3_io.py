@@ -182,8 +182,8 @@ class FioReadBesideWriter(IoWorkload):
     metrics = _READ_METRICS
     slos = (SLO("read_iops", ">=", 20.0, hard=True),
             SLO("writer_mib_s", ">=", 50.0, hard=True),
-            SLO("read_p99_us", "<=", 20000.0, hard=False),
-            SLO("read_p50_us", "<=", 1000.0, hard=False))
+            SLO("read_p99_us", "<=", 9200.0, hard=False),
+            SLO("read_p50_us", "<=", 4800.0, hard=False))
 
     def start(self, run_dir: Path, seed: int) -> Session:
         """Writer first, then the reader."""
@@ -211,8 +211,8 @@ class FioMixedService(IoWorkload):
     )
     slos = (SLO("service_iops", ">=", 100.0, hard=True),
             SLO("writer_mib_s", ">=", 50.0, hard=True),
-            SLO("read_p99_us", "<=", 20000.0, hard=False),
-            SLO("write_p99_us", "<=", 20000.0, hard=False))
+            SLO("read_p99_us", "<=", 9200.0, hard=False),
+            SLO("write_p99_us", "<=", 9200.0, hard=False))
 
     def start(self, run_dir: Path, seed: int) -> Session:
         """Writer first, then the service."""
@@ -241,7 +241,7 @@ class FioReadCpuIo(IoWorkload):
                Metric("hog_rate", "M iter/s", "higher", 0.5, "CPU hog throughput"))
     slos = (SLO("read_iops", ">=", 20.0, hard=True),
             SLO("writer_mib_s", ">=", 50.0, hard=True),
-            SLO("read_p99_us", "<=", 20000.0, hard=False))
+            SLO("read_p99_us", "<=", 14000.0, hard=False))
 
     def start(self, run_dir: Path, seed: int) -> Session:
         """Writer, hog, then the reader."""
