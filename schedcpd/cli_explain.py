@@ -25,12 +25,26 @@ def _values(values: list[dict[str, Any]], with_target: bool = True) -> str:
     return table(headers, rows)
 
 
-def _figures(figures: list[dict[str, Any]]) -> list[str]:
+def _verdict(head: str, metrics: dict[str, Any], note: str) -> str:
+    """An owner's verdict row (RecordVerdict): who, on which figure, how much, how sure."""
+    parts = [str(metrics.get("metric"))]
+    change, p_value = metrics.get("change"), metrics.get("p_value")
+    if isinstance(change, int | float):
+        parts.append(f"{change:+.0%}")
+    if isinstance(p_value, int | float):
+        parts.append(f"p = {p_value:.2g}")
+    return f"{head} (uid {metrics.get('uid')}): {', '.join(parts)}" + (f": {note}" if note else "")
+
+
+def figure_lines(figures: list[dict[str, Any]]) -> list[str]:
     """The breaker's recorded outcomes: per group, baseline -> probation medians."""
     lines = []
     for outcome in figures:
         metrics = outcome.get("metrics") or {}
         head = f"{when(outcome['time'])} {outcome['outcome']}"
+        if str(outcome["outcome"]).startswith("agent:") and isinstance(metrics, dict):
+            lines.append(_verdict(head, metrics, outcome.get("note") or ""))
+            continue
         groups = {g: m for g, m in metrics.items()
                   if isinstance(m, dict) and "baseline" in m and "probation" in m}
         if not groups:
@@ -77,7 +91,7 @@ def _deployment(dep: dict[str, Any]) -> str:
     trip = breaker.get("trip")
     lines.append("  breaker: " + (f"tripped on {trip.get('guard')} of {trip.get('group')}: "
                                   f"{trip.get('detail')}" if trip else "no trip"))
-    lines += [f"           {line}" for line in _figures(breaker.get("figures") or [])]
+    lines += [f"           {line}" for line in figure_lines(breaker.get("figures") or [])]
     lines.append("  history:")
     lines += [f"           {when(e['time'])} {e['state']}: {e['reason']}"
               for e in breaker.get("history") or []]

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from schedcpd.cli_explain import figure_lines
 from tests.deploy.conftest import QUICK, forced_token
 from tests.deploy.test_ownership import DEPLOY_ALL
 from tests.harness import Procs, call, calls_as, wait_deployment, wait_workers_ready
@@ -80,6 +81,10 @@ def test_the_owner_records_a_verdict_and_history_shows_it(start_daemon, target: 
     explained = json.loads(call(proc.address, "Explain", "s", dep))["deployment"]
     figures = explained["breaker"]["figures"]
     assert "agent:no-gain" in [f["outcome"] for f in figures], figures
+    # schedcpctl explain prints it with the figure it rests on.
+    assert any(line.endswith(f"agent:no-gain (uid {member}): targets' run-queue wait, -2%, "
+                             "p = 0.4: within the noise") for line in figure_lines(figures)), \
+        figure_lines(figures)
 
     # nobody's deployment of the same version, judged worse by member (an admin).
     dep2 = _deploy(nobody, proc, policy_id, {"active"})
