@@ -56,6 +56,14 @@ def _rate(value: Any) -> str | None:
     return None if 0.05 <= value <= 20 else "must be between 0.05 and 20 samples per second"
 
 
+def _plugin_user(value: Any) -> str | None:
+    # Whether the account exists is checked when a plugin starts (named in its
+    # record); here only what can never be right.
+    if value in ("root", "0") or not value.strip():
+        return "must name an unprivileged account (third-party plugins never run as root)"
+    return None
+
+
 def _fraction(value: Any) -> str | None:
     return None if 0 < value <= 1 else "must be in (0, 1]"
 
@@ -106,6 +114,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "plugins": {
         "disabled": Key(list, [], None, str),
+        "user": Key(str, "nobody", _plugin_user),
     },
     "analysis": {
         "rate_hz": Key((int, float), 1.0, _rate),

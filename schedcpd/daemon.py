@@ -136,7 +136,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
         audit = AuditLog(self.store)
         self.plugins = PluginHost(
-            disabled=self.config["plugins"]["disabled"], on_failure=self._plugin_failed
+            disabled=self.config["plugins"]["disabled"], on_failure=self._plugin_failed,
+            plugin_user=self.config["plugins"]["user"],
         )
         self.plugins.startup(self._plugin_context)
         self._restore_all("start-up (restoring anything a previous run left applied)")

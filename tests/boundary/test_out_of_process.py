@@ -20,6 +20,7 @@ from schedcpd.journal import Journal
 from schedcpd.knobs import KnobNotDeclared, KnobValueRefused
 from schedcpd.plugin_remote import RemotePlugin
 from schedcpd.plugins import PluginHost
+from tests.conftest import TEST_USER
 
 AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drops root to nobody: needs root")
@@ -176,3 +177,24 @@ def test_an_unimportable_third_party_plugin_is_disabled_at_load(tmp_path: Path) 
                    load_entry_points=False, on_failure=lambda n, m: failures.append((n, m)))
     assert not h.records["gone"].enabled
     assert "No module named 'schedcp_no_such_plugin_module'" in failures[0][1]
+
+
+def test_the_configured_plugin_user_runs_the_child(outside_module: str,
+                                                   test_users: dict[str, int]) -> None:
+    """``[plugins] user``: the child runs as that account; a missing one is named."""
+    failures: list[tuple[str, str]] = []
+    h = PluginHost(builtins={}, third_party={"outside": outside_module}, load_entry_points=False,
+                   on_failure=lambda n, m: failures.append((n, m)), plugin_user=TEST_USER)
+    try:
+        assert h.records["outside"].enabled, failures
+        assert f"(out of process, as {TEST_USER})" in h.records["outside"].origin
+        status = _status(_child(h).proc.pid)
+        assert status["Uid"].split() == [str(test_users["member"])] * 4
+        assert status["CapEff"] == "0000000000000000"
+    finally:
+        h.shutdown()
+    h = PluginHost(builtins={}, third_party={"outside": outside_module}, load_entry_points=False,
+                   on_failure=lambda n, m: failures.append((n, m)),
+                   plugin_user="schedcp-no-such-user")
+    assert not h.records["outside"].enabled
+    assert "plugin user 'schedcp-no-such-user' does not exist" in failures[-1][1]

@@ -52,6 +52,8 @@ def test_unknown_keys_warn_not_fail(tmp_path: Path, caplog: pytest.LogCaptureFix
         ("[authorization]\ngroup_actions = ['org.schedcp.root']\n", "unknown actions"),
         ("[authorization]\npolkit = 'sometimes'\n", "must be one of auto, never"),
         ("[daemon]\nlog_level = 3\n", "daemon.log_level = 3 must be a string"),
+        ("[plugins]\nuser = 'root'\n", "plugins.user = 'root' must name an unprivileged"),
+        ("[plugins]\nuser = ''\n", "must name an unprivileged account"),
         ("[bus\n", "not valid TOML"),
         ("bus = 3\n", "[bus] must be a table"),
     ],
