@@ -15,7 +15,6 @@ from schedcpd.const import ACTION_ADMIN, ACTION_DEPLOY, ACTION_OBSERVE
 from schedcpd.deployer import Deployer
 from schedcpd.errors import InvalidArgument, NotOwner, NotSupported
 from schedcpd.explain import Explainer
-from schedcpd.repository import Repository
 
 
 def _check_id(dep_id: str) -> str:
@@ -86,13 +85,9 @@ class DeployAPI:
         became active.  ``worse`` also records an antipattern for the
         version's profile (:mod:`schedcpd.verdicts`).
         """
-        repo: Repository | None = getattr(self, "repository", None)  # PolicyAPI's
-        if repo is None:
-            raise NotSupported("the policy repository is not available in this daemon")
         judged = verdicts.parse(verdict)
         dep_id = await self._check_owner(caller, deployment_id, "record a verdict on")
-        return to_json(await verdicts.record(repo, await self._deployer().get(dep_id), judged,
-                                             caller.uid))
+        return to_json(await self._deployer().record_verdict(dep_id, judged, caller.uid))
 
     @method(ACTION_OBSERVE, in_args=(("deployment_id", "s"),), out_args=(("deployment", "s"),))
     async def GetDeployment(self, caller: Caller, deployment_id: str) -> str:

@@ -41,6 +41,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from schedcpd import verdicts
 from schedcpd.breaker import Breaker, BreakerSettings, Guards, Samples, Trip, guard_figures
 from schedcpd.deploy_parts import DeployParts, group_metrics
 from schedcpd.errors import Conflict, InvalidArgument, NotFound, SchedcpError
@@ -153,6 +154,11 @@ class Deployer:
         self._emit(dep_id, state, reason)
         if state in FINAL and self.live.pop(dep_id, None) is not None:
             self.on_live_change()
+
+    async def record_verdict(self, dep_id: str, verdict: dict[str, Any],
+                             uid: int) -> dict[str, Any]:
+        """The owner's parsed verdict on ``dep_id`` into its policy's history (:mod:`verdicts`)."""
+        return await verdicts.record(self._repo, await self.get(dep_id), verdict, uid)
 
     async def get(self, dep_id: str) -> dict[str, Any]:
         """A deployment with its transitions."""
