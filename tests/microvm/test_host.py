@@ -196,7 +196,10 @@ def test_keyboard_interrupt_kills_qemu(guest_host: host.GuestHost,
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # that thread ended between the listing and the read
+            continue
     return found
 
 
