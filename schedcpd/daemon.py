@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import fcntl
 import logging
 import os
@@ -40,6 +41,7 @@ from schedcpd.errors import ConfigError
 from schedcpd.explain import Explainer
 from schedcpd.hookspecs import PluginContext
 from schedcpd.journal import Journal
+from schedcpd.loop_monitor import DEFAULT_THRESHOLD, LoopMonitor
 from schedcpd.manager import Manager
 from schedcpd.metrics import Metrics
 from schedcpd.notify import Notifier
@@ -95,6 +97,7 @@ class Daemon:
         self.bus_spec = bus_spec
         self.state_dir = state_dir
         self.notifier = Notifier()
+        self.loop_monitor: LoopMonitor | None = None
         self.metrics = Metrics()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -189,6 +192,7 @@ class Daemon:
                                    EXIT_NAME_TAKEN)
             loop.add_signal_handler(signal.SIGHUP, self._reload_logged, "SIGHUP")
             self._tasks.append(loop.create_task(self.notifier.watchdog()))
+            self._monitor_loop(loop)
             self._tasks.append(loop.create_task(self._watch_bus()))
             self.notifier.send(READY=1, MAINPID=os.getpid())
             self.notifier.status(
@@ -204,6 +208,15 @@ class Daemon:
         return self._exit_code
 
     _exit_code = 0
+
+    def _monitor_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Log stalls of the loop (with where it is stuck), well before systemd's watchdog."""
+        interval = self.notifier.watchdog_interval()  # half of WatchdogSec
+        threshold = min(DEFAULT_THRESHOLD, interval / 2) if interval else DEFAULT_THRESHOLD
+        self.loop_monitor = LoopMonitor(loop, threshold, on_stall=self.metrics.loop_stalls.inc)
+        monitor = self.loop_monitor
+        self.metrics.loop_stall_longest.set_function(lambda: monitor.longest)
+        monitor.start()
 
     def _serve_metrics(self) -> None:
         """Start the exporter before the name is owned: a port in use is a config error."""
@@ -229,6 +242,8 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         self.notifier.send(STOPPING=1)
+        if self.loop_monitor is not None:
+            self.loop_monitor.stop()
         self.notifier.status("stopping: restoring managed state")
         for task in self._tasks:
             task.cancel()
@@ -440,6 +455,9 @@ def main(argv: list[str] | None = None) -> None:
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
+    # A fatal signal (systemd's watchdog sends SIGABRT) prints every thread's
+    # stack to stderr, the journal: where the daemon was when it was killed.
+    faulthandler.enable(all_threads=True)
     try:
         cfg = config.load(args.config)
     except ConfigError as err:

@@ -55,6 +55,14 @@ class Metrics:
         self.config_reloads = Counter(
             "schedcp_config_reloads", "Configuration reloads", ["result"], registry=r
         )
+        self.loop_stalls = Counter(
+            "schedcp_event_loop_stalls", "Times the event loop did not run for longer than "
+            "the stall threshold (D-Bus calls and watchdog pings waited)", registry=r,
+        )
+        self.loop_stall_longest = Gauge(
+            "schedcp_event_loop_stall_longest_seconds",
+            "The longest event-loop stall that has ended", registry=r,
+        )
         self.safety = SafetyMetrics(r)
         """The safety chain's event counters (the engine's :class:`SafetyEvents`)."""
         self.state = StateCollector()
