@@ -7,8 +7,11 @@ client and, past ``WatchdogSec``, gets the daemon killed by systemd with
 nothing in the journal to say why.  A thread of its own watches a heartbeat
 the loop sets every ``tick`` seconds; when the heartbeat is older than
 ``threshold`` it logs a warning with the loop thread's current stack, and
-when the loop runs again it logs how long the stall lasted.  The count and
-the longest stall are kept for the metrics.
+when the loop runs again it logs how long the stall lasted, and how much
+of it the loop's thread ran on a CPU and how much it waited for one
+(``/proc/self/task/<tid>/schedstat``): a thread that ran is stuck in a
+call, a thread that waited is starved by other load.  The count and the
+longest stall are kept for the metrics.
 
 The watchdog pings stay on the loop (:mod:`schedcpd.notify`): this monitor
 explains a stall, it does not hide one.
@@ -49,6 +52,7 @@ class LoopMonitor:
         self._loop = loop
         self._beat = time.monotonic()
         self._loop_thread: int | None = None
+        self._loop_tid = 0
         self._handle: asyncio.TimerHandle | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,6 +60,7 @@ class LoopMonitor:
     def start(self) -> None:
         """Start beating (from the loop's own thread) and watching."""
         self._loop_thread = threading.get_ident()
+        self._loop_tid = threading.get_native_id()
         self._beat = time.monotonic()
         self._handle = self._loop.call_later(self.tick, self._on_beat)
         self._stop.clear()
@@ -85,12 +90,24 @@ class LoopMonitor:
             return "  (the loop's thread has no frame)"
         return "".join(traceback.format_stack(frame)).rstrip()
 
+    def cpu_times(self) -> tuple[float, float] | None:
+        """(seconds on a CPU, seconds waiting for one) of the loop's thread, if known."""
+        try:
+            with open(f"/proc/self/task/{self._loop_tid}/schedstat", encoding="ascii") as f:
+                ran, waited = f.read().split()[:2]
+            return int(ran) / 1e9, int(waited) / 1e9
+        except (OSError, ValueError):
+            return None  # no schedstat in this kernel
+
     def _watch(self) -> None:
         stalled_since: float | None = None
+        times = self.cpu_times()  # as of the last tick the loop was running
         while not self._stop.wait(self.tick):
             beat = self._beat
             late = time.monotonic() - beat
-            if stalled_since is None and late > self.threshold:
+            if stalled_since is None and late <= self.tick * 2:
+                times = self.cpu_times()
+            elif stalled_since is None and late > self.threshold:
                 stalled_since = beat
                 self.stalls += 1
                 self.on_stall()
@@ -99,5 +116,10 @@ class LoopMonitor:
             elif stalled_since is not None and beat > stalled_since:
                 lasted = beat - stalled_since
                 self.longest = max(self.longest, lasted)
-                _LOGGER.warning("the event loop ran again after %.1f s", lasted)
-                stalled_since = None
+                now = self.cpu_times()
+                how = ""
+                if times is not None and now is not None:
+                    how = (f" (meanwhile its thread ran {now[0] - times[0]:.2f} s on a CPU "
+                           f"and waited {now[1] - times[1]:.2f} s for one)")
+                _LOGGER.warning("the event loop ran again after %.1f s%s", lasted, how)
+                stalled_since, times = None, now
