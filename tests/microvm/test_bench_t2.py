@@ -19,6 +19,7 @@ boot, ~25 s per window.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,11 @@ from tests.harness import ROOT
 
 # alone: the guest's arms deploy behind the breaker and are timed; beside the host lane's hogs the TCG
 # guest stalls for milliseconds (./scripts/test runs it after both lanes).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.alone]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.alone,
+              pytest.mark.skipif(os.environ.get("SCHEDCP_BENCH_T2") != "1",
+                                 reason="the T2 benchmark's end-to-end run (1.5-5 min of TCG, "
+                                 "alone) runs with SCHEDCP_BENCH_T2=1: CI's 30 minutes no "
+                                 "longer have it (docs/benchmark.md)")]
 
 ARMS = ["default", "agent"]
 

@@ -39,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 POLICY = ROOT / "policies" / "latency-protect.toml"
 # The upgrade doubles the package work (~2-4 min more under TCG here): opt-in.
 UPGRADE_ENV = "SCHEDCP_GUEST_UPGRADE"
+#: with "1": the guest also runs schedcp-agent.service (~90 s of TCG; not in CI)
+AGENT_ENV = "SCHEDCP_GUEST_AGENT"
 MIXED = """[policy]
 name = "v2-mixed"
 description = "a weighted target whose unit also runs a shell (refused under systemd)"
@@ -131,6 +133,7 @@ def _job_files(deb: Path, previous: Path | None,
         f"keys/{verified['key'][0]}": verified["key"][1],
         # SCHEDCP_GUEST_STEPS="good crash" runs only those of cgroups.sh (diagnosis).
         "steps": os.environ.get("SCHEDCP_GUEST_STEPS", "").encode(),
+        "agent": b"1" if os.environ.get(AGENT_ENV) == "1" else b"",
     })
     return files
 
